@@ -1,0 +1,701 @@
+#!/usr/bin/env python3
+"""kiln's local AWS: moto server, patched where moto differs from AWS in ways kiln depends on.
+
+Started by `scripts/emulator up`; never imported by kiln itself. Every patch makes the emulator behave
+as AWS documents, so kiln's own code needs no emulator workaround:
+
+1. RegisterImage keeps BlockDeviceMappings, RootDeviceName, Architecture, VirtualizationType, EnaSupport,
+   SriovNetSupport, BootMode, TpmSupport, ImdsSupport, kernel/ramdisk and TagSpecifications, and
+   DescribeImages returns them (moto keeps only Name and Description and invents a snapshot).
+   CopyImage copies the mappings with a new snapshot per mapping in the target region, honours
+   ClientToken and TagSpecifications.
+2. CreateVolume honours ClientToken: the same token returns the same volume (a different request with the
+   same token fails with IdempotentParameterMismatch).
+3. DeleteSnapshot of a snapshot that a registered image maps fails with InvalidSnapshot.InUse.
+4. DetachVolume with only VolumeId works; AttachVolume refuses a volume that is not available, one that is
+   attached already, and a device name the instance already uses (as AWS does).
+5. An IMDSv2 stand-in per builder host (token PUT with the TTL header; the token is required on reads)
+   serving instance-id, placement, the identity document. More hosts can be added at run time.
+6. Optional delays per region: volumes stay `creating`, attachments `attaching`, snapshots `pending`
+   and images `pending` for a configured number of seconds.
+
+Control endpoints (under the moto port, never used by kiln): GET /_kiln/state, POST /_kiln/reset,
+POST /_kiln/hosts {"name": ...}, POST /_kiln/delays {"region": ..., "volume": s, "attachment": s,
+"snapshot": s, "image": s}, POST /_kiln/metadata {"host": ..., "path": ..., "value": ... or null}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+
+from moto.core.responses import ActionResult  # noqa: E402
+from moto.ec2.exceptions import EC2ClientError, InvalidSnapshotInUse  # noqa: E402
+from moto.ec2.models import ec2_backends  # noqa: E402
+from moto.ec2.models.amis import Ami, AmiBackend  # noqa: E402
+from moto.ec2.models.elastic_block_store import (  # noqa: E402
+    EBSBackend,
+    Snapshot,
+    Volume,
+    VolumeAttachment,
+)
+from moto.ec2.responses.amis import AmisResponse  # noqa: E402
+from moto.ec2.responses.elastic_block_store import ElasticBlockStore  # noqa: E402
+from moto.moto_api._internal import moto_api_backend  # noqa: E402
+from moto.moto_server.werkzeug_app import (  # noqa: E402
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server  # noqa: E402
+
+ACCOUNT_ID = "123456789012"
+LOCK = threading.RLock()
+
+# ---------------------------------------------------------------------------------------------------
+# 6. Delays, per region, in seconds. Kinds: volume, attachment, snapshot, image.
+# ---------------------------------------------------------------------------------------------------
+DELAYS: dict[str, dict[str, float]] = {}
+DELAY_KINDS = ("volume", "attachment", "snapshot", "image")
+
+
+def delay_for(region: str, kind: str) -> float:
+    return float(DELAYS.get(region, {}).get(kind, 0.0))
+
+
+def _ready_at(region: str, kind: str) -> float:
+    return time.time() + delay_for(region, kind)
+
+
+def _pending(obj) -> bool:
+    return time.time() < getattr(obj, "_kiln_ready_at", 0.0)
+
+
+# Volume: `creating` until ready.
+_orig_volume_init = Volume.__init__
+
+
+def _volume_init(self, ec2_backend, *args, **kwargs):
+    _orig_volume_init(self, ec2_backend, *args, **kwargs)
+    self._kiln_ready_at = _ready_at(ec2_backend.region_name, "volume")
+
+
+Volume.__init__ = _volume_init
+_orig_volume_status = Volume.status.fget
+
+
+def _volume_status(self):
+    if _pending(self):
+        return "creating"
+    return _orig_volume_status(self)
+
+
+Volume.status = property(_volume_status)
+Volume.state = property(_volume_status)
+
+
+# Attachment: `attaching` until ready.
+def _attachment_status_get(self):
+    status = self.__dict__.get("_kiln_status", "attached")
+    if status == "attached" and _pending(self):
+        return "attaching"
+    return status
+
+
+def _attachment_status_set(self, value):
+    self.__dict__["_kiln_status"] = value
+
+
+VolumeAttachment.status = property(_attachment_status_get, _attachment_status_set)
+VolumeAttachment.state = property(_attachment_status_get)
+
+
+# Snapshot: `pending` with a growing progress until ready.
+_orig_snapshot_init = Snapshot.__init__
+
+
+def _snapshot_init(self, ec2_backend, *args, **kwargs):
+    self._kiln_started = time.time()
+    self._kiln_ready_at = _ready_at(ec2_backend.region_name, "snapshot")
+    _orig_snapshot_init(self, ec2_backend, *args, **kwargs)
+
+
+def _snapshot_status_get(self):
+    status = self.__dict__.get("_kiln_status", "completed")
+    if status == "completed" and _pending(self):
+        return "pending"
+    return status
+
+
+def _snapshot_status_set(self, value):
+    self.__dict__["_kiln_status"] = value
+
+
+def _snapshot_progress(self):
+    if not _pending(self):
+        return "100%"
+    total = max(self._kiln_ready_at - self._kiln_started, 1e-6)
+    done = (time.time() - self._kiln_started) / total
+    return f"{min(99, int(done * 100))}%"
+
+
+Snapshot.__init__ = _snapshot_init
+Snapshot.status = property(_snapshot_status_get, _snapshot_status_set)
+Snapshot.state = property(_snapshot_status_get)
+Snapshot.progress = property(_snapshot_progress)
+
+
+# Image: `pending` until ready.
+def _ami_state_get(self):
+    state = self.__dict__.get("_kiln_state", "available")
+    if state == "available" and _pending(self):
+        return "pending"
+    return state
+
+
+def _ami_state_set(self, value):
+    self.__dict__["_kiln_state"] = value
+
+
+Ami.state = property(_ami_state_get, _ami_state_set)
+Ami.image_state = property(_ami_state_get)
+
+# ---------------------------------------------------------------------------------------------------
+# 1. RegisterImage and CopyImage keep what AWS keeps.
+# ---------------------------------------------------------------------------------------------------
+_orig_bdm = Ami.block_device_mappings.fget
+
+
+def _ami_bdm(self):
+    if hasattr(self, "_kiln_bdm"):
+        return self._kiln_bdm
+    return _orig_bdm(self)
+
+
+Ami.block_device_mappings = property(_ami_bdm)
+
+
+def _bool(value, default=None):
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).lower() == "true"
+
+
+def _drop_invented_snapshot(backend, image) -> None:
+    invented = getattr(image, "ebs_snapshot", None)
+    if invented is not None:
+        backend.snapshots.pop(invented.id, None)
+        image.ebs_snapshot = None
+
+
+def _mappings_from_request(backend, requested) -> list[dict]:
+    mappings = []
+    for m in requested or []:
+        device = m.get("DeviceName")
+        if not device:
+            raise EC2ClientError(
+                "InvalidBlockDeviceMapping", "A block device mapping needs a DeviceName."
+            )
+        out: dict = {"DeviceName": device}
+        if m.get("VirtualName"):
+            out["VirtualName"] = m["VirtualName"]
+        if m.get("NoDevice") is not None:
+            out["NoDevice"] = m["NoDevice"]
+        ebs = m.get("Ebs")
+        if ebs is not None:
+            snap = None
+            if ebs.get("SnapshotId"):
+                snap = backend.get_snapshot(ebs["SnapshotId"])
+            size = ebs.get("VolumeSize")
+            size = int(size) if size is not None else None
+            if snap is not None:
+                if size is None:
+                    size = snap.volume_size
+                elif size < snap.volume_size:
+                    raise EC2ClientError(
+                        "InvalidBlockDeviceMapping",
+                        f"Volume of size {size}GB is smaller than snapshot "
+                        f"'{snap.id}', expect size >= {snap.volume_size}GB",
+                    )
+            if size is None:
+                raise EC2ClientError(
+                    "InvalidBlockDeviceMapping",
+                    f"The block device mapping for {device} needs a SnapshotId or a VolumeSize.",
+                )
+            e: dict = {
+                "DeleteOnTermination": _bool(ebs.get("DeleteOnTermination"), True),
+                "VolumeSize": size,
+                "VolumeType": ebs.get("VolumeType") or "gp2",
+                "Encrypted": bool(snap.encrypted) if snap else _bool(ebs.get("Encrypted"), False),
+            }
+            if snap is not None:
+                e["SnapshotId"] = snap.id
+            for key in ("Iops", "Throughput", "KmsKeyId"):
+                if ebs.get(key) is not None:
+                    e[key] = ebs[key]
+            out["Ebs"] = e
+        mappings.append(out)
+    return mappings
+
+
+def _register_image(self) -> ActionResult:
+    p = self._get_param
+    name = p("Name")
+    if not name:
+        raise EC2ClientError("MissingParameter", "The request must contain the parameter name")
+    self.error_on_dryrun()
+    backend = self.ec2_backend
+    with LOCK:
+        mappings = _mappings_from_request(backend, p("BlockDeviceMappings", []))
+        root = p("RootDeviceName")
+        if mappings and root and not any(m["DeviceName"] == root for m in mappings):
+            raise EC2ClientError(
+                "InvalidBlockDeviceMapping",
+                f"The root device name {root} has no block device mapping.",
+            )
+        image = backend.register_image(name, p("Description", ""))
+        _drop_invented_snapshot(backend, image)
+        image._kiln_bdm = mappings
+        image.root_device_name = root or (mappings[0]["DeviceName"] if mappings else "/dev/sda1")
+        root_map = next((m for m in mappings if m["DeviceName"] == image.root_device_name), None)
+        image.root_device_type = "ebs" if root_map and "Ebs" in root_map else "instance-store"
+        image.architecture = p("Architecture") or "i386"  # AWS's documented default
+        image.virtualization_type = p("VirtualizationType") or "paravirtual"
+        image.ena_support = _bool(p("EnaSupport"))
+        image.sriov_net_support = p("SriovNetSupport")
+        image.sriov = p("SriovNetSupport")
+        image.boot_mode = p("BootMode")
+        image.tpm_support = p("TpmSupport")
+        image.imds_support = p("ImdsSupport")
+        image.uefi = p("UefiData")
+        image.kernel_id = p("KernelId")
+        image.ramdisk_id = p("RamdiskId")
+        image.image_location = f"{ACCOUNT_ID}/{name}"
+        billing = p("BillingProducts", []) or []
+        image.product_codes = set(billing)
+        tags = self._parse_tag_specification()
+        image.add_tags(tags.get("image", {}))
+        image._kiln_ready_at = _ready_at(backend.region_name, "image")
+    return ActionResult({"ImageId": image.id})
+
+
+AmisResponse.register_image = _register_image
+
+COPY_TOKENS: dict[tuple, tuple[str, str]] = {}
+
+
+def _copy_image(self) -> ActionResult:
+    p = self._get_param
+    source_image_id = p("SourceImageId")
+    source_region = p("SourceRegion")
+    token = p("ClientToken")
+    self.error_on_dryrun()
+    backend = self.ec2_backend
+    with LOCK:
+        key = (backend.account_id, backend.region_name, token)
+        fingerprint = json.dumps([source_image_id, source_region, p("Name")], sort_keys=True)
+        if token and key in COPY_TOKENS:
+            image_id, seen = COPY_TOKENS[key]
+            if seen != fingerprint:
+                raise EC2ClientError(
+                    "IdempotentParameterMismatch",
+                    f"The client token {token} was used with different parameters.",
+                )
+            if image_id in backend.amis:
+                return ActionResult({"ImageId": image_id})
+        source_backend = ec2_backends[backend.account_id][source_region]
+        source = source_backend.describe_images(ami_ids=[source_image_id])[0]
+        image = backend.copy_image(source_image_id, source_region, p("Name"), p("Description"))
+        _drop_invented_snapshot(backend, image)
+        mappings = []
+        for m in source.block_device_mappings:
+            copy = json.loads(json.dumps(m))
+            ebs = copy.get("Ebs")
+            if ebs and ebs.get("SnapshotId"):
+                volume = backend.create_volume(
+                    size=ebs["VolumeSize"], zone_name=f"{backend.region_name}a"
+                )
+                snap = backend.create_snapshot(
+                    volume.id, f"Copied for DestinationAmi {image.id} from SourceAmi {source.id}"
+                )
+                backend.volumes.pop(volume.id, None)
+                tags = self._parse_tag_specification()
+                snap.add_tags(tags.get("snapshot", {}))
+                ebs["SnapshotId"] = snap.id
+            mappings.append(copy)
+        image._kiln_bdm = mappings
+        for attr in (
+            "root_device_name",
+            "root_device_type",
+            "architecture",
+            "virtualization_type",
+            "boot_mode",
+            "kernel_id",
+        ):
+            setattr(image, attr, getattr(source, attr, None))
+        for attr in ("ena_support", "sriov_net_support", "tpm_support", "imds_support", "ramdisk_id"):
+            setattr(image, attr, getattr(source, attr, None))
+        if p("Description") is None:
+            image.description = source.description
+        tags = self._parse_tag_specification()
+        image.add_tags(tags.get("image", {}))
+        image._kiln_ready_at = _ready_at(backend.region_name, "image")
+        if token:
+            COPY_TOKENS[key] = (image.id, fingerprint)
+    return ActionResult({"ImageId": image.id})
+
+
+AmisResponse.copy_image = _copy_image
+
+# ---------------------------------------------------------------------------------------------------
+# 2. CreateVolume honours ClientToken.
+# ---------------------------------------------------------------------------------------------------
+VOLUME_TOKENS: dict[tuple, tuple[str, str]] = {}
+_orig_create_volume = ElasticBlockStore.create_volume
+
+
+def _create_volume(self) -> ActionResult:
+    token = self._get_param("ClientToken")
+    if not token:
+        return _orig_create_volume(self)
+    backend = self.ec2_backend
+    fingerprint = json.dumps(
+        [
+            self._get_param(k)
+            for k in ("Size", "AvailabilityZone", "SnapshotId", "VolumeType", "Iops", "Throughput")
+        ],
+        sort_keys=True,
+        default=str,
+    )
+    key = (backend.account_id, backend.region_name, token)
+    with LOCK:
+        if key in VOLUME_TOKENS:
+            volume_id, seen = VOLUME_TOKENS[key]
+            if seen != fingerprint:
+                raise EC2ClientError(
+                    "IdempotentParameterMismatch",
+                    f"The client token {token} was used with different parameters.",
+                )
+            volume = backend.volumes.get(volume_id)
+            if volume is not None:
+                return ActionResult(volume)
+            # AWS answers a deleted volume's id for the same token; so do we.
+            raise EC2ClientError(
+                "IdempotentParameterMismatch",
+                f"The client token {token} was used for {volume_id}, which is deleted.",
+            )
+        result = _orig_create_volume(self)
+        volume = result.result if hasattr(result, "result") else None
+        volume_id = getattr(volume, "id", None)
+        if volume_id:
+            VOLUME_TOKENS[key] = (volume_id, fingerprint)
+        return result
+
+
+ElasticBlockStore.create_volume = _create_volume
+
+# ---------------------------------------------------------------------------------------------------
+# 3. DeleteSnapshot refuses a snapshot a registered image maps.
+# ---------------------------------------------------------------------------------------------------
+_orig_delete_snapshot = EBSBackend.delete_snapshot
+
+
+def _delete_snapshot(self, snapshot_id: str):
+    with LOCK:
+        for ami in list(getattr(self, "amis", {}).values()):
+            for m in getattr(ami, "_kiln_bdm", []):
+                if m.get("Ebs", {}).get("SnapshotId") == snapshot_id:
+                    raise InvalidSnapshotInUse(snapshot_id, ami.id)
+        return _orig_delete_snapshot(self, snapshot_id)
+
+
+EBSBackend.delete_snapshot = _delete_snapshot
+
+# ---------------------------------------------------------------------------------------------------
+# 4. DetachVolume with only VolumeId; AttachVolume's state checks.
+# ---------------------------------------------------------------------------------------------------
+_orig_detach = EBSBackend.detach_volume
+_orig_attach = EBSBackend.attach_volume
+
+
+def _detach_volume(self, volume_id, instance_id=None, device_path=None):
+    with LOCK:
+        volume = self.get_volume(volume_id)
+        if volume.attachment is None:
+            raise EC2ClientError(
+                "IncorrectState", f"Volume '{volume_id}' is in the 'available' state."
+            )
+        if not instance_id:
+            instance_id = volume.attachment.instance.id
+        if not device_path:
+            device_path = volume.attachment.device
+        return _orig_detach(self, volume_id, instance_id, device_path)
+
+
+_orig_attach_response = ElasticBlockStore.attach_volume
+
+
+def _attach_volume_checked(self) -> ActionResult:
+    """AttachVolume as the API answers it (moto's own RunInstances attaches without these checks)."""
+    backend = self.ec2_backend
+    volume_id = self._get_param("VolumeId")
+    with LOCK:
+        volume = backend.get_volume(volume_id)
+        if volume.status == "creating":
+            raise EC2ClientError("IncorrectState", f"{volume_id} is not 'available'.")
+        if volume.attachment is not None:
+            raise EC2ClientError(
+                "VolumeInUse", f"{volume_id} is already attached to an instance"
+            )
+        instance = backend.get_instance(self._get_param("InstanceId"))
+        device = self._get_param("Device")
+        if device in instance.block_device_mapping:
+            raise EC2ClientError(
+                "InvalidParameterValue", f"Attachment point {device} is already in use"
+            )
+        return _orig_attach_response(self)
+
+
+def _attach_volume(self, volume_id, instance_id, device_path, delete_on_termination=False):
+    attachment = _orig_attach(self, volume_id, instance_id, device_path, delete_on_termination)
+    if attachment is not None:
+        attachment._kiln_ready_at = _ready_at(self.region_name, "attachment")
+    return attachment
+
+
+EBSBackend.detach_volume = _detach_volume
+EBSBackend.attach_volume = _attach_volume
+ElasticBlockStore.attach_volume = _attach_volume_checked
+
+# ---------------------------------------------------------------------------------------------------
+# 5. IMDSv2 stand-ins, one per builder host.
+# ---------------------------------------------------------------------------------------------------
+HOSTS: dict[str, dict] = {}
+HOST_IMAGE_ID = "ami-0000000000000b17d"  # not validated by moto; the builder hosts' own image
+
+
+def _launch_host_instance(host: dict) -> None:
+    """Start the host's instance in the emulator (again after a reset)."""
+    backend = ec2_backends[ACCOUNT_ID][host["region"]]
+    reservation = backend.run_instances(
+        HOST_IMAGE_ID,
+        1,
+        None,
+        [],
+        instance_type="c6i.large",
+        placement=host["az"],
+        is_instance_type_default=False,
+    )
+    instance = reservation.instances[0]
+    instance.add_tags({"Name": f"kiln-emulator-{host['name']}"})
+    host["instance_id"] = instance.id
+    host["private_ip"] = getattr(instance, "private_ip", "10.0.0.10")
+    host["launched"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class ImdsHandler(BaseHTTPRequestHandler):
+    server_version = "EC2ws"
+    host: dict = {}
+    tokens: dict[str, float] = {}
+
+    def log_message(self, fmt, *args):  # quiet
+        pass
+
+    def _reply(self, code: int, body: str = "", headers: dict | None = None) -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_PUT(self):
+        if self.path != "/latest/api/token":
+            return self._reply(404, "Not Found")
+        ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+        try:
+            seconds = int(ttl or "")
+        except ValueError:
+            return self._reply(400, "Bad Request")
+        if not 1 <= seconds <= 21600:
+            return self._reply(400, "Bad Request")
+        token = secrets.token_urlsafe(32)
+        self.tokens[token] = time.time() + seconds
+        self._reply(200, token, {"X-aws-ec2-metadata-token-ttl-seconds": str(seconds)})
+
+    def do_GET(self):
+        token = self.headers.get("X-aws-ec2-metadata-token")
+        if not token or self.tokens.get(token, 0) < time.time():
+            return self._reply(401, "Unauthorized")
+        h = self.host
+        with LOCK:
+            identity = {
+                "accountId": ACCOUNT_ID,
+                "architecture": "x86_64",
+                "availabilityZone": h["az"],
+                "imageId": HOST_IMAGE_ID,
+                "instanceId": h["instance_id"],
+                "instanceType": "c6i.large",
+                "pendingTime": h["launched"],
+                "privateIp": h["private_ip"],
+                "region": h["region"],
+                "version": "2017-09-30",
+            }
+            paths = {
+                "/latest/meta-data/instance-id": h["instance_id"],
+                "/latest/meta-data/instance-type": "c6i.large",
+                "/latest/meta-data/ami-id": HOST_IMAGE_ID,
+                "/latest/meta-data/local-ipv4": h["private_ip"],
+                "/latest/meta-data/placement/availability-zone": h["az"],
+                "/latest/meta-data/placement/region": h["region"],
+                "/latest/dynamic/instance-identity/document": json.dumps(identity, indent=2),
+            }
+            paths.update(h.get("extra", {}))
+        path = self.path.split("?")[0]
+        if path in paths:
+            return self._reply(200, paths[path])
+        if path in ("/latest/meta-data", "/latest/meta-data/"):
+            names = sorted({p[len("/latest/meta-data/"):].split("/")[0] for p in paths if p.startswith("/latest/meta-data/")})
+            return self._reply(200, "\n".join(names))
+        self._reply(404, "Not Found")
+
+
+def add_host(name: str, region: str, az: str | None = None) -> dict:
+    with LOCK:
+        if name in HOSTS:
+            return HOSTS[name]
+        host = {"name": name, "region": region, "az": az or f"{region}a", "extra": {}}
+        _launch_host_instance(host)
+        handler = type(f"Imds_{name}", (ImdsHandler,), {"host": host, "tokens": {}})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        host["imds_endpoint"] = f"http://127.0.0.1:{server.server_address[1]}"
+        HOSTS[name] = host
+        return host
+
+
+def public_state() -> dict:
+    return {
+        "hosts": {
+            n: {k: v for k, v in h.items() if k != "extra"} for n, h in HOSTS.items()
+        },
+        "delays": DELAYS,
+    }
+
+
+def reset() -> None:
+    with LOCK:
+        moto_api_backend.reset()
+        VOLUME_TOKENS.clear()
+        COPY_TOKENS.clear()
+        DELAYS.clear()
+        for host in HOSTS.values():
+            host["extra"] = {}
+            _launch_host_instance(host)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Control endpoints and the server.
+# ---------------------------------------------------------------------------------------------------
+
+
+class KilnControl:
+    """WSGI middleware: /_kiln/* goes to the emulator's control, everything else to moto."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if not path.startswith("/_kiln/"):
+            return self.app(environ, start_response)
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = json.loads(environ["wsgi.input"].read(length) or b"{}") if length else {}
+            out = self.handle(environ["REQUEST_METHOD"], path, body)
+            status = "200 OK"
+        except (KeyError, ValueError, TypeError) as exc:
+            out = {"error": f"{type(exc).__name__}: {exc}"}
+            status = "400 Bad Request"
+        data = json.dumps(out).encode()
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def handle(self, method: str, path: str, body: dict) -> dict:
+        if path == "/_kiln/state":
+            return public_state()
+        if method != "POST":
+            raise ValueError(f"{method} {path} is not supported")
+        if path == "/_kiln/reset":
+            reset()
+            return public_state()
+        if path == "/_kiln/hosts":
+            host = add_host(body["name"], body.get("region", DEFAULT_REGION), body.get("az"))
+            return {k: v for k, v in host.items() if k != "extra"}
+        if path == "/_kiln/delays":
+            region = body["region"]
+            unknown = set(body) - {"region", *DELAY_KINDS}
+            if unknown:
+                raise ValueError(f"unknown delay kinds {sorted(unknown)}; known: {DELAY_KINDS}")
+            with LOCK:
+                DELAYS[region] = {k: float(body[k]) for k in DELAY_KINDS if k in body}
+            return public_state()
+        if path == "/_kiln/metadata":
+            with LOCK:
+                extra = HOSTS[body["host"]]["extra"]
+                if body.get("value") is None:
+                    extra.pop(body["path"], None)
+                else:
+                    extra[body["path"]] = str(body["value"])
+            return public_state()
+        raise ValueError(f"no control endpoint {path}")
+
+
+DEFAULT_REGION = os.environ.get("AWS_REGION", "us-east-1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state-file", required=True, help="where to write the ports and hosts")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    args = parser.parse_args()
+
+    app = KilnControl(DomainDispatcherApplication(create_backend_app))
+    server = make_server(
+        "127.0.0.1", args.port, app, threaded=True, request_handler=MotoRequestHandler
+    )
+    port = server.server_port
+    os.environ["MOTO_PORT"] = str(port)
+    add_host("builder-1", DEFAULT_REGION)
+    state = {
+        "pid": os.getpid(),
+        "endpoint": f"http://127.0.0.1:{port}",
+        "region": DEFAULT_REGION,
+        **public_state(),
+    }
+    tmp = args.state_file + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=2)
+    os.replace(tmp, args.state_file)
+    print(f"kiln emulator on {state['endpoint']}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+//! kiln's integration tests: one test binary (aws-sdk-ec2 is linked once), one module per concern.
+//! They run against the emulator started by `scripts/emulator up` and, where they need it, real
+//! loop devices and mounts (as root). Every test uses its own names and cleans up after itself.
+
+mod emulator;
+mod support;

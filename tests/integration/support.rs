@@ -1,0 +1,214 @@
+//! Test support: the emulator (started through `scripts/emulator`, as the README does), per-test
+//! unique names, and a janitor that removes what a test created even when the test fails.
+
+use aws_config::SdkConfig;
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use kiln::aws::{AwsSettings, Clients};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The repository root (where `scripts/` lives).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The running emulator's settings, parsed from `scripts/emulator up`'s export lines.
+#[derive(Debug)]
+pub struct Emulator {
+    pub vars: HashMap<String, String>,
+}
+
+impl Emulator {
+    /// Starts the emulator (or reuses the running one) once per test process.
+    pub fn get() -> &'static Emulator {
+        static EMU: OnceLock<Emulator> = OnceLock::new();
+        EMU.get_or_init(|| {
+            let out = emulator_script(&["up"]);
+            let vars = out
+                .lines()
+                .filter_map(|l| l.strip_prefix("export "))
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            Emulator { vars }
+        })
+    }
+
+    pub fn var(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("scripts/emulator up did not export {name}"))
+    }
+
+    pub fn endpoint(&self) -> &str {
+        self.var("AWS_ENDPOINT_URL")
+    }
+
+    /// The IMDS endpoint of the default builder host.
+    pub fn imds_endpoint(&self) -> &str {
+        self.var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+    }
+
+    pub fn region(&self) -> &str {
+        self.var("AWS_REGION")
+    }
+
+    /// The settings kiln gets when pointed at the emulator.
+    pub fn settings(&self, region: &str) -> AwsSettings {
+        AwsSettings {
+            region: Some(region.to_owned()),
+            endpoint_url: Some(self.endpoint().to_owned()),
+            static_credentials: Some(("testing".into(), "testing".into())),
+        }
+    }
+
+    /// One `SdkConfig` for `region`, built by kiln's own loader.
+    pub async fn sdk_config(&self, region: &str) -> SdkConfig {
+        kiln::aws::load(&self.settings(region))
+            .await
+            .expect("kiln::aws::load against the emulator")
+    }
+
+    pub async fn clients(&self, region: &str) -> Clients {
+        Clients::new(&self.sdk_config(region).await)
+    }
+}
+
+/// Runs `scripts/emulator ARGS`; panics with its output (which names the install command) on failure.
+pub fn emulator_script(args: &[&str]) -> String {
+    let script = repo_root().join("scripts/emulator");
+    let out = Command::new(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} {} failed:\n{}",
+        script.display(),
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A name no other test (in this or another process) uses: `kiln-test-<what>-<pid>-<n>`.
+pub fn unique(what: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "kiln-test-{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A resource a test created, to be removed afterwards.
+#[derive(Debug, Clone)]
+pub enum Resource {
+    Volume(String),
+    Snapshot(String),
+    Image(String),
+}
+
+/// Records what a test creates, per region, and removes it in [`Janitor::clean`]: images first,
+/// then snapshots, then volumes (detached first). Errors other than "not found" fail the test.
+#[derive(Debug, Clone, Default)]
+pub struct Janitor {
+    items: Arc<Mutex<Vec<(String, Resource)>>>,
+}
+
+impl Janitor {
+    pub fn track(&self, region: &str, resource: Resource) {
+        self.items
+            .lock()
+            .expect("janitor lock")
+            .push((region.to_owned(), resource));
+    }
+
+    pub async fn clean(&self, emu: &Emulator) -> Vec<String> {
+        let items = std::mem::take(&mut *self.items.lock().expect("janitor lock"));
+        let mut problems = Vec::new();
+        let rank = |r: &Resource| match r {
+            Resource::Image(_) => 0,
+            Resource::Snapshot(_) => 1,
+            Resource::Volume(_) => 2,
+        };
+        let mut sorted = items;
+        sorted.sort_by_key(|(_, r)| rank(r));
+        for (region, resource) in sorted {
+            let ec2 = emu.clients(&region).await.ec2;
+            let gone = |code: Option<&str>| {
+                code.is_some_and(|c| c.ends_with("NotFound") || c.ends_with(".Unavailable"))
+            };
+            let describe = |e: &dyn std::fmt::Debug| format!("{e:?}");
+            let result: Result<(), String> = match &resource {
+                Resource::Image(id) => ec2
+                    .deregister_image()
+                    .image_id(id)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .or_else(|e| {
+                        if gone(e.code()) {
+                            Ok(())
+                        } else {
+                            Err(describe(&e))
+                        }
+                    }),
+                Resource::Snapshot(id) => ec2
+                    .delete_snapshot()
+                    .snapshot_id(id)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .or_else(|e| {
+                        if gone(e.code()) {
+                            Ok(())
+                        } else {
+                            Err(describe(&e))
+                        }
+                    }),
+                Resource::Volume(id) => {
+                    let _ = ec2.detach_volume().volume_id(id).force(true).send().await;
+                    ec2.delete_volume()
+                        .volume_id(id)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .or_else(|e| {
+                            if gone(e.code()) {
+                                Ok(())
+                            } else {
+                                Err(describe(&e))
+                            }
+                        })
+                }
+            };
+            if let Err(e) = result {
+                problems.push(format!("{resource:?} in {region}: {e}"));
+            }
+        }
+        problems
+    }
+}
+
+/// Runs `body` with a janitor, then cleans up whether the body passed or panicked; re-raises the
+/// body's panic, and fails when cleanup left something behind.
+pub async fn with_janitor<F, Fut>(body: F)
+where
+    F: FnOnce(Janitor) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let janitor = Janitor::default();
+    let outcome = tokio::spawn(body(janitor.clone())).await;
+    let problems = janitor.clean(Emulator::get()).await;
+    if let Err(e) = outcome {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+        panic!("test task failed: {e}");
+    }
+    assert!(problems.is_empty(), "cleanup failed: {problems:#?}");
+}
