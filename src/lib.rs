@@ -4,3 +4,4 @@
 
 pub mod aws;
 pub mod observe;
+pub mod template;

@@ -1,0 +1,857 @@
+//! The `amazon-chroot` builder's configuration: every field Packer's chroot builder accepts, its
+//! defaults, and its validation rules and messages (plus the checks Packer forgets for chroot).
+
+use super::decode::Fields;
+use super::gotmpl::{ami_name_char, placeholders as ph};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Packer's default `chroot_mounts`.
+pub const DEFAULT_CHROOT_MOUNTS: [[&str; 3]; 5] = [
+    ["proc", "proc", "/proc"],
+    ["sysfs", "sysfs", "/sys"],
+    ["bind", "/dev", "/dev"],
+    ["devpts", "devpts", "/dev/pts"],
+    ["binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"],
+];
+/// Packer's default `command_wrapper`.
+pub const DEFAULT_COMMAND_WRAPPER: &str = "{{.Command}}";
+/// Packer's default `mount_path`.
+pub const DEFAULT_MOUNT_PATH: &str = "/mnt/packer-amazon-chroot-volumes/{{.Device}}";
+/// Packer's default `mount_partition`.
+pub const DEFAULT_MOUNT_PARTITION: &str = "1";
+/// Packer's default `ami_architecture`.
+pub const DEFAULT_ARCHITECTURE: &str = "x86_64";
+/// Allowed `ami_architecture` values (Packer's list).
+pub const ARCHITECTURES: [&str; 5] = ["arm64", "arm64_mac", "i386", "x86_64", "x86_64_mac"];
+/// Allowed `boot_mode` values.
+pub const BOOT_MODES: [&str; 3] = ["legacy-bios", "uefi", "uefi-preferred"];
+/// EBS volume types.
+pub const VOLUME_TYPES: [&str; 7] = ["standard", "gp2", "gp3", "io1", "io2", "st1", "sc1"];
+
+/// gp3 IOPS range (EBS documentation: 3,000 baseline, 16,000 maximum).
+pub const GP3_IOPS: (i64, i64) = (3000, 16000);
+/// gp3 throughput range in MiB/s (EBS documentation: 125 baseline, 1,000 maximum).
+pub const GP3_THROUGHPUT: (i64, i64) = (125, 1000);
+/// io1 IOPS range (EBS documentation).
+pub const IO1_IOPS: (i64, i64) = (100, 64000);
+/// io2 IOPS range (EBS documentation, io2 Block Express).
+pub const IO2_IOPS: (i64, i64) = (100, 256000);
+
+/// Fields of amazon-ebs and other builders that users copy into chroot templates by mistake.
+pub const FOREIGN_FIELDS: &[(&str, &str)] = &[
+    (
+        "instance_type",
+        "amazon-chroot builds on the builder instance itself and launches no instance; remove it",
+    ),
+    (
+        "ssh_username",
+        "amazon-chroot has no communicator (provisioners run in a chroot); remove it",
+    ),
+    (
+        "ssh_password",
+        "amazon-chroot has no communicator; remove it",
+    ),
+    (
+        "ssh_private_key_file",
+        "amazon-chroot has no communicator; remove it",
+    ),
+    (
+        "ssh_keypair_name",
+        "amazon-chroot has no communicator; remove it",
+    ),
+    (
+        "ssh_timeout",
+        "amazon-chroot has no communicator; remove it",
+    ),
+    (
+        "ssh_interface",
+        "amazon-chroot has no communicator; remove it",
+    ),
+    (
+        "winrm_username",
+        "amazon-chroot has no communicator; remove it",
+    ),
+    (
+        "communicator",
+        "amazon-chroot has no communicator; remove it",
+    ),
+    (
+        "subnet_id",
+        "amazon-chroot launches no instance, so it has no subnet; remove it",
+    ),
+    ("vpc_id", "amazon-chroot launches no instance; remove it"),
+    (
+        "security_group_id",
+        "amazon-chroot launches no instance; remove it",
+    ),
+    (
+        "security_group_ids",
+        "amazon-chroot launches no instance; remove it",
+    ),
+    (
+        "associate_public_ip_address",
+        "amazon-chroot launches no instance; remove it",
+    ),
+    (
+        "iam_instance_profile",
+        "amazon-chroot launches no instance; remove it",
+    ),
+    ("user_data", "amazon-chroot launches no instance; remove it"),
+    (
+        "user_data_file",
+        "amazon-chroot launches no instance; remove it",
+    ),
+    (
+        "spot_price",
+        "amazon-chroot launches no instance; remove it",
+    ),
+    (
+        "launch_block_device_mappings",
+        "this is an amazon-ebs field; for chroot use ami_block_device_mappings with root_device_name",
+    ),
+    (
+        "run_tags",
+        "amazon-chroot launches no instance; use root_volume_tags for the build volume",
+    ),
+    (
+        "shutdown_behavior",
+        "amazon-chroot launches no instance; remove it",
+    ),
+];
+
+/// An EBS block device mapping (`ami_block_device_mappings`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BlockDevice {
+    /// The device name, e.g. `/dev/xvda`.
+    pub device_name: String,
+    /// Delete the volume when the instance terminates.
+    pub delete_on_termination: bool,
+    /// Encrypt the volume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<bool>,
+    /// Provisioned IOPS (gp3, io1, io2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iops: Option<i64>,
+    /// Suppress the device.
+    pub no_device: bool,
+    /// Snapshot to create the volume from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// Throughput in MiB/s (gp3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<i64>,
+    /// Instance store name, e.g. `ephemeral0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_name: Option<String>,
+    /// EBS volume type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_type: Option<String>,
+    /// Size in GiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_size: Option<i64>,
+    /// KMS key for encryption.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+}
+
+/// `source_ami_filter`, or an `amazon-ami` data source.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct AmiFilter {
+    /// DescribeImages filters.
+    pub filters: BTreeMap<String, String>,
+    /// Owner ids or aliases.
+    pub owners: Vec<String>,
+    /// Pick the newest when several match.
+    pub most_recent: bool,
+}
+
+/// `aws_polling`: how often and how long to wait for AWS resources.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct AwsPolling {
+    /// Seconds between polls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<i64>,
+    /// Polls before giving up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<i64>,
+}
+
+/// The configuration of one `amazon-chroot` build, with Packer's defaults applied.
+/// Strings may still hold build-time placeholders (`{{.Device}}`), resolved by the pipeline.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChrootConfig {
+    // Access.
+    /// Region of the build (default: the builder instance's region).
+    pub region: Option<String>,
+    /// Shared config profile.
+    pub profile: Option<String>,
+    /// Static access key (masked in output).
+    pub access_key: Option<String>,
+    /// Static secret key (masked in output).
+    pub secret_key: Option<String>,
+    /// Session token (masked in output).
+    pub token: Option<String>,
+    /// Custom EC2 endpoint.
+    pub custom_endpoint_ec2: Option<String>,
+    /// Shared credentials file.
+    pub shared_credentials_file: Option<String>,
+    /// Skip checking `ami_regions` names.
+    pub skip_region_validation: bool,
+    /// Skip the metadata API check.
+    pub skip_metadata_api_check: bool,
+    /// Skip credential validation.
+    pub skip_credential_validation: bool,
+    /// Retries of AWS calls.
+    pub max_retries: Option<i64>,
+    /// MFA code.
+    pub mfa_code: Option<String>,
+    /// Polling settings.
+    pub aws_polling: Option<AwsPolling>,
+    /// `assume_role` block, kept as written.
+    pub assume_role: Option<serde_json::Value>,
+    // AMI.
+    /// Name of the new AMI.
+    pub ami_name: String,
+    /// Description of the new AMI.
+    pub ami_description: Option<String>,
+    /// `hvm` or `paravirtual` (required with from_scratch; otherwise from the source).
+    pub ami_virtualization_type: Option<String>,
+    /// Accounts given launch permission.
+    pub ami_users: Vec<String>,
+    /// Groups given launch permission (`all` makes it public).
+    pub ami_groups: Vec<String>,
+    /// Organizations given launch permission.
+    pub ami_org_arns: Vec<String>,
+    /// Organizational units given launch permission.
+    pub ami_ou_arns: Vec<String>,
+    /// Product codes.
+    pub ami_product_codes: Vec<String>,
+    /// Regions to copy the AMI to.
+    pub ami_regions: Vec<String>,
+    /// Tags on the AMI and its snapshots.
+    pub tags: BTreeMap<String, String>,
+    /// ENA support.
+    pub ena_support: Option<bool>,
+    /// SR-IOV (`simple`).
+    pub sriov_support: bool,
+    /// Deregister an existing AMI of the same name first.
+    pub force_deregister: bool,
+    /// With force_deregister, delete its snapshots too.
+    pub force_delete_snapshot: bool,
+    /// Encrypt the AMI's snapshots.
+    pub encrypt_boot: Option<bool>,
+    /// KMS key for encrypt_boot.
+    pub kms_key_id: Option<String>,
+    /// KMS key per region.
+    pub region_kms_key_ids: BTreeMap<String, String>,
+    /// Do not keep the AMI in the build region.
+    pub skip_save_build_region: bool,
+    /// `v2.0` to require IMDSv2.
+    pub imds_support: Option<String>,
+    /// RFC 3339 time to deprecate the AMI.
+    pub deprecate_at: Option<String>,
+    /// Tags on snapshots only.
+    pub snapshot_tags: BTreeMap<String, String>,
+    /// Accounts given createVolumePermission on the snapshots.
+    pub snapshot_users: Vec<String>,
+    /// Groups given createVolumePermission on the snapshots.
+    pub snapshot_groups: Vec<String>,
+    /// Protect the AMI from deregistration.
+    pub deregistration_protection: Option<serde_json::Value>,
+    // Chroot.
+    /// Block device mappings of the new AMI (instead of the source's).
+    pub ami_block_device_mappings: Vec<BlockDevice>,
+    /// Mounts inside the chroot: `[fstype, source, path]`.
+    pub chroot_mounts: Vec<[String; 3]>,
+    /// Wraps every host command; `{{.Command}}` is the command.
+    pub command_wrapper: String,
+    /// Host files copied into the chroot for the build.
+    pub copy_files: Vec<String>,
+    /// Device to attach the volume as.
+    pub device_path: Option<String>,
+    /// Device the attached volume appears as on NVMe hosts.
+    pub nvme_device_path: Option<String>,
+    /// Build from an empty volume.
+    pub from_scratch: bool,
+    /// `mount -o` options.
+    pub mount_options: Vec<String>,
+    /// Partition to mount (`0` for the whole device).
+    pub mount_partition: String,
+    /// Where the volume is mounted.
+    pub mount_path: String,
+    /// Host commands after mounting.
+    pub post_mount_commands: Vec<String>,
+    /// Host commands before mounting.
+    pub pre_mount_commands: Vec<String>,
+    /// Root device name of the new AMI.
+    pub root_device_name: Option<String>,
+    /// Size of the build volume in GiB.
+    pub root_volume_size: Option<i64>,
+    /// Type of the build volume.
+    pub root_volume_type: Option<String>,
+    /// Source AMI id.
+    pub source_ami: Option<String>,
+    /// Source AMI filter (also from a `data "amazon-ami"` source).
+    pub source_ami_filter: Option<AmiFilter>,
+    /// Tags on the build volume.
+    pub root_volume_tags: BTreeMap<String, String>,
+    /// Encrypt the build volume.
+    pub root_volume_encrypt_boot: Option<bool>,
+    /// KMS key for the build volume.
+    pub root_volume_kms_key_id: Option<String>,
+    /// Architecture of the new AMI.
+    pub ami_architecture: String,
+    /// Boot mode of the new AMI.
+    pub boot_mode: Option<String>,
+    /// UEFI variable store.
+    pub uefi_data: Option<String>,
+    /// `v2.0` for NitroTPM.
+    pub tpm_support: Option<String>,
+    /// Fields left at Packer's default (for `kiln inspect`).
+    #[serde(skip)]
+    pub defaulted: BTreeSet<&'static str>,
+}
+
+impl ChrootConfig {
+    /// Decodes and validates one builder object. Every problem goes to `f.diags`.
+    pub fn decode(f: &mut Fields<'_>) -> ChrootConfig {
+        let mut c = ChrootConfig {
+            region: f.string("region", &[]),
+            profile: f.string("profile", &[]),
+            access_key: f.string("access_key", &[]),
+            secret_key: f.string("secret_key", &[]),
+            token: f.string("token", &[]),
+            custom_endpoint_ec2: f.string("custom_endpoint_ec2", &[]),
+            shared_credentials_file: f.string("shared_credentials_file", &[]),
+            skip_region_validation: f.bool("skip_region_validation").unwrap_or(false),
+            skip_metadata_api_check: f.bool("skip_metadata_api_check").unwrap_or(false),
+            skip_credential_validation: f.bool("skip_credential_validation").unwrap_or(false),
+            max_retries: f.int("max_retries"),
+            mfa_code: f.string("mfa_code", &[]),
+            ami_name: f.string("ami_name", ph::SOURCE).unwrap_or_default(),
+            ami_description: f.string("ami_description", ph::SOURCE),
+            ami_virtualization_type: f.string("ami_virtualization_type", &[]),
+            ami_users: f.string_list("ami_users", &[]).unwrap_or_default(),
+            ami_groups: f.string_list("ami_groups", &[]).unwrap_or_default(),
+            ami_org_arns: f.string_list("ami_org_arns", &[]).unwrap_or_default(),
+            ami_ou_arns: f.string_list("ami_ou_arns", &[]).unwrap_or_default(),
+            ami_product_codes: f.string_list("ami_product_codes", &[]).unwrap_or_default(),
+            ami_regions: f.string_list("ami_regions", &[]).unwrap_or_default(),
+            tags: f.string_map("tags", ph::SOURCE).unwrap_or_default(),
+            ena_support: f.bool("ena_support"),
+            sriov_support: f.bool("sriov_support").unwrap_or(false),
+            force_deregister: f.bool("force_deregister").unwrap_or(false),
+            force_delete_snapshot: f.bool("force_delete_snapshot").unwrap_or(false),
+            encrypt_boot: f.bool("encrypt_boot"),
+            kms_key_id: f.string("kms_key_id", &[]),
+            region_kms_key_ids: f.string_map("region_kms_key_ids", &[]).unwrap_or_default(),
+            skip_save_build_region: f.bool("skip_save_build_region").unwrap_or(false),
+            imds_support: f.string("imds_support", &[]),
+            deprecate_at: f.string("deprecate_at", &[]),
+            snapshot_tags: f
+                .string_map("snapshot_tags", ph::SOURCE)
+                .unwrap_or_default(),
+            snapshot_users: f.string_list("snapshot_users", &[]).unwrap_or_default(),
+            snapshot_groups: f.string_list("snapshot_groups", &[]).unwrap_or_default(),
+            deregistration_protection: f.raw("deregistration_protection").map(|n| n.to_json()),
+            assume_role: f.raw("assume_role").map(|n| n.to_json()),
+            command_wrapper: f.string("command_wrapper", ph::COMMAND).unwrap_or_default(),
+            device_path: f.string("device_path", &[]),
+            nvme_device_path: f.string("nvme_device_path", &[]),
+            from_scratch: f.bool("from_scratch").unwrap_or(false),
+            mount_options: f.string_list("mount_options", &[]).unwrap_or_default(),
+            mount_partition: f.string("mount_partition", &[]).unwrap_or_default(),
+            mount_path: f.string("mount_path", ph::DEVICE).unwrap_or_default(),
+            post_mount_commands: f
+                .string_list("post_mount_commands", ph::DEVICE)
+                .unwrap_or_default(),
+            pre_mount_commands: f
+                .string_list("pre_mount_commands", ph::DEVICE)
+                .unwrap_or_default(),
+            root_device_name: f.string("root_device_name", &[]),
+            root_volume_size: f.int("root_volume_size"),
+            root_volume_type: f.string("root_volume_type", &[]),
+            source_ami: f.string("source_ami", &[]),
+            root_volume_tags: f
+                .string_map("root_volume_tags", ph::SOURCE)
+                .unwrap_or_default(),
+            root_volume_encrypt_boot: f.bool("root_volume_encrypt_boot"),
+            root_volume_kms_key_id: f.string("root_volume_kms_key_id", &[]),
+            ami_architecture: f.string("ami_architecture", &[]).unwrap_or_default(),
+            boot_mode: f.string("boot_mode", &[]),
+            uefi_data: f.string("uefi_data", &[]),
+            tpm_support: f.string("tpm_support", &[]),
+            ..Default::default()
+        };
+        // HCL2 block forms of the tag maps.
+        c.tags.extend(f.key_value_blocks("tag", ph::SOURCE));
+        c.snapshot_tags
+            .extend(f.key_value_blocks("snapshot_tag", ph::SOURCE));
+        c.root_volume_tags
+            .extend(f.key_value_blocks("root_volume_tag", ph::SOURCE));
+        c.aws_polling = decode_polling(f);
+        c.source_ami_filter = decode_filter(f);
+        c.ami_block_device_mappings = decode_mappings(f);
+        let copy_files_set = f.has("copy_files");
+        c.copy_files = f.string_list("copy_files", &[]).unwrap_or_default();
+        let mounts_set = f.has("chroot_mounts");
+        c.chroot_mounts = decode_mounts(f);
+
+        // Packer's defaults.
+        if c.command_wrapper.is_empty() {
+            c.command_wrapper = DEFAULT_COMMAND_WRAPPER.into();
+            c.defaulted.insert("command_wrapper");
+        }
+        if c.mount_path.is_empty() {
+            c.mount_path = DEFAULT_MOUNT_PATH.into();
+            c.defaulted.insert("mount_path");
+        }
+        if c.mount_partition.is_empty() {
+            c.mount_partition = DEFAULT_MOUNT_PARTITION.into();
+            c.defaulted.insert("mount_partition");
+        }
+        if c.ami_architecture.is_empty() {
+            c.ami_architecture = DEFAULT_ARCHITECTURE.into();
+            c.defaulted.insert("ami_architecture");
+        }
+        if !mounts_set {
+            c.chroot_mounts = DEFAULT_CHROOT_MOUNTS
+                .iter()
+                .map(|m| m.map(str::to_owned))
+                .collect();
+            c.defaulted.insert("chroot_mounts");
+        }
+        if !copy_files_set && !c.from_scratch {
+            c.copy_files = vec!["/etc/resolv.conf".into()];
+            c.defaulted.insert("copy_files");
+        }
+        c.validate(f);
+        c
+    }
+
+    fn validate(&self, f: &mut Fields<'_>) {
+        // AMI name.
+        if self.ami_name.is_empty() {
+            f.error("ami_name", "ami_name must be specified");
+        } else if !super::gotmpl::has_actions(&self.ami_name) {
+            let n = self.ami_name.chars().count();
+            if !(3..=128).contains(&n) {
+                f.error(
+                    "ami_name",
+                    "ami_name must be between 3 and 128 characters long",
+                );
+            }
+            if let Some(bad) = self.ami_name.chars().find(|c| !ami_name_char(*c)) {
+                f.error("ami_name", format!(
+                    "AMIName should only contain alphanumeric characters, parentheses (()), square brackets ([]), spaces ( ), periods (.), slashes (/), dashes (-), single quotes ('), at-signs (@), or underscores(_) (found `{bad}`). You can use the `clean_resource_name` template filter to automatically clean your ami name."
+                ));
+            }
+        }
+        if !ARCHITECTURES.contains(&self.ami_architecture.as_str()) {
+            f.error("ami_architecture", r#"The only valid ami_architecture values are "arm64", "arm64_mac", "i386", "x86_64", or "x86_64_mac""#);
+        }
+        if let Some(m) = &self.boot_mode
+            && !BOOT_MODES.contains(&m.as_str())
+        {
+            f.error("boot_mode", format!(r#"The only valid boot_mode values are "legacy-bios", "uefi" and "uefi-preferred" (got "{m}")"#));
+        }
+        if let Some(v) = &self.imds_support
+            && !v.is_empty()
+            && v != "v2.0"
+        {
+            f.error("imds_support", format!(r#"The only valid imds_support values are "v2.0" or the empty string (got "{v}")"#));
+        }
+        if let Some(v) = &self.tpm_support
+            && !v.is_empty()
+            && v != "v2.0"
+        {
+            f.error("tpm_support", format!(r#"The only valid tpm_support values are "v2.0" or the empty string (got "{v}")"#));
+        }
+        if let Some(t) = &self.ami_virtualization_type
+            && !t.is_empty()
+            && t != "hvm"
+            && t != "paravirtual"
+        {
+            f.error(
+                "ami_virtualization_type",
+                format!(r#"ami_virtualization_type must be "hvm" or "paravirtual" (got "{t}")"#),
+            );
+        }
+        if let Some(d) = &self.deprecate_at
+            && !super::gotmpl::has_actions(d)
+            && time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339)
+                .is_err()
+        {
+            f.error("deprecate_at", format!("deprecate_at must be an RFC 3339 timestamp such as 2030-01-01T00:00:00Z (got \"{d}\")"));
+        }
+        // KMS.
+        if (self.kms_key_id.is_some() || !self.region_kms_key_ids.is_empty())
+            && self.encrypt_boot != Some(true)
+        {
+            let field = if self.kms_key_id.is_some() {
+                "kms_key_id"
+            } else {
+                "region_kms_key_ids"
+            };
+            f.error(field, "If you have set either kms_key_id or region_kms_key_ids, encrypt_boot must also be true.");
+        }
+        if !self.region_kms_key_ids.is_empty() {
+            for r in &self.ami_regions {
+                if !self.region_kms_key_ids.contains_key(r) {
+                    f.error(
+                        "region_kms_key_ids",
+                        format!("Region {r} is in ami_regions but not in region_kms_key_ids"),
+                    );
+                }
+            }
+            for r in self.region_kms_key_ids.keys() {
+                if !self.ami_regions.contains(r) && Some(r) != self.region.as_ref() {
+                    f.error(
+                        "region_kms_key_ids",
+                        format!("Region {r} is in region_kms_key_ids but not in ami_regions"),
+                    );
+                }
+            }
+        }
+        if self.root_volume_kms_key_id.is_some() && self.root_volume_encrypt_boot != Some(true) {
+            f.error("root_volume_kms_key_id", "If you have set root_volume_kms_key_id, root_volume_encrypt_boot must also be true.");
+        }
+        for (key, t) in [("root_volume_type", &self.root_volume_type)] {
+            if let Some(t) = t
+                && !VOLUME_TYPES.contains(&t.as_str())
+            {
+                f.error(
+                    key,
+                    format!(
+                        "unknown volume type \"{t}\": use one of {}",
+                        VOLUME_TYPES.join(", ")
+                    ),
+                );
+            }
+        }
+        if let Some(s) = self.root_volume_size
+            && s <= 0
+        {
+            f.error(
+                "root_volume_size",
+                format!("root_volume_size must be a positive number of GiB (got {s})"),
+            );
+        }
+        if !self.mount_partition.chars().all(|c| c.is_ascii_digit()) {
+            f.error("mount_partition", format!("mount_partition must be a partition number, or \"0\" for the whole device (got \"{}\")", self.mount_partition));
+        }
+        for (i, m) in self.chroot_mounts.iter().enumerate() {
+            if m.iter().any(String::is_empty) {
+                f.error(
+                    &format!("chroot_mounts[{i}]"),
+                    "Each chroot_mounts entry should be three elements.",
+                );
+            }
+        }
+        if !self.command_wrapper.contains("{{.Command}}") {
+            f.warn(
+                "command_wrapper",
+                "command_wrapper does not contain {{.Command}}: the commands it wraps will not run",
+            );
+        }
+        // from_scratch or source.
+        if self.from_scratch {
+            if self.source_ami.is_some() || self.source_ami_filter.is_some() {
+                f.warn(
+                    "from_scratch",
+                    "source_ami and source_ami_filter are unused when from_scratch is true",
+                );
+            }
+            if self.root_volume_size.is_none() {
+                f.error(
+                    "root_volume_size",
+                    "root_volume_size is required with from_scratch.",
+                );
+            }
+            if self.pre_mount_commands.is_empty() {
+                f.error(
+                    "pre_mount_commands",
+                    "pre_mount_commands is required with from_scratch.",
+                );
+            }
+            if self
+                .ami_virtualization_type
+                .as_deref()
+                .unwrap_or("")
+                .is_empty()
+            {
+                f.error(
+                    "ami_virtualization_type",
+                    "ami_virtualization_type is required with from_scratch.",
+                );
+            }
+            if self.root_device_name.is_none() {
+                f.error(
+                    "root_device_name",
+                    "root_device_name is required with from_scratch.",
+                );
+            }
+            if self.ami_block_device_mappings.is_empty() {
+                f.error(
+                    "ami_block_device_mappings",
+                    "ami_block_device_mappings is required with from_scratch.",
+                );
+            }
+        } else {
+            if self.source_ami.as_deref().unwrap_or("").is_empty()
+                && self.source_ami_filter.is_none()
+            {
+                f.error("source_ami", "source_ami or source_ami_filter is required.");
+            }
+            if !self.ami_block_device_mappings.is_empty() && self.root_device_name.is_none() {
+                f.error(
+                    "root_device_name",
+                    "If ami_block_device_mappings is specified, root_device_name must be specified",
+                );
+            }
+            if self.root_device_name.is_some() && self.ami_block_device_mappings.is_empty() {
+                f.error(
+                    "ami_block_device_mappings",
+                    "If root_device_name is specified, ami_block_device_mappings must be specified",
+                );
+            }
+            if !self.ami_block_device_mappings.is_empty() && self.root_volume_size.is_none() {
+                f.error(
+                    "root_volume_size",
+                    "root_volume_size is required if ami_block_device_mappings is specified",
+                );
+            }
+        }
+        if let Some(root) = &self.root_device_name
+            && !self.ami_block_device_mappings.is_empty()
+            && !self
+                .ami_block_device_mappings
+                .iter()
+                .any(|b| &b.device_name == root)
+        {
+            f.error("root_device_name", format!("root_device_name {root} has no entry in ami_block_device_mappings: add a mapping with device_name = \"{root}\""));
+        }
+    }
+}
+
+fn decode_polling(f: &mut Fields<'_>) -> Option<AwsPolling> {
+    let node = f.raw("aws_polling")?;
+    let node = match &node.value {
+        super::node::Value::Array(a) if a.len() == 1 => &a[0],
+        _ => node,
+    };
+    let mut diags = Vec::new();
+    let mut g = Fields::new(node, f.field("aws_polling"), &mut diags, f.ctx);
+    let p = AwsPolling {
+        delay_seconds: g.int("delay_seconds"),
+        max_attempts: g.int("max_attempts"),
+    };
+    for (k, v) in [
+        ("delay_seconds", p.delay_seconds),
+        ("max_attempts", p.max_attempts),
+    ] {
+        if v.is_some_and(|v| v <= 0) {
+            g.error(k, format!("{k} must be a positive number"));
+        }
+    }
+    g.finish(&[]);
+    f.diags.append(&mut diags);
+    Some(p)
+}
+
+/// Reads a `source_ami_filter` (or `amazon-ami` data source) object.
+pub fn decode_filter_node(
+    node: &super::node::Node,
+    path: String,
+    diags: &mut Vec<super::Diagnostic>,
+    ctx: &super::gotmpl::Ctx,
+) -> AmiFilter {
+    let mut g = Fields::new(node, path, diags, ctx);
+    let filter = AmiFilter {
+        filters: g.string_map("filters", &[]).unwrap_or_default(),
+        owners: g.string_list("owners", &[]).unwrap_or_default(),
+        most_recent: g.bool("most_recent").unwrap_or(false),
+    };
+    // HCL2 data sources may carry access settings; kiln uses the build's.
+    for k in [
+        "region",
+        "profile",
+        "access_key",
+        "secret_key",
+        "include_deprecated",
+    ] {
+        let _ = g.raw(k);
+    }
+    if filter.owners.is_empty()
+        && !filter.filters.contains_key("owner-id")
+        && !filter.filters.contains_key("owner-alias")
+    {
+        g.error(
+            "owners",
+            "For security reasons, your source AMI filter must declare an owner.",
+        );
+    }
+    if filter.filters.is_empty() && filter.owners.is_empty() {
+        g.error(
+            "filters",
+            "source_ami_filter needs filters or owners to select an image",
+        );
+    }
+    g.finish(&[]);
+    filter
+}
+
+fn decode_filter(f: &mut Fields<'_>) -> Option<AmiFilter> {
+    let node = f.raw("source_ami_filter")?;
+    let node = match &node.value {
+        super::node::Value::Array(a) if a.len() == 1 => &a[0],
+        _ => node,
+    };
+    let mut diags = Vec::new();
+    let filter = decode_filter_node(node, f.field("source_ami_filter"), &mut diags, f.ctx);
+    f.diags.append(&mut diags);
+    Some(filter)
+}
+
+fn decode_mappings(f: &mut Fields<'_>) -> Vec<BlockDevice> {
+    let Some(node) = f.raw("ami_block_device_mappings") else {
+        return Vec::new();
+    };
+    let items: Vec<&super::node::Node> = match &node.value {
+        super::node::Value::Array(a) => a.iter().collect(),
+        super::node::Value::Object(_) => vec![node],
+        other => {
+            f.error(
+                "ami_block_device_mappings",
+                format!(
+                    "expected a list of block device mappings, got a {}",
+                    other.type_name()
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let mut diags = Vec::new();
+        let path = f.field(&format!("ami_block_device_mappings[{i}]"));
+        let mut g = Fields::new(item, path, &mut diags, f.ctx);
+        let b = BlockDevice {
+            device_name: g.string("device_name", &[]).unwrap_or_default(),
+            delete_on_termination: g.bool("delete_on_termination").unwrap_or(false),
+            encrypted: g.bool("encrypted"),
+            iops: g.int("iops"),
+            no_device: g.bool("no_device").unwrap_or(false),
+            snapshot_id: g.string("snapshot_id", &[]),
+            throughput: g.int("throughput"),
+            virtual_name: g.string("virtual_name", &[]),
+            volume_type: g.string("volume_type", &[]),
+            volume_size: g.int("volume_size"),
+            kms_key_id: g.string("kms_key_id", &[]),
+        };
+        validate_mapping(&b, &mut g);
+        g.finish(&[]);
+        f.diags.append(&mut diags);
+        out.push(b);
+    }
+    out
+}
+
+fn validate_mapping(b: &BlockDevice, g: &mut Fields<'_>) {
+    if b.device_name.is_empty() {
+        g.error(
+            "device_name",
+            "The `device_name` must be specified for every device in the block device mapping.",
+        );
+    }
+    let t = b.volume_type.as_deref().unwrap_or("");
+    if !t.is_empty() && !VOLUME_TYPES.contains(&t) {
+        g.error(
+            "volume_type",
+            format!(
+                "unknown volume type \"{t}\": use one of {}",
+                VOLUME_TYPES.join(", ")
+            ),
+        );
+    }
+    let range = |g: &mut Fields<'_>, key: &str, v: i64, (lo, hi): (i64, i64), what: &str| {
+        if !(lo..=hi).contains(&v) {
+            g.error(
+                key,
+                format!("{key} {v} is out of range for {what}: use {lo} to {hi}"),
+            );
+        }
+    };
+    match (t, b.iops) {
+        ("gp3", Some(i)) => range(g, "iops", i, GP3_IOPS, "gp3"),
+        ("io1", Some(i)) => range(g, "iops", i, IO1_IOPS, "io1"),
+        ("io2", Some(i)) => range(g, "iops", i, IO2_IOPS, "io2"),
+        ("io1" | "io2", None) => g.error("iops", format!("iops is required for volume_type {t}")),
+        (_, Some(_)) => g.error(
+            "iops",
+            format!(
+                "iops applies only to gp3, io1 and io2 volumes, not {}",
+                if t.is_empty() { "the default type" } else { t }
+            ),
+        ),
+        _ => {}
+    }
+    match (t, b.throughput) {
+        ("gp3", Some(v)) => range(g, "throughput", v, GP3_THROUGHPUT, "gp3"),
+        (_, Some(_)) => g.error(
+            "throughput",
+            "throughput applies only to gp3 volumes: set volume_type = \"gp3\"",
+        ),
+        _ => {}
+    }
+    if b.kms_key_id.is_some() && b.encrypted != Some(true) {
+        g.error(
+            "kms_key_id",
+            format!(
+                "The device {}, must also have `encrypted: true` when setting a kms_key_id.",
+                b.device_name
+            ),
+        );
+    }
+    if let Some(s) = b.volume_size
+        && s <= 0
+    {
+        g.error(
+            "volume_size",
+            format!("volume_size must be a positive number of GiB (got {s})"),
+        );
+    }
+}
+
+fn decode_mounts(f: &mut Fields<'_>) -> Vec<[String; 3]> {
+    let Some(node) = f.raw("chroot_mounts") else {
+        return Vec::new();
+    };
+    let super::node::Value::Array(items) = &node.value else {
+        f.error(
+            "chroot_mounts",
+            "expected a list of [fstype, source, path] lists",
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = format!("chroot_mounts[{i}]");
+        match &item.value {
+            super::node::Value::Array(parts) if parts.len() == 3 => {
+                let strs: Vec<String> = parts
+                    .iter()
+                    .filter_map(|p| p.as_str().map(str::to_owned))
+                    .collect();
+                if strs.len() == 3 {
+                    out.push([strs[0].clone(), strs[1].clone(), strs[2].clone()]);
+                } else {
+                    f.error(&key, "Each chroot_mounts entry should be three elements.");
+                }
+            }
+            _ => f.error(&key, "Each chroot_mounts entry should be three elements."),
+        }
+    }
+    out
+}
