@@ -316,6 +316,12 @@ pub struct ChrootConfig {
 impl ChrootConfig {
     /// Decodes and validates one builder object. Every problem goes to `f.diags`.
     pub fn decode(f: &mut Fields<'_>) -> ChrootConfig {
+        Self::decode_with(f, None)
+    }
+
+    /// As [`ChrootConfig::decode`], with the source image given by a `data "amazon-ami"` source
+    /// when the template's `source_ami` refers to one.
+    pub fn decode_with(f: &mut Fields<'_>, data_filter: Option<AmiFilter>) -> ChrootConfig {
         let mut c = ChrootConfig {
             region: f.string("region", &[]),
             profile: f.string("profile", &[]),
@@ -391,7 +397,7 @@ impl ChrootConfig {
         c.root_volume_tags
             .extend(f.key_value_blocks("root_volume_tag", ph::SOURCE));
         c.aws_polling = decode_polling(f);
-        c.source_ami_filter = decode_filter(f);
+        c.source_ami_filter = decode_filter(f).or(data_filter);
         c.ami_block_device_mappings = decode_mappings(f);
         let copy_files_set = f.has("copy_files");
         c.copy_files = f.string_list("copy_files", &[]).unwrap_or_default();

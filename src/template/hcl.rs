@@ -370,7 +370,7 @@ struct VarDecl {
 
 fn type_kind(expr: Option<&hcl::Expression>) -> String {
     expr.and_then(|e| hcl::format::to_string(e).ok())
-        .map(|s| s.trim().to_owned())
+        .map(|s| s.trim().trim_matches('"').to_owned())
         .unwrap_or_else(|| "any".into())
 }
 
@@ -1054,13 +1054,12 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
                 placeholders: BTreeMap::new(),
             };
             let mut f = Fields::new(&node, path.clone(), diags, &gctx);
-            let mut config = ChrootConfig::decode(&mut f);
+            let data_filter = data_note
+                .as_ref()
+                .and_then(|d| data_filters.get(d))
+                .cloned();
+            let config = ChrootConfig::decode_with(&mut f, data_filter);
             f.finish(FOREIGN_FIELDS);
-            if config.source_ami_filter.is_none()
-                && let Some(d) = &data_note
-            {
-                config.source_ami_filter = data_filters.get(d).cloned();
-            }
             let provisioners = build_provisioners(build, &full, &sctx, &gctx, &template_dir, diags);
             let post_processors = build_post_processors(build, &sctx, &gctx, diags);
             plans.push(Plan {
@@ -1100,6 +1099,12 @@ fn node_string(n: &Node) -> String {
 fn source_ref(e: &hcl::Expression) -> Option<String> {
     match e {
         hcl::Expression::String(s) => strip_source(s),
+        hcl::Expression::TemplateExpr(t) => match t.as_ref() {
+            hcl::expr::TemplateExpr::QuotedString(s)
+            | hcl::expr::TemplateExpr::Heredoc(hcl::expr::Heredoc { template: s, .. }) => {
+                strip_source(s)
+            }
+        },
         other => hcl::format::to_string(other)
             .ok()
             .and_then(|s| strip_source(s.trim())),

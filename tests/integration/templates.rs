@@ -1,0 +1,1194 @@
+//! The template language, table by table: each format, every default, every validation message,
+//! interpolation, variables and masking; the example templates through the real binary; and a
+//! property test that the parsers never panic on arbitrary input.
+
+use crate::support::unique;
+use kiln::template::{self, Inputs, Loaded};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A directory of its own, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let p = std::env::temp_dir().join(unique("tpl"));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("create parent");
+        }
+        std::fs::write(&p, text).expect("write template");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn inputs() -> Inputs {
+    Inputs {
+        env: Default::default(),
+        now: time::macros::datetime!(2024-03-05 07:08:09 UTC),
+        ..Inputs::default()
+    }
+}
+
+fn load_file(name: &str, text: &str, inputs: &Inputs) -> Loaded {
+    let dir = TempDir::new();
+    let p = dir.write(name, text);
+    template::load(&p, inputs)
+}
+
+/// A JSON template with one chroot builder made of `fields` (a JSON object body without braces).
+fn json_builder(fields: &str) -> String {
+    format!(r#"{{"builders": [{{"type": "amazon-chroot", {fields}}}]}}"#)
+}
+
+fn errors(l: &Loaded) -> Vec<String> {
+    l.errors().map(|d| d.to_string()).collect()
+}
+
+fn warnings(l: &Loaded) -> Vec<String> {
+    l.warnings().map(|d| d.to_string()).collect()
+}
+
+const BASE: &str = r#""ami_name": "kiln-test-ami", "source_ami": "ami-12345678""#;
+
+#[test]
+fn json_defaults_match_packer() {
+    let l = load_file("t.json", &json_builder(BASE), &inputs());
+    assert!(errors(&l).is_empty(), "{:?}", errors(&l));
+    let c = &l.plans[0].config;
+    assert_eq!(l.plans[0].name, "amazon-chroot");
+    assert_eq!(
+        c.chroot_mounts,
+        vec![
+            ["proc", "proc", "/proc"].map(String::from),
+            ["sysfs", "sysfs", "/sys"].map(String::from),
+            ["bind", "/dev", "/dev"].map(String::from),
+            ["devpts", "devpts", "/dev/pts"].map(String::from),
+            ["binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"].map(String::from),
+        ]
+    );
+    assert_eq!(c.copy_files, vec!["/etc/resolv.conf"]);
+    assert_eq!(c.command_wrapper, "{{.Command}}");
+    assert_eq!(
+        c.mount_path,
+        "/mnt/packer-amazon-chroot-volumes/{{.Device}}"
+    );
+    assert_eq!(c.mount_partition, "1");
+    assert_eq!(c.ami_architecture, "x86_64");
+    assert!(!c.from_scratch && !c.force_deregister && !c.sriov_support);
+    for field in [
+        "chroot_mounts",
+        "copy_files",
+        "command_wrapper",
+        "mount_path",
+        "mount_partition",
+        "ami_architecture",
+    ] {
+        assert!(c.defaulted.contains(field), "{field} is shown as a default");
+    }
+
+    // An explicit empty copy_files copies nothing; from_scratch has no default copy.
+    let l = load_file(
+        "t.json",
+        &json_builder(&format!(r#"{BASE}, "copy_files": []"#)),
+        &inputs(),
+    );
+    assert!(l.plans[0].config.copy_files.is_empty());
+    let scratch = r#""ami_name": "scratch-ami", "from_scratch": true, "root_volume_size": 1, "pre_mount_commands": ["x"], "ami_virtualization_type": "hvm", "root_device_name": "/dev/xvda", "ami_block_device_mappings": [{"device_name": "/dev/xvda"}]"#;
+    let l = load_file("t.json", &json_builder(scratch), &inputs());
+    assert!(errors(&l).is_empty(), "{:?}", errors(&l));
+    assert!(l.plans[0].config.copy_files.is_empty());
+}
+
+#[test]
+fn validation_messages() {
+    // (builder fields, expected message, expected field)
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            r#""source_ami": "ami-1""#,
+            "ami_name must be specified",
+            "ami_name",
+        ),
+        (
+            r#""source_ami": "ami-1", "ami_name": "ab""#,
+            "ami_name must be between 3 and 128 characters long",
+            "ami_name",
+        ),
+        (
+            r#""source_ami": "ami-1", "ami_name": "bad:name""#,
+            "AMIName should only contain alphanumeric characters",
+            "ami_name",
+        ),
+        (
+            r#""ami_name": "good-name""#,
+            "source_ami or source_ami_filter is required.",
+            "source_ami",
+        ),
+        (
+            &format!(r#"{BASE}, "ami_architecture": "sparc""#),
+            r#"The only valid ami_architecture values are "arm64", "arm64_mac", "i386", "x86_64", or "x86_64_mac""#,
+            "ami_architecture",
+        ),
+        (
+            &format!(r#"{BASE}, "boot_mode": "bios""#),
+            "The only valid boot_mode values are",
+            "boot_mode",
+        ),
+        (
+            &format!(r#"{BASE}, "imds_support": "v1""#),
+            r#"The only valid imds_support values are "v2.0""#,
+            "imds_support",
+        ),
+        (
+            &format!(r#"{BASE}, "tpm_support": "v1.2""#),
+            r#"The only valid tpm_support values are "v2.0""#,
+            "tpm_support",
+        ),
+        (
+            &format!(r#"{BASE}, "chroot_mounts": [["proc", "/proc"]]"#),
+            "Each chroot_mounts entry should be three elements.",
+            "chroot_mounts[0]",
+        ),
+        (
+            &format!(r#"{BASE}, "kms_key_id": "alias/x""#),
+            "If you have set either kms_key_id or region_kms_key_ids, encrypt_boot must also be true.",
+            "kms_key_id",
+        ),
+        (
+            &format!(
+                r#"{BASE}, "encrypt_boot": true, "ami_regions": ["us-west-2"], "region_kms_key_ids": {{"eu-west-1": "k"}}"#
+            ),
+            "Region us-west-2 is in ami_regions but not in region_kms_key_ids",
+            "region_kms_key_ids",
+        ),
+        (
+            &format!(r#"{BASE}, "root_volume_kms_key_id": "k""#),
+            "If you have set root_volume_kms_key_id, root_volume_encrypt_boot must also be true.",
+            "root_volume_kms_key_id",
+        ),
+        (
+            &format!(r#"{BASE}, "root_device_name": "/dev/xvda", "root_volume_size": 8"#),
+            "If root_device_name is specified, ami_block_device_mappings must be specified",
+            "ami_block_device_mappings",
+        ),
+        (
+            &format!(
+                r#"{BASE}, "ami_block_device_mappings": [{{"device_name": "/dev/xvda"}}], "root_volume_size": 8"#
+            ),
+            "If ami_block_device_mappings is specified, root_device_name must be specified",
+            "root_device_name",
+        ),
+        (
+            &format!(
+                r#"{BASE}, "ami_block_device_mappings": [{{"device_name": "/dev/xvda"}}], "root_device_name": "/dev/xvda""#
+            ),
+            "root_volume_size is required if ami_block_device_mappings is specified",
+            "root_volume_size",
+        ),
+        (
+            r#""ami_name": "scratch", "from_scratch": true"#,
+            "root_volume_size is required with from_scratch.",
+            "root_volume_size",
+        ),
+        (
+            r#""ami_name": "scratch", "from_scratch": true"#,
+            "pre_mount_commands is required with from_scratch.",
+            "pre_mount_commands",
+        ),
+        (
+            r#""ami_name": "scratch", "from_scratch": true"#,
+            "ami_virtualization_type is required with from_scratch.",
+            "ami_virtualization_type",
+        ),
+        (
+            r#""ami_name": "scratch", "from_scratch": true"#,
+            "root_device_name is required with from_scratch.",
+            "root_device_name",
+        ),
+        (
+            r#""ami_name": "scratch", "from_scratch": true"#,
+            "ami_block_device_mappings is required with from_scratch.",
+            "ami_block_device_mappings",
+        ),
+        (
+            &format!(r#"{BASE}, "deprecate_at": "next week""#),
+            "deprecate_at must be an RFC 3339 timestamp",
+            "deprecate_at",
+        ),
+        (
+            &format!(r#"{BASE}, "root_volume_type": "gp9""#),
+            "unknown volume type \"gp9\"",
+            "root_volume_type",
+        ),
+        (
+            &format!(r#"{BASE}, "mount_partition": "one""#),
+            "mount_partition must be a partition number",
+            "mount_partition",
+        ),
+        (
+            &format!(r#"{BASE}, "root_volume_size": "big""#),
+            "expected a whole number, got \"big\"",
+            "root_volume_size",
+        ),
+        (
+            &format!(r#"{BASE}, "ena_support": "maybe""#),
+            "expected a boolean",
+            "ena_support",
+        ),
+        (
+            r#""ami_name": "x-ami", "source_ami_filter": {"filters": {"name": "ubuntu/*"}}"#,
+            "For security reasons, your source AMI filter must declare an owner.",
+            "source_ami_filter.owners",
+        ),
+        // Block device mappings: what Packer forgets to check for chroot.
+        (
+            &format!(
+                r#"{BASE}, "root_device_name": "/dev/xvda", "root_volume_size": 8, "ami_block_device_mappings": [{{"volume_type": "gp3"}}]"#
+            ),
+            "The `device_name` must be specified for every device in the block device mapping.",
+            "ami_block_device_mappings[0].device_name",
+        ),
+        (
+            &format!(
+                r#"{BASE}, "root_device_name": "/dev/xvda", "root_volume_size": 8, "ami_block_device_mappings": [{{"device_name": "/dev/xvda", "volume_type": "gp3", "iops": 20000}}]"#
+            ),
+            "iops 20000 is out of range for gp3: use 3000 to 16000",
+            "ami_block_device_mappings[0].iops",
+        ),
+        (
+            &format!(
+                r#"{BASE}, "root_device_name": "/dev/xvda", "root_volume_size": 8, "ami_block_device_mappings": [{{"device_name": "/dev/xvda", "volume_type": "gp3", "throughput": 50}}]"#
+            ),
+            "throughput 50 is out of range for gp3: use 125 to 1000",
+            "ami_block_device_mappings[0].throughput",
+        ),
+        (
+            &format!(
+                r#"{BASE}, "root_device_name": "/dev/xvda", "root_volume_size": 8, "ami_block_device_mappings": [{{"device_name": "/dev/xvda", "volume_type": "io1"}}]"#
+            ),
+            "iops is required for volume_type io1",
+            "ami_block_device_mappings[0].iops",
+        ),
+        (
+            &format!(
+                r#"{BASE}, "root_device_name": "/dev/xvda", "root_volume_size": 8, "ami_block_device_mappings": [{{"device_name": "/dev/xvda", "volume_type": "io2", "iops": 50}}]"#
+            ),
+            "iops 50 is out of range for io2: use 100 to 256000",
+            "ami_block_device_mappings[0].iops",
+        ),
+        (
+            &format!(
+                r#"{BASE}, "root_device_name": "/dev/xvda", "root_volume_size": 8, "ami_block_device_mappings": [{{"device_name": "/dev/xvda", "volume_type": "gp2", "throughput": 200}}]"#
+            ),
+            "throughput applies only to gp3 volumes",
+            "ami_block_device_mappings[0].throughput",
+        ),
+        (
+            &format!(
+                r#"{BASE}, "root_device_name": "/dev/xvda", "root_volume_size": 8, "ami_block_device_mappings": [{{"device_name": "/dev/xvda", "kms_key_id": "k"}}]"#
+            ),
+            "must also have `encrypted: true` when setting a kms_key_id",
+            "ami_block_device_mappings[0].kms_key_id",
+        ),
+        (
+            &format!(
+                r#"{BASE}, "root_device_name": "/dev/sda1", "root_volume_size": 8, "ami_block_device_mappings": [{{"device_name": "/dev/xvda"}}]"#
+            ),
+            "root_device_name /dev/sda1 has no entry in ami_block_device_mappings",
+            "root_device_name",
+        ),
+        // Unknown fields.
+        (
+            &format!(r#"{BASE}, "ami_nmae": "x""#),
+            "unknown field `ami_nmae`: did you mean `ami_name`?",
+            "ami_nmae",
+        ),
+        (
+            &format!(r#"{BASE}, "instance_type": "t3.micro""#),
+            "unknown field `instance_type`: amazon-chroot builds on the builder instance itself",
+            "instance_type",
+        ),
+        (
+            &format!(r#"{BASE}, "ssh_username": "ubuntu""#),
+            "amazon-chroot has no communicator",
+            "ssh_username",
+        ),
+        (
+            &format!(r#"{BASE}, "mount_path": "/mnt/{{{{.Nope}}}}""#),
+            "`{{.Nope}}` is not available in this field; available: {{.Device}}, {{.MountPath}}",
+            "mount_path",
+        ),
+        (
+            &format!(r#"{BASE}, "ami_description": "{{{{ nosuch }}}}""#),
+            "function \"nosuch\" not defined",
+            "ami_description",
+        ),
+    ];
+    for (fields, message, field) in cases {
+        let l = load_file("t.json", &json_builder(fields), &inputs());
+        let hit = l.errors().find(|d| d.message.contains(message));
+        let Some(d) = hit else {
+            panic!("{fields}: expected `{message}`, got {:?}", errors(&l));
+        };
+        assert_eq!(d.field, format!("builders[0].{field}"), "{fields}");
+        assert!(d.line >= 1, "{fields}: the error names a line");
+        assert!(d.file.ends_with("t.json"));
+    }
+}
+
+#[test]
+fn every_error_is_reported_in_one_run() {
+    let l = load_file(
+        "t.json",
+        &json_builder(r#""ami_name": "x", "boot_mode": "bios", "ami_nmae": "y""#),
+        &inputs(),
+    );
+    assert!(errors(&l).len() >= 4, "{:?}", errors(&l));
+}
+
+#[test]
+fn weak_typing_as_packers_decoder() {
+    let fields = format!(
+        r#"{BASE}, "root_volume_size": "30", "ena_support": "true", "sriov_support": "1", "ami_users": "111,222", "mount_partition": 2, "ami_regions": "us-west-2, eu-west-1", "force_deregister": "false""#
+    );
+    let l = load_file("t.json", &json_builder(&fields), &inputs());
+    assert!(errors(&l).is_empty(), "{:?}", errors(&l));
+    let c = &l.plans[0].config;
+    assert_eq!(c.root_volume_size, Some(30));
+    assert_eq!(c.ena_support, Some(true));
+    assert!(c.sriov_support);
+    assert_eq!(c.ami_users, vec!["111", "222"]);
+    assert_eq!(c.mount_partition, "2");
+    assert_eq!(c.ami_regions, vec!["us-west-2", "eu-west-1"]);
+    assert!(!c.force_deregister);
+
+    // A {{user}} string where a number or list is expected.
+    let t = r#"{"variables": {"size": "12", "users": "111,222"},
+        "builders": [{"type": "amazon-chroot", "ami_name": "abc", "source_ami": "ami-1",
+                      "root_volume_size": "{{user `size`}}", "ami_users": "{{user `users`}}"}]}"#;
+    let l = load_file("t.json", t, &inputs());
+    assert_eq!(l.plans[0].config.root_volume_size, Some(12));
+    assert_eq!(l.plans[0].config.ami_users, vec!["111", "222"]);
+}
+
+#[test]
+fn json_quirks_real_templates_use() {
+    let t = r#"{
+  "_comment": "top-level comment",
+  "description": "a template",
+  "min_packer_version": "1.5.0",
+  "variables": {"fs": "ext4", "region": null, "name": "My App: v1", "home": "{{env `KILN_TEST_HOME`}}"},
+  "builders": [{
+    "_comment": "inside a builder",
+    "type": "amazon-chroot",
+    "ami_name": "first",
+    "ami_name": "{{ user `name` | clean_resource_name }}-{{timestamp | clean_resource_name}}",
+    "ami_description": "{{clean_ami_name `a:b`}} from {{user `undeclared`}}",
+    "source_ami": "ami-1",
+    "region": "{{user `region`}}",
+    "pre_mount_commands": ["mkfs.{{user `fs`}} -L root {{.Device}}1", "rpm --root={{.MountPath}} -q x"],
+    "tags": {"Built": "{{isotime \"2006-01-02\"}}", "Source": "{{.SourceAMI}}", "Home": "{{user `home`}}"}
+  }]
+}"#;
+    let mut i = inputs();
+    i.vars.push(("region".into(), "eu-west-1".into()));
+    i.env.insert("KILN_TEST_HOME".into(), "/home/kiln".into());
+    // `env` reads the process environment, as Packer does; this key is set for this test only.
+    let dir = TempDir::new();
+    let p = dir.write("t.json", t);
+    let l = template::load(&p, &i);
+    assert!(errors(&l).is_empty(), "{:?}", errors(&l));
+    let c = &l.plans[0].config;
+    assert_eq!(
+        c.ami_name, "My App- v1-1709622489",
+        "duplicate key: the last wins; pipes"
+    );
+    assert_eq!(c.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(
+        c.pre_mount_commands[0], "mkfs.ext4 -L root {{.Device}}1",
+        "two-phase interpolation"
+    );
+    assert_eq!(c.pre_mount_commands[1], "rpm --root={{.MountPath}} -q x");
+    assert_eq!(c.tags["Built"], "2024-03-05");
+    assert_eq!(c.tags["Source"], "{{.SourceAMI}}");
+    assert_eq!(c.ami_description.as_deref(), Some("a-b from "));
+    let w = warnings(&l).join("\n");
+    assert!(w.contains("duplicate key \"ami_name\""), "{w}");
+    assert!(w.contains("`clean_ami_name` is deprecated"), "{w}");
+    assert!(
+        w.contains("variable `undeclared` is used but not declared"),
+        "{w}"
+    );
+
+    // `env` outside variables is an error, as in Packer.
+    let l = load_file(
+        "t.json",
+        &json_builder(&format!(
+            r#"{BASE}, "ami_description": "{{{{env `HOME`}}}}""#
+        )),
+        &inputs(),
+    );
+    assert!(
+        errors(&l)
+            .join("\n")
+            .contains("`env` can only be used in the `variables` section"),
+        "{:?}",
+        errors(&l)
+    );
+    // A required (null) variable that is not set.
+    let l = load_file(
+        "t.json",
+        r#"{"variables": {"src": null}, "builders": [{"type": "amazon-chroot", "ami_name": "abc", "source_ami": "{{user `src`}}"}]}"#,
+        &inputs(),
+    );
+    assert!(
+        errors(&l)
+            .join("\n")
+            .contains("required variable not set: src"),
+        "{:?}",
+        errors(&l)
+    );
+}
+
+#[test]
+fn json_structure_errors_name_what_and_where() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "{\n  \"builders\": [\n    {\"type\": \"amazon-chroot\",}\n  ]\n}",
+            "t.json:3: invalid JSON at column",
+        ),
+        (
+            r#"{"builders": [{"type": "amazon-ebs", "ami_name": "x"}]}"#,
+            "builder type `amazon-ebs` is not supported: kiln runs `amazon-chroot` builders only",
+        ),
+        (
+            r#"{"builderz": []}"#,
+            "unknown top-level key `builderz`: did you mean `builders`?",
+        ),
+        (r#"{"variables": {}}"#, "the template has no `builders`"),
+        (
+            &format!(
+                r#"{{"builders": [{{"type": "amazon-chroot", {BASE}}}], "provisioners": [{{"type": "ansible", "playbook_file": "x.yml"}}]}}"#
+            ),
+            "provisioner `ansible`: kiln does not run the ansible provisioner yet",
+        ),
+        (
+            &format!(
+                r#"{{"builders": [{{"type": "amazon-chroot", {BASE}}}], "provisioners": [{{"type": "ansible-local"}}]}}"#
+            ),
+            "provisioner `ansible-local`",
+        ),
+        (
+            &format!(
+                r#"{{"builders": [{{"type": "amazon-chroot", {BASE}}}], "provisioners": [{{"type": "powershell"}}]}}"#
+            ),
+            "unknown provisioner type `powershell`",
+        ),
+        (
+            &format!(
+                r#"{{"builders": [{{"type": "amazon-chroot", {BASE}}}], "post-processors": ["compress"]}}"#
+            ),
+            "post-processor `compress` is not supported",
+        ),
+        (
+            &format!(
+                r#"{{"builders": [{{"type": "amazon-chroot", {BASE}}}], "provisioners": [{{"type": "shell"}}]}}"#
+            ),
+            "Either a script file or inline script must be specified.",
+        ),
+        (
+            &format!(
+                r#"{{"builders": [{{"type": "amazon-chroot", {BASE}}}], "provisioners": [{{"type": "shell", "inline": ["a"], "script": "x.sh"}}]}}"#
+            ),
+            "Only one of inline, script, or scripts can be specified.",
+        ),
+        (
+            &format!(
+                r#"{{"builders": [{{"type": "amazon-chroot", {BASE}}}], "provisioners": [{{"type": "shell", "script": "missing.sh"}}]}}"#
+            ),
+            "Bad script 'missing.sh'",
+        ),
+        (
+            &format!(
+                r#"{{"builders": [{{"type": "amazon-chroot", {BASE}}}], "provisioners": [{{"type": "shell", "inline": ["a"], "environment_vars": ["NOVALUE"]}}]}}"#
+            ),
+            "Environment variable not in format 'key=value': NOVALUE",
+        ),
+        (
+            &format!(
+                r#"{{"builders": [{{"type": "amazon-chroot", {BASE}}}], "provisioners": [{{"type": "file", "source": "x"}}]}}"#
+            ),
+            "Destination must be specified.",
+        ),
+        (
+            &format!(
+                r#"{{"builders": [{{"type": "amazon-chroot", {BASE}}}], "provisioners": [{{"type": "file", "destination": "/x"}}]}}"#
+            ),
+            "Source must be specified.",
+        ),
+        (
+            &format!(
+                r#"{{"builders": [{{"type": "amazon-chroot", {BASE}}}], "provisioners": [{{"type": "file", "content": "x", "destination": "/x", "direction": "sideways"}}]}}"#
+            ),
+            "Direction must be one of: download, upload.",
+        ),
+        (
+            &format!(
+                r#"{{"builders": [{{"type": "amazon-chroot", {BASE}}}], "provisioners": [{{"type": "shell", "inline": ["a"], "pause_before": "10"}}]}}"#
+            ),
+            "invalid duration \"10\"",
+        ),
+    ];
+    for (text, want) in cases {
+        let l = load_file("t.json", text, &inputs());
+        let all = errors(&l).join("\n");
+        assert!(all.contains(want), "{text}\nexpected `{want}` in:\n{all}");
+    }
+}
+
+#[test]
+fn provisioners_only_except_override_and_post_processors() {
+    let dir = TempDir::new();
+    dir.write("s.sh", "echo hi\n");
+    let t = format!(
+        r#"{{"builders": [{{"type": "amazon-chroot", "name": "a", {BASE}}}, {{"type": "amazon-chroot", "name": "b", {BASE}}}],
+          "provisioners": [
+            {{"type": "shell", "inline": ["for all"]}},
+            {{"type": "shell", "inline": ["only a"], "only": ["a"]}},
+            {{"type": "shell", "inline": ["not a"], "except": ["a"]}},
+            {{"type": "shell", "script": "s.sh", "override": {{"b": {{"execute_command": "sudo {{{{.Path}}}}"}}}}}},
+            {{"type": "file", "content": "x", "destination": "/etc/x"}}
+          ],
+          "post-processors": [[{{"type": "manifest", "output": "m.json"}}]]}}"#
+    );
+    let p = dir.write("t.json", &t);
+    let l = template::load(&p, &inputs());
+    assert!(errors(&l).is_empty(), "{:?}", errors(&l));
+    let inline = |plan: &template::Plan| -> Vec<String> {
+        plan.provisioners
+            .iter()
+            .filter_map(|p| match &p.kind {
+                template::provisioner::Kind::Shell(s) => s.inline.first().cloned(),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(inline(&l.plans[0]), vec!["for all", "only a"]);
+    assert_eq!(inline(&l.plans[1]), vec!["for all", "not a"]);
+    let exec = |plan: &template::Plan| match &plan
+        .provisioners
+        .iter()
+        .find(|p| matches!(&p.kind, template::provisioner::Kind::Shell(s) if !s.scripts.is_empty()))
+        .expect("script provisioner")
+        .kind
+    {
+        template::provisioner::Kind::Shell(s) => s.execute_command.clone(),
+        _ => unreachable!(),
+    };
+    assert_eq!(
+        exec(&l.plans[0]),
+        "chmod +x {{.Path}}; {{.Vars}} {{.Path}}",
+        "Packer's default"
+    );
+    assert_eq!(exec(&l.plans[1]), "sudo {{.Path}}", "override for b");
+    assert_eq!(l.plans[0].post_processors[0].output, "m.json");
+
+    // --only picks one build; a name that matches nothing says what exists.
+    let mut i = inputs();
+    i.only = vec!["b".into()];
+    let l = template::load(&p, &i);
+    assert_eq!(
+        l.plans.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        vec!["b"]
+    );
+    i.only = vec!["c".into()];
+    let l = template::load(&p, &i);
+    assert!(
+        errors(&l)
+            .join("\n")
+            .contains("no build matches --only c: the template has a, b")
+    );
+}
+
+#[test]
+fn var_files_and_precedence() {
+    let dir = TempDir::new();
+    let t = dir.write(
+        "t.json",
+        &json_builder(r#""ami_name": "n-{{user `v`}}", "source_ami": "ami-1""#).replace(
+            "{\"builders\"",
+            "{\"variables\": {\"v\": \"default\"}, \"builders\"",
+        ),
+    );
+    let vf = dir.write("vars.json", r#"{"v": "from-file"}"#);
+    let mut i = inputs();
+    i.var_files.push(vf);
+    let l = template::load(&t, &i);
+    assert_eq!(l.plans[0].config.ami_name, "n-from-file");
+    i.vars.push(("v".into(), "from-flag".into()));
+    let l = template::load(&t, &i);
+    assert_eq!(
+        l.plans[0].config.ami_name, "n-from-flag",
+        "--var beats --var-file"
+    );
+}
+
+#[test]
+fn sensitive_values_are_masked() {
+    let t = r#"{"variables": {"token": "s3cr3t-value"}, "sensitive-variables": ["token"],
+        "builders": [{"type": "amazon-chroot", "ami_name": "abc", "source_ami": "ami-1",
+                      "ami_description": "uses {{user `token`}}", "ami_regionz": "{{user `token`}}"}]}"#;
+    let l = load_file("t.json", t, &inputs());
+    let plan = &l.plans[0];
+    let shown = template::inspect::render(plan, &l.masker);
+    assert!(!shown.contains("s3cr3t-value"), "{shown}");
+    assert!(shown.contains("<sensitive>"));
+    let json = l
+        .masker
+        .mask(&serde_json::to_string(&l.plans).expect("plan JSON"));
+    assert!(!json.contains("s3cr3t-value"));
+}
+
+const HCL_BASE: &str = r#"
+source "amazon-chroot" "app" {
+  ami_name   = "app-${var.version}"
+  source_ami = "ami-12345678"
+}
+"#;
+
+#[test]
+fn hcl_variables_types_sources_and_precedence() {
+    let t = r#"
+/* block comment */
+variable "version" {
+  type    = string
+  default = "1.0"
+}
+variable "size" {
+  type    = number
+  default = 8
+  validation {
+    condition     = var.size >= 4
+    error_message = "The size must be at least 4 GiB."
+  }
+}
+variable "users" {
+  type    = list(string)
+  default = ["111"]
+}
+variable "secret" {
+  type      = string
+  default   = "hunter2"
+  sensitive = true
+}
+locals {
+  name = "app-${var.version}"
+  both = "${local.name}-${local.other}"
+  other = lower("X")
+}
+local "tagged" {
+  expression = upper(local.name)
+}
+source "amazon-chroot" "app" {
+  ami_name         = "${local.both}-{{timestamp}}"
+  source_ami       = "ami-12345678"
+  root_volume_size = var.size
+  ami_users        = var.users
+  ami_description  = "secret ${var.secret}"
+  tags = {
+    Name = local.tagged
+  }
+  tag {
+    key   = "Extra"
+    value = "yes"
+  }
+  ami_block_device_mappings {
+    device_name = "/dev/xvda"
+    volume_size = var.size
+  }
+  ami_block_device_mappings {
+    device_name  = "/dev/xvdb"
+    virtual_name = "ephemeral0"
+  }
+  root_device_name = "/dev/xvda"
+  source_ami_filter {
+    filters = {
+      name = "debian-12-*"
+    }
+    owners      = ["136693071363"]
+    most_recent = true
+  }
+}
+build {
+  sources = ["sources.amazon-chroot.app"]
+  provisioner "shell" { inline = ["echo one"] }
+  provisioner "file" {
+    content     = "${source.name}"
+    destination = "/etc/source"
+  }
+  provisioner "shell" { inline = ["echo three"] }
+}
+"#;
+    let l = load_file("t.pkr.hcl", t, &inputs());
+    assert!(errors(&l).is_empty(), "{:?}", errors(&l));
+    let plan = &l.plans[0];
+    assert_eq!(plan.name, "amazon-chroot.app");
+    let c = &plan.config;
+    assert_eq!(c.ami_name, "app-1.0-x-1709622489");
+    assert_eq!(c.root_volume_size, Some(8));
+    assert_eq!(c.ami_users, vec!["111"]);
+    assert_eq!(c.tags["Name"], "APP-1.0");
+    assert_eq!(c.tags["Extra"], "yes");
+    assert_eq!(c.ami_block_device_mappings.len(), 2);
+    assert_eq!(
+        c.ami_block_device_mappings[1].virtual_name.as_deref(),
+        Some("ephemeral0")
+    );
+    let f = c.source_ami_filter.as_ref().expect("filter");
+    assert!(
+        f.most_recent && f.owners == vec!["136693071363"] && f.filters["name"] == "debian-12-*"
+    );
+    let kinds: Vec<&str> = plan
+        .provisioners
+        .iter()
+        .map(|p| p.kind_name.as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["shell", "file", "shell"],
+        "provisioners in file order"
+    );
+    match &plan.provisioners[1].kind {
+        template::provisioner::Kind::File(file) => assert_eq!(file.content.as_deref(), Some("app")),
+        other => panic!("{other:?}"),
+    }
+    assert!(!template::inspect::render(plan, &l.masker).contains("hunter2"));
+
+    // -var with a typed value, PKR_VAR_, and validation failure.
+    let mut i = inputs();
+    i.vars.push(("size".into(), "2".into()));
+    let l = load_file("t.pkr.hcl", t, &i);
+    assert!(
+        errors(&l)
+            .join("\n")
+            .contains("Invalid value for variable: The size must be at least 4 GiB."),
+        "{:?}",
+        errors(&l)
+    );
+    let mut i = inputs();
+    i.env.insert("PKR_VAR_version".into(), "2.5".into());
+    i.vars.push(("users".into(), r#"["1", "2"]"#.into()));
+    let l = load_file("t.pkr.hcl", t, &i);
+    assert!(errors(&l).is_empty(), "{:?}", errors(&l));
+    assert!(l.plans[0].config.ami_name.starts_with("app-2.5-"));
+    assert_eq!(l.plans[0].config.ami_users, vec!["1", "2"]);
+    let mut i = inputs();
+    i.vars.push(("sise".into(), "2".into()));
+    let l = load_file("t.pkr.hcl", t, &i);
+    assert!(errors(&l).join("\n").contains("A variable named \"sise\" was assigned on the command line, but the template does not declare it (did you mean `size`?)"), "{:?}", errors(&l));
+    let mut i = inputs();
+    i.vars.push(("size".into(), "big".into()));
+    let l = load_file("t.pkr.hcl", t, &i);
+    assert!(
+        errors(&l).join("\n").contains("--var size"),
+        "{:?}",
+        errors(&l)
+    );
+}
+
+#[test]
+fn hcl_directory_var_files_builds_and_data_sources() {
+    let dir = TempDir::new();
+    dir.write("variables.pkr.hcl", "variable \"version\" {\n  type = string\n}\nvariable \"region\" {\n  default = env(\"KILN_TEST_UNSET_VARIABLE\")\n}\n");
+    dir.write("vars.pkrvars.hcl", "version = \"3.0\"\n");
+    dir.write(
+        "main.pkr.hcl",
+        r#"
+data "amazon-ami" "debian" {
+  filters = {
+    name = "debian-12-amd64-*"
+  }
+  owners      = ["136693071363"]
+  most_recent = true
+}
+source "amazon-chroot" "app" {
+  ami_name   = "app-${var.version}"
+  source_ami = data.amazon-ami.debian.id
+}
+build {
+  name    = "nightly"
+  sources = ["source.amazon-chroot.app"]
+  source "source.amazon-chroot.app" {
+    name     = "big"
+    ami_name = "app-big-${var.version}"
+  }
+  provisioner "shell" {
+    only   = ["amazon-chroot.app"]
+    inline = ["only for app"]
+  }
+  post-processor "manifest" {}
+}
+build {
+  sources = ["source.amazon-chroot.app"]
+}
+"#,
+    );
+    let mut i = inputs();
+    i.var_files.push(dir.0.join("vars.pkrvars.hcl"));
+    let l = template::load(&dir.0, &i);
+    assert!(errors(&l).is_empty(), "{:?}", errors(&l));
+    let names: Vec<&str> = l.plans.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "nightly.amazon-chroot.app",
+            "nightly.amazon-chroot.big",
+            "amazon-chroot.app"
+        ]
+    );
+    assert_eq!(
+        l.plans[1].config.ami_name, "app-big-3.0",
+        "source override in build"
+    );
+    assert_eq!(l.plans[0].provisioners.len(), 1);
+    assert_eq!(
+        l.plans[1].provisioners.len(),
+        0,
+        "only = amazon-chroot.app skips big"
+    );
+    let f = l.plans[0]
+        .config
+        .source_ami_filter
+        .as_ref()
+        .expect("data source becomes the filter");
+    assert_eq!(f.filters["name"], "debian-12-amd64-*");
+    assert!(l.plans[0].config.source_ami.is_none());
+
+    // Without the var file, `version` is unset.
+    let l = template::load(&dir.0, &inputs());
+    assert!(
+        errors(&l).join("\n").contains("Unset variable \"version\""),
+        "{:?}",
+        errors(&l)
+    );
+}
+
+#[test]
+fn hcl_functions() {
+    // (expression, expected value)
+    let cases: &[(&str, &str)] = &[
+        (r#"lower("ABC")"#, "abc"),
+        (r#"upper("abc")"#, "ABC"),
+        (r#"replace("a-b-c", "-", "_")"#, "a_b_c"),
+        (r#"regex_replace("v1.2.3", "[.]", "-")"#, "v1-2-3"),
+        (r#"join(",", ["a", "b"])"#, "a,b"),
+        (r#"join("|", split(",", "x,y"))"#, "x|y"),
+        (r#"format("%s-%d", "n", 7)"#, "n-7"),
+        (r#"trimspace("  t  ")"#, "t"),
+        (r#"join(",", concat(["a"], ["b"]))"#, "a,b"),
+        (r#"lookup(merge({a = "1"}, {b = "2"}), "b", "none")"#, "2"),
+        (r#"lookup({a = "1"}, "z", "none")"#, "none"),
+        (r#"coalesce("", "fallback")"#, "fallback"),
+        (r#"clean_resource_name("a:b c")"#, "a-b c"),
+        (
+            r#"formatdate("YYYY-MM-DD'T'hh:mm", timestamp())"#,
+            "2024-03-05T07:08",
+        ),
+        (r#"timestamp()"#, "2024-03-05T07:08:09Z"),
+        (r#"length(uuidv4())"#, "36"),
+        (r#"trimprefix("prefix-x", "prefix-")"#, "x"),
+        (r#"substr("abcdef", 1, 3)"#, "bcd"),
+        (r#"tostring(length(["a", "b"]))"#, "2"),
+        (r#"basename("/a/b/c.txt")"#, "c.txt"),
+    ];
+    for (expr, want) in cases {
+        let t = format!(
+            "locals {{\n  v = {expr}\n}}\nsource \"amazon-chroot\" \"x\" {{\n  ami_name = \"name\"\n  ami_description = \"d-${{local.v}}\"\n  source_ami = \"ami-1\"\n}}\nbuild {{\n  sources = [\"source.amazon-chroot.x\"]\n}}\n"
+        );
+        let l = load_file("f.pkr.hcl", &t, &inputs());
+        assert!(errors(&l).is_empty(), "{expr}: {:?}", errors(&l));
+        assert_eq!(
+            l.plans[0].config.ami_description.as_deref(),
+            Some(format!("d-{want}").as_str()),
+            "{expr}"
+        );
+    }
+    // `file` reads a file; `env` works only in variable defaults.
+    let dir = TempDir::new();
+    let f = dir.write("content.txt", "from-file");
+    let t = format!(
+        "source \"amazon-chroot\" \"x\" {{\n  ami_name = \"n-${{file(\"{}\")}}\"\n  source_ami = \"ami-1\"\n}}\nbuild {{\n  sources = [\"source.amazon-chroot.x\"]\n}}\n",
+        f.display()
+    );
+    let l = load_file("f.pkr.hcl", &t, &inputs());
+    assert_eq!(l.plans[0].config.ami_name, "n-from-file");
+    let t = "source \"amazon-chroot\" \"x\" {\n  ami_name = env(\"HOME\")\n  source_ami = \"ami-1\"\n}\nbuild {\n  sources = [\"source.amazon-chroot.x\"]\n}\n";
+    let l = load_file("f.pkr.hcl", t, &inputs());
+    assert!(
+        errors(&l)
+            .join("\n")
+            .contains("env() can only be used in a variable's default"),
+        "{:?}",
+        errors(&l)
+    );
+}
+
+#[test]
+fn hcl_errors_name_what_and_where() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "source \"amazon-chroot\" \"x\" {\n  ami_name = \n}\n",
+            "f.pkr.hcl:2: invalid HCL",
+        ),
+        (
+            &format!(
+                "{HCL_BASE}build {{\n  sources = [\"source.amazon-chroot.app\"]\n}}\nprovisioner \"shell\" {{\n  inline = [\"x\"]\n}}\n"
+            ),
+            "unexpected block `provisioner`: `provisioner` blocks belong inside a `build` block",
+        ),
+        (
+            &format!(
+                "{HCL_BASE}variable \"version\" {{ default = \"1\" }}\nbuild {{\n  sources = [\"source.amazon-chroot.ap\"]\n}}\n"
+            ),
+            "the build names source.amazon-chroot.ap, which is not declared (did you mean `source.amazon-chroot.app`?)",
+        ),
+        (
+            &format!("{HCL_BASE}variable \"version\" {{ default = \"1\" }}\n"),
+            "the template has no build block",
+        ),
+        (
+            "source \"amazon-ebs\" \"x\" {\n  ami_name = \"abc\"\n}\n",
+            "builder type `amazon-ebs` is not supported",
+        ),
+        (
+            "source \"amazon-chroot\" \"x\" {\n  ami_name = \"abc\"\n  source_ami = \"ami-1\"\n  instance_type = \"t3.micro\"\n}\nbuild {\n  sources = [\"source.amazon-chroot.x\"]\n}\n",
+            "f.pkr.hcl:4: source.amazon-chroot.x.instance_type: unknown field `instance_type`",
+        ),
+        (
+            "source \"amazon-chroot\" \"x\" {\n  ami_name = \"abc\"\n  source_ami = \"ami-1\"\n}\nbuild {\n  sources = [\"source.amazon-chroot.x\"]\n  provisioner \"ansible\" {\n    playbook_file = \"x.yml\"\n  }\n}\n",
+            "f.pkr.hcl:7: build.provisioner[0] \"ansible\".type: provisioner `ansible`",
+        ),
+        (
+            "data \"amazon-secretsmanager\" \"s\" {}\n",
+            "data source `amazon-secretsmanager` is not supported",
+        ),
+        (
+            "varible \"x\" {}\n",
+            "unexpected block `varible`: did you mean `variable`?",
+        ),
+        (
+            "source \"amazon-chroot\" \"x\" {\n  ami_name = var.nope\n}\nbuild {\n  sources = [\"source.amazon-chroot.x\"]\n}\n",
+            "f.pkr.hcl:2: source.amazon-chroot.x.ami_name",
+        ),
+    ];
+    for (text, want) in cases {
+        let l = load_file("f.pkr.hcl", text, &inputs());
+        let all = errors(&l).join("\n");
+        assert!(all.contains(want), "{text}\nexpected `{want}` in:\n{all}");
+    }
+}
+
+#[test]
+fn hcl_json_syntax() {
+    let t = r#"{
+  "variable": {"version": {"type": "string", "default": "4.2"}},
+  "source": {"amazon-chroot": {"app": {"ami_name": "app-${var.version}", "source_ami": "ami-1"}}},
+  "build": [{
+    "sources": ["source.amazon-chroot.app"],
+    "provisioner": [{"shell": {"inline": ["echo ${var.version}"]}}]
+  }]
+}"#;
+    let l = load_file("t.pkr.json", t, &inputs());
+    assert!(errors(&l).is_empty(), "{:?}", errors(&l));
+    assert_eq!(l.plans[0].config.ami_name, "app-4.2");
+    match &l.plans[0].provisioners[0].kind {
+        template::provisioner::Kind::Shell(s) => assert_eq!(s.inline, vec!["echo 4.2"]),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn kiln(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(crate::support::repo_root())
+        .output()
+        .expect("run kiln")
+}
+
+/// Every example in templates/ validates and inspects through the real binary.
+#[test]
+fn example_templates_validate_and_inspect() {
+    let root = crate::support::repo_root().join("templates");
+    let mut checked = 0;
+    let vars = ["--var", "source_ami=ami-0123456789abcdef0"];
+    for entry in std::fs::read_dir(&root).expect("templates/") {
+        let p = entry.expect("entry").path();
+        let name = p.display().to_string();
+        let is_template = p.is_dir()
+            && std::fs::read_dir(&p)
+                .expect("dir")
+                .any(|e| e.is_ok_and(|e| e.path().to_string_lossy().ends_with(".pkr.hcl")))
+            || name.ends_with(".json")
+            || name.ends_with(".pkr.hcl");
+        if !is_template {
+            continue;
+        }
+        let extra: &[&str] = if name.ends_with("app.json") {
+            &vars
+        } else {
+            &[]
+        };
+        let mut args = vec!["validate"];
+        args.extend_from_slice(extra);
+        args.push(&name);
+        let out = kiln(&args);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "The configuration is valid."
+        );
+        let mut args = vec!["inspect"];
+        args.extend_from_slice(extra);
+        args.push(&name);
+        let out = kiln(&args);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("provisioners:") && text.contains("chroot_mounts"),
+            "{text}"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 4,
+        "expected the busybox (JSON, HCL), debian and app templates, checked {checked}"
+    );
+}
+
+#[test]
+fn validate_reports_every_error_and_json() {
+    let dir = TempDir::new();
+    let p = dir.write(
+        "bad.json",
+        &json_builder(r#""ami_name": "x", "ami_nmae": "y""#),
+    );
+    let path = p.display().to_string();
+    let out = kiln(&["validate", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ami_name must be between 3 and 128 characters long"),
+        "{err}"
+    );
+    assert!(
+        err.contains("source_ami or source_ami_filter is required."),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `ami_name`?"), "{err}");
+    let out = kiln(&["validate", "--json", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(3), "{v}");
+    assert_eq!(v["errors"][0]["file"], path.as_str());
+    assert!(v["errors"][0]["line"].as_u64().is_some_and(|l| l >= 1));
+    let out = kiln(&["validate", "/nonexistent/template.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+}
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn examples() -> Vec<(String, String)> {
+        let root = crate::support::repo_root().join("templates");
+        let mut out = Vec::new();
+        for p in [
+            root.join("busybox.json"),
+            root.join("busybox.pkr.hcl"),
+            root.join("app.json"),
+            root.join("debian/debian.pkr.hcl"),
+        ] {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.push((name, std::fs::read_to_string(&p).expect("example template")));
+        }
+        out
+    }
+
+    fn load_text(name: &str, text: &str) {
+        let dir = TempDir::new();
+        let p = dir.write(name, text);
+        let _ = template::load(&p, &inputs());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Arbitrary text through both parsers and the template engine.
+        #[test]
+        fn arbitrary_text(text in ".{0,400}") {
+            load_text("a.json", &text);
+            load_text("a.pkr.hcl", &text);
+            load_text("a.pkr.json", &text);
+            let _ = kiln::template::json::parse(&std::sync::Arc::from("x"), &text);
+        }
+
+        /// The example templates with random edits: bytes cut, inserted, swapped.
+        #[test]
+        fn mutated_examples(which in 0usize..4, edits in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..4, any::<char>()), 1..8)) {
+            let ex = examples();
+            let (name, text) = &ex[which % ex.len()];
+            let mut chars: Vec<char> = text.chars().collect();
+            for (idx, op, c) in edits {
+                if chars.is_empty() { break; }
+                let i = idx.index(chars.len());
+                match op {
+                    0 => { chars.remove(i); }
+                    1 => chars.insert(i, c),
+                    2 => chars[i] = c,
+                    _ => chars.truncate(i),
+                }
+            }
+            let text: String = chars.into_iter().collect();
+            load_text(name, &text);
+        }
+
+        /// Go-template actions of arbitrary shape.
+        #[test]
+        fn template_actions(inner in "[ -~]{0,40}") {
+            let t = format!(r#"{{"builders": [{{"type": "amazon-chroot", "ami_name": "{{{{{}}}}}", "source_ami": "ami-1"}}]}}"#, inner.replace(['\\', '"'], ""));
+            load_text("t.json", &t);
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        load_text("deep.json", &"[".repeat(100_000));
+        load_text(
+            "deep.pkr.hcl",
+            &format!("locals {{\n  x = {}\n}}\n", "[".repeat(10_000)),
+        );
+    }
+}
