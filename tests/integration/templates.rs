@@ -4,7 +4,7 @@
 
 use crate::support::unique;
 use kiln::template::{self, Inputs, Loaded};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// A directory of its own, removed when dropped.
