@@ -3,5 +3,7 @@
 //! snapshots it and registers an AMI. See ARCHITECTURE.md for the module map.
 
 pub mod aws;
+pub mod ec2;
+pub mod host;
 pub mod observe;
 pub mod template;

@@ -1,0 +1,194 @@
+//! The EC2 control plane: instance identity from IMDS, volumes, attachments, snapshots, images
+//! and their copies, and the one generic wait for eventual consistency. Only this module calls
+//! EC2; the pipeline's steps call it.
+
+pub mod identity;
+pub mod images;
+pub mod volumes;
+pub mod wait;
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+use std::collections::BTreeMap;
+
+/// Errors from EC2 and IMDS, with what was being done to which resource where.
+#[derive(Debug, thiserror::Error)]
+pub enum Ec2Error {
+    /// An API call failed.
+    #[error("{op} {resource} in {region}: {code}: {message}")]
+    Api {
+        /// The operation, e.g. `CreateVolume`.
+        op: &'static str,
+        /// The resource id (or what was asked for).
+        resource: String,
+        /// The region.
+        region: String,
+        /// The AWS error code, or `Transport` for network failures.
+        code: String,
+        /// The message.
+        message: String,
+        /// Whether a retry may pass (throttling, outages, transport).
+        retryable: bool,
+    },
+    /// A wait gave up.
+    #[error(
+        "timed out after {waited_s} s waiting for {what} (last state: {last_state}); raise aws_polling or AWS_MAX_ATTEMPTS if it is just slow"
+    )]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// Seconds waited.
+        waited_s: u64,
+        /// The last state seen.
+        last_state: String,
+    },
+    /// A resource reached a state it never leaves.
+    #[error("{what} reached the terminal state {state}{detail}")]
+    Terminal {
+        /// What was awaited.
+        what: String,
+        /// The state.
+        state: String,
+        /// AWS's reason, if any.
+        detail: String,
+    },
+    /// The build was cancelled during a wait.
+    #[error("cancelled while waiting for {0}")]
+    Cancelled(String),
+    /// The instance metadata service could not be reached.
+    #[error(
+        "cannot read {path} from the instance metadata service at {endpoint}: {message}. kiln must run on an EC2 instance; elsewhere set AWS_EC2_METADATA_SERVICE_ENDPOINT to a metadata service (scripts/emulator up prints one)"
+    )]
+    Imds {
+        /// The endpoint tried.
+        endpoint: String,
+        /// The path read.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// EC2 answered something kiln cannot use.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+impl Ec2Error {
+    /// Whether retrying the build could succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Ec2Error::Api { retryable, .. } => *retryable,
+            Ec2Error::Timeout { .. } | Ec2Error::Imds { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The AWS error code, when this is an API error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Ec2Error::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Whether the resource does not exist (any `*.NotFound` / `*.Unavailable` code).
+    pub fn is_not_found(&self) -> bool {
+        self.code().is_some_and(|c| {
+            c.contains("NotFound") || c.ends_with(".Unavailable") || c.ends_with(".Malformed")
+        })
+    }
+}
+
+/// Error codes that a later attempt may not hit (AWS's throttling and service-side failures).
+const RETRYABLE_CODES: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "Unavailable",
+    "InsufficientVolumeCapacity",
+    "SnapshotCreationPerVolumeRateExceeded",
+    "ResourceLimitExceeded",
+];
+
+/// Converts an SDK error into [`Ec2Error::Api`] with context.
+pub fn api<E, R>(
+    op: &'static str,
+    resource: impl Into<String>,
+    region: &str,
+) -> impl FnOnce(aws_sdk_ec2::error::SdkError<E, R>) -> Ec2Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    let resource = resource.into();
+    let region = region.to_owned();
+    move |err| {
+        let (code, message, retryable) = match &err {
+            aws_sdk_ec2::error::SdkError::ServiceError(s) => {
+                let code = s.err().code().unwrap_or("Unknown").to_owned();
+                let retryable = RETRYABLE_CODES.contains(&code.as_str());
+                (code, s.err().message().unwrap_or("").to_owned(), retryable)
+            }
+            aws_sdk_ec2::error::SdkError::TimeoutError(_)
+            | aws_sdk_ec2::error::SdkError::DispatchFailure(_)
+            | aws_sdk_ec2::error::SdkError::ResponseError(_) => (
+                "Transport".to_owned(),
+                format!("{}", aws_sdk_ec2::error::DisplayErrorContext(&err)),
+                true,
+            ),
+            other => (
+                "Unknown".to_owned(),
+                format!("{}", aws_sdk_ec2::error::DisplayErrorContext(other)),
+                false,
+            ),
+        };
+        Ec2Error::Api {
+            op,
+            resource,
+            region,
+            code,
+            message,
+            retryable,
+        }
+    }
+}
+
+/// Tags kiln puts on everything it creates, so every resource can be found from its build.
+pub fn kiln_tags(build_id: &str, step: &str, extra: &BTreeMap<String, String>) -> Vec<Tag> {
+    let mut tags: Vec<Tag> = extra
+        .iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect();
+    tags.push(Tag::builder().key(TAG_BUILD_ID).value(build_id).build());
+    tags.push(Tag::builder().key(TAG_STEP).value(step).build());
+    tags
+}
+
+/// A `TagSpecification` for `kind` with `tags`.
+pub fn tag_spec(kind: ResourceType, tags: &[Tag]) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(kind)
+        .set_tags(Some(tags.to_vec()))
+        .build()
+}
+
+/// The tag naming the build that created a resource.
+pub const TAG_BUILD_ID: &str = "kiln:build-id";
+/// The tag naming the step that created it.
+pub const TAG_STEP: &str = "kiln:step";
+
+/// An idempotency token for `purpose` in build `build_id` (EC2 allows 64 ASCII characters).
+pub fn client_token(build_id: &str, purpose: &str) -> String {
+    let t = format!("kiln-{build_id}-{purpose}");
+    if t.len() <= 64 {
+        return t;
+    }
+    // FNV-1a keeps long ids within the limit while staying deterministic.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in t.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+    }
+    format!("{}-{h:016x}", &t[..40])
+}

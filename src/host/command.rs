@@ -1,0 +1,219 @@
+//! Commands on the host and in the chroot: `/bin/sh -c` children in their own process group,
+//! output streamed line by line to a sink, killed with their whole group on cancellation.
+
+use super::HostError;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+/// Lines of output kept for an error message.
+pub const TAIL_LINES: usize = 20;
+/// How long to keep reading output after the command exits: a background process it left may
+/// hold the pipe open forever, so output after this is dropped rather than waited for.
+const DRAIN_GRACE: Duration = Duration::from_millis(300);
+
+/// Where command output goes: `(source, line)`.
+pub type Sink = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// One command to run with `/bin/sh -c`.
+#[derive(Debug, Clone)]
+pub struct ShellCommand {
+    /// Who runs it, for logs and errors (e.g. `pre_mount_commands[1]`).
+    pub name: String,
+    /// The shell text.
+    pub script: String,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// The text to show in errors (sensitive values masked).
+    pub display: String,
+    /// Exit codes that count as success.
+    pub valid_exit_codes: Vec<i32>,
+}
+
+impl ShellCommand {
+    /// A command named `name` running `script`, successful on exit code 0.
+    pub fn new(name: impl Into<String>, script: impl Into<String>) -> Self {
+        let script = script.into();
+        Self {
+            name: name.into(),
+            display: script.clone(),
+            script,
+            env: Vec::new(),
+            valid_exit_codes: vec![0],
+        }
+    }
+}
+
+/// Quotes `s` for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\"'\"'"))
+}
+
+/// Runs `cmd` to completion (or cancellation), streaming output to `sink`.
+///
+/// Side effects: whatever the command does. On cancellation the whole process group is killed and
+/// `HostError::Cancelled` returned. Not idempotent in general (it runs the command again).
+pub async fn run(
+    cmd: &ShellCommand,
+    sink: &Sink,
+    cancel: &CancellationToken,
+) -> Result<(), HostError> {
+    let mut child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&cmd.script)
+        .envs(cmd.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(HostError::io("starting /bin/sh for", cmd.name.clone()))?;
+    let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+    let tail: Arc<Mutex<VecDeque<String>>> = Arc::new(Mutex::new(VecDeque::new()));
+    let mut readers = Vec::new();
+    let streams: Vec<Box<dyn tokio::io::AsyncRead + Unpin + Send>> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for stream in streams {
+        let sink = Arc::clone(sink);
+        let tail = Arc::clone(&tail);
+        let name = cmd.name.clone();
+        readers.push(tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink(&name, &line);
+                if let Ok(mut t) = tail.lock() {
+                    t.push_back(line);
+                    while t.len() > TAIL_LINES {
+                        t.pop_front();
+                    }
+                }
+            }
+        }));
+    }
+    let status = tokio::select! {
+        s = child.wait() => s.map_err(HostError::io("waiting for", cmd.name.clone()))?,
+        _ = cancel.cancelled() => {
+            if let Some(pg) = pgid {
+                let _ = killpg(pg, Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+            for r in readers {
+                r.abort();
+            }
+            return Err(HostError::Cancelled(format!("running {}", cmd.name)));
+        }
+    };
+    for r in readers {
+        let abort = r.abort_handle();
+        if tokio::time::timeout(DRAIN_GRACE, r).await.is_err() {
+            abort.abort();
+        }
+    }
+    let code = status.code().unwrap_or(-1);
+    if cmd.valid_exit_codes.contains(&code) {
+        return Ok(());
+    }
+    let tail = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default();
+    Err(HostError::Command {
+        name: cmd.name.clone(),
+        command: cmd.display.clone(),
+        code,
+        tail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink() -> (Sink, Arc<Mutex<Vec<String>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l2 = Arc::clone(&lines);
+        (
+            Arc::new(move |_: &str, line: &str| l2.lock().unwrap().push(line.to_owned())),
+            lines,
+        )
+    }
+
+    #[tokio::test]
+    async fn output_exit_codes_and_background_children() {
+        let (s, lines) = sink();
+        let cancel = CancellationToken::new();
+        run(
+            &ShellCommand::new("ok", "echo one; echo two >&2"),
+            &s,
+            &cancel,
+        )
+        .await
+        .unwrap();
+        assert_eq!(lines.lock().unwrap().len(), 2);
+        let err = run(
+            &ShellCommand::new("bad", "echo last words; exit 3"),
+            &s,
+            &cancel,
+        )
+        .await
+        .unwrap_err();
+        match err {
+            HostError::Command { code, tail, .. } => {
+                assert_eq!(code, 3);
+                assert!(tail.contains("last words"));
+            }
+            other => panic!("{other}"),
+        }
+        let mut c = ShellCommand::new("ok3", "exit 3");
+        c.valid_exit_codes = vec![0, 3];
+        run(&c, &s, &cancel).await.unwrap();
+        // A background child holding stdout does not hang the run.
+        let started = std::time::Instant::now();
+        run(
+            &ShellCommand::new("bg", "sleep 30 & echo started"),
+            &s,
+            &cancel,
+        )
+        .await
+        .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let _ = std::process::Command::new("pkill")
+            .args(["-f", "^sleep 30$"])
+            .status();
+        assert_eq!(shell_quote("it's"), "'it'\"'\"'s'");
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_the_group() {
+        let (s, _) = sink();
+        let cancel = CancellationToken::new();
+        let c2 = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            c2.cancel();
+        });
+        let started = std::time::Instant::now();
+        let err = run(&ShellCommand::new("long", "sleep 60"), &s, &cancel)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HostError::Cancelled(_)));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,57 @@
+//! Per-device locks: an exclusive `flock` on a file per device name, held for a whole build so
+//! several builds on one host never pick the same attachment point.
+
+use super::HostError;
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+/// Where lock files live. `/run` is a tmpfs: locks vanish with a reboot, as attachments do.
+pub const LOCK_DIR: &str = "/run/kiln/locks";
+
+/// A held device lock; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct DeviceLock {
+    name: String,
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl DeviceLock {
+    /// Tries to lock `name` (e.g. `xvdf`) without waiting. `None` when another build holds it.
+    ///
+    /// Side effects: creates the lock directory and file. Safe to call again after a release.
+    pub fn try_lock(dir: &Path, name: &str) -> Result<Option<DeviceLock>, HostError> {
+        std::fs::create_dir_all(dir).map_err(HostError::io("creating the lock directory", dir))?;
+        let path = dir.join(format!("{name}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(HostError::io("opening the lock file", &path))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(DeviceLock {
+                name: name.to_owned(),
+                path,
+                _lock: lock,
+            })),
+            Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(HostError::Sys {
+                what: "locking",
+                path,
+                source: e,
+            }),
+        }
+    }
+
+    /// The device name locked.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
