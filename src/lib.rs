@@ -3,7 +3,9 @@
 //! snapshots it and registers an AMI. See ARCHITECTURE.md for the module map.
 
 pub mod aws;
+pub mod backend;
 pub mod ec2;
 pub mod host;
 pub mod observe;
+pub mod pipeline;
 pub mod template;

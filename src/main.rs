@@ -3,11 +3,16 @@
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
+use kiln::aws::{AwsSettings, Clients};
+use kiln::backend::Backend;
 use kiln::observe::{self, LogFormat};
+use kiln::pipeline::{self, BuildOptions, OnError, result::Status, state::MemoryRecorder};
 use kiln::template::{self, Inputs, Loaded};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// kiln bakes AMIs the fast way: Packer amazon-chroot builds as a queue-driven service.
 #[derive(Debug, Parser)]
@@ -42,6 +47,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build the template's AMI(s) with the chroot method, like `packer build`.
+    Build {
+        #[command(flatten)]
+        template: TemplateArgs,
+        /// Where volume data lives: real EBS attachments, or sparse files on loop devices (local).
+        #[arg(long, value_enum, default_value = "ebs", env = "KILN_BACKEND")]
+        backend: BackendKind,
+        /// The loop backend's directory for volume and snapshot files.
+        #[arg(long, default_value = "/var/lib/kiln", env = "KILN_STATE_DIR")]
+        state_dir: PathBuf,
+        /// On failure: undo everything (cleanup) or leave it in place and list it (abort).
+        #[arg(long, value_enum, default_value = "cleanup")]
+        on_error: OnError,
+        /// The build id (idempotency key); generated when absent.
+        #[arg(long)]
+        build_id: Option<String>,
+        /// Print the result document as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the resolved build(s): source, target, volume, mounts, copied files, provisioners.
     Inspect {
         #[command(flatten)]
@@ -50,6 +75,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where volume data lives.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BackendKind {
+    /// Real EBS attachments on an EC2 builder instance.
+    Ebs,
+    /// Sparse files on loop devices (development, tests, the local demo).
+    Loop,
 }
 
 /// The arguments every command that reads a template takes.
@@ -163,6 +197,138 @@ fn inspect(args: &TemplateArgs, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Cancels `token` on the first SIGINT or SIGTERM (the build then unwinds its undos).
+fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("signal received: cancelling the build and cleaning up");
+        token.cancel();
+    });
+}
+
+async fn build(
+    args: &TemplateArgs,
+    backend: BackendKind,
+    state_dir: &std::path::Path,
+    on_error: OnError,
+    build_id: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let loaded = args.load()?;
+    print_warnings(&loaded);
+    if loaded.has_errors() {
+        print_errors(&loaded);
+        return Ok(ExitCode::FAILURE);
+    }
+    let backend = match backend {
+        BackendKind::Ebs => Backend::Ebs,
+        BackendKind::Loop => Backend::Loop {
+            state_dir: state_dir.to_owned(),
+        },
+    };
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone());
+    let masker = loaded.masker.clone();
+    let sink_masker = masker.clone();
+    let sink: kiln::host::command::Sink = Arc::new(move |source: &str, line: &str| {
+        let line = sink_masker.mask(line);
+        if source == "kiln" {
+            eprintln!("{line}");
+        } else {
+            eprintln!("    {source}: {line}");
+        }
+    });
+    let several = loaded.plans.len() > 1;
+    let mut results = Vec::new();
+    for plan in loaded.plans.clone() {
+        let c = &plan.config;
+        let settings = AwsSettings {
+            region: c.region.clone(),
+            endpoint_url: None,
+            static_credentials: c.access_key.clone().zip(c.secret_key.clone()),
+        };
+        let config = kiln::aws::load(&settings).await?;
+        let clients = Clients::new(&config);
+        let id = match (&build_id, several) {
+            (Some(id), false) => id.clone(),
+            (Some(id), true) => format!("{id}-{}", plan.name.replace('.', "-")),
+            (None, _) => uuid::Uuid::new_v4().to_string(),
+        };
+        eprintln!(
+            "==> {}: kiln build {id} ({} backend, {})",
+            plan.name,
+            backend.name(),
+            clients.region()
+        );
+        let options = BuildOptions {
+            build_id: id,
+            backend: backend.clone(),
+            on_error,
+            lock_dir: kiln::host::lock::LOCK_DIR.into(),
+            sink: sink.clone(),
+            recorder: Arc::new(MemoryRecorder::default()),
+        };
+        let post = plan.post_processors.clone();
+        let result = pipeline::run(plan, masker.clone(), clients, options, cancel.clone()).await;
+        for pp in &post {
+            if result.status == Status::Succeeded
+                && let Err(e) = pipeline::result::write_manifest(&result, pp)
+            {
+                eprintln!("Warning: manifest {}: {e}", pp.output);
+            }
+        }
+        results.push(result);
+        if cancel.is_cancelled() {
+            break;
+        }
+    }
+    let ok = results.iter().all(|r| r.status == Status::Succeeded);
+    if json {
+        let text = if several {
+            serde_json::to_string_pretty(&results)?
+        } else {
+            serde_json::to_string_pretty(&results[0])?
+        };
+        println!("{}", masker.mask(&text));
+    } else {
+        eprintln!("==> Builds finished.");
+        for r in &results {
+            match (&r.status, &r.error) {
+                (Status::Succeeded, _) => {
+                    println!("--> {}: AMIs were created:", r.build_name);
+                    for (region, a) in &r.artifacts {
+                        println!("{region}: {}", a.ami_id);
+                    }
+                }
+                (_, Some(e)) => println!(
+                    "--> {}: failed in step {}: {}",
+                    r.build_name, e.step, e.message
+                ),
+                _ => println!("--> {}: failed", r.build_name),
+            }
+            for l in &r.left_behind {
+                println!("    left behind: {l}");
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbosity =
@@ -171,6 +337,29 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Validate { template, json } => validate(template, *json),
         Command::Inspect { template, json } => inspect(template, *json),
+        Command::Build {
+            template,
+            backend,
+            state_dir,
+            on_error,
+            build_id,
+            json,
+        } => {
+            match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(build(
+                    template,
+                    *backend,
+                    state_dir,
+                    *on_error,
+                    build_id.clone(),
+                    *json,
+                )),
+                Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
+            }
+        }
     };
     match result {
         Ok(code) => code,

@@ -42,7 +42,7 @@ source "amazon-chroot" "busybox" {
   ]
 
   post_mount_commands = [
-    "mkdir -p {{.MountPath}}/bin {{.MountPath}}/sbin {{.MountPath}}/etc {{.MountPath}}/proc {{.MountPath}}/sys {{.MountPath}}/dev {{.MountPath}}/tmp {{.MountPath}}/root",
+    "mkdir -p {{.MountPath}}/bin {{.MountPath}}/sbin {{.MountPath}}/etc {{.MountPath}}/proc {{.MountPath}}/sys {{.MountPath}}/dev {{.MountPath}}/tmp {{.MountPath}}/root {{.MountPath}}/usr/bin {{.MountPath}}/usr/sbin",
     "cp /bin/busybox {{.MountPath}}/bin/busybox",
     "chroot {{.MountPath}} /bin/busybox --install -s",
   ]

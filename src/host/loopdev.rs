@@ -10,7 +10,6 @@ const LOOP_CTL_GET_FREE: u16 = 0x4C82;
 const LOOP_SET_FD: u16 = 0x4C00;
 const LOOP_CLR_FD: u16 = 0x4C01;
 const LOOP_SET_STATUS64: u16 = 0x4C04;
-const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LO_FLAGS_PARTSCAN: u32 = 8;
 /// Attempts at claiming a free loop device: another process may claim the one the kernel
 /// offered between GET_FREE and SET_FD (EBUSY); a handful of retries rides that out.
@@ -96,7 +95,7 @@ pub fn attach(file: &Path) -> Result<PathBuf, HostError> {
             lo_number: 0,
             lo_encrypt_type: 0,
             lo_encrypt_key_size: 0,
-            lo_flags: LO_FLAGS_PARTSCAN | LO_FLAGS_AUTOCLEAR,
+            lo_flags: LO_FLAGS_PARTSCAN,
             lo_file_name: [0; 64],
             lo_crypt_name: [0; 64],
             lo_encrypt_key: [0; 32],

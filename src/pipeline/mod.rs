@@ -1,0 +1,220 @@
+//! The chroot pipeline: a validated [`Plan`] runs as ordered steps, each with an undo, over typed
+//! state; the outcome is a [`BuildResult`] document (shared by `kiln build --json` and the worker).
+//!
+//! Data flow: template -> plan -> steps (engine.rs, steps/) -> result (result.rs). Steps call the
+//! EC2 control plane (`crate::ec2`), the host (`crate::host`) and the backend (`crate::backend`);
+//! nothing else here touches AWS or the host directly.
+
+pub mod engine;
+pub mod result;
+pub mod state;
+pub mod steps;
+
+use crate::aws::Clients;
+use crate::backend::Backend;
+use crate::ec2::Ec2Error;
+use crate::ec2::wait::Polling;
+use crate::host::HostError;
+use crate::host::command::{self, ShellCommand, Sink};
+use crate::template::{Masker, Plan, gotmpl};
+pub use result::BuildResult;
+use state::{BuildState, Recorder};
+use std::path::PathBuf;
+use std::sync::Arc;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+/// What to do with what a failed build created (Packer's `-on-error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Undo every step that ran (the default).
+    Cleanup,
+    /// Leave everything in place and list it.
+    Abort,
+}
+
+/// An error inside a step.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// From EC2 or IMDS.
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+    /// From the host.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The template or the source image cannot be built as asked.
+    #[error("{0}")]
+    Invalid(String),
+    /// The build was cancelled (SIGINT/SIGTERM or the worker's drain deadline).
+    #[error("the build was cancelled")]
+    Cancelled,
+    /// A step panicked (a bug in kiln).
+    #[error("kiln bug: the step panicked: {0}")]
+    Panic(String),
+}
+
+impl StepError {
+    /// Whether retrying the build could succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StepError::Ec2(e) => e.is_retryable(),
+            StepError::Host(e) => e.is_retryable(),
+            StepError::Cancelled => true,
+            StepError::Invalid(_) | StepError::Panic(_) => false,
+        }
+    }
+}
+
+/// How to run a build.
+#[derive(Clone)]
+pub struct BuildOptions {
+    /// The build id (the caller's idempotency key).
+    pub build_id: String,
+    /// Where volume data lives.
+    pub backend: Backend,
+    /// What to do on failure.
+    pub on_error: OnError,
+    /// Directory of the per-device lock files.
+    pub lock_dir: PathBuf,
+    /// Where provisioner output and step lines go (besides `tracing`).
+    pub sink: Sink,
+    /// Records each step's outputs as it completes (checkpoints back this later).
+    pub recorder: Arc<dyn Recorder>,
+}
+
+/// Everything a step can see: the plan, the AWS clients, the host settings and the typed state.
+pub struct Build {
+    /// The build id.
+    pub id: String,
+    /// The resolved template build.
+    pub plan: Plan,
+    /// AWS clients (one SdkConfig).
+    pub clients: Clients,
+    /// The build region.
+    pub region: String,
+    /// Where volume data lives.
+    pub backend: Backend,
+    /// Wait settings.
+    pub polling: Polling,
+    /// Cancelled on SIGINT/SIGTERM; steps stop at their next wait or command.
+    pub cancel: CancellationToken,
+    /// Per-device lock directory.
+    pub lock_dir: PathBuf,
+    /// Masks sensitive values in anything shown.
+    pub masker: Masker,
+    /// Output sink.
+    pub sink: Sink,
+    /// What the steps made so far.
+    pub state: BuildState,
+    /// The build's start time.
+    pub started: OffsetDateTime,
+}
+
+impl Build {
+    /// Renders a template string at build time with placeholder `values`.
+    pub fn render(
+        &self,
+        field: &str,
+        s: &str,
+        values: &[(&str, String)],
+    ) -> Result<String, StepError> {
+        if !gotmpl::has_actions(s) {
+            return Ok(s.to_owned());
+        }
+        let ctx = gotmpl::Ctx {
+            user: self.plan.variables.clone(),
+            env_allowed: false,
+            now: self.started,
+            build_name: self.plan.name.clone(),
+            template_dir: self.plan.template_dir.display().to_string(),
+            placeholders: values
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Some(v.clone())))
+                .collect(),
+        };
+        gotmpl::render(s, &ctx)
+            .map(|r| r.text)
+            .map_err(|e| StepError::Invalid(format!("{field}: {e}")))
+    }
+
+    /// `{{.Device}}` and `{{.MountPath}}` as far as they are known.
+    pub fn device_values(&self) -> Vec<(&'static str, String)> {
+        let dev = self
+            .state
+            .device_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let mount = self
+            .state
+            .mount_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        vec![("Device", dev), ("MountPath", mount)]
+    }
+
+    /// `{{.SourceAMI}}` and friends.
+    pub fn source_values(&self) -> Vec<(&'static str, String)> {
+        let s = self.state.source.clone().unwrap_or_default();
+        vec![
+            ("SourceAMI", s.id),
+            ("SourceAMIName", s.name),
+            ("SourceAMICreationDate", s.creation_date),
+            ("SourceAMIOwner", s.owner.clone()),
+            ("SourceAMIOwnerName", s.owner),
+            (
+                "SourceAMITags",
+                s.tags
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            ("BuildRegion", self.region.clone()),
+        ]
+    }
+
+    /// Runs a host command through `command_wrapper`, output to the sink under `name`.
+    pub async fn host_command(
+        &self,
+        name: &str,
+        script: &str,
+        env: Vec<(String, String)>,
+    ) -> Result<(), StepError> {
+        let wrapped = self.render(
+            "command_wrapper",
+            &self.plan.config.command_wrapper,
+            &[("Command", script.to_owned())],
+        )?;
+        let cmd = ShellCommand {
+            name: name.to_owned(),
+            display: self.masker.mask(&wrapped),
+            script: wrapped,
+            env,
+            valid_exit_codes: vec![0],
+        };
+        (self.sink)(name, &format!("$ {}", cmd.display));
+        command::run(&cmd, &self.sink, &self.cancel)
+            .await
+            .map_err(|e| match e {
+                HostError::Cancelled(_) => StepError::Cancelled,
+                other => StepError::Host(other),
+            })
+    }
+}
+
+/// Runs `plan` to completion: steps in order, undos in reverse on failure or cancellation (or
+/// always, for the volume and the device lock). Never panics; a panic in a step is a failure.
+///
+/// Side effects: creates and removes AWS resources, loop devices, mounts; returns what exists.
+pub async fn run(
+    plan: Plan,
+    masker: Masker,
+    clients: Clients,
+    options: BuildOptions,
+    cancel: CancellationToken,
+) -> BuildResult {
+    engine::run(plan, masker, clients, options, cancel).await
+}

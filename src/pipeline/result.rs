@@ -1,0 +1,124 @@
+//! The result document of a build: what `kiln build --json` prints and the worker publishes.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// A build's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Still running.
+    Running,
+    /// Every AMI asked for exists.
+    Succeeded,
+    /// It failed (see `error`).
+    Failed,
+}
+
+/// The AMI in one region.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Artifact {
+    /// `ami-...`
+    pub ami_id: String,
+    /// Its snapshots.
+    pub snapshot_ids: Vec<String>,
+    /// With the loop backend: the files holding the snapshots' data.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snapshot_files: Vec<String>,
+}
+
+/// One step as it ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    /// The step's name, e.g. `create-volume`.
+    pub name: String,
+    /// RFC 3339 start time.
+    pub started_at: String,
+    /// Seconds.
+    pub duration_s: f64,
+    /// What it produced (ids, paths).
+    pub outputs: serde_json::Value,
+}
+
+/// Why a build failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// The step that failed.
+    pub step: String,
+    /// What went wrong (sensitive values masked).
+    pub message: String,
+    /// Whether retrying could help.
+    pub retryable: bool,
+}
+
+/// The result document.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildResult {
+    /// Document version.
+    pub version: u32,
+    /// The build id.
+    pub build_id: String,
+    /// The build's name in the template.
+    pub build_name: String,
+    /// Status.
+    pub status: Status,
+    /// The backend used.
+    pub backend: String,
+    /// The build region.
+    pub region: String,
+    /// The source AMI (absent for from_scratch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_ami: Option<String>,
+    /// AMI per region.
+    pub artifacts: BTreeMap<String, Artifact>,
+    /// Steps in order.
+    pub steps: Vec<StepRecord>,
+    /// On failure: where and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Failure>,
+    /// Resources left behind (undo failures, or `--on-error=abort`), with their ids.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_behind: Vec<String>,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339.
+    pub finished_at: String,
+    /// Seconds.
+    pub duration_s: f64,
+}
+
+/// The result document's version.
+pub const RESULT_VERSION: u32 = 1;
+
+/// Writes (or extends) Packer's manifest file for a finished build, as the `manifest`
+/// post-processor does: one entry per build with `artifact_id` `region:ami,...`.
+pub fn write_manifest(
+    result: &BuildResult,
+    pp: &crate::template::provisioner::PostProcessor,
+) -> std::io::Result<()> {
+    let path = std::path::Path::new(&pp.output);
+    let mut doc: serde_json::Value = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| serde_json::json!({ "builds": [] }));
+    let artifact_id = result
+        .artifacts
+        .iter()
+        .map(|(r, a)| format!("{r}:{}", a.ami_id))
+        .collect::<Vec<_>>()
+        .join(",");
+    let entry = serde_json::json!({
+        "name": result.build_name,
+        "builder_type": "amazon-chroot",
+        "build_time": time::OffsetDateTime::now_utc().unix_timestamp(),
+        "files": null,
+        "artifact_id": artifact_id,
+        "packer_run_uuid": result.build_id,
+        "custom_data": pp.custom_data,
+    });
+    if let Some(builds) = doc.get_mut("builds").and_then(|b| b.as_array_mut()) {
+        builds.push(entry);
+    }
+    doc["last_run_uuid"] = serde_json::Value::String(result.build_id.clone());
+    std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap_or_default())
+}

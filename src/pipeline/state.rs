@@ -1,0 +1,122 @@
+//! Typed state between steps, and the recorder every step's outputs go through as it completes
+//! (checkpoints back it with durable storage).
+
+use crate::host::lock::DeviceLock;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// The source image, as DescribeImages reports it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceImage {
+    /// `ami-...`
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Root device name.
+    pub root_device_name: String,
+    /// Snapshot of the root device.
+    pub root_snapshot: String,
+    /// Root volume size (GiB).
+    pub root_size: i32,
+    /// Root volume type.
+    pub root_volume_type: Option<String>,
+    /// `x86_64`, `arm64`, ...
+    pub architecture: Option<String>,
+    /// `hvm` or `paravirtual`.
+    pub virtualization_type: Option<String>,
+    /// ENA.
+    pub ena_support: Option<bool>,
+    /// SR-IOV.
+    pub sriov_net_support: Option<String>,
+    /// Boot mode.
+    pub boot_mode: Option<String>,
+    /// Kernel (paravirtual).
+    pub kernel_id: Option<String>,
+    /// Ramdisk (paravirtual).
+    pub ramdisk_id: Option<String>,
+    /// Creation date.
+    pub creation_date: String,
+    /// Owner account.
+    pub owner: String,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// All block device mappings (copied to the new AMI unless the template sets its own).
+    #[serde(skip)]
+    pub mappings: Vec<aws_sdk_ec2::types::BlockDeviceMapping>,
+}
+
+/// A file `copy_files` put into the chroot, and what was there before.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopiedFile {
+    /// Path inside the mount.
+    pub path: PathBuf,
+    /// A symlink that was there (restored at cleanup).
+    pub replaced_link: Option<PathBuf>,
+    /// A file that was there, moved aside (restored at cleanup).
+    pub backup: Option<PathBuf>,
+}
+
+/// An AMI in one region.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImageRecord {
+    /// `ami-...`
+    pub ami_id: String,
+    /// Its snapshots.
+    pub snapshot_ids: Vec<String>,
+}
+
+/// What the steps have made.
+#[derive(Debug, Default)]
+pub struct BuildState {
+    /// The builder instance.
+    pub instance: Option<crate::ec2::identity::Instance>,
+    /// The source image (not for from_scratch).
+    pub source: Option<SourceImage>,
+    /// The attachment point name (`xvdf`).
+    pub device_name: Option<String>,
+    /// The device lock, held for the whole build.
+    pub device_lock: Option<DeviceLock>,
+    /// The volume.
+    pub volume_id: Option<String>,
+    /// Whether the volume is attached in EC2.
+    pub attached: bool,
+    /// The real block device (`/dev/loop3`, `/dev/nvme1n1`, `/dev/xvdf`).
+    pub block_device: Option<PathBuf>,
+    /// What `{{.Device}}` names (an alias where partitions need one).
+    pub device_path: Option<PathBuf>,
+    /// Where the volume is mounted.
+    pub mount_path: Option<PathBuf>,
+    /// Whether the root is mounted.
+    pub mounted: bool,
+    /// Extra mounts, in mount order.
+    pub extra_mounts: Vec<PathBuf>,
+    /// Files copied in.
+    pub copied: Vec<CopiedFile>,
+    /// The new snapshot.
+    pub snapshot_id: Option<String>,
+    /// AMIs by region.
+    pub images: BTreeMap<String, ImageRecord>,
+}
+
+/// Receives each step's outputs as the step completes.
+pub trait Recorder: Send + Sync {
+    /// Records that `step` of `build_id` finished with `outputs`.
+    fn record(&self, build_id: &str, step: &str, outputs: &serde_json::Value);
+}
+
+/// Keeps records in memory (for `kiln build`).
+#[derive(Debug, Default)]
+pub struct MemoryRecorder {
+    /// `(step, outputs)` in order.
+    pub records: Mutex<Vec<(String, serde_json::Value)>>,
+}
+
+impl Recorder for MemoryRecorder {
+    fn record(&self, _build_id: &str, step: &str, outputs: &serde_json::Value) {
+        if let Ok(mut r) = self.records.lock() {
+            r.push((step.to_owned(), outputs.clone()));
+        }
+    }
+}

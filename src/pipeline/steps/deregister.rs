@@ -1,0 +1,38 @@
+//! Step `deregister` (`force_deregister`): AMIs of the same name in every target region are
+//! deregistered, with their snapshots when `force_delete_snapshot` is set.
+
+use crate::ec2::{api, images};
+use crate::pipeline::{Build, StepError};
+
+pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
+    let name = b.render("ami_name", &b.plan.config.ami_name, &b.source_values())?;
+    let mut regions = vec![b.region.clone()];
+    regions.extend(
+        b.plan
+            .config
+            .ami_regions
+            .iter()
+            .filter(|r| **r != b.region)
+            .cloned(),
+    );
+    let mut removed = Vec::new();
+    for r in regions {
+        let ec2 = b.clients.ec2_in(&r);
+        for img in images::by_name(&ec2, &r, &name).await? {
+            let id = img.image_id.clone().unwrap_or_default();
+            if b.plan.config.force_delete_snapshot {
+                for s in images::remove(&ec2, &r, &id).await? {
+                    b.backend.snapshot_deleted(&s);
+                }
+            } else {
+                ec2.deregister_image()
+                    .image_id(&id)
+                    .send()
+                    .await
+                    .map_err(api("DeregisterImage", id.clone(), &r))?;
+            }
+            removed.push(format!("{r}:{id}"));
+        }
+    }
+    Ok(serde_json::json!({ "deregistered": removed }))
+}

@@ -1,0 +1,282 @@
+//! The steps of a chroot build, in order (see ../shared/reference/packer-amazon-chroot.md for
+//! Packer's table). Each step has `run` (returning its outputs for the record) and `undo`; undo is
+//! safe to run after a partial `run` and safe to run twice.
+
+mod allocate_device;
+mod attach_volume;
+mod copy_files;
+mod copy_regions;
+mod create_volume;
+mod deregister;
+mod early_cleanup;
+mod instance_info;
+mod modify_attributes;
+mod mount_commands;
+mod mount_device;
+mod mount_extra;
+mod pre_validate;
+mod provision;
+mod register_image;
+mod snapshot;
+mod source_image;
+
+use super::{Build, StepError};
+use crate::template::config::ChrootConfig;
+
+/// A step of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepId {
+    /// AMI name free (unless force_deregister), regions valid.
+    PreValidate,
+    /// The builder's identity from IMDS.
+    InstanceInfo,
+    /// The source image, and its root device is EBS.
+    SourceImage,
+    /// A free attachment point, locked for the build.
+    AllocateDevice,
+    /// The build volume.
+    CreateVolume,
+    /// Attached, and its block device present.
+    AttachVolume,
+    /// `pre_mount_commands`.
+    PreMountCommands,
+    /// The root filesystem mounted.
+    MountDevice,
+    /// `post_mount_commands`.
+    PostMountCommands,
+    /// `chroot_mounts`.
+    MountExtra,
+    /// `copy_files`.
+    CopyFiles,
+    /// The provisioners.
+    Provision,
+    /// Copies, mounts and the attachment undone before the snapshot.
+    EarlyCleanup,
+    /// The snapshot of the volume.
+    Snapshot,
+    /// `force_deregister`: same-named AMIs removed.
+    Deregister,
+    /// The AMI registered.
+    RegisterImage,
+    /// Copies to `ami_regions`.
+    CopyRegions,
+    /// Launch and snapshot permissions.
+    ModifyAttributes,
+}
+
+impl StepId {
+    /// The step's name in logs and results.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepId::PreValidate => "pre-validate",
+            StepId::InstanceInfo => "instance-info",
+            StepId::SourceImage => "source-image",
+            StepId::AllocateDevice => "allocate-device",
+            StepId::CreateVolume => "create-volume",
+            StepId::AttachVolume => "attach-volume",
+            StepId::PreMountCommands => "pre-mount-commands",
+            StepId::MountDevice => "mount-device",
+            StepId::PostMountCommands => "post-mount-commands",
+            StepId::MountExtra => "mount-extra",
+            StepId::CopyFiles => "copy-files",
+            StepId::Provision => "provision",
+            StepId::EarlyCleanup => "early-cleanup",
+            StepId::Snapshot => "snapshot",
+            StepId::Deregister => "deregister",
+            StepId::RegisterImage => "register-image",
+            StepId::CopyRegions => "copy-regions",
+            StepId::ModifyAttributes => "modify-attributes",
+        }
+    }
+
+    /// A line for the terminal, as Packer prints its steps.
+    pub fn title(self) -> &'static str {
+        match self {
+            StepId::PreValidate => "Prevalidating AMI name and regions",
+            StepId::InstanceInfo => "Gathering information about this EC2 instance",
+            StepId::SourceImage => "Inspecting the source AMI",
+            StepId::AllocateDevice => "Choosing a device for the volume",
+            StepId::CreateVolume => "Creating the root volume",
+            StepId::AttachVolume => "Attaching the root volume",
+            StepId::PreMountCommands => "Running pre-mount commands",
+            StepId::MountDevice => "Mounting the root device",
+            StepId::PostMountCommands => "Running post-mount commands",
+            StepId::MountExtra => "Mounting additional paths within the chroot",
+            StepId::CopyFiles => "Copying files from host to chroot",
+            StepId::Provision => "Provisioning inside the chroot",
+            StepId::EarlyCleanup => "Unmounting and detaching before the snapshot",
+            StepId::Snapshot => "Creating a snapshot",
+            StepId::Deregister => "Deregistering AMIs of the same name (force_deregister)",
+            StepId::RegisterImage => "Registering the AMI",
+            StepId::CopyRegions => "Copying the AMI to other regions",
+            StepId::ModifyAttributes => "Setting launch and snapshot permissions",
+        }
+    }
+}
+
+/// The steps a configuration runs, in order.
+pub fn plan_steps(c: &ChrootConfig) -> Vec<StepId> {
+    use StepId::*;
+    let mut v = vec![PreValidate, InstanceInfo];
+    if !c.from_scratch {
+        v.push(SourceImage);
+    }
+    v.extend([
+        AllocateDevice,
+        CreateVolume,
+        AttachVolume,
+        PreMountCommands,
+        MountDevice,
+        PostMountCommands,
+        MountExtra,
+        CopyFiles,
+        Provision,
+        EarlyCleanup,
+        Snapshot,
+    ]);
+    if c.force_deregister {
+        v.push(Deregister);
+    }
+    v.extend([RegisterImage, CopyRegions, ModifyAttributes]);
+    v
+}
+
+/// Whether `step`'s undo runs: some always (the volume is never kept, the lock always released,
+/// mounts and attachments always undone), the rest only when the build failed.
+pub fn undo_applies(step: StepId, failed: bool) -> bool {
+    use StepId::*;
+    match step {
+        AllocateDevice | CreateVolume | AttachVolume | MountDevice | MountExtra | CopyFiles => true,
+        Snapshot | RegisterImage | CopyRegions => failed,
+        _ => false,
+    }
+}
+
+/// Runs `step`.
+pub async fn run(step: StepId, b: &mut Build) -> Result<serde_json::Value, StepError> {
+    use StepId::*;
+    match step {
+        PreValidate => pre_validate::run(b).await,
+        InstanceInfo => instance_info::run(b).await,
+        SourceImage => source_image::run(b).await,
+        AllocateDevice => allocate_device::run(b).await,
+        CreateVolume => create_volume::run(b).await,
+        AttachVolume => attach_volume::run(b).await,
+        PreMountCommands => mount_commands::run_pre(b).await,
+        MountDevice => mount_device::run(b).await,
+        PostMountCommands => mount_commands::run_post(b).await,
+        MountExtra => mount_extra::run(b).await,
+        CopyFiles => copy_files::run(b).await,
+        Provision => provision::run(b).await,
+        EarlyCleanup => early_cleanup::run(b).await,
+        Snapshot => snapshot::run(b).await,
+        Deregister => deregister::run(b).await,
+        RegisterImage => register_image::run(b).await,
+        CopyRegions => copy_regions::run(b).await,
+        ModifyAttributes => modify_attributes::run(b).await,
+    }
+}
+
+/// Undoes `step`.
+pub async fn undo(step: StepId, b: &mut Build) -> Result<(), StepError> {
+    use StepId::*;
+    match step {
+        AllocateDevice => allocate_device::undo(b),
+        CreateVolume => create_volume::undo(b).await,
+        AttachVolume => attach_volume::undo(b).await,
+        MountDevice => mount_device::undo(b).await,
+        MountExtra => mount_extra::undo(b).await,
+        CopyFiles => copy_files::undo(b),
+        Snapshot => snapshot::undo(b).await,
+        RegisterImage => register_image::undo(b).await,
+        CopyRegions => copy_regions::undo(b).await,
+        _ => Ok(()),
+    }
+}
+
+/// What `step` holds right now (for undo failures).
+pub fn inventory_of(step: StepId, b: &Build) -> Vec<String> {
+    use StepId::*;
+    let s = &b.state;
+    let mut v = Vec::new();
+    match step {
+        AllocateDevice => v.extend(
+            s.device_lock
+                .as_ref()
+                .map(|l| format!("lock {}", l.path().display())),
+        ),
+        CreateVolume => v.extend(
+            s.volume_id
+                .as_ref()
+                .map(|id| format!("volume {id} in {}", b.region)),
+        ),
+        AttachVolume => {
+            if s.attached {
+                v.extend(s.volume_id.as_ref().map(|id| format!("attachment of {id}")));
+            }
+            v.extend(
+                s.block_device
+                    .as_ref()
+                    .map(|d| format!("device {}", d.display())),
+            );
+        }
+        MountDevice => {
+            if s.mounted {
+                v.extend(
+                    s.mount_path
+                        .as_ref()
+                        .map(|m| format!("mount {}", m.display())),
+                );
+            }
+        }
+        MountExtra => v.extend(
+            s.extra_mounts
+                .iter()
+                .map(|m| format!("mount {}", m.display())),
+        ),
+        CopyFiles => v.extend(
+            s.copied
+                .iter()
+                .map(|c| format!("copied file {}", c.path.display())),
+        ),
+        Snapshot => v.extend(
+            s.snapshot_id
+                .as_ref()
+                .map(|id| format!("snapshot {id} in {}", b.region)),
+        ),
+        RegisterImage | CopyRegions => v.extend(s.images.iter().map(|(r, i)| {
+            format!(
+                "image {} (snapshots {}) in {r}",
+                i.ami_id,
+                i.snapshot_ids.join(",")
+            )
+        })),
+        _ => {}
+    }
+    v
+}
+
+/// Everything the build holds (for `--on-error=abort`).
+pub fn inventory(b: &Build) -> Vec<String> {
+    use StepId::*;
+    let mut v = Vec::new();
+    for step in [
+        AllocateDevice,
+        CreateVolume,
+        AttachVolume,
+        MountDevice,
+        MountExtra,
+        CopyFiles,
+        Snapshot,
+        RegisterImage,
+    ] {
+        v.extend(inventory_of(step, b));
+    }
+    v.dedup();
+    v
+}
+
+/// Shorthand for an `Invalid` error.
+pub(crate) fn invalid(msg: impl Into<String>) -> StepError {
+    StepError::Invalid(msg.into())
+}

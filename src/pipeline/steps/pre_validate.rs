@@ -1,0 +1,47 @@
+//! Step `pre-validate`: the AMI name is free in every target region (unless `force_deregister`),
+//! and `ami_regions` are real regions (unless `skip_region_validation`).
+
+use super::invalid;
+use crate::ec2::{api, images};
+use crate::pipeline::{Build, StepError};
+
+pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
+    let c = &b.plan.config;
+    if !c.ami_regions.is_empty() && !c.skip_region_validation {
+        let out = b
+            .clients
+            .ec2
+            .describe_regions()
+            .all_regions(true)
+            .send()
+            .await
+            .map_err(api("DescribeRegions", "all", &b.region))?;
+        let known: Vec<String> = out
+            .regions()
+            .iter()
+            .filter_map(|r| r.region_name.clone())
+            .collect();
+        for r in &c.ami_regions {
+            if !known.contains(r) {
+                return Err(invalid(format!(
+                    "ami_regions: {r} is not a valid AWS region (set skip_region_validation to use it anyway)"
+                )));
+            }
+        }
+    }
+    let name = b.render("ami_name", &c.ami_name, &b.source_values())?;
+    if !c.force_deregister {
+        let mut regions = vec![b.region.clone()];
+        regions.extend(c.ami_regions.iter().filter(|r| **r != b.region).cloned());
+        for r in regions {
+            let ec2 = b.clients.ec2_in(&r);
+            if let Some(img) = images::by_name(&ec2, &r, &name).await?.into_iter().next() {
+                return Err(invalid(format!(
+                    "AMI Name: '{name}' is used by an existing AMI: {} in {r} (set force_deregister to replace it)",
+                    img.image_id.unwrap_or_default()
+                )));
+            }
+        }
+    }
+    Ok(serde_json::json!({ "ami_name": name }))
+}

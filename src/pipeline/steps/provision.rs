@@ -1,0 +1,278 @@
+//! Step `provision`: the template's provisioners in order. `shell` and `file` work inside the
+//! chroot (commands run as `chroot MOUNT /bin/sh -c ...` children through `command_wrapper`, never
+//! by chrooting kiln); `shell-local` runs on the host with the build's device and mount path.
+//! Output is streamed under the provisioner's name; a failure names the provisioner, the exit
+//! code and the last lines of output.
+
+use crate::host::HostError;
+use crate::host::command::{self, ShellCommand, shell_quote};
+use crate::pipeline::{Build, StepError};
+use crate::template::provisioner::{File, Kind, Provisioner, Shell, parse_duration};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn vars_string(b: &Build, s: &Shell) -> (String, Vec<(String, String)>) {
+    let mut pairs = vec![
+        ("PACKER_BUILD_NAME".to_owned(), b.plan.name.clone()),
+        ("PACKER_BUILDER_TYPE".to_owned(), "amazon-chroot".to_owned()),
+    ];
+    for kv in &s.environment_vars {
+        if let Some((k, v)) = kv.split_once('=') {
+            pairs.push((k.to_owned(), v.to_owned()));
+        }
+    }
+    pairs.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let text = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", shell_quote(v)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    (text, pairs)
+}
+
+/// The scripts a shell provisioner runs: inline commands become one script with the shebang.
+fn scripts_of(s: &Shell) -> Result<Vec<(String, Vec<u8>)>, HostError> {
+    let mut out = Vec::new();
+    if !s.inline.is_empty() {
+        let mut text = format!("#!{}\n", s.inline_shebang);
+        for l in &s.inline {
+            text.push_str(l);
+            text.push('\n');
+        }
+        out.push(("inline".to_owned(), text.into_bytes()));
+    }
+    for p in &s.scripts {
+        out.push((
+            p.display().to_string(),
+            std::fs::read(p).map_err(HostError::io("reading the script", p))?,
+        ));
+    }
+    Ok(out)
+}
+
+async fn run_shell(b: &Build, label: &str, s: &Shell, local: bool) -> Result<(), StepError> {
+    let mp = b
+        .state
+        .mount_path
+        .clone()
+        .ok_or_else(|| super::invalid("no mount path"))?;
+    let (vars, env) = vars_string(b, s);
+    let codes: Vec<i32> = s.valid_exit_codes.iter().map(|c| *c as i32).collect();
+    if local {
+        let mut env = env;
+        env.push((
+            "KILN_DEVICE".into(),
+            b.state
+                .device_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        ));
+        env.push(("KILN_MOUNT_PATH".into(), mp.display().to_string()));
+        let mut texts: Vec<String> = Vec::new();
+        if let Some(cmd) = &s.command {
+            texts.push(b.render(label, cmd, &b.device_values())?);
+        }
+        for l in &s.inline {
+            texts.push(b.render(label, l, &b.device_values())?);
+        }
+        for p in &s.scripts {
+            texts.push(format!("/bin/sh {}", shell_quote(&p.display().to_string())));
+        }
+        for t in texts {
+            let cmd = ShellCommand {
+                name: label.to_owned(),
+                display: b.masker.mask(&t),
+                script: t,
+                env: env.clone(),
+                valid_exit_codes: codes.clone(),
+            };
+            (b.sink)(label, &format!("$ {}", cmd.display));
+            command::run(&cmd, &b.sink, &b.cancel)
+                .await
+                .map_err(map_cancel)?;
+        }
+        return Ok(());
+    }
+    let tmp = mp.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(HostError::io("creating", &tmp))?;
+    for (what, body) in scripts_of(s)? {
+        let name = format!("kiln-script-{}.sh", uuid::Uuid::new_v4().simple());
+        let host_path = tmp.join(&name);
+        std::fs::write(&host_path, &body)
+            .map_err(HostError::io("writing the script", &host_path))?;
+        let inner_path = format!("/tmp/{name}");
+        let inner = b.render(
+            &format!("{label} execute_command"),
+            &s.execute_command,
+            &[
+                ("Vars", vars.clone()),
+                ("Path", inner_path.clone()),
+                ("Command", inner_path.clone()),
+            ],
+        )?;
+        let chroot_cmd = format!(
+            "chroot {} /bin/sh -c {}",
+            shell_quote(&mp.display().to_string()),
+            shell_quote(&inner)
+        );
+        let wrapped = b.render(
+            "command_wrapper",
+            &b.plan.config.command_wrapper,
+            &[("Command", chroot_cmd)],
+        )?;
+        let cmd = ShellCommand {
+            name: label.to_owned(),
+            display: b.masker.mask(&format!("{inner}  ({what})")),
+            script: wrapped,
+            env: Vec::new(),
+            valid_exit_codes: codes.clone(),
+        };
+        (b.sink)(label, &format!("$ {}", cmd.display));
+        let result = command::run(&cmd, &b.sink, &b.cancel).await;
+        let _ = std::fs::remove_file(&host_path);
+        result.map_err(map_cancel)?;
+    }
+    Ok(())
+}
+
+fn map_cancel(e: HostError) -> StepError {
+    match e {
+        HostError::Cancelled(_) => StepError::Cancelled,
+        other => StepError::Host(other),
+    }
+}
+
+/// Copies a file, a directory (recursively, keeping symlinks and modes) or a directory's
+/// contents (source ending in `/`), as Packer's file provisioner does.
+fn copy_tree(src: &Path, dst: &Path) -> Result<(), HostError> {
+    let meta = std::fs::symlink_metadata(src).map_err(HostError::io("reading", src))?;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(src).map_err(HostError::io("reading the link", src))?;
+        let _ = std::fs::remove_file(dst);
+        return std::os::unix::fs::symlink(target, dst).map_err(HostError::io("linking", dst));
+    }
+    if meta.is_dir() {
+        std::fs::create_dir_all(dst).map_err(HostError::io("creating", dst))?;
+        for e in std::fs::read_dir(src).map_err(HostError::io("listing", src))? {
+            let e = e.map_err(HostError::io("listing", src))?;
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+        return Ok(());
+    }
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent).map_err(HostError::io("creating", parent))?;
+    }
+    std::fs::copy(src, dst)
+        .map(|_| ())
+        .map_err(HostError::io("copying to", dst))
+}
+
+fn target_for(src: &str, dst_root: &Path, dest: &str) -> PathBuf {
+    let base = dst_root.join(dest.trim_start_matches('/'));
+    let src_path = Path::new(src.trim_end_matches('/'));
+    if src.ends_with('/') {
+        base
+    } else if dest.ends_with('/') {
+        base.join(src_path.file_name().unwrap_or_default())
+    } else {
+        base
+    }
+}
+
+fn run_file(b: &Build, label: &str, f: &File) -> Result<(), StepError> {
+    let mp = b
+        .state
+        .mount_path
+        .clone()
+        .ok_or_else(|| super::invalid("no mount path"))?;
+    if f.direction == "download" {
+        for src in &f.sources {
+            let from = mp.join(src.trim_start_matches('/'));
+            let to = if f.destination.ends_with('/') {
+                PathBuf::from(&f.destination).join(Path::new(src).file_name().unwrap_or_default())
+            } else {
+                PathBuf::from(&f.destination)
+            };
+            copy_tree(&from, &to)?;
+            (b.sink)(label, &format!("downloaded {src} -> {}", to.display()));
+        }
+        return Ok(());
+    }
+    if let Some(content) = &f.content {
+        let to = mp.join(f.destination.trim_start_matches('/'));
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(HostError::io("creating", parent))?;
+        }
+        std::fs::write(&to, content).map_err(HostError::io("writing", &to))?;
+        (b.sink)(label, &format!("uploaded content -> {}", f.destination));
+        return Ok(());
+    }
+    for src in &f.sources {
+        let to = target_for(src, &mp, &f.destination);
+        copy_tree(Path::new(src.trim_end_matches('/')), &to)?;
+        (b.sink)(label, &format!("uploaded {src} -> {}", f.destination));
+    }
+    Ok(())
+}
+
+async fn run_one(b: &Build, label: &str, p: &Provisioner) -> Result<(), StepError> {
+    match &p.kind {
+        Kind::Shell(s) => run_shell(b, label, s, false).await,
+        Kind::ShellLocal(s) => run_shell(b, label, s, true).await,
+        Kind::File(f) => run_file(b, label, f),
+    }
+}
+
+pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
+    let provisioners = b.plan.provisioners.clone();
+    for (i, p) in provisioners.iter().enumerate() {
+        let label = format!(
+            "provisioner {} ({}{})",
+            i + 1,
+            p.kind_name,
+            p.name
+                .as_ref()
+                .map(|n| format!(" \"{n}\""))
+                .unwrap_or_default()
+        );
+        if let Some(pause) = p.pause_before.as_deref().and_then(parse_duration) {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(pause)) => {}
+                _ = b.cancel.cancelled() => return Err(StepError::Cancelled),
+            }
+        }
+        let timeout = p
+            .timeout
+            .as_deref()
+            .and_then(parse_duration)
+            .map(Duration::from_secs_f64);
+        let mut attempt = 0;
+        loop {
+            let fut = run_one(b, &label, p);
+            let result = match timeout {
+                Some(t) => match tokio::time::timeout(t, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(super::invalid(format!(
+                        "{label} timed out after {}",
+                        p.timeout.clone().unwrap_or_default()
+                    ))),
+                },
+                None => fut.await,
+            };
+            match result {
+                Ok(()) => break,
+                Err(StepError::Cancelled) => return Err(StepError::Cancelled),
+                Err(e) if attempt < p.max_retries => {
+                    attempt += 1;
+                    (b.sink)(
+                        &label,
+                        &format!("failed ({e}); retrying ({attempt}/{})", p.max_retries),
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(serde_json::json!({ "provisioners": provisioners.len() }))
+}

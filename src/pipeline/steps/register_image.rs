@@ -1,0 +1,204 @@
+//! Step `register-image`: RegisterImage with the new snapshot as the root device. Block device
+//! mappings come from `ami_block_device_mappings` (or from_scratch), otherwise from the source
+//! image; `root_volume_size` sets or grows the root; `Encrypted` is cleared on every mapping (the
+//! snapshot decides). Architecture, virtualization, ENA, SR-IOV, boot mode, UEFI data, TPM and
+//! IMDS support as Packer sets them. Undo (on failure): deregister it and delete its snapshots.
+
+use crate::ec2::{api, images, kiln_tags, tag_spec};
+use crate::pipeline::state::ImageRecord;
+use crate::pipeline::{Build, StepError};
+use aws_sdk_ec2::types::{
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, ImdsSupportValues,
+    ResourceType, TpmSupportValues, VolumeType,
+};
+use std::collections::BTreeMap;
+
+fn mappings(b: &Build, snapshot: &str, root: &str) -> Vec<BlockDeviceMapping> {
+    let c = &b.plan.config;
+    if c.from_scratch || !c.ami_block_device_mappings.is_empty() {
+        return c
+            .ami_block_device_mappings
+            .iter()
+            .map(|m| {
+                let mut out = BlockDeviceMapping::builder().device_name(&m.device_name);
+                if let Some(v) = &m.virtual_name {
+                    return out.virtual_name(v).build();
+                }
+                if m.no_device {
+                    return out.no_device("").build();
+                }
+                let is_root = m.device_name == root;
+                let mut ebs = EbsBlockDevice::builder()
+                    .delete_on_termination(m.delete_on_termination)
+                    .set_volume_type(m.volume_type.as_deref().map(VolumeType::from))
+                    .set_iops(m.iops.map(|v| v as i32))
+                    .set_throughput(m.throughput.map(|v| v as i32));
+                if is_root {
+                    ebs = ebs
+                        .snapshot_id(snapshot)
+                        .set_volume_size(c.root_volume_size.or(m.volume_size).map(|v| v as i32));
+                } else {
+                    ebs = ebs
+                        .set_snapshot_id(m.snapshot_id.clone())
+                        .set_volume_size(m.volume_size.map(|v| v as i32));
+                    if m.encrypted == Some(true) {
+                        ebs = ebs.encrypted(true).set_kms_key_id(m.kms_key_id.clone());
+                    }
+                }
+                out = out.ebs(ebs.build());
+                out.build()
+            })
+            .collect();
+    }
+    let source = b.state.source.clone().unwrap_or_default();
+    source
+        .mappings
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            if let Some(ebs) = m.ebs.take() {
+                let mut e = ebs;
+                e.encrypted = None;
+                e.kms_key_id = None;
+                if m.device_name.as_deref() == Some(root) {
+                    e.snapshot_id = Some(snapshot.to_owned());
+                    let orig = e.volume_size.unwrap_or(source.root_size);
+                    e.volume_size = Some(
+                        c.root_volume_size
+                            .map(|s| (s as i32).max(orig))
+                            .unwrap_or(orig),
+                    );
+                }
+                m.ebs = Some(e);
+            }
+            m
+        })
+        .collect()
+}
+
+/// The AMI's tags: `tags`, rendered, plus kiln's.
+pub fn image_tags(b: &Build, step: &str) -> Result<Vec<aws_sdk_ec2::types::Tag>, StepError> {
+    let mut tags = BTreeMap::new();
+    for (k, v) in &b.plan.config.tags {
+        tags.insert(k.clone(), b.render("tags", v, &b.source_values())?);
+    }
+    Ok(kiln_tags(&b.id, step, &tags))
+}
+
+pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
+    let c = b.plan.config.clone();
+    let snapshot = b
+        .state
+        .snapshot_id
+        .clone()
+        .ok_or_else(|| super::invalid("no snapshot"))?;
+    let source = b.state.source.clone();
+    let root = c
+        .root_device_name
+        .clone()
+        .or_else(|| source.as_ref().map(|s| s.root_device_name.clone()))
+        .unwrap_or_else(|| "/dev/xvda".into());
+    let name = b.render("ami_name", &c.ami_name, &b.source_values())?;
+    let description = match &c.ami_description {
+        Some(d) => Some(b.render("ami_description", d, &b.source_values())?),
+        None => None,
+    };
+    let arch = if c.from_scratch {
+        Some(c.ami_architecture.clone())
+    } else {
+        source
+            .as_ref()
+            .and_then(|s| s.architecture.clone())
+            .or(Some(c.ami_architecture.clone()))
+    };
+    let virt = c
+        .ami_virtualization_type
+        .clone()
+        .filter(|v| !v.is_empty())
+        .or_else(|| source.as_ref().and_then(|s| s.virtualization_type.clone()));
+    let hvm = virt.as_deref() == Some("hvm");
+    let mut req = b
+        .clients
+        .ec2
+        .register_image()
+        .name(&name)
+        .set_description(description)
+        .root_device_name(&root)
+        .set_architecture(arch.as_deref().map(ArchitectureValues::from))
+        .set_virtualization_type(virt.clone())
+        .set_block_device_mappings(Some(mappings(b, &snapshot, &root)))
+        .set_ena_support(
+            c.ena_support
+                .or_else(|| source.as_ref().and_then(|s| s.ena_support)),
+        )
+        .set_boot_mode(
+            c.boot_mode
+                .clone()
+                .or_else(|| source.as_ref().and_then(|s| s.boot_mode.clone()))
+                .as_deref()
+                .map(BootModeValues::from),
+        )
+        .set_uefi_data(c.uefi_data.clone())
+        .set_tpm_support(
+            c.tpm_support
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .map(TpmSupportValues::from),
+        )
+        .set_imds_support(
+            c.imds_support
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .map(ImdsSupportValues::from),
+        )
+        .tag_specifications(tag_spec(
+            ResourceType::Image,
+            &image_tags(b, "register-image")?,
+        ));
+    if c.sriov_support {
+        req = req.sriov_net_support("simple");
+    } else if let Some(s) = source.as_ref().and_then(|s| s.sriov_net_support.clone()) {
+        req = req.sriov_net_support(s);
+    }
+    if !hvm && let Some(src) = &source {
+        req = req
+            .set_kernel_id(src.kernel_id.clone())
+            .set_ramdisk_id(src.ramdisk_id.clone());
+    }
+    let out = req
+        .send()
+        .await
+        .map_err(api("RegisterImage", name.clone(), &b.region))?;
+    let ami = out
+        .image_id
+        .ok_or_else(|| super::invalid("RegisterImage returned no image id"))?;
+    b.state.images.insert(
+        b.region.clone(),
+        ImageRecord {
+            ami_id: ami.clone(),
+            snapshot_ids: vec![snapshot.clone()],
+        },
+    );
+    let image =
+        images::wait_available(&b.clients.ec2, &b.region, &ami, &b.polling, &b.cancel).await?;
+    let snaps = images::snapshots_of(&image);
+    if let Some(rec) = b.state.images.get_mut(&b.region) {
+        for s in snaps {
+            if !rec.snapshot_ids.contains(&s) {
+                rec.snapshot_ids.push(s);
+            }
+        }
+    }
+    Ok(serde_json::json!({ "ami_id": ami, "name": name, "region": b.region }))
+}
+
+pub async fn undo(b: &mut Build) -> Result<(), StepError> {
+    let Some(rec) = b.state.images.get(&b.region).cloned() else {
+        return Ok(());
+    };
+    for s in images::remove(&b.clients.ec2, &b.region, &rec.ami_id).await? {
+        b.backend.snapshot_deleted(&s);
+    }
+    b.state.images.remove(&b.region);
+    Ok(())
+}
