@@ -3,5 +3,6 @@
 //! loop devices and mounts (as root). Every test uses its own names and cleans up after itself.
 
 mod emulator;
+mod pipeline;
 mod support;
 mod templates;

@@ -47,6 +47,8 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         )
         .await?;
     b.state.block_device = Some(dev.clone());
+    // The partitions of a volume made from a snapshot: not every kernel scans them on attach.
+    devices::rescan_partitions(&dev).await?;
     let device_path = if b.backend.needs_aliases(&dev) {
         devices::make_aliases(&name, &dev)?
     } else {

@@ -220,15 +220,11 @@ pub fn inventory_of(step: StepId, b: &Build) -> Vec<String> {
                     .map(|d| format!("device {}", d.display())),
             );
         }
-        MountDevice => {
-            if s.mounted {
-                v.extend(
-                    s.mount_path
-                        .as_ref()
-                        .map(|m| format!("mount {}", m.display())),
-                );
-            }
-        }
+        MountDevice if s.mounted => v.extend(
+            s.mount_path
+                .as_ref()
+                .map(|m| format!("mount {}", m.display())),
+        ),
         MountExtra => v.extend(
             s.extra_mounts
                 .iter()

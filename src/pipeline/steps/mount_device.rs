@@ -42,6 +42,9 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     } else {
         dev.display().to_string()
     };
+    if let Some(block) = b.state.block_device.clone() {
+        crate::host::devices::rescan_partitions(&block).await?;
+    }
     let mut cmd = String::from("mount");
     for o in &c.mount_options {
         cmd.push_str(&format!(" -o {}", shell_quote(o)));

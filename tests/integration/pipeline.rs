@@ -1,0 +1,649 @@
+//! `kiln build` end to end on the emulator with the loop backend, as root: real loop devices,
+//! partitions, filesystems, mounts and chroots. Each test checks what was built (files in the
+//! snapshot, the AMI's mappings, tags, permissions, copies) and that nothing is left behind.
+
+use crate::support::{Emulator, Janitor, Resource, repo_root, unique, with_janitor};
+use aws_sdk_ec2::types::Filter;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The second region builds are copied to.
+const COPY_REGION: &str = "us-west-2";
+
+/// The loop backend's state directory for this test process.
+fn state_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("kiln-test-state-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("state dir");
+        d
+    })
+}
+
+fn kiln_command(template: &Path, extra: &[String]) -> Command {
+    let emu = Emulator::get();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.arg("build")
+        .arg("--backend")
+        .arg("loop")
+        .arg("--state-dir")
+        .arg(state_dir())
+        .arg("--json");
+    c.args(extra).arg(template);
+    for (k, v) in &emu.vars {
+        c.env(k, v);
+    }
+    c.env("RUST_LOG", "kiln=info");
+    c.current_dir(template.parent().unwrap_or(Path::new(".")));
+    c
+}
+
+/// Runs `kiln build`; returns (success, result document, stderr).
+fn build(template: &Path, extra: &[String]) -> (bool, Value, String) {
+    let out = kiln_command(template, extra)
+        .output()
+        .expect("run kiln build");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let doc: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("kiln build printed no result ({e}); stderr:\n{stderr}"));
+    (out.status.success(), doc, stderr)
+}
+
+/// Records the artifacts of a result for cleanup.
+fn track(janitor: &Janitor, doc: &Value) {
+    if let Some(arts) = doc["artifacts"].as_object() {
+        for (region, a) in arts {
+            janitor.track(
+                region,
+                Resource::Image(a["ami_id"].as_str().unwrap_or_default().to_owned()),
+            );
+            for s in a["snapshot_ids"].as_array().into_iter().flatten() {
+                janitor.track(
+                    region,
+                    Resource::Snapshot(s.as_str().unwrap_or_default().to_owned()),
+                );
+            }
+            for f in a["snapshot_files"].as_array().into_iter().flatten() {
+                FILES
+                    .lock()
+                    .expect("files")
+                    .push(PathBuf::from(f.as_str().unwrap_or_default()));
+            }
+        }
+    }
+}
+
+static FILES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes the snapshot files of tracked artifacts (the AMIs go through the janitor).
+fn remove_files() {
+    for f in FILES.lock().expect("files").drain(..) {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// A template directory with the busybox base template (HCL) and its files.
+struct Tpl(PathBuf);
+
+impl Tpl {
+    fn new() -> Self {
+        let d = std::env::temp_dir().join(unique("pipeline"));
+        std::fs::create_dir_all(d.join("files")).expect("template dir");
+        Tpl(d)
+    }
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+}
+
+impl Drop for Tpl {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The busybox from-scratch source block with `extra` fields and a build with `provisioners`.
+fn busybox(name: &str, extra: &str, provisioners: &str) -> String {
+    format!(
+        r#"
+source "amazon-chroot" "bb" {{
+  from_scratch            = true
+  ami_name                = "{name}"
+  ami_virtualization_type = "hvm"
+  root_device_name        = "/dev/xvda"
+  root_volume_size        = 1
+  copy_files              = []
+  ami_block_device_mappings {{
+    device_name           = "/dev/xvda"
+    volume_type           = "gp3"
+    delete_on_termination = true
+  }}
+  pre_mount_commands = [
+    "sfdisk --quiet {{{{.Device}}}} <<'PARTS'\nlabel: gpt\n,,L\nPARTS",
+    "mkfs.ext4 -q -L root {{{{.Device}}}}1",
+  ]
+  post_mount_commands = [
+    "mkdir -p {{{{.MountPath}}}}/bin {{{{.MountPath}}}}/etc {{{{.MountPath}}}}/tmp {{{{.MountPath}}}}/proc {{{{.MountPath}}}}/sys {{{{.MountPath}}}}/dev {{{{.MountPath}}}}/usr/bin {{{{.MountPath}}}}/sbin {{{{.MountPath}}}}/usr/sbin",
+    "cp /bin/busybox {{{{.MountPath}}}}/bin/busybox",
+    "chroot {{{{.MountPath}}}} /bin/busybox --install -s",
+  ]
+  chroot_mounts = [["proc", "proc", "/proc"], ["sysfs", "sysfs", "/sys"], ["bind", "/dev", "/dev"]]
+  {extra}
+}}
+build {{
+  sources = ["source.amazon-chroot.bb"]
+  {provisioners}
+}}
+"#
+    )
+}
+
+/// Reads files from the first partition of a snapshot file.
+fn read_from_snapshot(file: &Path, paths: &[&str]) -> Vec<Option<String>> {
+    let mnt = std::env::temp_dir().join(unique("inspect"));
+    std::fs::create_dir_all(&mnt).expect("mnt");
+    let out = Command::new("losetup")
+        .args(["-f", "-P", "-r", "--show"])
+        .arg(file)
+        .output()
+        .expect("losetup");
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let _ = Command::new("partx").args(["-u", &dev]).status();
+    let ok = Command::new("mount")
+        .args(["-o", "ro", &format!("{dev}p1")])
+        .arg(&mnt)
+        .status()
+        .expect("mount")
+        .success();
+    let result = paths
+        .iter()
+        .map(|p| std::fs::read_to_string(mnt.join(p.trim_start_matches('/'))).ok())
+        .collect();
+    if ok {
+        let _ = Command::new("umount").arg(&mnt).status();
+    }
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    let _ = std::fs::remove_dir(&mnt);
+    assert!(ok, "could not mount {dev}p1 of {}", file.display());
+    result
+}
+
+/// Asserts nothing of build `id` remains: no volume, snapshot or image in either region, no mount
+/// at its mount path, no loop device on its volume file.
+async fn assert_nothing_left(id: &str, doc: &Value) {
+    let emu = Emulator::get();
+    for region in [emu.region(), COPY_REGION] {
+        let ec2 = emu.clients(region).await.ec2;
+        let tag = Filter::builder()
+            .name("tag:kiln:build-id")
+            .values(id)
+            .build();
+        let vols = ec2
+            .describe_volumes()
+            .filters(tag.clone())
+            .send()
+            .await
+            .expect("DescribeVolumes");
+        assert!(
+            vols.volumes().is_empty(),
+            "{id}: volumes left in {region}: {:?}",
+            vols.volumes()
+        );
+        let snaps = ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(tag.clone())
+            .send()
+            .await
+            .expect("DescribeSnapshots");
+        assert!(
+            snaps.snapshots().is_empty(),
+            "{id}: snapshots left in {region}: {:?}",
+            snaps.snapshots()
+        );
+        let imgs = ec2
+            .describe_images()
+            .owners("self")
+            .filters(tag)
+            .send()
+            .await
+            .expect("DescribeImages");
+        assert!(
+            imgs.images().is_empty(),
+            "{id}: images left in {region}: {:?}",
+            imgs.images()
+        );
+    }
+    for step in doc["steps"].as_array().into_iter().flatten() {
+        if let Some(mp) = step["outputs"]["mount_path"].as_str() {
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            assert!(
+                !mounts.split_whitespace().any(|f| f.starts_with(mp)),
+                "{id}: {mp} is still mounted"
+            );
+        }
+        if let Some(vol) = step["outputs"]["volume_id"].as_str() {
+            let file = state_dir().join("volumes").join(format!("{vol}.img"));
+            assert!(!file.exists(), "{id}: volume file {} left", file.display());
+            let out = Command::new("losetup")
+                .arg("-j")
+                .arg(&file)
+                .output()
+                .expect("losetup -j");
+            assert!(
+                out.stdout.is_empty(),
+                "{id}: loop device left: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn busybox_from_scratch_then_application_image() {
+    with_janitor(|janitor| async move {
+        let emu = Emulator::get();
+        let t = Tpl::new();
+        std::fs::write(t.0.join("files/issue"), "kiln test issue\n").expect("issue");
+        let name = unique("busybox");
+        let id = unique("bb-build");
+        let tpl = t.write(
+            "bb.pkr.hcl",
+            &busybox(
+                &name,
+                &format!(
+                    r#"ami_regions = ["{COPY_REGION}"]
+  ami_users = ["111122223333"]
+  tags = {{ Name = "kiln-busybox", Source = "scratch-{{{{.BuildRegion}}}}" }}"#
+                ),
+                r#"provisioner "shell" { inline = ["echo 'hello from kiln' > /etc/motd"] }
+  provisioner "file" {
+    source      = "files/issue"
+    destination = "/etc/issue"
+  }"#,
+            ),
+        );
+        let (ok, doc, stderr) = build(&tpl, &["--build-id".into(), id.clone()]);
+        track(&janitor, &doc);
+        assert!(
+            ok,
+            "busybox build failed: {}\n{doc:#}\n{stderr}",
+            doc["error"]
+        );
+        assert_eq!(doc["status"], "succeeded");
+        assert_eq!(doc["build_id"], id.as_str());
+        let region = emu.region().to_owned();
+        let art = &doc["artifacts"][&region];
+        let ami = art["ami_id"].as_str().expect("ami id").to_owned();
+        let snap = art["snapshot_ids"][0]
+            .as_str()
+            .expect("snapshot")
+            .to_owned();
+        let file = PathBuf::from(art["snapshot_files"][0].as_str().expect("snapshot file"));
+        // The files the provisioners wrote are in the snapshot.
+        let got = read_from_snapshot(&file, &["/etc/motd", "/etc/issue"]);
+        assert_eq!(got[0].as_deref(), Some("hello from kiln\n"));
+        assert_eq!(got[1].as_deref(), Some("kiln test issue\n"));
+        // The AMI maps its root to the new snapshot, carries its tags and launch permissions.
+        let ec2 = emu.clients(&region).await.ec2;
+        let image = ec2
+            .describe_images()
+            .image_ids(&ami)
+            .send()
+            .await
+            .expect("DescribeImages")
+            .images
+            .unwrap_or_default()
+            .pop()
+            .expect("image");
+        assert_eq!(image.root_device_name(), Some("/dev/xvda"));
+        let root = image
+            .block_device_mappings()
+            .iter()
+            .find(|m| m.device_name() == Some("/dev/xvda"))
+            .and_then(|m| m.ebs())
+            .expect("root mapping");
+        assert_eq!(root.snapshot_id(), Some(snap.as_str()));
+        assert_eq!(root.volume_size(), Some(1));
+        assert_eq!(image.virtualization_type().map(|v| v.as_str()), Some("hvm"));
+        let tag = |k: &str| {
+            image
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(k))
+                .and_then(|t| t.value())
+                .map(str::to_owned)
+        };
+        assert_eq!(tag("Name").as_deref(), Some("kiln-busybox"));
+        assert_eq!(tag("Source"), Some(format!("scratch-{region}")));
+        assert_eq!(tag("kiln:build-id"), Some(id.clone()));
+        let perms = ec2
+            .describe_image_attribute()
+            .image_id(&ami)
+            .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+            .send()
+            .await
+            .expect("DescribeImageAttribute");
+        assert!(
+            perms
+                .launch_permissions()
+                .iter()
+                .any(|p| p.user_id() == Some("111122223333")),
+            "{perms:?}"
+        );
+        // Copied to the second region, with its own snapshot.
+        let copy = doc["artifacts"][COPY_REGION]["ami_id"]
+            .as_str()
+            .expect("copy in the second region")
+            .to_owned();
+        let west = emu.clients(COPY_REGION).await.ec2;
+        let copy_img = west
+            .describe_images()
+            .image_ids(&copy)
+            .send()
+            .await
+            .expect("DescribeImages west")
+            .images
+            .unwrap_or_default()
+            .pop()
+            .expect("copy");
+        assert_eq!(copy_img.name(), Some(name.as_str()));
+        assert!(
+            !doc["artifacts"][COPY_REGION]["snapshot_ids"][0]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+        );
+        // No volume left.
+        let vols = ec2
+            .describe_volumes()
+            .filters(
+                Filter::builder()
+                    .name("tag:kiln:build-id")
+                    .values(&id)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("DescribeVolumes");
+        assert!(vols.volumes().is_empty());
+
+        // The application image on top, from the JSON example template.
+        let app_id = unique("app-build");
+        let app_tpl = repo_root().join("templates/app.json");
+        let (ok, app, stderr) = build(
+            &app_tpl,
+            &[
+                "--build-id".into(),
+                app_id.clone(),
+                "--var".into(),
+                format!("source_ami={ami}"),
+                "--var".into(),
+                "api_token=t0ps3cret".into(),
+                "--var".into(),
+                "app_version=2.5.0".into(),
+            ],
+        );
+        track(&janitor, &app);
+        assert!(ok, "app build failed: {}\n{app:#}\n{stderr}", app["error"]);
+        assert!(
+            !stderr.contains("t0ps3cret"),
+            "the sensitive variable leaked into the log"
+        );
+        assert_eq!(app["source_ami"], ami.as_str());
+        let app_file = PathBuf::from(
+            app["artifacts"][&region]["snapshot_files"][0]
+                .as_str()
+                .expect("app snapshot file"),
+        );
+        let got = read_from_snapshot(
+            &app_file,
+            &[
+                "/opt/app/VERSION",
+                "/opt/app/app.sh",
+                "/etc/app.conf",
+                "/etc/motd",
+            ],
+        );
+        assert_eq!(got[0].as_deref(), Some("2.5.0\n"));
+        assert!(
+            got[1]
+                .as_deref()
+                .is_some_and(|s| s.contains("kiln example app"))
+        );
+        assert_eq!(got[2].as_deref(), Some("token=t0ps3cret\n"));
+        assert_eq!(
+            got[3].as_deref(),
+            Some("hello from kiln\n"),
+            "the base image's files are there"
+        );
+    })
+    .await;
+    remove_files();
+}
+
+/// Failure at each step in turn: the error names the step and why, and nothing remains.
+#[tokio::test]
+async fn failures_at_each_step_leave_nothing_behind() {
+    let t = Tpl::new();
+    // (label, extra source fields, provisioners, expected failing step, expected message part)
+    let cases: Vec<(&str, String, String, &str, &str)> = vec![
+        (
+            "provisioner exits 1",
+            String::new(),
+            r#"provisioner "shell" { inline = ["echo about to fail", "exit 1"] }"#.into(),
+            "provision",
+            "exit code 1",
+        ),
+        (
+            "bad mount option",
+            r#"mount_options = ["nosuchoption"]"#.into(),
+            String::new(),
+            "mount-device",
+            "mount",
+        ),
+        (
+            "process left running, then a failure",
+            String::new(),
+            r#"provisioner "shell" { inline = ["sleep 600 > /dev/null 2>&1 &", "echo started"] }
+  provisioner "shell" { inline = ["exit 7"] }"#
+                .into(),
+            "provision",
+            "exit code 7",
+        ),
+        (
+            "API error at registration",
+            r#"ami_block_device_mappings {
+    device_name = "/dev/xvdb"
+    snapshot_id = "snap-00000000000000000"
+  }"#
+            .into(),
+            String::new(),
+            "register-image",
+            "InvalidSnapshot",
+        ),
+        (
+            "bad pre-mount command",
+            r#"pre_mount_commands = ["false"]"#.into(),
+            String::new(),
+            "pre-mount-commands",
+            "pre_mount_commands[0] failed",
+        ),
+    ];
+    for (label, extra, provs, step, message) in cases {
+        let id = unique("fail");
+        let mut text = busybox(&unique("failing"), &extra, &provs);
+        if extra.starts_with("pre_mount_commands") {
+            // Replace the template's own pre-mount commands with the failing one.
+            let start = text.find("  pre_mount_commands = [").expect("pre");
+            let end = text[start..].find("  ]\n").expect("end") + start + 4;
+            text.replace_range(start..end, "");
+        }
+        let tpl = t.write("fail.pkr.hcl", &text);
+        let (ok, doc, stderr) = build(&tpl, &["--build-id".into(), id.clone()]);
+        assert!(!ok, "{label}: the build should fail: {doc:#}");
+        assert_eq!(doc["status"], "failed", "{label}");
+        assert_eq!(doc["error"]["step"], step, "{label}: {doc:#}\n{stderr}");
+        let msg = doc["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(message), "{label}: {msg}");
+        assert!(doc.get("left_behind").is_none(), "{label}: {doc:#}");
+        assert_nothing_left(&id, &doc).await;
+    }
+    // The process left running was killed.
+    let out = Command::new("pgrep")
+        .args(["-f", "^sleep 600$"])
+        .output()
+        .expect("pgrep");
+    assert!(
+        out.stdout.is_empty(),
+        "a chroot process survived: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A process left running by a provisioner is killed before unmounting, and the build succeeds.
+#[tokio::test]
+async fn a_process_left_running_is_killed_and_the_build_succeeds() {
+    with_janitor(|janitor| async move {
+        let t = Tpl::new();
+        let id = unique("bg");
+        let tpl = t.write("bg.pkr.hcl", &busybox(&unique("bg"), "", r#"provisioner "shell" { inline = ["sleep 601 > /dev/null 2>&1 &", "echo left a sleeper"] }"#));
+        let (ok, doc, stderr) = build(&tpl, &["--build-id".into(), id.clone()]);
+        track(&janitor, &doc);
+        assert!(ok, "{doc:#}\n{stderr}");
+        assert!(stderr.contains("killed a process left running in the chroot"), "{stderr}");
+        let out = Command::new("pgrep").args(["-f", "^sleep 601$"]).output().expect("pgrep");
+        assert!(out.stdout.is_empty());
+    })
+    .await;
+    remove_files();
+}
+
+/// SIGTERM during a provisioner: the build is cancelled, undone, and says so.
+#[tokio::test]
+async fn cancellation_by_signal_cleans_up() {
+    let t = Tpl::new();
+    let id = unique("cancel");
+    let tpl = t.write(
+        "c.pkr.hcl",
+        &busybox(
+            &unique("cancel"),
+            "",
+            r#"provisioner "shell" { inline = ["echo waiting-for-signal", "sleep 120"] }"#,
+        ),
+    );
+    let mut child = kiln_command(&tpl, &["--build-id".into(), id.clone()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("waiting-for-signal") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let started = Instant::now();
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the provisioner started");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "cancellation took too long"
+    );
+    assert!(!out.status.success());
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("result JSON");
+    assert_eq!(doc["error"]["step"], "provision");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cancelled"),
+        "{doc:#}"
+    );
+    assert_eq!(doc["error"]["retryable"], true);
+    assert_nothing_left(&id, &doc).await;
+}
+
+/// Four builds at once on one host get distinct devices and all succeed.
+#[tokio::test]
+async fn four_builds_at_once_get_distinct_devices() {
+    with_janitor(|janitor| async move {
+        let t = Tpl::new();
+        let mut children = Vec::new();
+        for i in 0..4 {
+            let tpl = t.write(
+                &format!("p{i}.pkr.hcl"),
+                &busybox(
+                    &unique("parallel"),
+                    "",
+                    &format!(r#"provisioner "shell" {{ inline = ["echo {i} > /etc/which"] }}"#),
+                ),
+            );
+            let id = unique("par");
+            children.push((
+                id.clone(),
+                kiln_command(&tpl, &["--build-id".into(), id])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn"),
+            ));
+        }
+        let mut devices = std::collections::BTreeSet::new();
+        for (i, (id, child)) in children.into_iter().enumerate() {
+            let out = child.wait_with_output().expect("wait");
+            let doc: Value = serde_json::from_slice(&out.stdout).expect("result");
+            track(&janitor, &doc);
+            assert!(
+                out.status.success(),
+                "build {i} ({id}) failed: {doc:#}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let dev = doc["steps"]
+                .as_array()
+                .and_then(|s| s.iter().find(|s| s["name"] == "allocate-device"))
+                .map(|s| s["outputs"]["device"].clone())
+                .expect("device");
+            devices.insert(dev.to_string());
+            let file = PathBuf::from(
+                doc["artifacts"][Emulator::get().region()]["snapshot_files"][0]
+                    .as_str()
+                    .expect("file"),
+            );
+            assert_eq!(
+                read_from_snapshot(&file, &["/etc/which"])[0].as_deref(),
+                Some(format!("{i}\n").as_str())
+            );
+        }
+        assert_eq!(devices.len(), 4, "distinct devices: {devices:?}");
+    })
+    .await;
+    remove_files();
+}
