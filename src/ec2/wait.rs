@@ -5,6 +5,11 @@ use super::Ec2Error;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// The first pause between polls; pauses double up to the wait's interval. Most resources are
+/// ready within a second (attachments, volumes from small snapshots), so a fixed multi-second
+/// first pause would dominate short builds.
+pub const FIRST_PAUSE: Duration = Duration::from_millis(100);
+
 /// What a probe saw.
 #[derive(Debug, Clone)]
 pub enum Probe<T> {
@@ -91,6 +96,7 @@ where
     let start = Instant::now();
     let mut streak = 0;
     let mut last_state = "unknown".to_owned();
+    let mut pause = FIRST_PAUSE.min(spec.interval);
     loop {
         if cancel.is_cancelled() {
             return Err(Ec2Error::Cancelled(spec.what.clone()));
@@ -129,8 +135,10 @@ where
                 last_state,
             });
         }
+        let sleep = pause;
+        pause = (pause * 2).min(spec.interval);
         tokio::select! {
-            _ = tokio::time::sleep(spec.interval) => {}
+            _ = tokio::time::sleep(sleep) => {}
             _ = cancel.cancelled() => return Err(Ec2Error::Cancelled(spec.what.clone())),
         }
     }
