@@ -9,3 +9,4 @@ pub mod host;
 pub mod observe;
 pub mod pipeline;
 pub mod template;
+pub mod worker;

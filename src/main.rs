@@ -67,6 +67,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run builds from an SQS queue (on builder instances); publishes results to S3 and a queue.
+    Worker(WorkerArgs),
+    /// Send a build request: uploads a local template (with the files beside it) or names an
+    /// s3:// one; prints the build id; --wait prints the result.
+    Submit(SubmitArgs),
+    /// Show a build's result, or its log so far while it runs.
+    Status {
+        /// The bucket holding results and logs.
+        #[arg(long, env = "KILN_BUCKET")]
+        bucket: String,
+        /// The build id.
+        build_id: String,
+    },
     /// Show the resolved build(s): source, target, volume, mounts, copied files, provisioners.
     Inspect {
         #[command(flatten)]
@@ -75,6 +88,122 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `kiln submit`'s arguments.
+#[derive(Debug, Args)]
+struct SubmitArgs {
+    /// The request queue URL.
+    #[arg(long, env = "KILN_QUEUE")]
+    queue: String,
+    /// The bucket to upload a local template to (and to read results from).
+    #[arg(long, env = "KILN_BUCKET")]
+    bucket: String,
+    /// Template variables.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+    /// Only this build.
+    #[arg(long)]
+    only: Vec<String>,
+    /// The build id (idempotency key); generated when absent.
+    #[arg(long)]
+    build_id: Option<String>,
+    /// Build again even if this id finished.
+    #[arg(long)]
+    force: bool,
+    /// Wait for the result, print it, and exit non-zero when the build failed.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value = "3600")]
+    timeout: u64,
+    /// A local template file, or s3://bucket/key.
+    template: String,
+}
+
+/// `kiln worker`'s settings: flags, then `KILN_*` variables, then the TOML file.
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    /// A TOML file with the settings below (flags and variables override it).
+    #[arg(long, env = "KILN_CONFIG")]
+    config: Option<PathBuf>,
+    /// The request queue URL.
+    #[arg(long, env = "KILN_QUEUE")]
+    queue: Option<String>,
+    /// The result queue URL.
+    #[arg(long, env = "KILN_RESULT_QUEUE")]
+    result_queue: Option<String>,
+    /// A trusted template bucket (repeatable); the first also holds results, logs and checkpoints.
+    #[arg(long = "bucket", env = "KILN_BUCKETS", value_delimiter = ',')]
+    buckets: Vec<String>,
+    /// Builds at once.
+    #[arg(long, env = "KILN_CONCURRENCY")]
+    concurrency: Option<usize>,
+    /// ebs or loop.
+    #[arg(long, env = "KILN_BACKEND")]
+    backend: Option<String>,
+    /// The loop backend's state directory.
+    #[arg(long, env = "KILN_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Seconds running builds get after SIGTERM before they are cancelled.
+    #[arg(long, env = "KILN_DRAIN_TIMEOUT")]
+    drain_timeout: Option<u64>,
+    /// Seconds each heartbeat keeps a message invisible.
+    #[arg(long, env = "KILN_VISIBILITY")]
+    visibility: Option<u64>,
+    /// Seconds before a retryable failure is tried again.
+    #[arg(long, env = "KILN_RETRY_DELAY")]
+    retry_delay: Option<u64>,
+}
+
+impl WorkerArgs {
+    fn config(&self) -> anyhow::Result<kiln::worker::WorkerConfig> {
+        let mut table: toml::Table = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                text.parse()
+                    .with_context(|| format!("parsing {}", p.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        let mut set = |k: &str, v: toml::Value| {
+            table.insert(k.to_owned(), v);
+        };
+        if let Some(q) = &self.queue {
+            set("queue", q.clone().into());
+        }
+        if let Some(q) = &self.result_queue {
+            set("result_queue", q.clone().into());
+        }
+        if !self.buckets.is_empty() {
+            set(
+                "buckets",
+                toml::Value::Array(self.buckets.iter().map(|b| b.clone().into()).collect()),
+            );
+        }
+        if let Some(c) = self.concurrency {
+            set("concurrency", (c as i64).into());
+        }
+        if let Some(b) = &self.backend {
+            set("backend", b.clone().into());
+        }
+        if let Some(d) = &self.state_dir {
+            set("state_dir", d.display().to_string().into());
+        }
+        if let Some(d) = self.drain_timeout {
+            set("drain_timeout_s", (d as i64).into());
+        }
+        if let Some(d) = self.visibility {
+            set("visibility_s", (d as i64).into());
+        }
+        if let Some(d) = self.retry_delay {
+            set("retry_delay_s", (d as i64).into());
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .context("worker settings (a queue and at least one bucket are required)")
+    }
 }
 
 /// Where volume data lives.
@@ -329,6 +458,181 @@ async fn build(
     })
 }
 
+async fn worker(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
+    let cfg = args.config()?;
+    let config = kiln::aws::load(&AwsSettings::default()).await?;
+    let clients = Clients::new(&config);
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    kiln::worker::run(cfg, clients, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
+    let SubmitArgs {
+        queue,
+        bucket,
+        vars,
+        only,
+        build_id,
+        force,
+        wait,
+        timeout,
+        template,
+    } = args;
+    let (force, wait, timeout) = (*force, *wait, *timeout);
+    let config = kiln::aws::load(&AwsSettings::default()).await?;
+    let clients = Clients::new(&config);
+    let build_id = build_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let location = if let Some(rest) = template.strip_prefix("s3://") {
+        let (b, k) = rest.split_once('/').context("expected s3://bucket/key")?;
+        kiln::worker::request::TemplateLocation {
+            bucket: b.to_owned(),
+            key: k.to_owned(),
+            version_id: None,
+        }
+    } else {
+        let path = std::path::Path::new(template);
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let name = path
+            .file_name()
+            .context("the template path has no file name")?
+            .to_string_lossy()
+            .into_owned();
+        let prefix = format!("templates/{build_id}");
+        // The template and the files beside it (scripts, uploads), as the worker fetches them.
+        let mut files = vec![path.to_path_buf()];
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+                let p = e?.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p != path && files.len() < kiln::worker::MAX_TEMPLATE_FILES {
+                    files.push(p);
+                }
+            }
+        }
+        for f in files {
+            let rel = f.strip_prefix(dir).unwrap_or(&f).display().to_string();
+            let body = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+            clients
+                .s3
+                .put_object()
+                .bucket(bucket)
+                .key(format!("{prefix}/{rel}"))
+                .body(body.into())
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "uploading {}: {}",
+                        f.display(),
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    )
+                })?;
+        }
+        kiln::worker::request::TemplateLocation {
+            bucket: bucket.to_owned(),
+            key: format!("{prefix}/{name}"),
+            version_id: None,
+        }
+    };
+    let mut variables = std::collections::BTreeMap::new();
+    for v in vars {
+        let (k, val) = v.split_once('=').context("--var expects NAME=VALUE")?;
+        variables.insert(k.to_owned(), val.to_owned());
+    }
+    let req = kiln::worker::request::BuildRequest {
+        version: kiln::worker::request::REQUEST_VERSION,
+        build_id: Some(build_id.clone()),
+        template: location,
+        variables,
+        only: only.to_vec(),
+        force,
+    };
+    clients
+        .sqs
+        .send_message()
+        .queue_url(queue)
+        .message_body(serde_json::to_string(&req)?)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "sending to {queue}: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(&e)
+            )
+        })?;
+    println!("{build_id}");
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    loop {
+        if let Some(text) =
+            read_object(&clients, bucket, &kiln::worker::result_key(&build_id)).await?
+        {
+            println!("{text}");
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            return Ok(if v["status"] == "succeeded" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "no result for {build_id} within {timeout} s (kiln status {build_id} shows its progress)"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+async fn read_object(clients: &Clients, bucket: &str, key: &str) -> anyhow::Result<Option<String>> {
+    match clients.s3.get_object().bucket(bucket).key(key).send().await {
+        Ok(o) => Ok(Some(
+            String::from_utf8_lossy(&o.body.collect().await?.into_bytes()).into_owned(),
+        )),
+        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
+        Err(e) => Err(anyhow::anyhow!(
+            "s3://{bucket}/{key}: {}",
+            aws_sdk_s3::error::DisplayErrorContext(&e)
+        )),
+    }
+}
+
+async fn status(bucket: &str, build_id: &str) -> anyhow::Result<ExitCode> {
+    let config = kiln::aws::load(&AwsSettings::default()).await?;
+    let clients = Clients::new(&config);
+    if let Some(text) = read_object(&clients, bucket, &kiln::worker::result_key(build_id)).await? {
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let _ = writeln!(std::io::stdout(), "{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match read_object(&clients, bucket, &kiln::worker::log_key(build_id)).await? {
+        Some(log) => {
+            let _ = write!(
+                std::io::stdout(),
+                "{build_id}: running; its log so far:\n{log}"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!(
+                "{build_id}: no result and no log in s3://{bucket}: not started yet, or unknown"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbosity =
@@ -337,29 +641,38 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Validate { template, json } => validate(template, *json),
         Command::Inspect { template, json } => inspect(template, *json),
-        Command::Build {
-            template,
-            backend,
-            state_dir,
-            on_error,
-            build_id,
-            json,
-        } => {
-            match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(build(
-                    template,
-                    *backend,
-                    state_dir,
-                    *on_error,
-                    build_id.clone(),
-                    *json,
-                )),
-                Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
-            }
-        }
+        other => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
+            Ok(rt) => rt.block_on(async {
+                match other {
+                    Command::Build {
+                        template,
+                        backend,
+                        state_dir,
+                        on_error,
+                        build_id,
+                        json,
+                    } => {
+                        build(
+                            template,
+                            *backend,
+                            state_dir,
+                            *on_error,
+                            build_id.clone(),
+                            *json,
+                        )
+                        .await
+                    }
+                    Command::Worker(args) => worker(args).await,
+                    Command::Submit(args) => submit(args).await,
+                    Command::Status { bucket, build_id } => status(bucket, build_id).await,
+                    Command::Validate { .. } | Command::Inspect { .. } => Ok(ExitCode::FAILURE),
+                }
+            }),
+        },
     };
     match result {
         Ok(code) => code,

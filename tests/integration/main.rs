@@ -6,3 +6,4 @@ mod emulator;
 mod pipeline;
 mod support;
 mod templates;
+mod worker;

@@ -1,0 +1,766 @@
+//! The queue worker (`kiln worker`): long-polls SQS for build requests, takes only as many as it
+//! has free build slots, fetches each template from a trusted S3 bucket, runs the pipeline, keeps
+//! the message invisible with a heartbeat while it runs, streams the log to S3, and publishes the
+//! result to S3 and the result queue. SIGTERM drains: no new work, running builds get the drain
+//! deadline, then are cancelled (undone) and their messages made visible again at once.
+
+pub mod notify;
+pub mod request;
+
+use crate::aws::Clients;
+use crate::backend::Backend;
+use crate::pipeline::result::{BuildResult, Failure, RESULT_VERSION, Status};
+use crate::pipeline::state::MemoryRecorder;
+use crate::pipeline::{self, BuildOptions, OnError};
+use crate::template::{self, Inputs};
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use request::BuildRequest;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// SQS long-poll wait: the maximum SQS allows.
+pub const LONG_POLL_SECONDS: i32 = 20;
+/// SQS returns at most 10 messages per receive.
+pub const MAX_BATCH: usize = 10;
+/// How often the build's log is written to S3 while it runs.
+pub const LOG_FLUSH: Duration = Duration::from_secs(5);
+/// Pause after a failed receive before polling again (the SDK already retried the call).
+pub const RECEIVE_BACKOFF: Duration = Duration::from_secs(5);
+/// Most files fetched from a template's S3 directory, and their total size: a template and its
+/// scripts and uploads, not a data set.
+pub const MAX_TEMPLATE_FILES: usize = 200;
+/// See [`MAX_TEMPLATE_FILES`].
+pub const MAX_TEMPLATE_BYTES: u64 = 64 << 20;
+
+/// The worker's settings (flags, `KILN_*` variables, or a TOML file).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The request queue URL.
+    pub queue: String,
+    /// The result queue URL (optional).
+    #[serde(default)]
+    pub result_queue: Option<String>,
+    /// Trusted template buckets; the first also holds results, logs and checkpoints.
+    pub buckets: Vec<String>,
+    /// Builds at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// `ebs` or `loop`.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// The loop backend's state directory.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Seconds running builds get to finish after SIGTERM.
+    #[serde(default = "default_drain")]
+    pub drain_timeout_s: u64,
+    /// Seconds each heartbeat makes the message invisible for; the heartbeat runs every third of
+    /// it, so two heartbeats may fail before the message reappears.
+    #[serde(default = "default_visibility")]
+    pub visibility_s: u64,
+    /// Seconds before a retryable failure's message is visible again.
+    #[serde(default = "default_retry_delay")]
+    pub retry_delay_s: u64,
+    /// Where templates are fetched to.
+    #[serde(default = "default_work_dir")]
+    pub work_dir: PathBuf,
+}
+
+fn default_concurrency() -> usize {
+    1
+}
+fn default_backend() -> String {
+    "ebs".into()
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/kiln")
+}
+/// Builds usually finish in minutes; the default drain deadline leaves a scale-in lifecycle hook
+/// (30 s minimum heartbeat) room while not holding an instance for long.
+fn default_drain() -> u64 {
+    300
+}
+/// Two minutes: short enough that a dead worker's message reappears soon, long enough that a
+/// heartbeat every 40 s is cheap.
+fn default_visibility() -> u64 {
+    120
+}
+/// A minute gives a throttled or failing AWS dependency time before the next attempt.
+fn default_retry_delay() -> u64 {
+    60
+}
+fn default_work_dir() -> PathBuf {
+    std::env::temp_dir().join("kiln-worker")
+}
+
+/// Errors that stop the worker (per-message problems never do).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The configuration cannot work.
+    #[error("worker configuration: {0}")]
+    Config(String),
+    /// The queue cannot be read at all.
+    #[error("queue {queue}: {message}")]
+    Queue {
+        /// The queue URL.
+        queue: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl WorkerError {
+    /// Whether restarting the worker could help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, WorkerError::Queue { .. })
+    }
+}
+
+struct Ctx {
+    cfg: WorkerConfig,
+    clients: Clients,
+    backend: Backend,
+    max_receive: Option<u32>,
+}
+
+/// A log that is appended while the build runs and flushed to S3 periodically.
+#[derive(Default)]
+struct Log {
+    text: Mutex<String>,
+}
+
+impl Log {
+    fn push(&self, line: &str) {
+        if let Ok(mut t) = self.text.lock() {
+            t.push_str(line);
+            t.push('\n');
+        }
+    }
+    fn snapshot(&self) -> String {
+        self.text.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+}
+
+/// Runs the worker until `shutdown` is cancelled, then drains. Returns when every build has
+/// finished or been cancelled and undone.
+pub async fn run(
+    cfg: WorkerConfig,
+    clients: Clients,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    if cfg.buckets.is_empty() {
+        return Err(WorkerError::Config(
+            "at least one --bucket is required (the first holds results and logs)".into(),
+        ));
+    }
+    let backend = match cfg.backend.as_str() {
+        "ebs" => Backend::Ebs,
+        "loop" => Backend::Loop {
+            state_dir: cfg.state_dir.clone(),
+        },
+        other => {
+            return Err(WorkerError::Config(format!(
+                "unknown backend {other:?}: use ebs or loop"
+            )));
+        }
+    };
+    let attrs = clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&cfg.queue)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .map_err(|e| WorkerError::Queue {
+            queue: cfg.queue.clone(),
+            message: format!("{}", aws_sdk_sqs::error::DisplayErrorContext(&e)),
+        })?;
+    let max_receive = attrs
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        .and_then(|v| {
+            v.get("maxReceiveCount").and_then(|m| {
+                m.as_u64()
+                    .or_else(|| m.as_str().and_then(|s| s.parse().ok()))
+            })
+        })
+        .map(|m| m as u32);
+    let concurrency = cfg.concurrency.max(1);
+    let ctx = Arc::new(Ctx {
+        cfg,
+        clients,
+        backend,
+        max_receive,
+    });
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let builds_cancel = CancellationToken::new();
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    tracing::info!(queue = %ctx.cfg.queue, concurrency, backend = ctx.backend.name(), max_receive = ?ctx.max_receive, "worker polling");
+    notify::notify("READY=1\nSTATUS=polling");
+    let watchdog = notify::watchdog_interval().map(|every| {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                notify::notify("WATCHDOG=1");
+            }
+        })
+    });
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let first = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let free = (1 + slots.available_permits()).min(MAX_BATCH);
+        let received = tokio::select! {
+            r = ctx.clients.sqs.receive_message()
+                .queue_url(&ctx.cfg.queue)
+                .max_number_of_messages(free as i32)
+                .wait_time_seconds(LONG_POLL_SECONDS)
+                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .send() => r,
+            _ = shutdown.cancelled() => break,
+        };
+        let messages = match received {
+            Ok(out) => out.messages.unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(queue = %ctx.cfg.queue, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "receive failed; polling again shortly");
+                drop(first);
+                tokio::select! {
+                    _ = tokio::time::sleep(RECEIVE_BACKOFF) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+        };
+        let mut first = Some(first);
+        for msg in messages {
+            let permit = match first.take() {
+                Some(p) => p,
+                None => match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        // Cannot happen (we asked for no more than the free slots); give it back.
+                        release(&ctx, &msg, 0).await;
+                        continue;
+                    }
+                },
+            };
+            let ctx = Arc::clone(&ctx);
+            let cancel = builds_cancel.child_token();
+            tasks.spawn(async move {
+                handle(&ctx, msg, cancel).await;
+                drop(permit);
+            });
+        }
+    }
+    notify::notify("STOPPING=1\nSTATUS=draining");
+    tracing::info!(
+        in_flight = tasks.len(),
+        drain_timeout_s = ctx.cfg.drain_timeout_s,
+        "draining"
+    );
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    let timed_out = tokio::time::timeout(Duration::from_secs(ctx.cfg.drain_timeout_s), drain)
+        .await
+        .is_err();
+    if timed_out {
+        tracing::warn!(
+            in_flight = tasks.len(),
+            "drain deadline passed: cancelling running builds"
+        );
+        builds_cancel.cancel();
+        while tasks.join_next().await.is_some() {}
+    }
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Makes a message visible again after `delay_s` seconds.
+async fn release(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message, delay_s: i32) {
+    let Some(receipt) = msg.receipt_handle() else {
+        return;
+    };
+    if let Err(e) = ctx
+        .clients
+        .sqs
+        .change_message_visibility()
+        .queue_url(&ctx.cfg.queue)
+        .receipt_handle(receipt)
+        .visibility_timeout(delay_s)
+        .send()
+        .await
+    {
+        tracing::error!(message_id = ?msg.message_id(), error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not release the message; it reappears when its visibility expires");
+    }
+}
+
+async fn delete(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message) {
+    let Some(receipt) = msg.receipt_handle() else {
+        return;
+    };
+    if let Err(e) = ctx
+        .clients
+        .sqs
+        .delete_message()
+        .queue_url(&ctx.cfg.queue)
+        .receipt_handle(receipt)
+        .send()
+        .await
+    {
+        tracing::error!(message_id = ?msg.message_id(), error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not delete the message; it will be delivered again");
+    }
+}
+
+/// A failure result for a build that never started.
+pub fn early_failure(build_id: &str, step: &str, message: String, retryable: bool) -> BuildResult {
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    BuildResult {
+        version: RESULT_VERSION,
+        build_id: build_id.to_owned(),
+        build_name: String::new(),
+        status: Status::Failed,
+        backend: String::new(),
+        region: String::new(),
+        source_ami: None,
+        artifacts: Default::default(),
+        steps: Vec::new(),
+        error: Some(Failure {
+            step: step.to_owned(),
+            message,
+            retryable,
+        }),
+        left_behind: Vec::new(),
+        started_at: now.clone(),
+        finished_at: now,
+        duration_s: 0.0,
+    }
+}
+
+/// The S3 key of a build's result.
+pub fn result_key(build_id: &str) -> String {
+    format!("results/{build_id}.json")
+}
+
+/// The S3 key of a build's log.
+pub fn log_key(build_id: &str) -> String {
+    format!("logs/{build_id}.log")
+}
+
+async fn put(ctx: &Ctx, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), String> {
+    ctx.clients
+        .s3
+        .put_object()
+        .bucket(&ctx.cfg.buckets[0])
+        .key(key)
+        .content_type(content_type)
+        .body(body.into())
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "s3://{}/{key}: {}",
+                ctx.cfg.buckets[0],
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            )
+        })
+}
+
+/// Writes the result to S3 and the result queue. Errors are returned so the message is kept.
+async fn publish(ctx: &Ctx, result: &BuildResult) -> Result<(), String> {
+    let body = serde_json::to_vec_pretty(result).map_err(|e| e.to_string())?;
+    put(
+        ctx,
+        &result_key(&result.build_id),
+        body.clone(),
+        "application/json",
+    )
+    .await?;
+    if let Some(q) = &ctx.cfg.result_queue {
+        ctx.clients
+            .sqs
+            .send_message()
+            .queue_url(q)
+            .message_body(String::from_utf8_lossy(&body))
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "result queue {q}: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                )
+            })?;
+    }
+    tracing::info!(build_id = %result.build_id, status = ?result.status, "result published");
+    Ok(())
+}
+
+/// Publishes, then deletes the message; keeps the message if publishing failed.
+async fn finish(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message, result: &BuildResult) {
+    match publish(ctx, result).await {
+        Ok(()) => delete(ctx, msg).await,
+        Err(e) => {
+            tracing::error!(build_id = %result.build_id, error = %e, "could not publish the result; the message stays for another attempt");
+            release(ctx, msg, ctx.cfg.retry_delay_s as i32).await;
+        }
+    }
+}
+
+/// Downloads the template and the files beside it into `dir`; returns the template's path.
+async fn fetch_template(
+    ctx: &Ctx,
+    req: &BuildRequest,
+    dir: &Path,
+) -> Result<PathBuf, (String, bool)> {
+    let t = &req.template;
+    let s3 = &ctx.clients.s3;
+    let prefix = t.key.rsplit_once('/').map(|(p, _)| format!("{p}/"));
+    let mut keys = vec![t.key.clone()];
+    if let Some(prefix) = &prefix {
+        let out = s3
+            .list_objects_v2()
+            .bucket(&t.bucket)
+            .prefix(prefix)
+            .max_keys(MAX_TEMPLATE_FILES as i32 + 1)
+            .send()
+            .await
+            .map_err(|e| {
+                (
+                    format!(
+                        "listing s3://{}/{prefix}: {}",
+                        t.bucket,
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    ),
+                    true,
+                )
+            })?;
+        let listed: Vec<(String, i64)> = out
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(|k| (k.to_owned(), o.size().unwrap_or(0))))
+            .collect();
+        if listed.len() > MAX_TEMPLATE_FILES
+            || listed.iter().map(|(_, s)| *s as u64).sum::<u64>() > MAX_TEMPLATE_BYTES
+        {
+            return Err((
+                format!(
+                    "s3://{}/{prefix} holds more than {MAX_TEMPLATE_FILES} files or {MAX_TEMPLATE_BYTES} bytes: put the template in a directory of its own",
+                    t.bucket
+                ),
+                false,
+            ));
+        }
+        keys.extend(
+            listed
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| *k != t.key && !k.ends_with('/')),
+        );
+    }
+    let mut template_path = None;
+    for key in keys {
+        let rel = match &prefix {
+            Some(p) => key.strip_prefix(p.as_str()).unwrap_or(&key).to_owned(),
+            None => key.clone(),
+        };
+        if rel.split('/').any(|c| c == ".." || c.is_empty()) {
+            continue;
+        }
+        let mut get = s3.get_object().bucket(&t.bucket).key(&key);
+        if key == t.key
+            && let Some(v) = &t.version_id
+        {
+            get = get.version_id(v);
+        }
+        let obj = match get.send().await {
+            Ok(o) => o,
+            Err(e) => {
+                let missing = matches!(&e, aws_sdk_s3::error::SdkError::ServiceError(s) if s.err().is_no_such_key())
+                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
+                let what = format!("s3://{}/{key}", t.bucket);
+                return Err(if missing && key == t.key {
+                    (format!("the template {what} does not exist"), false)
+                } else {
+                    (
+                        format!(
+                            "fetching {what}: {}",
+                            aws_sdk_s3::error::DisplayErrorContext(&e)
+                        ),
+                        !missing,
+                    )
+                });
+            }
+        };
+        let bytes = obj
+            .body
+            .collect()
+            .await
+            .map_err(|e| (format!("reading s3://{}/{key}: {e}", t.bucket), true))?
+            .into_bytes();
+        let path = dir.join(&rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| (format!("creating {}: {e}", parent.display()), true))?;
+        }
+        std::fs::write(&path, &bytes)
+            .map_err(|e| (format!("writing {}: {e}", path.display()), true))?;
+        if key == t.key {
+            template_path = Some(path);
+        }
+    }
+    template_path.ok_or_else(|| {
+        (
+            format!("the template s3://{}/{} does not exist", t.bucket, t.key),
+            false,
+        )
+    })
+}
+
+/// Handles one message to the end: never panics the worker, never loses the message.
+async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: CancellationToken) {
+    let message_id = msg.message_id().unwrap_or("unknown").to_owned();
+    let receive_count: u32 = msg
+        .attributes()
+        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1);
+    let body = msg.body().unwrap_or("");
+    let req = match request::parse(body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(message_id, error = %e, "rejected a malformed message");
+            finish(
+                ctx,
+                &msg,
+                &early_failure(
+                    &format!("invalid-{message_id}"),
+                    "request",
+                    e.to_string(),
+                    false,
+                ),
+            )
+            .await;
+            return;
+        }
+    };
+    let build_id = req
+        .build_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let span = tracing::info_span!("build", build_id = %build_id, message_id = %message_id);
+    let _enter = span.enter();
+    if !ctx.cfg.buckets.contains(&req.template.bucket) {
+        let msg_text = format!(
+            "the template bucket {} is not trusted by this worker (trusted: {}); ask its operators to add it with --bucket",
+            req.template.bucket,
+            ctx.cfg.buckets.join(", ")
+        );
+        finish(
+            ctx,
+            &msg,
+            &early_failure(&build_id, "request", msg_text, false),
+        )
+        .await;
+        return;
+    }
+    // Heartbeat: keep the message invisible while the build runs.
+    let hb_stop = CancellationToken::new();
+    let heartbeat = {
+        let sqs = ctx.clients.sqs.clone();
+        let queue = ctx.cfg.queue.clone();
+        let receipt = msg.receipt_handle().unwrap_or_default().to_owned();
+        let visibility = ctx.cfg.visibility_s.max(3);
+        let stop = hb_stop.clone();
+        let id = build_id.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = sqs
+                    .change_message_visibility()
+                    .queue_url(&queue)
+                    .receipt_handle(&receipt)
+                    .visibility_timeout(visibility as i32)
+                    .send()
+                    .await
+                {
+                    tracing::warn!(build_id = %id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "heartbeat failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(visibility / 3)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        })
+    };
+    let log = Arc::new(Log::default());
+    let work = ctx
+        .cfg
+        .work_dir
+        .join(&build_id)
+        .join(uuid::Uuid::new_v4().simple().to_string());
+    let outcome = run_request(
+        ctx,
+        &req,
+        &build_id,
+        &work,
+        Arc::clone(&log),
+        cancel.clone(),
+    )
+    .await;
+    hb_stop.cancel();
+    let _ = heartbeat.await;
+    let _ = std::fs::remove_dir_all(&work);
+    if let Err(e) = put(
+        ctx,
+        &log_key(&build_id),
+        log.snapshot().into_bytes(),
+        "text/plain",
+    )
+    .await
+    {
+        tracing::error!(build_id = %build_id, error = %e, "could not write the log");
+    }
+    let retryable = outcome.error.as_ref().is_some_and(|e| e.retryable);
+    if cancel.is_cancelled() && outcome.status == Status::Failed {
+        tracing::warn!(build_id = %build_id, "build cancelled by the drain deadline; its message is visible again");
+        release(ctx, &msg, 0).await;
+    } else if outcome.status == Status::Succeeded || !retryable {
+        finish(ctx, &msg, &outcome).await;
+    } else if ctx.max_receive.is_some_and(|m| receive_count >= m) {
+        tracing::warn!(build_id = %build_id, receive_count, "last attempt failed; the queue moves the message to its dead-letter queue");
+        if let Err(e) = publish(ctx, &outcome).await {
+            tracing::error!(build_id = %build_id, error = %e, "could not publish the final failure");
+        }
+        release(ctx, &msg, 0).await;
+    } else {
+        tracing::warn!(build_id = %build_id, receive_count, retry_in_s = ctx.cfg.retry_delay_s, "retryable failure; the message will be tried again");
+        release(ctx, &msg, ctx.cfg.retry_delay_s as i32).await;
+    }
+}
+
+async fn run_request(
+    ctx: &Ctx,
+    req: &BuildRequest,
+    build_id: &str,
+    work: &Path,
+    log: Arc<Log>,
+    cancel: CancellationToken,
+) -> BuildResult {
+    if let Err(e) = std::fs::create_dir_all(work) {
+        return early_failure(
+            build_id,
+            "fetch-template",
+            format!("creating {}: {e}", work.display()),
+            true,
+        );
+    }
+    let path = match fetch_template(ctx, req, work).await {
+        Ok(p) => p,
+        Err((m, retryable)) => return early_failure(build_id, "fetch-template", m, retryable),
+    };
+    let inputs = Inputs {
+        vars: req
+            .variables
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        only: req.only.clone(),
+        ..Inputs::default()
+    };
+    let loaded = template::load(&path, &inputs);
+    if loaded.has_errors() {
+        let errors: Vec<String> = loaded
+            .errors()
+            .map(|d| {
+                loaded
+                    .masker
+                    .mask(&d.to_string().replace(&format!("{}/", work.display()), ""))
+            })
+            .collect();
+        return early_failure(
+            build_id,
+            "validate",
+            format!("the template is invalid:\n{}", errors.join("\n")),
+            false,
+        );
+    }
+    if loaded.plans.len() != 1 {
+        let names: Vec<&str> = loaded.plans.iter().map(|p| p.name.as_str()).collect();
+        return early_failure(
+            build_id,
+            "validate",
+            format!(
+                "the template has {} builds ({}); set `only` to pick one",
+                names.len(),
+                names.join(", ")
+            ),
+            false,
+        );
+    }
+    let plan = loaded.plans[0].clone();
+    let masker = loaded.masker.clone();
+    let sink_log = Arc::clone(&log);
+    let sink_masker = masker.clone();
+    let sink: crate::host::command::Sink = Arc::new(move |source: &str, line: &str| {
+        let line = sink_masker.mask(line);
+        tracing::info!(source, "{line}");
+        sink_log.push(&if source == "kiln" {
+            line
+        } else {
+            format!("    {source}: {line}")
+        });
+    });
+    // Stream the log to S3 while the build runs.
+    let flush_stop = CancellationToken::new();
+    let flusher = {
+        let s3 = ctx.clients.s3.clone();
+        let bucket = ctx.cfg.buckets[0].clone();
+        let key = log_key(build_id);
+        let log = Arc::clone(&log);
+        let stop = flush_stop.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(LOG_FLUSH) => {}
+                    _ = stop.cancelled() => return,
+                }
+                let text = log.snapshot();
+                if text.len() != last {
+                    last = text.len();
+                    let _ = s3
+                        .put_object()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .content_type("text/plain")
+                        .body(text.into_bytes().into())
+                        .send()
+                        .await;
+                }
+            }
+        })
+    };
+    let options = BuildOptions {
+        build_id: build_id.to_owned(),
+        backend: ctx.backend.clone(),
+        on_error: OnError::Cleanup,
+        lock_dir: crate::host::lock::LOCK_DIR.into(),
+        sink,
+        recorder: Arc::new(MemoryRecorder::default()),
+    };
+    let result = pipeline::run(plan, masker, ctx.clients.clone(), options, cancel).await;
+    flush_stop.cancel();
+    let _ = flusher.await;
+    result
+}

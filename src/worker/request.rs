@@ -1,0 +1,152 @@
+//! Build requests: the versioned JSON message teams put on the queue (schema:
+//! infra/build-request.schema.json). Parsing never panics and says exactly what is wrong.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The request version this worker understands.
+pub const REQUEST_VERSION: u32 = 1;
+/// Largest message body accepted. A request is a few hundred bytes; 64 KiB leaves room for many
+/// variables and stays well under SQS's own 256 KiB limit, so oversized bodies reach the worker
+/// and get a clear failure instead of being refused at send time.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Where the template is.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateLocation {
+    /// The bucket (must be one the worker trusts).
+    pub bucket: String,
+    /// The key of the template file; files next to it (scripts, uploads) come along.
+    pub key: String,
+    /// A specific object version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+}
+
+/// A build request.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BuildRequest {
+    /// Request format version (1).
+    pub version: u32,
+    /// The caller's idempotency key; generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    /// The template.
+    pub template: TemplateLocation,
+    /// Template variables.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// Build only these (as `--only`).
+    #[serde(default)]
+    pub only: Vec<String>,
+    /// Build again even if this build id finished before.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Why a message is not a usable request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    /// Too large.
+    #[error("the message body is {0} bytes; a build request is at most {MAX_BODY} bytes")]
+    TooLarge(usize),
+    /// Not JSON, or not the right shape.
+    #[error("the message is not a valid build request: {0}")]
+    Invalid(String),
+    /// A version this worker does not know.
+    #[error("unsupported request version {0}: this worker understands version {REQUEST_VERSION}")]
+    Version(u64),
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Parses a message body.
+pub fn parse(body: &str) -> Result<BuildRequest, RequestError> {
+    if body.len() > MAX_BODY {
+        return Err(RequestError::TooLarge(body.len()));
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| RequestError::Invalid(format!("not JSON: {e}")))?;
+    match value.get("version") {
+        Some(serde_json::Value::Number(n)) if n.as_u64() != Some(u64::from(REQUEST_VERSION)) => {
+            return Err(RequestError::Version(n.as_u64().unwrap_or(0)));
+        }
+        None => {
+            return Err(RequestError::Invalid(
+                "missing field `version` (use 1)".into(),
+            ));
+        }
+        _ => {}
+    }
+    let req: BuildRequest =
+        serde_json::from_value(value).map_err(|e| RequestError::Invalid(e.to_string()))?;
+    if let Some(id) = &req.build_id
+        && !valid_id(id)
+    {
+        return Err(RequestError::Invalid(format!(
+            "build_id {id:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"
+        )));
+    }
+    if req.template.bucket.is_empty() || req.template.key.is_empty() {
+        return Err(RequestError::Invalid(
+            "template.bucket and template.key must not be empty".into(),
+        ));
+    }
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let ok = r#"{"version": 1, "template": {"bucket": "b", "key": "t.json"}, "variables": {"a": "1"}}"#;
+        assert_eq!(parse(ok).unwrap().variables["a"], "1");
+        let cases: &[(&str, &str)] = &[
+            ("not json", "not JSON"),
+            ("[]", "missing field `version`"),
+            (
+                r#"{"version": 2, "template": {"bucket": "b", "key": "k"}}"#,
+                "unsupported request version 2",
+            ),
+            (r#"{"version": 1}"#, "missing field `template`"),
+            (
+                r#"{"version": 1, "template": {"bucket": "b"}}"#,
+                "missing field `key`",
+            ),
+            (
+                r#"{"version": 1, "template": {"bucket": "b", "key": "k"}, "colour": 1}"#,
+                "unknown field `colour`",
+            ),
+            (
+                r#"{"version": 1, "template": {"bucket": 3, "key": "k"}}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"version": "1", "template": {"bucket": "b", "key": "k"}}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"version": 1, "build_id": "a b", "template": {"bucket": "b", "key": "k"}}"#,
+                "build_id",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = parse(body).unwrap_err().to_string();
+            assert!(e.contains(want), "{body}: {e}");
+        }
+        assert!(matches!(
+            parse(&"x".repeat(MAX_BODY + 1)),
+            Err(RequestError::TooLarge(_))
+        ));
+    }
+}

@@ -1,0 +1,551 @@
+//! `kiln worker` on the emulator with the loop backend: builds through the queue, every kind of
+//! malformed message, two workers sharing a queue, and SIGTERM draining or cancelling a build.
+
+use crate::support::{Emulator, Janitor, Resource, unique, with_janitor};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Queues and a bucket of a test's own.
+struct Setup {
+    queue: String,
+    results: String,
+    bucket: String,
+    other_bucket: String,
+    sqs: aws_sdk_sqs::Client,
+    s3: aws_sdk_s3::Client,
+}
+
+async fn setup(max_receive: u32) -> Setup {
+    let emu = Emulator::get();
+    let c = emu.clients(emu.region()).await;
+    let name = unique("q");
+    let dlq = c
+        .sqs
+        .create_queue()
+        .queue_name(format!("{name}-dlq"))
+        .send()
+        .await
+        .expect("dlq")
+        .queue_url
+        .expect("url");
+    let arn = c
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("arn")
+        .attributes
+        .and_then(|a| {
+            a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                .cloned()
+        })
+        .expect("arn");
+    let queue = c
+        .sqs
+        .create_queue()
+        .queue_name(&name)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "30",
+        )
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+            format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"{max_receive}"}}"#),
+        )
+        .send()
+        .await
+        .expect("queue")
+        .queue_url
+        .expect("url");
+    let results = c
+        .sqs
+        .create_queue()
+        .queue_name(format!("{name}-results"))
+        .send()
+        .await
+        .expect("results")
+        .queue_url
+        .expect("url");
+    let bucket = unique("bucket");
+    let other_bucket = unique("untrusted");
+    for b in [&bucket, &other_bucket] {
+        c.s3.create_bucket().bucket(b).send().await.expect("bucket");
+    }
+    Setup {
+        queue,
+        results,
+        bucket,
+        other_bucket,
+        sqs: c.sqs,
+        s3: c.s3,
+    }
+}
+
+fn state_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-test-worker-state-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("state dir");
+    d
+}
+
+fn start_worker(s: &Setup, extra: &[&str]) -> Child {
+    let emu = Emulator::get();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.args([
+        "worker",
+        "--queue",
+        &s.queue,
+        "--result-queue",
+        &s.results,
+        "--bucket",
+        &s.bucket,
+        "--backend",
+        "loop",
+        "--visibility",
+        "6",
+    ])
+    .arg("--state-dir")
+    .arg(state_dir())
+    .args(extra)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    for (k, v) in &emu.vars {
+        c.env(k, v);
+    }
+    c.env("RUST_LOG", "kiln=info").env("NO_COLOR", "1");
+    c.spawn().expect("start kiln worker")
+}
+
+/// SIGTERM, then the worker's exit status and log.
+fn stop_worker(mut child: Child) -> (bool, String) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("worker output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const TEMPLATE: &str = r#"
+variable "pause" {
+  default = "0"
+}
+source "amazon-chroot" "bb" {
+  from_scratch            = true
+  ami_name                = "kiln-worker-test-{{uuid}}"
+  ami_virtualization_type = "hvm"
+  root_device_name        = "/dev/xvda"
+  root_volume_size        = 1
+  copy_files              = []
+  chroot_mounts           = [["proc", "proc", "/proc"]]
+  ami_block_device_mappings {
+    device_name = "/dev/xvda"
+  }
+  pre_mount_commands = [
+    "sfdisk --quiet {{.Device}} <<'PARTS'\nlabel: gpt\n,,L\nPARTS",
+    "mkfs.ext4 -q {{.Device}}1",
+  ]
+  post_mount_commands = [
+    "mkdir -p {{.MountPath}}/bin {{.MountPath}}/etc {{.MountPath}}/tmp {{.MountPath}}/proc",
+    "cp /bin/busybox {{.MountPath}}/bin/busybox",
+    "chroot {{.MountPath}} /bin/busybox ln -s /bin/busybox /bin/sh",
+  ]
+}
+build {
+  sources = ["source.amazon-chroot.bb"]
+  provisioner "file" {
+    source      = "greeting.txt"
+    destination = "/etc/greeting"
+  }
+  provisioner "shell" {
+    inline = ["echo worker-build-running", "/bin/busybox sleep ${var.pause}", "/bin/busybox cat /etc/greeting > /etc/copied"]
+  }
+}
+"#;
+
+/// Uploads the template (and the file beside it) under `prefix`; returns the template key.
+async fn upload(s: &Setup, prefix: &str) -> String {
+    let key = format!("{prefix}/bb.pkr.hcl");
+    s.s3.put_object()
+        .bucket(&s.bucket)
+        .key(&key)
+        .body(TEMPLATE.as_bytes().to_vec().into())
+        .send()
+        .await
+        .expect("put template");
+    s.s3.put_object()
+        .bucket(&s.bucket)
+        .key(format!("{prefix}/greeting.txt"))
+        .body(b"hi from s3\n".to_vec().into())
+        .send()
+        .await
+        .expect("put file");
+    key
+}
+
+async fn send(s: &Setup, body: &str) {
+    s.sqs
+        .send_message()
+        .queue_url(&s.queue)
+        .message_body(body)
+        .send()
+        .await
+        .expect("send");
+}
+
+fn request(build_id: &str, bucket: &str, key: &str, pause: u32) -> String {
+    serde_json::json!({"version": 1, "build_id": build_id, "template": {"bucket": bucket, "key": key}, "variables": {"pause": pause.to_string()}}).to_string()
+}
+
+/// Waits until `results/<id>.json` exists; returns it.
+async fn result(s: &Setup, id: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(o) =
+            s.s3.get_object()
+                .bucket(&s.bucket)
+                .key(format!("results/{id}.json"))
+                .send()
+                .await
+        {
+            let bytes = o.body.collect().await.expect("body").into_bytes();
+            return serde_json::from_slice(&bytes).expect("result JSON");
+        }
+        assert!(Instant::now() < deadline, "no result for {id}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every message on the result queue (drained).
+async fn result_messages(s: &Setup) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let r = s
+            .sqs
+            .receive_message()
+            .queue_url(&s.results)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive results");
+        let msgs = r.messages.unwrap_or_default();
+        if msgs.is_empty() {
+            return out;
+        }
+        for m in msgs {
+            out.push(
+                serde_json::from_str(m.body().unwrap_or("null")).expect("result message JSON"),
+            );
+            let _ = s
+                .sqs
+                .delete_message()
+                .queue_url(&s.results)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await;
+        }
+    }
+}
+
+fn track(janitor: &Janitor, doc: &Value) {
+    if let Some(arts) = doc["artifacts"].as_object() {
+        for (region, a) in arts {
+            janitor.track(
+                region,
+                Resource::Image(a["ami_id"].as_str().unwrap_or_default().to_owned()),
+            );
+            for sn in a["snapshot_ids"].as_array().into_iter().flatten() {
+                janitor.track(
+                    region,
+                    Resource::Snapshot(sn.as_str().unwrap_or_default().to_owned()),
+                );
+            }
+            for f in a["snapshot_files"].as_array().into_iter().flatten() {
+                let _ = std::fs::remove_file(f.as_str().unwrap_or_default());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn builds_through_the_queue_and_malformed_messages() {
+    with_janitor(|janitor| async move {
+        let s = setup(3).await;
+        let key = upload(&s, &unique("tpl")).await;
+        let ids: Vec<String> = (0..3).map(|_| unique("qb")).collect();
+        for id in &ids {
+            send(&s, &request(id, &s.bucket, &key, 0)).await;
+        }
+        // Every kind of malformed message, plus a missing and an invalid template.
+        let bad_key = format!("{}/bad.json", unique("tpl"));
+        s.s3.put_object()
+            .bucket(&s.bucket)
+            .key(&bad_key)
+            .body(br#"{"builders": [{"type": "amazon-ebs"}]}"#.to_vec().into())
+            .send()
+            .await
+            .expect("put bad");
+        s.s3.put_object()
+            .bucket(&s.other_bucket)
+            .key("t.json")
+            .body(b"{}".to_vec().into())
+            .send()
+            .await
+            .expect("put other");
+        let malformed: Vec<(String, &str)> = vec![
+            ("this is not json".into(), "not JSON"),
+            (
+                r#"{"version": 1, "template": {"bucket": 7, "key": "k"}}"#.into(),
+                "invalid type",
+            ),
+            (r#"{"version": 1}"#.into(), "missing field `template`"),
+            (
+                format!(
+                    r#"{{"version": 1, "template": {{"bucket": "b", "key": "{}"}}}}"#,
+                    "k".repeat(100_000)
+                ),
+                "at most",
+            ),
+            (
+                r#"{"version": 9, "template": {"bucket": "b", "key": "k"}}"#.into(),
+                "unsupported request version 9",
+            ),
+            (
+                r#"{"version": 1, "template": {"bucket": "b", "key": "k"}, "priority": "high"}"#
+                    .into(),
+                "unknown field `priority`",
+            ),
+            (
+                request("missing-tpl", &s.bucket, "nope/missing.pkr.hcl", 0),
+                "does not exist",
+            ),
+            (
+                request("invalid-tpl", &s.bucket, &bad_key, 0),
+                "builder type `amazon-ebs` is not supported",
+            ),
+            (
+                request("untrusted", &s.other_bucket, "t.json", 0),
+                "is not trusted by this worker",
+            ),
+        ];
+        for (body, _) in &malformed {
+            if body.len() > 256 * 1024 {
+                // Larger than SQS accepts: the worker's own limit is checked by the unit tests.
+                continue;
+            }
+            send(&s, body).await;
+        }
+        let worker = start_worker(&s, &["--concurrency", "2"]);
+        for id in &ids {
+            let doc = result(&s, id, Duration::from_secs(90)).await;
+            track(&janitor, &doc);
+            assert_eq!(doc["status"], "succeeded", "{doc:#}");
+        }
+        for (id, want) in [
+            ("missing-tpl", "does not exist"),
+            ("invalid-tpl", "amazon-ebs"),
+            ("untrusted", "not trusted"),
+        ] {
+            let doc = result(&s, id, Duration::from_secs(30)).await;
+            assert_eq!(doc["status"], "failed");
+            assert!(
+                doc["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(want),
+                "{id}: {doc:#}"
+            );
+            assert_eq!(doc["error"]["retryable"], false);
+        }
+        // Results arrive on the result queue too, and malformed ones are named by message id.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut all = Vec::new();
+        while all.len() < ids.len() + malformed.len() - 1 && Instant::now() < deadline {
+            all.extend(result_messages(&s).await);
+        }
+        let (ok, log) = stop_worker(worker);
+        assert!(ok, "the worker exits 0 after SIGTERM:\n{log}");
+        for (body, want) in &malformed {
+            if body.len() > 256 * 1024 {
+                continue;
+            }
+            assert!(
+                all.iter().any(|d| d["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(want)),
+                "no failure result saying `{want}` in {all:#?}"
+            );
+        }
+        assert_eq!(
+            all.iter().filter(|d| d["status"] == "succeeded").count(),
+            ids.len()
+        );
+        // The log of a build is in S3 and holds the provisioner's output.
+        let log =
+            s.s3.get_object()
+                .bucket(&s.bucket)
+                .key(format!("logs/{}.log", ids[0]))
+                .send()
+                .await
+                .expect("log in S3");
+        let text = String::from_utf8_lossy(&log.body.collect().await.expect("log").into_bytes())
+            .into_owned();
+        assert!(text.contains("worker-build-running"), "{text}");
+        // The queue is empty: every message was deleted.
+        let left = s
+            .sqs
+            .receive_message()
+            .queue_url(&s.queue)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        assert!(
+            left.messages().is_empty(),
+            "messages left: {:?}",
+            left.messages()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_workers_share_a_queue() {
+    with_janitor(|janitor| async move {
+        let s = setup(3).await;
+        let key = upload(&s, &unique("tpl")).await;
+        let ids: Vec<String> = (0..4).map(|_| unique("share")).collect();
+        for id in &ids {
+            send(&s, &request(id, &s.bucket, &key, 1)).await;
+        }
+        let a = start_worker(&s, &[]);
+        let b = start_worker(&s, &[]);
+        for id in &ids {
+            let doc = result(&s, id, Duration::from_secs(120)).await;
+            track(&janitor, &doc);
+            assert_eq!(doc["status"], "succeeded", "{doc:#}");
+        }
+        let (_, log_a) = stop_worker(a);
+        let (_, log_b) = stop_worker(b);
+        let count = |log: &str| log.matches("result published").count();
+        assert_eq!(count(&log_a) + count(&log_b), ids.len());
+        assert!(
+            count(&log_a) >= 1 && count(&log_b) >= 1,
+            "both workers built: {} and {}",
+            count(&log_a),
+            count(&log_b)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_or_cancels_and_returns_the_message() {
+    with_janitor(|janitor| async move {
+        // Drain: the running build finishes within the deadline and is published.
+        let s = setup(5).await;
+        let key = upload(&s, &unique("tpl")).await;
+        let id = unique("drain");
+        send(&s, &request(&id, &s.bucket, &key, 3)).await;
+        let worker = start_worker(&s, &["--drain-timeout", "60"]);
+        wait_for_log(&s, &id).await;
+        let (ok, log) = stop_worker(worker);
+        assert!(ok, "{log}");
+        let doc = result(&s, &id, Duration::from_secs(5)).await;
+        track(&janitor, &doc);
+        assert_eq!(
+            doc["status"], "succeeded",
+            "the build drained: {doc:#}\n{log}"
+        );
+
+        // Short deadline: the build is cancelled, undone, and its message visible again at once.
+        let id = unique("cancel");
+        send(&s, &request(&id, &s.bucket, &key, 60)).await;
+        let worker = start_worker(&s, &["--drain-timeout", "1"]);
+        wait_for_log(&s, &id).await;
+        let started = Instant::now();
+        let (ok, log) = stop_worker(worker);
+        assert!(ok, "{log}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "cancellation took {:?}",
+            started.elapsed()
+        );
+        assert!(log.contains("drain deadline passed"), "{log}");
+        let again = s
+            .sqs
+            .receive_message()
+            .queue_url(&s.queue)
+            .wait_time_seconds(2)
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount,
+            )
+            .send()
+            .await
+            .expect("receive");
+        let m = again
+            .messages()
+            .first()
+            .expect("the cancelled build's message is visible again");
+        assert!(m.body().unwrap_or_default().contains(&id));
+        // Nothing of the cancelled build is left.
+        let ec2 = Emulator::get().clients(Emulator::get().region()).await.ec2;
+        let vols = ec2
+            .describe_volumes()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("tag:kiln:build-id")
+                    .values(&id)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("volumes");
+        assert!(vols.volumes().is_empty(), "{:?}", vols.volumes());
+        assert!(
+            s.s3.get_object()
+                .bucket(&s.bucket)
+                .key(format!("results/{id}.json"))
+                .send()
+                .await
+                .is_err(),
+            "no result for a returned message"
+        );
+    })
+    .await;
+}
+
+/// Waits until the build's provisioner is running (its log in S3 shows it).
+async fn wait_for_log(s: &Setup, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(o) =
+            s.s3.get_object()
+                .bucket(&s.bucket)
+                .key(format!("logs/{id}.log"))
+                .send()
+                .await
+        {
+            let text = String::from_utf8_lossy(&o.body.collect().await.expect("log").into_bytes())
+                .into_owned();
+            if text.contains("worker-build-running") {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "the build {id} never started");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
