@@ -16,9 +16,10 @@ pub const VOLUME_DEADLINE: Duration = Duration::from_secs(600);
 pub const ATTACH_POLL: Duration = Duration::from_secs(1);
 /// Give up on an attachment after Packer's 40 tries at 5 s.
 pub const ATTACH_DEADLINE: Duration = Duration::from_secs(200);
-/// Ready answers in a row for attachments: DescribeVolumes may briefly show no attachment right
-/// after AttachVolume (packer#1854).
-pub const ATTACH_SUCCESSES: u32 = 2;
+/// Ready answers in a row for attachments. DescribeVolumes' eventual consistency shows up as a
+/// missing attachment right after AttachVolume (packer#1854), which the wait treats as pending;
+/// the block device node appearing afterwards is the second, independent confirmation.
+pub const ATTACH_SUCCESSES: u32 = 1;
 
 /// What to create.
 #[derive(Debug, Clone)]

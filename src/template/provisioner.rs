@@ -176,10 +176,17 @@ pub fn decode(
         "shell" | "shell-local" => {
             let mut p = common(f, kind_name, name, &loc);
             let local = kind_name == "shell-local";
+            // kiln extension: shell-local runs during the build, so it may use the build's device
+            // and mount path (e.g. `ansible-playbook --connection=chroot -i {{.MountPath}},`).
+            let here: &[&str] = if local {
+                super::gotmpl::placeholders::DEVICE
+            } else {
+                &[]
+            };
             let mut s = Shell {
-                inline: f.string_list("inline", &[]).unwrap_or_default(),
+                inline: f.string_list("inline", here).unwrap_or_default(),
                 command: if local {
-                    f.string("command", &[])
+                    f.string("command", here)
                 } else {
                     None
                 },

@@ -575,6 +575,38 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         .await;
         return;
     }
+    // A build id that already finished: answer with its result instead of building again.
+    if !req.force
+        && let Ok(o) = ctx
+            .clients
+            .s3
+            .get_object()
+            .bucket(&ctx.cfg.buckets[0])
+            .key(result_key(&build_id))
+            .send()
+            .await
+        && let Ok(bytes) = o.body.collect().await
+        && let Ok(existing) = serde_json::from_slice::<serde_json::Value>(&bytes.into_bytes())
+        && existing["status"] != "running"
+    {
+        tracing::info!(build_id = %build_id, "this build id already finished; answering with its result (set force to build again)");
+        if let Some(q) = &ctx.cfg.result_queue
+            && let Err(e) = ctx
+                .clients
+                .sqs
+                .send_message()
+                .queue_url(q)
+                .message_body(existing.to_string())
+                .send()
+                .await
+        {
+            tracing::error!(build_id = %build_id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not re-publish the result");
+            release(ctx, &msg, ctx.cfg.retry_delay_s as i32).await;
+            return;
+        }
+        delete(ctx, &msg).await;
+        return;
+    }
     // Heartbeat: keep the message invisible while the build runs.
     let hb_stop = CancellationToken::new();
     let heartbeat = {

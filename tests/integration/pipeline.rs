@@ -109,6 +109,22 @@ impl Drop for Tpl {
 
 /// The busybox from-scratch source block with `extra` fields and a build with `provisioners`.
 fn busybox(name: &str, extra: &str, provisioners: &str) -> String {
+    let text = busybox_text(name, extra, provisioners);
+    // HCL forbids an attribute twice: `extra` replaces the defaults it sets again.
+    text.lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            let default_copy = t.starts_with("copy_files              = []");
+            let default_mounts =
+                t.starts_with("chroot_mounts = [[\"proc\", \"proc\", \"/proc\"], [\"sysfs\"");
+            !(default_copy && extra.contains("copy_files")
+                || default_mounts && extra.contains("chroot_mounts"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn busybox_text(name: &str, extra: &str, provisioners: &str) -> String {
     format!(
         r#"
 source "amazon-chroot" "bb" {{
@@ -646,4 +662,83 @@ async fn four_builds_at_once_get_distinct_devices() {
     })
     .await;
     remove_files();
+}
+
+/// copy_files onto a symlink restores the link; a relative bind mount resolves against the
+/// template's directory; shell-local runs on the host with the mount path; file download works.
+#[tokio::test]
+async fn copy_files_bind_mounts_shell_local_and_download() {
+    with_janitor(|janitor| async move {
+        let t = Tpl::new();
+        std::fs::write(t.0.join("files/data.txt"), "bound from the template dir\n").expect("data");
+        let host_copy = std::env::temp_dir().join(unique("copyfile"));
+        std::fs::write(&host_copy, "copied for the build\n").expect("copy file");
+        let local_out = t.0.join("local-out.txt");
+        let downloaded = t.0.join("motd-downloaded");
+        let rel = host_copy.display().to_string();
+        let extra = format!(
+            r#"copy_files = ["{rel}"]
+  chroot_mounts = [["proc", "proc", "/proc"], ["bind", "files", "/mnt/files"]]"#
+        );
+        let provs = format!(
+            r#"provisioner "shell" {{ inline = ["cat {rel} > /etc/seen-copy", "cat /mnt/files/data.txt > /etc/from-bind", "echo motd > /etc/motd"] }}
+  provisioner "shell-local" {{ inline = ["echo {{{{.MountPath}}}} > {out}", "echo from-host > {{{{.MountPath}}}}/etc/from-local"] }}
+  provisioner "file" {{
+    direction   = "download"
+    source      = "/etc/motd"
+    destination = "{dl}"
+  }}"#,
+            out = local_out.display(),
+            dl = downloaded.display()
+        );
+        let mut text = busybox(&unique("features"), &extra, &provs);
+        // The image ships the copied path as a symlink, as systemd images ship /etc/resolv.conf.
+        text = text.replace(
+            "\"chroot {{.MountPath}} /bin/busybox --install -s\",",
+            &format!("\"chroot {{{{.MountPath}}}} /bin/busybox --install -s\",\n    \"mkdir -p $(dirname {{{{.MountPath}}}}{rel}) && ln -s /run/original-target {{{{.MountPath}}}}{rel}\","),
+        );
+        let tpl = t.write("features.pkr.hcl", &text);
+        let (ok, doc, stderr) = build(&tpl, &[]);
+        track(&janitor, &doc);
+        let _ = std::fs::remove_file(&host_copy);
+        assert!(ok, "{}\n{doc:#}\n{stderr}", doc["error"]);
+        let file = PathBuf::from(doc["artifacts"][Emulator::get().region()]["snapshot_files"][0].as_str().expect("file"));
+        let got = read_from_snapshot(&file, &["/etc/seen-copy", "/etc/from-bind", "/etc/from-local"]);
+        assert_eq!(got[0].as_deref(), Some("copied for the build\n"), "the copy was there during the build");
+        assert_eq!(got[1].as_deref(), Some("bound from the template dir\n"));
+        assert_eq!(got[2].as_deref(), Some("from-host\n"));
+        let link = read_link_from_snapshot(&file, &rel);
+        assert_eq!(link.as_deref(), Some(Path::new("/run/original-target")), "the symlink was restored");
+        let mount_path = std::fs::read_to_string(&local_out).expect("shell-local output");
+        assert!(mount_path.trim().starts_with("/mnt/packer-amazon-chroot-volumes/"), "{mount_path}");
+        assert_eq!(std::fs::read_to_string(&downloaded).ok().as_deref(), Some("motd\n"));
+    })
+    .await;
+    remove_files();
+}
+
+/// The target of a symlink in the first partition of a snapshot file.
+fn read_link_from_snapshot(file: &Path, path: &str) -> Option<PathBuf> {
+    let mnt = std::env::temp_dir().join(unique("inspect"));
+    std::fs::create_dir_all(&mnt).expect("mnt");
+    let out = Command::new("losetup")
+        .args(["-f", "-P", "-r", "--show"])
+        .arg(file)
+        .output()
+        .expect("losetup");
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let _ = Command::new("partx").args(["-u", &dev]).status();
+    let ok = Command::new("mount")
+        .args(["-o", "ro", &format!("{dev}p1")])
+        .arg(&mnt)
+        .status()
+        .expect("mount")
+        .success();
+    let link = std::fs::read_link(mnt.join(path.trim_start_matches('/'))).ok();
+    if ok {
+        let _ = Command::new("umount").arg(&mnt).status();
+    }
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    let _ = std::fs::remove_dir(&mnt);
+    link
 }

@@ -404,6 +404,26 @@ async fn builds_through_the_queue_and_malformed_messages() {
         let text = String::from_utf8_lossy(&log.body.collect().await.expect("log").into_bytes())
             .into_owned();
         assert!(text.contains("worker-build-running"), "{text}");
+        // The same build id again: the existing result, no second build.
+        let worker = start_worker(&s, &[]);
+        send(&s, &request(&ids[0], &s.bucket, &key, 0)).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut again = Vec::new();
+        while again.is_empty() && Instant::now() < deadline {
+            again = result_messages(&s).await;
+        }
+        let (_, log) = stop_worker(worker);
+        assert_eq!(again.len(), 1, "{again:#?}");
+        assert_eq!(again[0]["build_id"], ids[0].as_str());
+        assert_eq!(
+            again[0]["artifacts"],
+            all.iter()
+                .find(|d| d["build_id"] == ids[0].as_str())
+                .expect("first result")["artifacts"],
+            "the same result"
+        );
+        assert!(log.contains("already finished"), "{log}");
+        assert!(!log.contains("step done"), "no second build ran:\n{log}");
         // The queue is empty: every message was deleted.
         let left = s
             .sqs
