@@ -67,21 +67,12 @@ fn track(janitor: &Janitor, doc: &Value) {
                 );
             }
             for f in a["snapshot_files"].as_array().into_iter().flatten() {
-                FILES
-                    .lock()
-                    .expect("files")
-                    .push(PathBuf::from(f.as_str().unwrap_or_default()));
+                janitor.track(
+                    region,
+                    Resource::File(PathBuf::from(f.as_str().unwrap_or_default())),
+                );
             }
         }
-    }
-}
-
-static FILES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
-
-/// Removes the snapshot files of tracked artifacts (the AMIs go through the janitor).
-fn remove_files() {
-    for f in FILES.lock().expect("files").drain(..) {
-        let _ = std::fs::remove_file(f);
     }
 }
 
@@ -445,7 +436,6 @@ async fn busybox_from_scratch_then_application_image() {
         );
     })
     .await;
-    remove_files();
 }
 
 /// Failure at each step in turn: the error names the step and why, and nothing remains.
@@ -542,7 +532,6 @@ async fn a_process_left_running_is_killed_and_the_build_succeeds() {
         assert!(out.stdout.is_empty());
     })
     .await;
-    remove_files();
 }
 
 /// SIGTERM during a provisioner: the build is cancelled, undone, and says so.
@@ -661,7 +650,6 @@ async fn four_builds_at_once_get_distinct_devices() {
         assert_eq!(devices.len(), 4, "distinct devices: {devices:?}");
     })
     .await;
-    remove_files();
 }
 
 /// copy_files onto a symlink restores the link; a relative bind mount resolves against the
@@ -714,7 +702,6 @@ async fn copy_files_bind_mounts_shell_local_and_download() {
         assert_eq!(std::fs::read_to_string(&downloaded).ok().as_deref(), Some("motd\n"));
     })
     .await;
-    remove_files();
 }
 
 /// The target of a symlink in the first partition of a snapshot file.

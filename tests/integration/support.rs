@@ -110,6 +110,8 @@ pub enum Resource {
     Volume(String),
     Snapshot(String),
     Image(String),
+    /// A file (e.g. the loop backend's snapshot data), removed last.
+    File(PathBuf),
 }
 
 /// Records what a test creates, per region, and removes it in [`Janitor::clean`]: images first,
@@ -134,10 +136,15 @@ impl Janitor {
             Resource::Image(_) => 0,
             Resource::Snapshot(_) => 1,
             Resource::Volume(_) => 2,
+            Resource::File(_) => 3,
         };
         let mut sorted = items;
         sorted.sort_by_key(|(_, r)| rank(r));
         for (region, resource) in sorted {
+            if let Resource::File(f) = &resource {
+                let _ = std::fs::remove_file(f);
+                continue;
+            }
             let ec2 = emu.clients(&region).await.ec2;
             let gone = |code: Option<&str>| {
                 code.is_some_and(|c| c.ends_with("NotFound") || c.ends_with(".Unavailable"))
@@ -170,6 +177,7 @@ impl Janitor {
                             Err(describe(&e))
                         }
                     }),
+                Resource::File(_) => Ok(()),
                 Resource::Volume(id) => {
                     let _ = ec2.detach_volume().volume_id(id).force(true).send().await;
                     ec2.delete_volume()

@@ -273,7 +273,10 @@ fn track(janitor: &Janitor, doc: &Value) {
                 );
             }
             for f in a["snapshot_files"].as_array().into_iter().flatten() {
-                let _ = std::fs::remove_file(f.as_str().unwrap_or_default());
+                janitor.track(
+                    region,
+                    Resource::File(PathBuf::from(f.as_str().unwrap_or_default())),
+                );
             }
         }
     }
