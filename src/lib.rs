@@ -4,6 +4,7 @@
 
 pub mod aws;
 pub mod backend;
+pub mod checkpoint;
 pub mod ec2;
 pub mod host;
 pub mod observe;

@@ -407,6 +407,7 @@ async fn build(
             lock_dir: kiln::host::lock::LOCK_DIR.into(),
             sink: sink.clone(),
             recorder: Arc::new(MemoryRecorder::default()),
+            attempt: 1,
         };
         let post = plan.post_processors.clone();
         let result = pipeline::run(plan, masker.clone(), clients, options, cancel.clone()).await;

@@ -45,6 +45,28 @@ pub fn mount_points() -> Vec<PathBuf> {
         .collect()
 }
 
+/// Mount points whose source is `dev` or one of its partitions (`/dev/loop3`, `/dev/loop3p1`),
+/// deepest first.
+pub fn mounts_of(dev: &Path) -> Vec<PathBuf> {
+    let d = dev.display().to_string();
+    let mut v: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let source = right.split(' ').nth(1)?;
+            let target = left.split(' ').nth(4)?;
+            let ok = source == d
+                || source.strip_prefix(d.as_str()).is_some_and(|rest| {
+                    rest.starts_with('p') || rest.chars().all(|c| c.is_ascii_digit())
+                });
+            ok.then(|| PathBuf::from(unescape(target)))
+        })
+        .collect();
+    v.reverse();
+    v
+}
+
 /// Whether `path` is a mount point.
 pub fn is_mounted(path: &Path) -> bool {
     mount_points().iter().any(|m| m == path)

@@ -29,6 +29,18 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+/// Fault injection for crash tests: `KILN_FAULT_CRASH_AFTER=<step>` kills the process with
+/// SIGKILL right after that step's outputs are recorded, as a dying instance would.
+fn crash_if_asked(step: StepId) {
+    if std::env::var("KILN_FAULT_CRASH_AFTER").is_ok_and(|s| s == step.name()) {
+        tracing::warn!(
+            step = step.name(),
+            "KILN_FAULT_CRASH_AFTER: killing this process"
+        );
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// See [`super::run`].
 pub async fn run(
     plan: Plan,
@@ -63,12 +75,16 @@ pub async fn run(
         sink: options.sink.clone(),
         state: BuildState::default(),
         started,
+        attempt: options.attempt.max(1),
     };
     let plan_steps = steps::plan_steps(&b.plan.config);
     let mut records = Vec::new();
     let mut ran: Vec<StepId> = Vec::new();
     let mut failure: Option<(StepId, StepError)> = None;
     for step in plan_steps {
+        if steps::skipped(step, &b) {
+            continue;
+        }
         if cancel.is_cancelled() {
             failure = Some((step, StepError::Cancelled));
             break;
@@ -91,7 +107,8 @@ pub async fn run(
                     "kiln",
                     &format!("    {} done in {duration:.1} s", step.name()),
                 );
-                options.recorder.record(&b.id, step.name(), &outputs);
+                options.recorder.record(&b.id, step.name(), &outputs).await;
+                crash_if_asked(step);
                 records.push(StepRecord {
                     name: step.name().to_owned(),
                     started_at: at,

@@ -79,8 +79,12 @@ pub struct BuildOptions {
     pub lock_dir: PathBuf,
     /// Where provisioner output and step lines go (besides `tracing`).
     pub sink: Sink,
-    /// Records each step's outputs as it completes (checkpoints back this later).
+    /// Records each step's outputs as it completes (the worker's checkpoint journal).
     pub recorder: Arc<dyn Recorder>,
+    /// 1 for a first run; more when resuming a build an earlier attempt started (a crashed or
+    /// drained worker): the build then reclaims what that attempt left and reuses its snapshot
+    /// and AMI instead of making new ones.
+    pub attempt: u32,
 }
 
 /// Everything a step can see: the plan, the AWS clients, the host settings and the typed state.
@@ -109,6 +113,8 @@ pub struct Build {
     pub state: BuildState,
     /// The build's start time.
     pub started: OffsetDateTime,
+    /// The attempt number (see [`BuildOptions::attempt`]).
+    pub attempt: u32,
 }
 
 impl Build {

@@ -98,12 +98,20 @@ pub struct BuildState {
     pub snapshot_id: Option<String>,
     /// AMIs by region.
     pub images: BTreeMap<String, ImageRecord>,
+    /// When resuming: a completed snapshot of an earlier attempt, so the volume steps are skipped.
+    pub reused_snapshot: bool,
 }
 
-/// Receives each step's outputs as the step completes.
+/// Receives each step's outputs as the step completes (the worker's checkpoint journal in S3;
+/// memory for `kiln build`). The engine awaits it before the next step starts.
 pub trait Recorder: Send + Sync {
     /// Records that `step` of `build_id` finished with `outputs`.
-    fn record(&self, build_id: &str, step: &str, outputs: &serde_json::Value);
+    fn record<'a>(
+        &'a self,
+        build_id: &'a str,
+        step: &'a str,
+        outputs: &'a serde_json::Value,
+    ) -> futures_util::future::BoxFuture<'a, ()>;
 }
 
 /// Keeps records in memory (for `kiln build`).
@@ -114,9 +122,15 @@ pub struct MemoryRecorder {
 }
 
 impl Recorder for MemoryRecorder {
-    fn record(&self, _build_id: &str, step: &str, outputs: &serde_json::Value) {
+    fn record<'a>(
+        &'a self,
+        _build_id: &'a str,
+        step: &'a str,
+        outputs: &'a serde_json::Value,
+    ) -> futures_util::future::BoxFuture<'a, ()> {
         if let Ok(mut r) = self.records.lock() {
             r.push((step.to_owned(), outputs.clone()));
         }
+        Box::pin(async {})
     }
 }

@@ -9,8 +9,8 @@ pub mod request;
 
 use crate::aws::Clients;
 use crate::backend::Backend;
+use crate::checkpoint::{self, Acquired, JournalHandle, Owner};
 use crate::pipeline::result::{BuildResult, Failure, RESULT_VERSION, Status};
-use crate::pipeline::state::MemoryRecorder;
 use crate::pipeline::{self, BuildOptions, OnError};
 use crate::template::{self, Inputs};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
@@ -126,6 +126,66 @@ struct Ctx {
     clients: Clients,
     backend: Backend,
     max_receive: Option<u32>,
+    owner: Owner,
+}
+
+/// Records each step in the build's checkpoint journal (compare-and-swap in S3).
+struct JournalRecorder(Arc<JournalHandle>);
+
+impl crate::pipeline::state::Recorder for JournalRecorder {
+    fn record<'a>(
+        &'a self,
+        build_id: &'a str,
+        step: &'a str,
+        outputs: &'a serde_json::Value,
+    ) -> futures_util::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.0.record(step, outputs).await {
+                tracing::error!(build_id, step, error = %e, "could not write the checkpoint");
+            }
+        })
+    }
+}
+
+/// Cleans up what builds of dead workers left on this host, before taking new work: for every
+/// device alias whose lock no live build holds, the mounts of its device (processes inside are
+/// killed first), its loop device, and the alias. Volumes stay: the build's next attempt
+/// reclaims them.
+pub async fn sweep_host(lock_dir: &Path) -> Vec<String> {
+    let mut done = Vec::new();
+    let Ok(rd) = std::fs::read_dir(crate::host::devices::ALIAS_DIR) else {
+        return done;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(|c: char| c.is_ascii_digit()) {
+            continue; // a partition alias
+        }
+        let Ok(Some(lock)) = crate::host::lock::DeviceLock::try_lock(lock_dir, &name) else {
+            continue;
+        };
+        if let Ok(dev) = std::fs::read_link(e.path()) {
+            for m in crate::host::mount::mounts_of(&dev) {
+                match crate::host::mount::unmount_tree(&m).await {
+                    Ok(_) => done.push(format!("unmounted {}", m.display())),
+                    Err(err) => {
+                        tracing::error!(mount = %m.display(), error = %err, "could not unmount a dead build's mount")
+                    }
+                }
+            }
+            if dev.display().to_string().starts_with("/dev/loop")
+                && crate::host::loopdev::detach(&dev).is_ok()
+            {
+                done.push(format!("detached {}", dev.display()));
+            }
+        }
+        crate::host::devices::remove_aliases(&name);
+        drop(lock);
+    }
+    for d in &done {
+        tracing::warn!("{d} (left by a dead build)");
+    }
+    done
 }
 
 /// A log that is appended while the build runs and flushed to S3 periodically.
@@ -192,11 +252,26 @@ pub async fn run(
         })
         .map(|m| m as u32);
     let concurrency = cfg.concurrency.max(1);
+    let instance_id = match crate::ec2::identity::read().await {
+        Ok(i) => i.instance_id,
+        Err(e) => {
+            tracing::warn!(error = %e, "no instance identity; checkpoints name this host by its hostname");
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "unknown-host".into())
+        }
+    };
+    let owner = Owner {
+        instance_id,
+        worker_id: uuid::Uuid::new_v4().to_string(),
+    };
+    sweep_host(Path::new(crate::host::lock::LOCK_DIR)).await;
     let ctx = Arc::new(Ctx {
         cfg,
         clients,
         backend,
         max_receive,
+        owner,
     });
     let slots = Arc::new(Semaphore::new(concurrency));
     let builds_cancel = CancellationToken::new();
@@ -607,6 +682,64 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         delete(ctx, &msg).await;
         return;
     }
+    // Exactly one worker runs a build: the journal's lease decides.
+    let lease = ctx.cfg.visibility_s.max(3);
+    if req.force
+        && let Ok(Some((j, _))) =
+            checkpoint::read(&ctx.clients.s3, &ctx.cfg.buckets[0], &build_id).await
+        && j.status != "running"
+    {
+        let _ = ctx
+            .clients
+            .s3
+            .delete_object()
+            .bucket(&ctx.cfg.buckets[0])
+            .key(checkpoint::key(&build_id))
+            .send()
+            .await;
+    }
+    let journal = match checkpoint::acquire(
+        &ctx.clients.s3,
+        &ctx.cfg.buckets[0],
+        &build_id,
+        &ctx.owner,
+        lease,
+    )
+    .await
+    {
+        Ok(Acquired::Fresh(h)) => Arc::new(h),
+        Ok(Acquired::TakenOver(h)) => {
+            tracing::warn!(build_id = %build_id, attempt = h.journal().attempt, "resuming a build an earlier attempt started");
+            Arc::new(h)
+        }
+        Ok(Acquired::Held(owner, until)) => {
+            let wait = until.saturating_sub(checkpoint::now()).clamp(1, 43_200);
+            tracing::info!(build_id = %build_id, owner = ?owner, retry_in_s = wait, "another worker runs this build; looking again when its lease ends");
+            release(ctx, &msg, wait as i32).await;
+            return;
+        }
+        Ok(Acquired::Finished(status)) => {
+            tracing::info!(build_id = %build_id, status, "this build finished but its result is missing; publishing a failure that says so");
+            let r = early_failure(
+                &build_id,
+                "checkpoint",
+                format!(
+                    "the build finished ({status}) but its result document is missing from s3://{}/{}",
+                    ctx.cfg.buckets[0],
+                    result_key(&build_id)
+                ),
+                false,
+            );
+            finish(ctx, &msg, &r).await;
+            return;
+        }
+        Err(e) => {
+            tracing::error!(build_id = %build_id, error = %e, "cannot read or write the checkpoint; trying again later");
+            release(ctx, &msg, ctx.cfg.retry_delay_s as i32).await;
+            return;
+        }
+    };
+    let attempt = journal.journal().attempt;
     // Heartbeat: keep the message invisible while the build runs.
     let hb_stop = CancellationToken::new();
     let heartbeat = {
@@ -616,8 +749,12 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         let visibility = ctx.cfg.visibility_s.max(3);
         let stop = hb_stop.clone();
         let id = build_id.clone();
+        let journal = Arc::clone(&journal);
         tokio::spawn(async move {
             loop {
+                if let Err(e) = journal.renew().await {
+                    tracing::warn!(build_id = %id, error = %e, "could not renew the lease");
+                }
                 if let Err(e) = sqs
                     .change_message_visibility()
                     .queue_url(&queue)
@@ -641,6 +778,7 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         .work_dir
         .join(&build_id)
         .join(uuid::Uuid::new_v4().simple().to_string());
+    let recorder = Arc::new(JournalRecorder(Arc::clone(&journal)));
     let outcome = run_request(
         ctx,
         &req,
@@ -648,10 +786,28 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         &work,
         Arc::clone(&log),
         cancel.clone(),
+        recorder,
+        attempt,
     )
     .await;
     hb_stop.cancel();
     let _ = heartbeat.await;
+    let retryable_failure =
+        outcome.status == Status::Failed && outcome.error.as_ref().is_some_and(|e| e.retryable);
+    let journal_result = if cancel.is_cancelled() || retryable_failure {
+        journal.release().await
+    } else {
+        journal
+            .finish(if outcome.status == Status::Succeeded {
+                "succeeded"
+            } else {
+                "failed"
+            })
+            .await
+    };
+    if let Err(e) = journal_result {
+        tracing::error!(build_id = %build_id, error = %e, "could not update the checkpoint");
+    }
     let _ = std::fs::remove_dir_all(&work);
     if let Err(e) = put(
         ctx,
@@ -681,6 +837,7 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_request(
     ctx: &Ctx,
     req: &BuildRequest,
@@ -688,6 +845,8 @@ async fn run_request(
     work: &Path,
     log: Arc<Log>,
     cancel: CancellationToken,
+    recorder: Arc<dyn crate::pipeline::state::Recorder>,
+    attempt: u32,
 ) -> BuildResult {
     if let Err(e) = std::fs::create_dir_all(work) {
         return early_failure(
@@ -789,7 +948,8 @@ async fn run_request(
         on_error: OnError::Cleanup,
         lock_dir: crate::host::lock::LOCK_DIR.into(),
         sink,
-        recorder: Arc::new(MemoryRecorder::default()),
+        recorder,
+        attempt,
     };
     let result = pipeline::run(plan, masker, ctx.clients.clone(), options, cancel).await;
     flush_stop.cancel();

@@ -46,7 +46,7 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         encrypted: c.root_volume_encrypt_boot,
         kms_key_id: c.root_volume_kms_key_id.clone(),
         tags: kiln_tags(&b.id, "create-volume", &tags),
-        client_token: client_token(&b.id, "root-volume"),
+        client_token: client_token(&b.id, &format!("root-volume-{}", b.attempt)),
     };
     let id = volumes::create(&b.clients.ec2, &b.region, &spec).await?;
     b.state.volume_id = Some(id.clone());

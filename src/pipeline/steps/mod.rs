@@ -16,6 +16,7 @@ mod mount_device;
 mod mount_extra;
 mod pre_validate;
 mod provision;
+mod reclaim;
 mod register_image;
 mod snapshot;
 mod source_image;
@@ -32,6 +33,8 @@ pub enum StepId {
     InstanceInfo,
     /// The source image, and its root device is EBS.
     SourceImage,
+    /// When resuming: what earlier attempts left is removed, and a finished snapshot reused.
+    Reclaim,
     /// A free attachment point, locked for the build.
     AllocateDevice,
     /// The build volume.
@@ -71,6 +74,7 @@ impl StepId {
             StepId::PreValidate => "pre-validate",
             StepId::InstanceInfo => "instance-info",
             StepId::SourceImage => "source-image",
+            StepId::Reclaim => "reclaim",
             StepId::AllocateDevice => "allocate-device",
             StepId::CreateVolume => "create-volume",
             StepId::AttachVolume => "attach-volume",
@@ -95,6 +99,7 @@ impl StepId {
             StepId::PreValidate => "Prevalidating AMI name and regions",
             StepId::InstanceInfo => "Gathering information about this EC2 instance",
             StepId::SourceImage => "Inspecting the source AMI",
+            StepId::Reclaim => "Reclaiming what an earlier attempt of this build left",
             StepId::AllocateDevice => "Choosing a device for the volume",
             StepId::CreateVolume => "Creating the root volume",
             StepId::AttachVolume => "Attaching the root volume",
@@ -141,13 +146,27 @@ pub fn plan_steps(c: &ChrootConfig) -> Vec<StepId> {
     v
 }
 
+/// Whether the engine skips `step`: `reclaim` on a first attempt, and the volume steps when an
+/// earlier attempt's snapshot is reused.
+pub fn skipped(step: StepId, b: &Build) -> bool {
+    use StepId::*;
+    match step {
+        Reclaim => b.attempt <= 1,
+        AllocateDevice | CreateVolume | AttachVolume | PreMountCommands | MountDevice
+        | PostMountCommands | MountExtra | CopyFiles | Provision | EarlyCleanup | Snapshot => {
+            b.state.reused_snapshot
+        }
+        _ => false,
+    }
+}
+
 /// Whether `step`'s undo runs: some always (the volume is never kept, the lock always released,
 /// mounts and attachments always undone), the rest only when the build failed.
 pub fn undo_applies(step: StepId, failed: bool) -> bool {
     use StepId::*;
     match step {
         AllocateDevice | CreateVolume | AttachVolume | MountDevice | MountExtra | CopyFiles => true,
-        Snapshot | RegisterImage | CopyRegions => failed,
+        Reclaim | Snapshot | RegisterImage | CopyRegions => failed,
         _ => false,
     }
 }
@@ -159,6 +178,7 @@ pub async fn run(step: StepId, b: &mut Build) -> Result<serde_json::Value, StepE
         PreValidate => pre_validate::run(b).await,
         InstanceInfo => instance_info::run(b).await,
         SourceImage => source_image::run(b).await,
+        Reclaim => reclaim::run(b).await,
         AllocateDevice => allocate_device::run(b).await,
         CreateVolume => create_volume::run(b).await,
         AttachVolume => attach_volume::run(b).await,
@@ -181,6 +201,7 @@ pub async fn run(step: StepId, b: &mut Build) -> Result<serde_json::Value, StepE
 pub async fn undo(step: StepId, b: &mut Build) -> Result<(), StepError> {
     use StepId::*;
     match step {
+        Reclaim => reclaim::undo(b).await,
         AllocateDevice => allocate_device::undo(b),
         CreateVolume => create_volume::undo(b).await,
         AttachVolume => attach_volume::undo(b).await,

@@ -85,7 +85,47 @@ pub fn image_tags(b: &Build, step: &str) -> Result<Vec<aws_sdk_ec2::types::Tag>,
     Ok(kiln_tags(&b.id, step, &tags))
 }
 
+/// When resuming: the AMI an earlier attempt registered (found by the build's tag), if any.
+async fn registered_before(b: &Build) -> Result<Option<String>, StepError> {
+    if b.attempt <= 1 {
+        return Ok(None);
+    }
+    let tag = |k: &str, v: &str| {
+        aws_sdk_ec2::types::Filter::builder()
+            .name(format!("tag:{k}"))
+            .values(v)
+            .build()
+    };
+    let out = b
+        .clients
+        .ec2
+        .describe_images()
+        .owners("self")
+        .filters(tag(crate::ec2::TAG_BUILD_ID, &b.id))
+        .filters(tag(crate::ec2::TAG_STEP, "register-image"))
+        .send()
+        .await
+        .map_err(api("DescribeImages", b.id.clone(), &b.region))?;
+    Ok(out
+        .images()
+        .iter()
+        .find_map(|i| i.image_id().map(str::to_owned)))
+}
+
 pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
+    if let Some(ami) = registered_before(b).await? {
+        let image =
+            images::wait_available(&b.clients.ec2, &b.region, &ami, &b.polling, &b.cancel).await?;
+        let snaps = images::snapshots_of(&image);
+        b.state.images.insert(
+            b.region.clone(),
+            ImageRecord {
+                ami_id: ami.clone(),
+                snapshot_ids: snaps,
+            },
+        );
+        return Ok(serde_json::json!({ "ami_id": ami, "region": b.region, "reused": true }));
+    }
     let c = b.plan.config.clone();
     let snapshot = b
         .state

@@ -1,0 +1,82 @@
+//! Step `reclaim` (only when resuming a build an earlier attempt started): whatever that attempt
+//! left is found by the build's tag and removed (mounts and loop devices on this host, then the
+//! volume: detached from whichever instance holds it, and deleted); a snapshot it finished is
+//! reused, so the volume steps are skipped. Undo (on failure): delete the reused snapshot.
+
+use crate::ec2::{TAG_BUILD_ID, TAG_STEP, api, images, volumes};
+use crate::host::{loopdev, mount};
+use crate::pipeline::{Build, StepError};
+use aws_sdk_ec2::types::{Filter, SnapshotState};
+
+fn tag(key: &str, value: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build()
+}
+
+pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
+    let ec2 = b.clients.ec2.clone();
+    let region = b.region.clone();
+    let out = ec2
+        .describe_volumes()
+        .filters(tag(TAG_BUILD_ID, &b.id))
+        .send()
+        .await
+        .map_err(api("DescribeVolumes", b.id.clone(), &region))?;
+    let mut reclaimed = Vec::new();
+    for v in out.volumes() {
+        let Some(id) = v.volume_id() else { continue };
+        // This host's leftovers of the volume (loop backend): mounts, then the loop device.
+        if let Some(file) = b.backend.volume_file(id) {
+            for dev in loopdev::find_for_file(&file) {
+                for m in mount::mounts_of(&dev) {
+                    mount::unmount_tree(&m).await?;
+                }
+            }
+        }
+        b.backend.detaching(id, None)?;
+        volumes::detach(&ec2, &region, id, &b.polling, &b.cancel).await?;
+        volumes::delete(&ec2, &region, id).await?;
+        b.backend.volume_deleted(id);
+        reclaimed.push(id.to_owned());
+    }
+    let snaps = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(tag(TAG_BUILD_ID, &b.id))
+        .filters(tag(TAG_STEP, "snapshot"))
+        .send()
+        .await
+        .map_err(api("DescribeSnapshots", b.id.clone(), &region))?;
+    let mut reused = None;
+    for s in snaps.snapshots() {
+        let Some(id) = s.snapshot_id() else { continue };
+        let has_data = b.backend.snapshot_file(id).is_none_or(|f| f.exists());
+        if reused.is_none() && has_data && s.state() != Some(&SnapshotState::Error) {
+            images::wait_snapshot(&ec2, &region, id, &b.polling, &b.cancel).await?;
+            reused = Some(id.to_owned());
+        } else if let Err(e) = images::delete_snapshot(&ec2, &region, id).await {
+            // In use by an image of an earlier attempt: the register step reuses that image.
+            tracing::info!(snapshot = id, error = %e, "kept a snapshot of an earlier attempt");
+        }
+    }
+    if let Some(id) = &reused {
+        b.state.snapshot_id = Some(id.clone());
+        b.state.reused_snapshot = true;
+    }
+    Ok(
+        serde_json::json!({ "attempt": b.attempt, "reclaimed_volumes": reclaimed, "reused_snapshot": reused }),
+    )
+}
+
+pub async fn undo(b: &mut Build) -> Result<(), StepError> {
+    if b.state.reused_snapshot
+        && let Some(id) = b.state.snapshot_id.clone()
+    {
+        images::delete_snapshot(&b.clients.ec2, &b.region, &id).await?;
+        b.backend.snapshot_deleted(&id);
+        b.state.snapshot_id = None;
+    }
+    Ok(())
+}
