@@ -2,6 +2,7 @@
 //! They run against the emulator started by `scripts/emulator up` and, where they need it, real
 //! loop devices and mounts (as root). Every test uses its own names and cleans up after itself.
 
+mod checkpoint;
 mod emulator;
 mod pipeline;
 mod support;

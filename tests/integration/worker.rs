@@ -8,16 +8,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Queues and a bucket of a test's own.
-struct Setup {
-    queue: String,
-    results: String,
-    bucket: String,
+pub(crate) struct Setup {
+    pub(crate) queue: String,
+    pub(crate) results: String,
+    pub(crate) bucket: String,
     other_bucket: String,
-    sqs: aws_sdk_sqs::Client,
-    s3: aws_sdk_s3::Client,
+    pub(crate) sqs: aws_sdk_sqs::Client,
+    pub(crate) s3: aws_sdk_s3::Client,
 }
 
-async fn setup(max_receive: u32) -> Setup {
+pub(crate) async fn setup(max_receive: u32) -> Setup {
     let emu = Emulator::get();
     let c = emu.clients(emu.region()).await;
     let name = unique("q");
@@ -85,13 +85,18 @@ async fn setup(max_receive: u32) -> Setup {
     }
 }
 
-fn state_dir() -> PathBuf {
+pub(crate) fn state_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("kiln-test-worker-state-{}", std::process::id()));
     std::fs::create_dir_all(&d).expect("state dir");
     d
 }
 
-fn start_worker(s: &Setup, extra: &[&str]) -> Child {
+pub(crate) fn start_worker(s: &Setup, extra: &[&str]) -> Child {
+    start_worker_with(s, extra, &[])
+}
+
+/// A worker with extra environment (fault injection, another host's IMDS).
+pub(crate) fn start_worker_with(s: &Setup, extra: &[&str], env: &[(&str, &str)]) -> Child {
     let emu = Emulator::get();
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
     c.args([
@@ -104,11 +109,14 @@ fn start_worker(s: &Setup, extra: &[&str]) -> Child {
         &s.bucket,
         "--backend",
         "loop",
-        "--visibility",
-        "6",
     ])
     .arg("--state-dir")
     .arg(state_dir())
+    .args(if extra.contains(&"--visibility") {
+        &[][..]
+    } else {
+        &["--visibility", "6"][..]
+    })
     .args(extra)
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
@@ -116,11 +124,14 @@ fn start_worker(s: &Setup, extra: &[&str]) -> Child {
         c.env(k, v);
     }
     c.env("RUST_LOG", "kiln=info").env("NO_COLOR", "1");
+    for (k, v) in env {
+        c.env(k, v);
+    }
     c.spawn().expect("start kiln worker")
 }
 
 /// SIGTERM, then the worker's exit status and log.
-fn stop_worker(mut child: Child) -> (bool, String) {
+pub(crate) fn stop_worker(mut child: Child) -> (bool, String) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -137,13 +148,18 @@ fn stop_worker(mut child: Child) -> (bool, String) {
     )
 }
 
-const TEMPLATE: &str = r#"
+pub(crate) const TEMPLATE: &str = r#"
 variable "pause" {
   default = "0"
+}
+variable "regions" {
+  type    = list(string)
+  default = []
 }
 source "amazon-chroot" "bb" {
   from_scratch            = true
   ami_name                = "kiln-worker-test-{{uuid}}"
+  ami_regions             = var.regions
   ami_virtualization_type = "hvm"
   root_device_name        = "/dev/xvda"
   root_volume_size        = 1
@@ -175,7 +191,7 @@ build {
 "#;
 
 /// Uploads the template (and the file beside it) under `prefix`; returns the template key.
-async fn upload(s: &Setup, prefix: &str) -> String {
+pub(crate) async fn upload(s: &Setup, prefix: &str) -> String {
     let key = format!("{prefix}/bb.pkr.hcl");
     s.s3.put_object()
         .bucket(&s.bucket)
@@ -194,7 +210,7 @@ async fn upload(s: &Setup, prefix: &str) -> String {
     key
 }
 
-async fn send(s: &Setup, body: &str) {
+pub(crate) async fn send(s: &Setup, body: &str) {
     s.sqs
         .send_message()
         .queue_url(&s.queue)
@@ -204,12 +220,12 @@ async fn send(s: &Setup, body: &str) {
         .expect("send");
 }
 
-fn request(build_id: &str, bucket: &str, key: &str, pause: u32) -> String {
+pub(crate) fn request(build_id: &str, bucket: &str, key: &str, pause: u32) -> String {
     serde_json::json!({"version": 1, "build_id": build_id, "template": {"bucket": bucket, "key": key}, "variables": {"pause": pause.to_string()}}).to_string()
 }
 
 /// Waits until `results/<id>.json` exists; returns it.
-async fn result(s: &Setup, id: &str, timeout: Duration) -> Value {
+pub(crate) async fn result(s: &Setup, id: &str, timeout: Duration) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(o) =
@@ -228,7 +244,7 @@ async fn result(s: &Setup, id: &str, timeout: Duration) -> Value {
 }
 
 /// Every message on the result queue (drained).
-async fn result_messages(s: &Setup) -> Vec<Value> {
+pub(crate) async fn result_messages(s: &Setup) -> Vec<Value> {
     let mut out = Vec::new();
     loop {
         let r = s
@@ -259,7 +275,7 @@ async fn result_messages(s: &Setup) -> Vec<Value> {
     }
 }
 
-fn track(janitor: &Janitor, doc: &Value) {
+pub(crate) fn track(janitor: &Janitor, doc: &Value) {
     if let Some(arts) = doc["artifacts"].as_object() {
         for (region, a) in arts {
             janitor.track(
@@ -552,7 +568,7 @@ async fn sigterm_drains_or_cancels_and_returns_the_message() {
 }
 
 /// Waits until the build's provisioner is running (its log in S3 shows it).
-async fn wait_for_log(s: &Setup, id: &str) {
+pub(crate) async fn wait_for_log(s: &Setup, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(o) =

@@ -14,7 +14,15 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     let Some(src) = b.state.images.get(&b.region).cloned() else {
         return Err(super::invalid("no image to copy"));
     };
-    let name = b.render("ami_name", &c.ami_name, &b.source_values())?;
+    // The copies carry the registered image's name (an AMI reused from an earlier attempt keeps
+    // its own, so a retried CopyImage with the same client token asks for the same thing).
+    let name = match images::describe(&b.clients.ec2, &b.region, &src.ami_id)
+        .await?
+        .and_then(|i| i.name)
+    {
+        Some(n) => n,
+        None => b.render("ami_name", &c.ami_name, &b.source_values())?,
+    };
     let description = match &c.ami_description {
         Some(d) => Some(b.render("ami_description", d, &b.source_values())?),
         None => None,

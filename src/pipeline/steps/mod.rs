@@ -126,6 +126,7 @@ pub fn plan_steps(c: &ChrootConfig) -> Vec<StepId> {
     if !c.from_scratch {
         v.push(SourceImage);
     }
+    v.push(Reclaim);
     v.extend([
         AllocateDevice,
         CreateVolume,

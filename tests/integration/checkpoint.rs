@@ -1,0 +1,299 @@
+//! Crash injection: the worker is killed (SIGKILL) after every step and in the middle of a long
+//! one; a new worker (on this host or on a second builder host) finishes the build with exactly one
+//! AMI per region, and nothing is left: no volume, orphan snapshot, mount, loop device or lock.
+//! Also: the same request delivered many times to two workers runs once.
+
+use crate::support::{Emulator, emulator_script, unique, with_janitor};
+use crate::worker::{
+    Setup, request, result, result_messages, send, setup, start_worker, start_worker_with,
+    stop_worker, track, upload, wait_for_log,
+};
+use aws_sdk_ec2::types::Filter;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const COPY_REGION: &str = "us-west-2";
+
+fn request_with_regions(id: &str, s: &Setup, key: &str, pause: u32) -> String {
+    let mut v: Value = serde_json::from_str(&request(id, &s.bucket, key, pause)).expect("request");
+    v["variables"]["regions"] = Value::String(format!("[\"{COPY_REGION}\"]"));
+    v.to_string()
+}
+
+/// Waits for a worker killed by its fault hook to exit.
+fn wait_exit(mut child: std::process::Child, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().ok().flatten().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not crash as asked"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("output");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exactly one AMI per region and nothing else of the build left.
+async fn assert_one_ami_and_nothing_left(id: &str, doc: &Value, bucket: &str) {
+    let emu = Emulator::get();
+    for region in [emu.region(), COPY_REGION] {
+        let ec2 = emu.clients(region).await.ec2;
+        let tag = Filter::builder()
+            .name("tag:kiln:build-id")
+            .values(id)
+            .build();
+        let imgs = ec2
+            .describe_images()
+            .owners("self")
+            .filters(tag.clone())
+            .send()
+            .await
+            .expect("images");
+        assert_eq!(
+            imgs.images().len(),
+            1,
+            "{id}: exactly one AMI in {region}: {:?}",
+            imgs.images()
+                .iter()
+                .map(|i| i.image_id())
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            imgs.images()[0].image_id(),
+            doc["artifacts"][region]["ami_id"].as_str(),
+            "{id}: the result names it"
+        );
+        let mapped: Vec<String> = imgs.images()[0]
+            .block_device_mappings()
+            .iter()
+            .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id().map(str::to_owned)))
+            .collect();
+        let snaps = ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(tag.clone())
+            .send()
+            .await
+            .expect("snapshots");
+        for s in snaps.snapshots() {
+            assert!(
+                mapped.iter().any(|m| Some(m.as_str()) == s.snapshot_id()),
+                "{id}: orphan snapshot {:?} in {region}",
+                s.snapshot_id()
+            );
+        }
+        let vols = ec2
+            .describe_volumes()
+            .filters(tag)
+            .send()
+            .await
+            .expect("volumes");
+        assert!(
+            vols.volumes().is_empty(),
+            "{id}: volumes left in {region}: {:?}",
+            vols.volumes()
+        );
+    }
+    // Every attempt's volume (from the journal): no file, no loop device, no mount left.
+    let emu_s3 = Emulator::get().clients(Emulator::get().region()).await.s3;
+    let journal = emu_s3
+        .get_object()
+        .bucket(bucket)
+        .key(format!("checkpoints/{id}.json"))
+        .send()
+        .await
+        .expect("journal");
+    let journal: Value = serde_json::from_slice(
+        &journal
+            .body
+            .collect()
+            .await
+            .expect("journal body")
+            .into_bytes(),
+    )
+    .expect("journal JSON");
+    assert_eq!(journal["status"], "succeeded", "{journal:#}");
+    let volumes: Vec<String> = journal["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s[1]["volume_id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        !volumes.is_empty(),
+        "the journal records the volumes: {journal:#}"
+    );
+    for v in volumes {
+        let file = crate::worker::state_dir()
+            .join("volumes")
+            .join(format!("{v}.img"));
+        assert!(!file.exists(), "{id}: volume file {} left", file.display());
+        let out = std::process::Command::new("losetup")
+            .arg("-j")
+            .arg(&file)
+            .output()
+            .expect("losetup");
+        assert!(
+            out.stdout.is_empty(),
+            "{id}: loop device left: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert!(
+        !mounts.contains(&format!("{id}")),
+        "a mount of {id} is left"
+    );
+}
+
+async fn crash_and_resume(points: &'static [&'static str], second_host: bool) {
+    with_janitor(move |janitor| async move {
+        let s = setup(10).await;
+        let key = upload(&s, &unique("tpl")).await;
+        let host_env: Vec<(String, String)> = if second_host {
+            let host: Value =
+                serde_json::from_str(&emulator_script(&["host", &unique("host2")])).expect("host");
+            vec![(
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
+                host["imds_endpoint"].as_str().expect("imds").to_owned(),
+            )]
+        } else {
+            Vec::new()
+        };
+        for point in points {
+            let id = unique(&format!("crash-{point}"));
+            send(&s, &request_with_regions(&id, &s, &key, 0)).await;
+            let crashing = start_worker_with(
+                &s,
+                &["--visibility", "3"],
+                &[("KILN_FAULT_CRASH_AFTER", point)],
+            );
+            let log = wait_exit(crashing, Duration::from_secs(90));
+            assert!(
+                log.contains("KILN_FAULT_CRASH_AFTER"),
+                "{point}: the worker crashed at the step:\n{log}"
+            );
+            let env: Vec<(&str, &str)> = host_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let next = start_worker_with(&s, &["--visibility", "3"], &env);
+            let doc = result(&s, &id, Duration::from_secs(90)).await;
+            track(&janitor, &doc);
+            let (_, log) = stop_worker(next);
+            assert_eq!(doc["status"], "succeeded", "{point}: {doc:#}\n{log}");
+            assert!(
+                log.contains("resuming a build an earlier attempt started"),
+                "{point}:\n{log}"
+            );
+            assert_one_ami_and_nothing_left(&id, &doc, &s.bucket).await;
+        }
+        let _ = result_messages(&s).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn crash_after_each_early_step_then_resume() {
+    crash_and_resume(
+        &[
+            "allocate-device",
+            "create-volume",
+            "attach-volume",
+            "pre-mount-commands",
+            "mount-device",
+            "post-mount-commands",
+        ],
+        false,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn crash_after_each_late_step_then_resume() {
+    crash_and_resume(
+        &[
+            "mount-extra",
+            "copy-files",
+            "provision",
+            "early-cleanup",
+            "snapshot",
+            "register-image",
+            "copy-regions",
+        ],
+        false,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn crash_then_resume_on_a_second_host() {
+    crash_and_resume(&["provision", "snapshot"], true).await;
+}
+
+/// SIGKILL in the middle of a long provisioner: its process in the chroot dies with the mount.
+#[tokio::test]
+async fn crash_in_the_middle_of_provisioning_then_resume() {
+    with_janitor(|janitor| async move {
+        let s = setup(10).await;
+        let key = upload(&s, &unique("tpl")).await;
+        let id = unique("midcrash");
+        send(&s, &request_with_regions(&id, &s, &key, 25)).await;
+        let w = start_worker(&s, &["--visibility", "3"]);
+        wait_for_log(&s, &id).await;
+        let mut w = w;
+        let _ = w.kill();
+        let _ = w.wait();
+        // The next attempt must not sleep 25 s again for the test to be quick; it does, so allow it.
+        let next = start_worker(&s, &["--visibility", "3"]);
+        let doc = result(&s, &id, Duration::from_secs(120)).await;
+        track(&janitor, &doc);
+        let (_, log) = stop_worker(next);
+        assert_eq!(doc["status"], "succeeded", "{doc:#}\n{log}");
+        assert!(
+            log.contains("killed a process left running in the chroot")
+                || log.contains("left by a dead build"),
+            "{log}"
+        );
+        assert_one_ami_and_nothing_left(&id, &doc, &s.bucket).await;
+    })
+    .await;
+}
+
+/// The same request five times, two workers receiving at once: one build, one AMI, five equal
+/// results.
+#[tokio::test]
+async fn duplicate_deliveries_build_once() {
+    with_janitor(|janitor| async move {
+        let s = setup(10).await;
+        let key = upload(&s, &unique("tpl")).await;
+        let id = unique("dup");
+        for _ in 0..5 {
+            send(&s, &request_with_regions(&id, &s, &key, 1)).await;
+        }
+        let a = start_worker(&s, &["--visibility", "3", "--concurrency", "3"]);
+        let b = start_worker(&s, &["--visibility", "3", "--concurrency", "3"]);
+        let doc = result(&s, &id, Duration::from_secs(90)).await;
+        track(&janitor, &doc);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut all = Vec::new();
+        while all.len() < 5 && Instant::now() < deadline {
+            all.extend(result_messages(&s).await);
+        }
+        let (_, la) = stop_worker(a);
+        let (_, lb) = stop_worker(b);
+        assert_eq!(
+            all.len(),
+            5,
+            "every request got a result: {all:#?}\n{la}\n{lb}"
+        );
+        for r in &all {
+            assert_eq!(r["artifacts"], doc["artifacts"], "the same result");
+        }
+        let builds = la.matches("==> Creating the root volume").count()
+            + lb.matches("==> Creating the root volume").count();
+        assert_eq!(builds, 1, "one build ran:\n{la}\n{lb}");
+        assert_one_ami_and_nothing_left(&id, &doc, &s.bucket).await;
+    })
+    .await;
+}
