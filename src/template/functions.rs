@@ -620,29 +620,7 @@ fn formatdate(a: FuncArgs) -> Result<Value, String> {
     let ts = s(&a[1]);
     let t = OffsetDateTime::parse(&ts, &time::format_description::well_known::Rfc3339)
         .map_err(|_| format!("\"{ts}\" is not an RFC 3339 timestamp"))?;
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    const DAYS: [&str; 7] = [
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-    ];
+    use super::gotmpl::{DAYS, MONTHS};
     let m = u8::from(t.month()) as usize;
     let d = t.weekday().number_days_from_monday() as usize;
     let h12 = match t.hour() % 12 {

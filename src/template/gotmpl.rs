@@ -331,32 +331,36 @@ pub fn ami_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c)
 }
 
+/// Month names, for time formats.
+pub const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+
+/// Week day names, Monday first.
+pub const DAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
 /// Formats `t` with a Go reference layout (`2006-01-02T15:04:05Z07:00`); text that is not a
 /// layout element is copied, as Go does for non-reference layouts.
 pub fn go_time_format(t: OffsetDateTime, layout: &str) -> String {
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    const DAYS: [&str; 7] = [
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-    ];
     let month = u8::from(t.month()) as usize;
     let day = t.weekday().number_days_from_monday() as usize;
     let hour12 = match t.hour() % 12 {

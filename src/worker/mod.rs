@@ -794,20 +794,6 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
     let _ = heartbeat.await;
     let retryable_failure =
         outcome.status == Status::Failed && outcome.error.as_ref().is_some_and(|e| e.retryable);
-    let journal_result = if cancel.is_cancelled() || retryable_failure {
-        journal.release().await
-    } else {
-        journal
-            .finish(if outcome.status == Status::Succeeded {
-                "succeeded"
-            } else {
-                "failed"
-            })
-            .await
-    };
-    if let Err(e) = journal_result {
-        tracing::error!(build_id = %build_id, error = %e, "could not update the checkpoint");
-    }
     let _ = std::fs::remove_dir_all(&work);
     if let Err(e) = put(
         ctx,
@@ -834,6 +820,22 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
     } else {
         tracing::warn!(build_id = %build_id, receive_count, retry_in_s = ctx.cfg.retry_delay_s, "retryable failure; the message will be tried again");
         release(ctx, &msg, ctx.cfg.retry_delay_s as i32).await;
+    }
+    // Only now, after the result is published: a duplicate that sees the journal finished
+    // must find the result too.
+    let journal_result = if cancel.is_cancelled() || retryable_failure {
+        journal.release().await
+    } else {
+        journal
+            .finish(if outcome.status == Status::Succeeded {
+                "succeeded"
+            } else {
+                "failed"
+            })
+            .await
+    };
+    if let Err(e) = journal_result {
+        tracing::error!(build_id = %build_id, error = %e, "could not update the checkpoint");
     }
 }
 

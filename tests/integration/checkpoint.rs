@@ -3,10 +3,10 @@
 //! AMI per region, and nothing is left: no volume, orphan snapshot, mount, loop device or lock.
 //! Also: the same request delivered many times to two workers runs once.
 
-use crate::support::{Emulator, emulator_script, unique, with_janitor};
+use crate::support::{Emulator, emulator_script, track_result, unique, with_janitor};
 use crate::worker::{
     Setup, request, result, result_messages, send, setup, start_worker, start_worker_with,
-    stop_worker, track, upload, wait_for_log,
+    stop_worker, upload, wait_for_log,
 };
 use aws_sdk_ec2::types::Filter;
 use serde_json::Value;
@@ -175,7 +175,7 @@ async fn crash_and_resume(points: &'static [&'static str], second_host: bool) {
                 .collect();
             let next = start_worker_with(&s, &["--visibility", "3"], &env);
             let doc = result(&s, &id, Duration::from_secs(90)).await;
-            track(&janitor, &doc);
+            track_result(&janitor, &doc);
             let (_, log) = stop_worker(next);
             assert_eq!(doc["status"], "succeeded", "{point}: {doc:#}\n{log}");
             assert!(
@@ -243,7 +243,7 @@ async fn crash_in_the_middle_of_provisioning_then_resume() {
         // The next attempt must not sleep 25 s again for the test to be quick; it does, so allow it.
         let next = start_worker(&s, &["--visibility", "3"]);
         let doc = result(&s, &id, Duration::from_secs(120)).await;
-        track(&janitor, &doc);
+        track_result(&janitor, &doc);
         let (_, log) = stop_worker(next);
         assert_eq!(doc["status"], "succeeded", "{doc:#}\n{log}");
         assert!(
@@ -270,7 +270,7 @@ async fn duplicate_deliveries_build_once() {
         let a = start_worker(&s, &["--visibility", "3", "--concurrency", "3"]);
         let b = start_worker(&s, &["--visibility", "3", "--concurrency", "3"]);
         let doc = result(&s, &id, Duration::from_secs(90)).await;
-        track(&janitor, &doc);
+        track_result(&janitor, &doc);
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut all = Vec::new();
         while all.len() < 5 && Instant::now() < deadline {

@@ -2,7 +2,7 @@
 //! partitions, filesystems, mounts and chroots. Each test checks what was built (files in the
 //! snapshot, the AMI's mappings, tags, permissions, copies) and that nothing is left behind.
 
-use crate::support::{Emulator, Janitor, Resource, repo_root, unique, with_janitor};
+use crate::support::{Emulator, repo_root, track_result, unique, with_janitor};
 use aws_sdk_ec2::types::Filter;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -50,30 +50,6 @@ fn build(template: &Path, extra: &[String]) -> (bool, Value, String) {
     let doc: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("kiln build printed no result ({e}); stderr:\n{stderr}"));
     (out.status.success(), doc, stderr)
-}
-
-/// Records the artifacts of a result for cleanup.
-fn track(janitor: &Janitor, doc: &Value) {
-    if let Some(arts) = doc["artifacts"].as_object() {
-        for (region, a) in arts {
-            janitor.track(
-                region,
-                Resource::Image(a["ami_id"].as_str().unwrap_or_default().to_owned()),
-            );
-            for s in a["snapshot_ids"].as_array().into_iter().flatten() {
-                janitor.track(
-                    region,
-                    Resource::Snapshot(s.as_str().unwrap_or_default().to_owned()),
-                );
-            }
-            for f in a["snapshot_files"].as_array().into_iter().flatten() {
-                janitor.track(
-                    region,
-                    Resource::File(PathBuf::from(f.as_str().unwrap_or_default())),
-                );
-            }
-        }
-    }
 }
 
 /// A template directory with the busybox base template (HCL) and its files.
@@ -150,8 +126,9 @@ build {{
     )
 }
 
-/// Reads files from the first partition of a snapshot file.
-fn read_from_snapshot(file: &Path, paths: &[&str]) -> Vec<Option<String>> {
+/// Mounts the first partition of a snapshot file read-only, runs `f` on the mount point, and
+/// undoes the mount and the loop device.
+fn with_snapshot<T>(file: &Path, f: impl FnOnce(&Path) -> T) -> T {
     let mnt = std::env::temp_dir().join(unique("inspect"));
     std::fs::create_dir_all(&mnt).expect("mnt");
     let out = Command::new("losetup")
@@ -172,17 +149,23 @@ fn read_from_snapshot(file: &Path, paths: &[&str]) -> Vec<Option<String>> {
         .status()
         .expect("mount")
         .success();
-    let result = paths
-        .iter()
-        .map(|p| std::fs::read_to_string(mnt.join(p.trim_start_matches('/'))).ok())
-        .collect();
+    let result = ok.then(|| f(&mnt));
     if ok {
         let _ = Command::new("umount").arg(&mnt).status();
     }
     let _ = Command::new("losetup").args(["-d", &dev]).status();
     let _ = std::fs::remove_dir(&mnt);
-    assert!(ok, "could not mount {dev}p1 of {}", file.display());
-    result
+    result.unwrap_or_else(|| panic!("could not mount {dev}p1 of {}", file.display()))
+}
+
+/// Reads files from the first partition of a snapshot file.
+fn read_from_snapshot(file: &Path, paths: &[&str]) -> Vec<Option<String>> {
+    with_snapshot(file, |mnt| {
+        paths
+            .iter()
+            .map(|p| std::fs::read_to_string(mnt.join(p.trim_start_matches('/'))).ok())
+            .collect()
+    })
 }
 
 /// Asserts nothing of build `id` remains: no volume, snapshot or image in either region, no mount
@@ -281,7 +264,7 @@ async fn busybox_from_scratch_then_application_image() {
             ),
         );
         let (ok, doc, stderr) = build(&tpl, &["--build-id".into(), id.clone()]);
-        track(&janitor, &doc);
+        track_result(&janitor, &doc);
         assert!(
             ok,
             "busybox build failed: {}\n{doc:#}\n{stderr}",
@@ -401,7 +384,7 @@ async fn busybox_from_scratch_then_application_image() {
                 "app_version=2.5.0".into(),
             ],
         );
-        track(&janitor, &app);
+        track_result(&janitor, &app);
         assert!(ok, "app build failed: {}\n{app:#}\n{stderr}", app["error"]);
         assert!(
             !stderr.contains("t0ps3cret"),
@@ -525,7 +508,7 @@ async fn a_process_left_running_is_killed_and_the_build_succeeds() {
         let id = unique("bg");
         let tpl = t.write("bg.pkr.hcl", &busybox(&unique("bg"), "", r#"provisioner "shell" { inline = ["sleep 601 > /dev/null 2>&1 &", "echo left a sleeper"] }"#));
         let (ok, doc, stderr) = build(&tpl, &["--build-id".into(), id.clone()]);
-        track(&janitor, &doc);
+        track_result(&janitor, &doc);
         assert!(ok, "{doc:#}\n{stderr}");
         assert!(stderr.contains("killed a process left running in the chroot"), "{stderr}");
         let out = Command::new("pgrep").args(["-f", "^sleep 601$"]).output().expect("pgrep");
@@ -625,7 +608,7 @@ async fn four_builds_at_once_get_distinct_devices() {
         for (i, (id, child)) in children.into_iter().enumerate() {
             let out = child.wait_with_output().expect("wait");
             let doc: Value = serde_json::from_slice(&out.stdout).expect("result");
-            track(&janitor, &doc);
+            track_result(&janitor, &doc);
             assert!(
                 out.status.success(),
                 "build {i} ({id}) failed: {doc:#}\n{}",
@@ -687,7 +670,7 @@ async fn copy_files_bind_mounts_shell_local_and_download() {
         );
         let tpl = t.write("features.pkr.hcl", &text);
         let (ok, doc, stderr) = build(&tpl, &[]);
-        track(&janitor, &doc);
+        track_result(&janitor, &doc);
         let _ = std::fs::remove_file(&host_copy);
         assert!(ok, "{}\n{doc:#}\n{stderr}", doc["error"]);
         let file = PathBuf::from(doc["artifacts"][Emulator::get().region()]["snapshot_files"][0].as_str().expect("file"));
@@ -706,26 +689,7 @@ async fn copy_files_bind_mounts_shell_local_and_download() {
 
 /// The target of a symlink in the first partition of a snapshot file.
 fn read_link_from_snapshot(file: &Path, path: &str) -> Option<PathBuf> {
-    let mnt = std::env::temp_dir().join(unique("inspect"));
-    std::fs::create_dir_all(&mnt).expect("mnt");
-    let out = Command::new("losetup")
-        .args(["-f", "-P", "-r", "--show"])
-        .arg(file)
-        .output()
-        .expect("losetup");
-    let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let _ = Command::new("partx").args(["-u", &dev]).status();
-    let ok = Command::new("mount")
-        .args(["-o", "ro", &format!("{dev}p1")])
-        .arg(&mnt)
-        .status()
-        .expect("mount")
-        .success();
-    let link = std::fs::read_link(mnt.join(path.trim_start_matches('/'))).ok();
-    if ok {
-        let _ = Command::new("umount").arg(&mnt).status();
-    }
-    let _ = Command::new("losetup").args(["-d", &dev]).status();
-    let _ = std::fs::remove_dir(&mnt);
-    link
+    with_snapshot(file, |mnt| {
+        std::fs::read_link(mnt.join(path.trim_start_matches('/'))).ok()
+    })
 }

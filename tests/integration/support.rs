@@ -220,3 +220,29 @@ where
     }
     assert!(problems.is_empty(), "cleanup failed: {problems:#?}");
 }
+
+/// Tracks the artifacts of a result document (AMIs, snapshots and the loop backend's snapshot
+/// files, in every region) for cleanup.
+pub fn track_result(janitor: &Janitor, doc: &serde_json::Value) {
+    let Some(arts) = doc["artifacts"].as_object() else {
+        return;
+    };
+    for (region, a) in arts {
+        janitor.track(
+            region,
+            Resource::Image(a["ami_id"].as_str().unwrap_or_default().to_owned()),
+        );
+        for s in a["snapshot_ids"].as_array().into_iter().flatten() {
+            janitor.track(
+                region,
+                Resource::Snapshot(s.as_str().unwrap_or_default().to_owned()),
+            );
+        }
+        for f in a["snapshot_files"].as_array().into_iter().flatten() {
+            janitor.track(
+                region,
+                Resource::File(PathBuf::from(f.as_str().unwrap_or_default())),
+            );
+        }
+    }
+}

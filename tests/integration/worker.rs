@@ -1,7 +1,7 @@
 //! `kiln worker` on the emulator with the loop backend: builds through the queue, every kind of
 //! malformed message, two workers sharing a queue, and SIGTERM draining or cancelling a build.
 
-use crate::support::{Emulator, Janitor, Resource, unique, with_janitor};
+use crate::support::{Emulator, track_result, unique, with_janitor};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -275,29 +275,6 @@ pub(crate) async fn result_messages(s: &Setup) -> Vec<Value> {
     }
 }
 
-pub(crate) fn track(janitor: &Janitor, doc: &Value) {
-    if let Some(arts) = doc["artifacts"].as_object() {
-        for (region, a) in arts {
-            janitor.track(
-                region,
-                Resource::Image(a["ami_id"].as_str().unwrap_or_default().to_owned()),
-            );
-            for sn in a["snapshot_ids"].as_array().into_iter().flatten() {
-                janitor.track(
-                    region,
-                    Resource::Snapshot(sn.as_str().unwrap_or_default().to_owned()),
-                );
-            }
-            for f in a["snapshot_files"].as_array().into_iter().flatten() {
-                janitor.track(
-                    region,
-                    Resource::File(PathBuf::from(f.as_str().unwrap_or_default())),
-                );
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn builds_through_the_queue_and_malformed_messages() {
     with_janitor(|janitor| async move {
@@ -369,7 +346,7 @@ async fn builds_through_the_queue_and_malformed_messages() {
         let worker = start_worker(&s, &["--concurrency", "2"]);
         for id in &ids {
             let doc = result(&s, id, Duration::from_secs(90)).await;
-            track(&janitor, &doc);
+            track_result(&janitor, &doc);
             assert_eq!(doc["status"], "succeeded", "{doc:#}");
         }
         for (id, want) in [
@@ -474,7 +451,7 @@ async fn two_workers_share_a_queue() {
         let b = start_worker(&s, &[]);
         for id in &ids {
             let doc = result(&s, id, Duration::from_secs(120)).await;
-            track(&janitor, &doc);
+            track_result(&janitor, &doc);
             assert_eq!(doc["status"], "succeeded", "{doc:#}");
         }
         let (_, log_a) = stop_worker(a);
@@ -504,7 +481,7 @@ async fn sigterm_drains_or_cancels_and_returns_the_message() {
         let (ok, log) = stop_worker(worker);
         assert!(ok, "{log}");
         let doc = result(&s, &id, Duration::from_secs(5)).await;
-        track(&janitor, &doc);
+        track_result(&janitor, &doc);
         assert_eq!(
             doc["status"], "succeeded",
             "the build drained: {doc:#}\n{log}"
