@@ -6,6 +6,7 @@ pub mod aws;
 pub mod backend;
 pub mod checkpoint;
 pub mod ec2;
+pub mod gc;
 pub mod host;
 pub mod observe;
 pub mod pipeline;

@@ -72,6 +72,22 @@ enum Command {
     /// Send a build request: uploads a local template (with the files beside it) or names an
     /// s3:// one; prints the build id; --wait prints the result.
     Submit(SubmitArgs),
+    /// Remove what finished, failed or abandoned builds left (found by the kiln:build-id tag).
+    Gc {
+        /// The bucket holding the builds' journals (checkpoints/).
+        #[arg(long, env = "KILN_BUCKET")]
+        bucket: String,
+        /// Also look in these regions (AMI copies).
+        #[arg(long = "region")]
+        regions: Vec<String>,
+        /// Only resources at least this old (Go duration: 30m, 24h); abandoned builds must have
+        /// lost their lease this long ago.
+        #[arg(long, default_value = "1h")]
+        older_than: String,
+        /// Print what would go, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show a build's result, or its log so far while it runs.
     Status {
         /// The bucket holding results and logs.
@@ -634,6 +650,47 @@ async fn status(bucket: &str, build_id: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
+async fn gc(
+    bucket: &str,
+    regions: &[String],
+    older_than: &str,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let secs = kiln::template::provisioner::parse_duration(older_than)
+        .with_context(|| format!("--older-than {older_than}: use a duration such as 30m or 24h"))?;
+    let config = kiln::aws::load(&AwsSettings::default()).await?;
+    let clients = Clients::new(&config);
+    let actions = kiln::gc::run(
+        &clients,
+        bucket,
+        regions,
+        std::time::Duration::from_secs_f64(secs),
+        dry_run,
+    )
+    .await;
+    let mut failed = false;
+    for a in &actions {
+        failed |= !(a.outcome == "deleted" || a.outcome == "would delete");
+        let _ = writeln!(
+            std::io::stdout(),
+            "{} {} (build {}): {}; {}",
+            a.kind,
+            a.id,
+            a.build_id,
+            a.reason,
+            a.outcome
+        );
+    }
+    if actions.is_empty() {
+        let _ = writeln!(std::io::stdout(), "nothing to collect");
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbosity =
@@ -670,6 +727,12 @@ fn main() -> ExitCode {
                     Command::Worker(args) => worker(args).await,
                     Command::Submit(args) => submit(args).await,
                     Command::Status { bucket, build_id } => status(bucket, build_id).await,
+                    Command::Gc {
+                        bucket,
+                        regions,
+                        older_than,
+                        dry_run,
+                    } => gc(bucket, regions, older_than, *dry_run).await,
                     Command::Validate { .. } | Command::Inspect { .. } => Ok(ExitCode::FAILURE),
                 }
             }),

@@ -293,3 +293,84 @@ async fn duplicate_deliveries_build_once() {
     })
     .await;
 }
+
+/// `kiln gc`: volumes of finished builds, everything of failed ones, journals of finished ones go;
+/// the AMI of a succeeded build and anything of a running build stay. `--dry-run` deletes nothing.
+#[tokio::test]
+async fn gc_collects_what_finished_and_failed_builds_left() {
+    use aws_sdk_ec2::types::{
+        BlockDeviceMapping, EbsBlockDevice, ResourceType, Tag, TagSpecification,
+    };
+    with_janitor(|janitor| async move {
+        let emu = Emulator::get();
+        let region = emu.region().to_owned();
+        let c = emu.clients(&region).await;
+        let bucket = unique("gc");
+        c.s3.create_bucket().bucket(&bucket).send().await.expect("bucket");
+        let spec = |kind: ResourceType, build: &str| TagSpecification::builder().resource_type(kind).tags(Tag::builder().key("kiln:build-id").value(build).build()).build();
+        let (ok_build, failed_build, running_build) = (unique("gc-ok"), unique("gc-failed"), unique("gc-running"));
+        let journal = |build: &str, status: &str, lease: u64| serde_json::json!({"build_id": build, "owner": null, "lease_expires": lease, "attempt": 1, "status": status, "steps": []}).to_string();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+        for (b, st, lease) in [(&ok_build, "succeeded", 0), (&failed_build, "failed", 0), (&running_build, "running", now + 3600)] {
+            c.s3.put_object().bucket(&bucket).key(format!("checkpoints/{b}.json")).body(journal(b, st, lease).into_bytes().into()).send().await.expect("journal");
+        }
+        let mut ids = std::collections::BTreeMap::new();
+        for b in [&ok_build, &failed_build, &running_build] {
+            let vol = c.ec2.create_volume().availability_zone(format!("{region}a")).size(1).tag_specifications(spec(ResourceType::Volume, b)).send().await.expect("volume").volume_id.expect("id");
+            janitor.track(&region, crate::support::Resource::Volume(vol.clone()));
+            let snap = c.ec2.create_snapshot().volume_id(&vol).tag_specifications(spec(ResourceType::Snapshot, b)).send().await.expect("snapshot").snapshot_id.expect("id");
+            janitor.track(&region, crate::support::Resource::Snapshot(snap.clone()));
+            let ami = c
+                .ec2
+                .register_image()
+                .name(unique("gc-ami"))
+                .root_device_name("/dev/xvda")
+                .block_device_mappings(BlockDeviceMapping::builder().device_name("/dev/xvda").ebs(EbsBlockDevice::builder().snapshot_id(&snap).build()).build())
+                .tag_specifications(spec(ResourceType::Image, b))
+                .send()
+                .await
+                .expect("image")
+                .image_id
+                .expect("id");
+            janitor.track(&region, crate::support::Resource::Image(ami.clone()));
+            ids.insert(b.clone(), (vol, snap, ami));
+        }
+        let gc = |dry: bool| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+            cmd.args(["gc", "--bucket", &bucket, "--older-than", "0s"]);
+            if dry {
+                cmd.arg("--dry-run");
+            }
+            for (k, v) in &emu.vars {
+                cmd.env(k, v);
+            }
+            let out = cmd.output().expect("kiln gc");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let dry = gc(true);
+        assert!(dry.contains("would delete"), "{dry}");
+        let exists = |kind: &'static str, id: String| {
+            let ec2 = c.ec2.clone();
+            async move {
+                match kind {
+                    "volume" => ec2.describe_volumes().volume_ids(id).send().await.is_ok_and(|o| !o.volumes().is_empty()),
+                    "snapshot" => ec2.describe_snapshots().snapshot_ids(id).send().await.is_ok_and(|o| !o.snapshots().is_empty()),
+                    _ => ec2.describe_images().image_ids(id).send().await.is_ok_and(|o| !o.images().is_empty()),
+                }
+            }
+        };
+        let (v, s, a) = ids[&failed_build].clone();
+        assert!(exists("volume", v.clone()).await && exists("snapshot", s.clone()).await && exists("image", a.clone()).await, "--dry-run deleted something");
+        let out = gc(false);
+        assert!(!exists("volume", v).await && !exists("snapshot", s).await && !exists("image", a).await, "the failed build's resources are gone:\n{out}");
+        let (v, s, a) = ids[&ok_build].clone();
+        assert!(!exists("volume", v).await, "a finished build keeps no volume:\n{out}");
+        assert!(exists("snapshot", s).await && exists("image", a).await, "the succeeded build's AMI and snapshot stay:\n{out}");
+        let (v, s, a) = ids[&running_build].clone();
+        assert!(exists("volume", v).await && exists("snapshot", s).await && exists("image", a).await, "a running build is untouched:\n{out}");
+        let journals: Vec<String> = c.s3.list_objects_v2().bucket(&bucket).prefix("checkpoints/").send().await.expect("list").contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+        assert_eq!(journals, vec![format!("checkpoints/{running_build}.json")], "{out}");
+    })
+    .await;
+}
