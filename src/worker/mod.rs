@@ -147,6 +147,62 @@ impl crate::pipeline::state::Recorder for JournalRecorder {
     }
 }
 
+/// Detaches kiln's volumes that are attached to this instance at a device no live build holds (a
+/// dead worker's). They stay for the build's next attempt to reclaim, or for `kiln gc`.
+pub async fn sweep_attachments(clients: &Clients, instance_id: &str, lock_dir: &Path) {
+    let filters = [
+        aws_sdk_ec2::types::Filter::builder()
+            .name("attachment.instance-id")
+            .values(instance_id)
+            .build(),
+        aws_sdk_ec2::types::Filter::builder()
+            .name("tag-key")
+            .values(crate::ec2::TAG_BUILD_ID)
+            .build(),
+    ];
+    let Ok(out) = clients
+        .ec2
+        .describe_volumes()
+        .set_filters(Some(filters.to_vec()))
+        .send()
+        .await
+    else {
+        return;
+    };
+    for v in out.volumes() {
+        let (Some(id), Some(device)) = (
+            v.volume_id(),
+            v.attachments().first().and_then(|a| a.device()),
+        ) else {
+            continue;
+        };
+        let name = device.trim_start_matches("/dev/").replacen("sd", "xvd", 1);
+        let Ok(Some(lock)) = crate::host::lock::DeviceLock::try_lock(lock_dir, &name) else {
+            continue;
+        };
+        let polling = crate::ec2::wait::Polling::default();
+        match crate::ec2::volumes::detach(
+            &clients.ec2,
+            clients.region(),
+            id,
+            &polling,
+            &CancellationToken::new(),
+        )
+        .await
+        {
+            Ok(()) => tracing::warn!(
+                volume = id,
+                device,
+                "detached a volume a dead build left attached"
+            ),
+            Err(e) => {
+                tracing::error!(volume = id, error = %e, "could not detach a volume a dead build left attached")
+            }
+        }
+        drop(lock);
+    }
+}
+
 /// Cleans up what builds of dead workers left on this host, before taking new work: for every
 /// device alias whose lock no live build holds, the mounts of its device (processes inside are
 /// killed first), its loop device, and the alias. Volumes stay: the build's next attempt
@@ -266,6 +322,12 @@ pub async fn run(
         worker_id: uuid::Uuid::new_v4().to_string(),
     };
     sweep_host(Path::new(crate::host::lock::LOCK_DIR)).await;
+    sweep_attachments(
+        &clients,
+        &owner.instance_id,
+        Path::new(crate::host::lock::LOCK_DIR),
+    )
+    .await;
     let ctx = Arc::new(Ctx {
         cfg,
         clients,
