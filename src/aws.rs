@@ -17,13 +17,18 @@ pub const MAX_ATTEMPTS: u32 = 8;
 /// longer than this per attempt would rather fail and let the queue redeliver.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(20);
 
+/// Time to open a connection: a healthy endpoint answers in milliseconds.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest single attempt of a call. SQS long polls take 20 s; nothing kiln calls should take a
+/// minute, and a call that hangs (a lost response) must fail and be retried rather than stall a
+/// build or a worker forever.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Errors building the AWS configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {
     /// No region in flags, environment, profile or instance metadata.
-    #[error(
-        "no AWS region is configured: set AWS_REGION (or `region` in the template, or --region)"
-    )]
+    #[error("no AWS region is configured: set AWS_REGION (or `region` in the template)")]
     MissingRegion,
 }
 
@@ -51,11 +56,18 @@ pub struct AwsSettings {
 /// Side effects: reads the environment and the shared config files; may query IMDS for a region.
 /// Safe to call twice (each call builds a fresh configuration).
 pub async fn load(settings: &AwsSettings) -> Result<SdkConfig, AwsError> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(
-        RetryConfig::standard()
-            .with_max_attempts(MAX_ATTEMPTS)
-            .with_max_backoff(MAX_BACKOFF),
-    );
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(MAX_ATTEMPTS)
+                .with_max_backoff(MAX_BACKOFF),
+        )
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .build(),
+        );
     if let Some(region) = &settings.region {
         loader = loader.region(Region::new(region.clone()));
     }

@@ -91,12 +91,31 @@ pub(crate) fn state_dir() -> PathBuf {
     d
 }
 
-pub(crate) fn start_worker(s: &Setup, extra: &[&str]) -> Child {
+/// A worker process that is stopped (SIGTERM, then SIGKILL) when dropped, so a failing test
+/// leaves no worker running.
+pub(crate) struct WorkerProc(Option<Child>);
+
+impl WorkerProc {
+    /// The process, no longer stopped on drop.
+    pub(crate) fn take(mut self) -> Child {
+        self.0.take().expect("worker process")
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.take() {
+            let _ = stop_worker_child(child);
+        }
+    }
+}
+
+pub(crate) fn start_worker(s: &Setup, extra: &[&str]) -> WorkerProc {
     start_worker_with(s, extra, &[])
 }
 
 /// A worker with extra environment (fault injection, another host's IMDS).
-pub(crate) fn start_worker_with(s: &Setup, extra: &[&str], env: &[(&str, &str)]) -> Child {
+pub(crate) fn start_worker_with(s: &Setup, extra: &[&str], env: &[(&str, &str)]) -> WorkerProc {
     let emu = Emulator::get();
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
     c.args([
@@ -127,11 +146,15 @@ pub(crate) fn start_worker_with(s: &Setup, extra: &[&str], env: &[(&str, &str)])
     for (k, v) in env {
         c.env(k, v);
     }
-    c.spawn().expect("start kiln worker")
+    WorkerProc(Some(c.spawn().expect("start kiln worker")))
 }
 
 /// SIGTERM, then the worker's exit status and log.
-pub(crate) fn stop_worker(mut child: Child) -> (bool, String) {
+pub(crate) fn stop_worker(w: WorkerProc) -> (bool, String) {
+    stop_worker_child(w.take())
+}
+
+fn stop_worker_child(mut child: Child) -> (bool, String) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
