@@ -16,6 +16,8 @@ as AWS documents, so kiln's own code needs no emulator workaround:
    attached already, and a device name the instance already uses (as AWS does).
 5. An IMDSv2 stand-in per builder host (token PUT with the TTL header; the token is required on reads)
    serving instance-id, placement, the identity document. More hosts can be added at run time.
+7. Conditional PutObject (`If-None-Match: *`, `If-Match`) is atomic, as on AWS: moto checks, then
+   writes, so two concurrent creates could both succeed.
 6. Optional delays per region: volumes stay `creating`, attachments `attaching`, snapshots `pending`
    and images `pending` for a configured number of seconds.
 
@@ -476,6 +478,24 @@ def _attach_volume(self, volume_id, instance_id, device_path, delete_on_terminat
 EBSBackend.detach_volume = _detach_volume
 EBSBackend.attach_volume = _attach_volume
 ElasticBlockStore.attach_volume = _attach_volume_checked
+
+# ---------------------------------------------------------------------------------------------------
+# 7. Conditional PutObject is atomic.
+# ---------------------------------------------------------------------------------------------------
+from moto.s3.responses import S3Response  # noqa: E402
+
+_orig_put_object = S3Response.put_object
+S3_PUT_LOCK = threading.Lock()
+
+
+def _put_object_atomic(self):
+    if self.headers.get("If-None-Match") or self.headers.get("If-Match"):
+        with S3_PUT_LOCK:
+            return _orig_put_object(self)
+    return _orig_put_object(self)
+
+
+S3Response.put_object = _put_object_atomic
 
 # ---------------------------------------------------------------------------------------------------
 # 5. IMDSv2 stand-ins, one per builder host.

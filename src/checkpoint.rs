@@ -97,6 +97,8 @@ pub struct JournalHandle {
     key: String,
     lease_s: u64,
     state: Mutex<(Journal, String)>,
+    /// One write at a time: the heartbeat and the step writer share the ETag chain.
+    writing: tokio::sync::Mutex<()>,
 }
 
 fn s3_err(bucket: &str, key: &str, e: impl std::fmt::Display) -> CheckpointError {
@@ -144,8 +146,8 @@ pub async fn read(
 
 /// Acquires build `build_id` for `owner` with a lease of `lease_s` seconds.
 ///
-/// Side effects: creates or updates the journal. Safe to call again (a second call by the same
-/// owner renews its own lease).
+/// Side effects: creates or updates the journal. Safe to call again: a live lease, this owner's
+/// included, is never taken over.
 pub async fn acquire(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
@@ -160,6 +162,7 @@ pub async fn acquire(
         key: key.clone(),
         lease_s,
         state: Mutex::new((j, etag)),
+        writing: tokio::sync::Mutex::new(()),
     };
     match read(s3, bucket, build_id).await? {
         None => {
@@ -210,15 +213,14 @@ pub async fn acquire(
             if j.status != "running" {
                 return Ok(Acquired::Finished(j.status));
             }
-            let mine = j.owner.as_ref() == Some(owner);
-            if !mine && j.lease_expires > now() {
-                return Ok(Acquired::Held(
-                    j.owner.clone().unwrap_or(Owner {
-                        instance_id: "?".into(),
-                        worker_id: "?".into(),
-                    }),
-                    j.lease_expires,
-                ));
+            // A live lease is respected even when it is this worker's own: another of its build
+            // tasks runs the build (a duplicate delivery).
+            if j.lease_expires > now() {
+                let holder = j.owner.clone().unwrap_or(Owner {
+                    instance_id: "?".into(),
+                    worker_id: "?".into(),
+                });
+                return Ok(Acquired::Held(holder, j.lease_expires));
             }
             let mut next = j.clone();
             next.owner = Some(owner.clone());
@@ -262,6 +264,7 @@ impl JournalHandle {
     }
 
     async fn update(&self, change: impl FnOnce(&mut Journal)) -> Result<(), CheckpointError> {
+        let _one_at_a_time = self.writing.lock().await;
         let (mut next, etag) = self
             .state
             .lock()

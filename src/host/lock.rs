@@ -45,6 +45,19 @@ impl DeviceLock {
         }
     }
 
+    /// Writes a note into the lock file (the volume and device the build uses), so that a later
+    /// sweep can tell whether a dead build's device still holds its volume.
+    pub fn note(&self, text: &str) -> Result<(), HostError> {
+        std::fs::write(&self.path, text).map_err(HostError::io("writing the lock note", &self.path))
+    }
+
+    /// The note a (dead) build left in the lock file of `name`.
+    pub fn read_note(dir: &Path, name: &str) -> Option<String> {
+        std::fs::read_to_string(dir.join(format!("{name}.lock")))
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+    }
+
     /// The device name locked.
     pub fn name(&self) -> &str {
         &self.name

@@ -130,20 +130,54 @@ struct Ctx {
 }
 
 /// Records each step in the build's checkpoint journal (compare-and-swap in S3).
-struct JournalRecorder(Arc<JournalHandle>);
+/// Writes each step to the build's journal in order, off the build's critical path: a writer
+/// task makes the compare-and-swap writes while the next step runs. A write lost in a crash is
+/// harmless (what a step made is found again by the build's tags); `flush` waits for the writes
+/// before the journal is marked finished.
+struct JournalRecorder {
+    tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(String, serde_json::Value)>>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl JournalRecorder {
+    fn new(journal: Arc<JournalHandle>, build_id: String) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, serde_json::Value)>();
+        let writer = tokio::spawn(async move {
+            while let Some((step, outputs)) = rx.recv().await {
+                if let Err(e) = journal.record(&step, &outputs).await {
+                    tracing::error!(build_id = %build_id, step, error = %e, "could not write the checkpoint");
+                }
+            }
+        });
+        Self {
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        }
+    }
+
+    /// Waits until every recorded step is written.
+    async fn flush(&self) {
+        drop(self.tx.lock().ok().and_then(|mut t| t.take()));
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = writer {
+            let _ = w.await;
+        }
+    }
+}
 
 impl crate::pipeline::state::Recorder for JournalRecorder {
     fn record<'a>(
         &'a self,
-        build_id: &'a str,
+        _build_id: &'a str,
         step: &'a str,
         outputs: &'a serde_json::Value,
     ) -> futures_util::future::BoxFuture<'a, ()> {
-        Box::pin(async move {
-            if let Err(e) = self.0.record(step, outputs).await {
-                tracing::error!(build_id, step, error = %e, "could not write the checkpoint");
-            }
-        })
+        if let Ok(guard) = self.tx.lock()
+            && let Some(tx) = guard.as_ref()
+        {
+            let _ = tx.send((step.to_owned(), outputs.clone()));
+        }
+        Box::pin(async {})
     }
 }
 
@@ -203,39 +237,64 @@ pub async fn sweep_attachments(clients: &Clients, instance_id: &str, lock_dir: &
     }
 }
 
+/// Whether `dev` still holds `volume` (a loop device may have been reused by another build since).
+fn device_holds(dev: &Path, volume: &str) -> bool {
+    let name = dev
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.starts_with("loop") {
+        return std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"))
+            .is_ok_and(|f| f.contains(volume));
+    }
+    if name.starts_with("nvme") {
+        return std::fs::canonicalize(crate::host::devices::nvme_by_volume(volume))
+            .is_ok_and(|d| d == dev);
+    }
+    true
+}
+
 /// Cleans up what builds of dead workers left on this host, before taking new work: for every
-/// device alias whose lock no live build holds, the mounts of its device (processes inside are
-/// killed first), its loop device, and the alias. Volumes stay: the build's next attempt
-/// reclaims them.
+/// device lock no live build holds whose note names a volume its device still holds, the mounts of
+/// that device (processes inside are killed first), its loop device, and the aliases. Volumes stay:
+/// the build's next attempt reclaims them.
 pub async fn sweep_host(lock_dir: &Path) -> Vec<String> {
     let mut done = Vec::new();
-    let Ok(rd) = std::fs::read_dir(crate::host::devices::ALIAS_DIR) else {
+    let Ok(rd) = std::fs::read_dir(lock_dir) else {
         return done;
     };
     for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with(|c: char| c.is_ascii_digit()) {
-            continue; // a partition alias
-        }
-        let Ok(Some(lock)) = crate::host::lock::DeviceLock::try_lock(lock_dir, &name) else {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(name) = file.strip_suffix(".lock") else {
             continue;
         };
-        if let Ok(dev) = std::fs::read_link(e.path()) {
-            for m in crate::host::mount::mounts_of(&dev) {
-                match crate::host::mount::unmount_tree(&m).await {
-                    Ok(_) => done.push(format!("unmounted {}", m.display())),
-                    Err(err) => {
-                        tracing::error!(mount = %m.display(), error = %err, "could not unmount a dead build's mount")
+        let Some(note) = crate::host::lock::DeviceLock::read_note(lock_dir, name) else {
+            continue;
+        };
+        let Ok(Some(lock)) = crate::host::lock::DeviceLock::try_lock(lock_dir, name) else {
+            continue;
+        };
+        let mut parts = note.split_whitespace();
+        if let (Some(volume), Some(dev)) = (parts.next(), parts.next()) {
+            let dev = PathBuf::from(dev);
+            if device_holds(&dev, volume) {
+                for m in crate::host::mount::mounts_of(&dev) {
+                    match crate::host::mount::unmount_tree(&m).await {
+                        Ok(_) => done.push(format!("unmounted {} ({volume})", m.display())),
+                        Err(err) => {
+                            tracing::error!(mount = %m.display(), error = %err, "could not unmount a dead build's mount")
+                        }
                     }
                 }
-            }
-            if dev.display().to_string().starts_with("/dev/loop")
-                && crate::host::loopdev::detach(&dev).is_ok()
-            {
-                done.push(format!("detached {}", dev.display()));
+                if dev.display().to_string().starts_with("/dev/loop")
+                    && crate::host::loopdev::detach(&dev).is_ok()
+                {
+                    done.push(format!("detached {} ({volume})", dev.display()));
+                }
             }
         }
-        crate::host::devices::remove_aliases(&name);
+        crate::host::devices::remove_aliases(name);
+        let _ = lock.note("");
         drop(lock);
     }
     for d in &done {
@@ -840,7 +899,7 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         .work_dir
         .join(&build_id)
         .join(uuid::Uuid::new_v4().simple().to_string());
-    let recorder = Arc::new(JournalRecorder(Arc::clone(&journal)));
+    let recorder = Arc::new(JournalRecorder::new(Arc::clone(&journal), build_id.clone()));
     let outcome = run_request(
         ctx,
         &req,
@@ -848,10 +907,11 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         &work,
         Arc::clone(&log),
         cancel.clone(),
-        recorder,
+        Arc::clone(&recorder) as Arc<dyn crate::pipeline::state::Recorder>,
         attempt,
     )
     .await;
+    recorder.flush().await;
     hb_stop.cancel();
     let _ = heartbeat.await;
     let retryable_failure =

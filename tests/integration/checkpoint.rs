@@ -268,8 +268,9 @@ async fn duplicate_deliveries_build_once() {
         for _ in 0..5 {
             send(&s, &request_with_regions(&id, &s, &key, 1)).await;
         }
-        let a = start_worker(&s, &["--visibility", "3", "--concurrency", "3"]);
-        let b = start_worker(&s, &["--visibility", "3", "--concurrency", "3"]);
+        // Leases long enough that a loaded machine never lets a live build's lease lapse.
+        let a = start_worker(&s, &["--visibility", "10", "--concurrency", "3"]);
+        let b = start_worker(&s, &["--visibility", "10", "--concurrency", "3"]);
         let doc = result(&s, &id, Duration::from_secs(90)).await;
         track_result(&janitor, &doc);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -285,7 +286,11 @@ async fn duplicate_deliveries_build_once() {
             "every request got a result: {all:#?}\n{la}\n{lb}"
         );
         for r in &all {
-            assert_eq!(r["artifacts"], doc["artifacts"], "the same result");
+            assert_eq!(
+                r["artifacts"], doc["artifacts"],
+                "the same result: {}",
+                r["error"]
+            );
         }
         let builds = la.matches("==> Creating the root volume").count()
             + lb.matches("==> Creating the root volume").count();

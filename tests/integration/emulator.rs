@@ -644,3 +644,44 @@ fn scopeguard_delays(region: &'static str) -> impl Drop {
     }
     Clear(region)
 }
+
+/// Patch 7: conditional PutObject is atomic: of many concurrent `If-None-Match: *` creates of one
+/// key exactly one succeeds (checkpoint journals rely on it).
+#[tokio::test]
+async fn conditional_put_object_is_atomic() {
+    let emu = Emulator::get();
+    let s3 = emu.clients(emu.region()).await.s3;
+    let bucket = unique("cas");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("bucket");
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        tasks.push(tokio::spawn(async move {
+            s3.put_object()
+                .bucket(&bucket)
+                .key("journal.json")
+                .if_none_match("*")
+                .body(format!("{i}").into_bytes().into())
+                .send()
+                .await
+                .is_ok()
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.expect("task"));
+    }
+    assert_eq!(won, 1, "exactly one conditional create wins");
+    let _ = s3
+        .delete_object()
+        .bucket(&bucket)
+        .key("journal.json")
+        .send()
+        .await;
+    let _ = s3.delete_bucket().bucket(&bucket).send().await;
+}

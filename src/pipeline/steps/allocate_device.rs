@@ -40,6 +40,9 @@ pub fn undo(b: &mut Build) -> Result<(), StepError> {
     if let Some(name) = &b.state.device_name {
         devices::remove_aliases(name);
     }
+    if let Some(lock) = &b.state.device_lock {
+        let _ = lock.note("");
+    }
     b.state.device_lock = None;
     Ok(())
 }

@@ -47,6 +47,9 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         )
         .await?;
     b.state.block_device = Some(dev.clone());
+    if let Some(lock) = &b.state.device_lock {
+        lock.note(&format!("{volume} {}", dev.display()))?;
+    }
     // The partitions of a volume made from a snapshot: not every kernel scans them on attach.
     devices::rescan_partitions(&dev).await?;
     let device_path = if b.backend.needs_aliases(&dev) {
