@@ -125,7 +125,13 @@ pub fn attach(file: &Path) -> Result<PathBuf, HostError> {
 pub fn detach(dev: &Path) -> Result<(), HostError> {
     let f = match OpenOptions::new().read(true).open(dev) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        // Gone, or no longer bound (ENXIO): nothing to detach.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENXIO) =>
+        {
+            return Ok(());
+        }
         Err(e) => {
             return Err(HostError::Io {
                 what: "opening",
