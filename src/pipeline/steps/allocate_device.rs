@@ -1,5 +1,6 @@
 //! Step `allocate-device`: a free attachment point, locked for the whole build (one lock per
-//! device, not one per host), checked against the instance's EC2 attachments and /dev.
+//! device, not one per host), checked against the instance's EC2 attachments and /dev. Its
+//! DescribeInstances also confirms that the builder instance exists.
 
 use crate::ec2::volumes;
 use crate::host::{devices, lock::DeviceLock};
