@@ -1,12 +1,15 @@
-//! `kiln gc`: finds what kiln created (by its `kiln:build-id` tag) whose build is over (its journal
-//! says succeeded or failed) or abandoned (its lease expired long ago, or it has no journal and is
-//! old), and removes it: volumes always (a finished build keeps none), snapshots and AMIs of
-//! failed or abandoned builds, and the journals of finished builds. The AMIs of succeeded builds
-//! and the snapshots they map are never touched.
+//! `kiln gc`: finds what kiln created (by its `kiln:build-id` tag, optionally only builds whose id
+//! matches a pattern) whose build is over (its journal says succeeded or failed) or abandoned (its
+//! lease expired long ago), and removes it: volumes always (a finished build keeps none), snapshots
+//! no kept AMI maps, AMIs of failed or abandoned builds, and the journals of finished builds. A
+//! build without a journal (a `kiln build` run, or a finished build whose journal an earlier gc
+//! removed) keeps its AMIs and loses the rest. The AMIs of succeeded builds and the snapshots they
+//! map are never touched.
 
 use crate::aws::Clients;
 use crate::checkpoint;
 use crate::ec2::{TAG_BUILD_ID, images, volumes};
+use aws_sdk_ec2::error::DisplayErrorContext;
 use aws_sdk_ec2::types::Filter;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,10 +34,43 @@ pub struct Action {
 enum Fate {
     /// Running with a live lease, or too young to judge: leave everything.
     Keep,
-    /// Succeeded: only volumes (and the journal) go.
+    /// Succeeded: its AMIs and the snapshots they map stay; volumes, other snapshots and the
+    /// journal go.
     Succeeded,
     /// Failed or abandoned: everything goes.
     Gone,
+    /// No journal: its AMIs (and the snapshots they map) stay, volumes and other snapshots go.
+    NoJournal,
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of characters and `?` any one
+/// character: the wildcards of EC2's tag filters, so that journals and resources are chosen alike.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    // The last `*` seen and the text position it was tried at (classic linear backtracking).
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 fn tag_of(tags: &[aws_sdk_ec2::types::Tag], key: &str) -> Option<String> {
@@ -66,8 +102,9 @@ async fn fate(
         ),
         Ok(Some(_)) => (Fate::Keep, "the build is running".to_owned()),
         Ok(None) => (
-            Fate::Gone,
-            "no journal: a `kiln build` run or a lost build".to_owned(),
+            Fate::NoJournal,
+            "no journal (a `kiln build` run, or a finished build's journal already collected)"
+                .to_owned(),
         ),
         Err(e) => (Fate::Keep, format!("journal unreadable: {e}")),
     };
@@ -75,12 +112,15 @@ async fn fate(
     f
 }
 
-/// Runs gc over the build region and `regions`. Side effects: deletes (unless `dry_run`). Safe to
-/// run twice and alongside running builds (their live leases protect them).
+/// Runs gc over the build region and `regions`, for the builds whose id matches `build_ids` (a
+/// pattern with `*` and `?`; `*` for all). Side effects: deletes (unless `dry_run`). Safe to run
+/// twice and alongside running builds (their live leases, and `older_than` for builds without a
+/// journal, protect them). A listing that fails is reported as an action with its error.
 pub async fn run(
     clients: &Clients,
     bucket: &str,
     regions: &[String],
+    build_ids: &str,
     older_than: Duration,
     dry_run: bool,
 ) -> Vec<Action> {
@@ -89,8 +129,8 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let polling = crate::ec2::wait::Polling::default();
     let exists = Filter::builder()
-        .name("tag-key")
-        .values(TAG_BUILD_ID)
+        .name(format!("tag:{TAG_BUILD_ID}"))
+        .values(build_ids)
         .build();
     let old_enough = |created: Option<&aws_sdk_ec2::primitives::DateTime>| {
         created.is_none_or(|t| (checkpoint::now() as i64 - t.secs()) as u64 >= older_than.as_secs())
@@ -104,6 +144,49 @@ pub async fn run(
     );
     for region in all_regions {
         let ec2 = clients.ec2_in(&region);
+        let mut listing_failed = |what: &str, e: String| {
+            actions.push(Action {
+                kind: "listing",
+                id: format!("{what} in {region}"),
+                build_id: build_ids.to_owned(),
+                reason: "could not list them".to_owned(),
+                outcome: e,
+            });
+        };
+        // Images of failed or abandoned builds (and their snapshots).
+        let imgs = match ec2
+            .describe_images()
+            .owners("self")
+            .filters(exists.clone())
+            .send()
+            .await
+        {
+            Ok(o) => o.images.unwrap_or_default(),
+            Err(e) => {
+                listing_failed("images", DisplayErrorContext(&e).to_string());
+                continue;
+            }
+        };
+        let snaps = match ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(exists.clone())
+            .send()
+            .await
+        {
+            Ok(o) => o.snapshots.unwrap_or_default(),
+            Err(e) => {
+                listing_failed("snapshots", DisplayErrorContext(&e).to_string());
+                continue;
+            }
+        };
+        let vols = match ec2.describe_volumes().filters(exists.clone()).send().await {
+            Ok(o) => o.volumes.unwrap_or_default(),
+            Err(e) => {
+                listing_failed("volumes", DisplayErrorContext(&e).to_string());
+                continue;
+            }
+        };
         let mut act = |kind: &'static str,
                        id: String,
                        build_id: String,
@@ -122,18 +205,8 @@ pub async fn run(
                 outcome,
             });
         };
-        // Images of failed or abandoned builds (and their snapshots).
-        let imgs = ec2
-            .describe_images()
-            .owners("self")
-            .filters(exists.clone())
-            .send()
-            .await;
         let mut kept_snapshots = Vec::new();
-        for img in imgs
-            .map(|o| o.images.unwrap_or_default())
-            .unwrap_or_default()
-        {
+        for img in imgs {
             let (Some(id), Some(build)) = (
                 img.image_id().map(str::to_owned),
                 tag_of(img.tags(), TAG_BUILD_ID),
@@ -155,17 +228,8 @@ pub async fn run(
             };
             act("image", id, build, why, r);
         }
-        // Snapshots of failed or abandoned builds that no kept image maps.
-        let snaps = ec2
-            .describe_snapshots()
-            .owner_ids("self")
-            .filters(exists.clone())
-            .send()
-            .await;
-        for s in snaps
-            .map(|o| o.snapshots.unwrap_or_default())
-            .unwrap_or_default()
-        {
+        // Snapshots no kept image maps, of builds that are over (a crashed attempt's leftovers).
+        for s in snaps {
             let (Some(id), Some(build)) = (
                 s.snapshot_id().map(str::to_owned),
                 tag_of(s.tags(), TAG_BUILD_ID),
@@ -176,7 +240,7 @@ pub async fn run(
                 continue;
             }
             let (f, why) = fate(clients, bucket, &build, older_than, &mut cache).await;
-            if f != Fate::Gone || !old_enough(s.start_time()) {
+            if f == Fate::Keep || !old_enough(s.start_time()) {
                 continue;
             }
             let r = if dry_run {
@@ -189,11 +253,7 @@ pub async fn run(
             act("snapshot", id, build, why, r);
         }
         // Volumes: a finished or abandoned build keeps none.
-        let vols = ec2.describe_volumes().filters(exists.clone()).send().await;
-        for v in vols
-            .map(|o| o.volumes.unwrap_or_default())
-            .unwrap_or_default()
-        {
+        for v in vols {
             let (Some(id), Some(build)) = (
                 v.volume_id().map(str::to_owned),
                 tag_of(v.tags(), TAG_BUILD_ID),
@@ -217,18 +277,32 @@ pub async fn run(
             act("volume", id, build, why, r);
         }
     }
-    // Journals of finished builds.
-    let listed = clients
+    // Journals of finished builds. The pattern's literal head narrows the listing.
+    let head = build_ids.split(['*', '?']).next().unwrap_or_default();
+    let mut pages = clients
         .s3
         .list_objects_v2()
         .bucket(bucket)
-        .prefix("checkpoints/")
-        .send()
-        .await;
-    for o in listed
-        .map(|l| l.contents.unwrap_or_default())
-        .unwrap_or_default()
-    {
+        .prefix(format!("checkpoints/{head}"))
+        .into_paginator()
+        .send();
+    let mut journals = Vec::new();
+    while let Some(page) = pages.next().await {
+        match page {
+            Ok(p) => journals.extend(p.contents.unwrap_or_default()),
+            Err(e) => {
+                actions.push(Action {
+                    kind: "listing",
+                    id: format!("s3://{bucket}/checkpoints/"),
+                    build_id: build_ids.to_owned(),
+                    reason: "could not list the journals".to_owned(),
+                    outcome: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+                });
+                break;
+            }
+        }
+    }
+    for o in journals {
         let Some(key) = o.key().map(str::to_owned) else {
             continue;
         };
@@ -236,6 +310,9 @@ pub async fn run(
             .trim_start_matches("checkpoints/")
             .trim_end_matches(".json")
             .to_owned();
+        if !glob_match(build_ids, &build) {
+            continue;
+        }
         let (f, why) = fate(clients, bucket, &build, older_than, &mut cache).await;
         let old = o
             .last_modified()
@@ -267,4 +344,29 @@ pub async fn run(
         });
     }
     actions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn glob_matches_as_ec2_tag_filters_do() {
+        for (p, t, want) in [
+            ("*", "", true),
+            ("*", "anything", true),
+            ("nightly-*", "nightly-2026-11-26", true),
+            ("nightly-*", "weekly-1", false),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("*-ok", "kiln-test-gc-1-ok", true),
+            ("*-ok", "kiln-test-gc-1-okay", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+        ] {
+            assert_eq!(glob_match(p, t), want, "{p} ~ {t}");
+        }
+    }
 }

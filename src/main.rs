@@ -80,6 +80,10 @@ enum Command {
         /// Also look in these regions (AMI copies).
         #[arg(long = "region")]
         regions: Vec<String>,
+        /// Only builds whose id matches this pattern (`*` any characters, `?` one; as EC2's tag
+        /// filters): `nightly-*`.
+        #[arg(long, default_value = "*")]
+        build_id: String,
         /// Only resources at least this old (Go duration: 30m, 24h); abandoned builds must have
         /// lost their lease this long ago.
         #[arg(long, default_value = "1h")]
@@ -653,6 +657,7 @@ async fn status(bucket: &str, build_id: &str) -> anyhow::Result<ExitCode> {
 async fn gc(
     bucket: &str,
     regions: &[String],
+    build_id: &str,
     older_than: &str,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -664,6 +669,7 @@ async fn gc(
         &clients,
         bucket,
         regions,
+        build_id,
         std::time::Duration::from_secs_f64(secs),
         dry_run,
     )
@@ -730,9 +736,10 @@ fn main() -> ExitCode {
                     Command::Gc {
                         bucket,
                         regions,
+                        build_id,
                         older_than,
                         dry_run,
-                    } => gc(bucket, regions, older_than, *dry_run).await,
+                    } => gc(bucket, regions, build_id, older_than, *dry_run).await,
                     Command::Validate { .. } | Command::Inspect { .. } => Ok(ExitCode::FAILURE),
                 }
             }),

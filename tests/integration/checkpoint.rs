@@ -301,7 +301,9 @@ async fn duplicate_deliveries_build_once() {
 }
 
 /// `kiln gc`: volumes of finished builds, everything of failed ones, journals of finished ones go;
-/// the AMI of a succeeded build and anything of a running build stay. `--dry-run` deletes nothing.
+/// the AMI of a succeeded build and anything of a running build stay; a build without a journal
+/// keeps its AMI but not its volume or unmapped snapshot; a second run (the succeeded build's journal
+/// now gone) still keeps its AMI. `--dry-run` deletes nothing; `--build-id` leaves other builds be.
 #[tokio::test]
 async fn gc_collects_what_finished_and_failed_builds_left() {
     use aws_sdk_ec2::types::{
@@ -312,26 +314,92 @@ async fn gc_collects_what_finished_and_failed_builds_left() {
         let region = emu.region().to_owned();
         let c = emu.clients(&region).await;
         let bucket = unique("gc");
-        c.s3.create_bucket().bucket(&bucket).send().await.expect("bucket");
-        let spec = |kind: ResourceType, build: &str| TagSpecification::builder().resource_type(kind).tags(Tag::builder().key("kiln:build-id").value(build).build()).build();
-        let (ok_build, failed_build, running_build) = (unique("gc-ok"), unique("gc-failed"), unique("gc-running"));
-        let journal = |build: &str, status: &str, lease: u64| serde_json::json!({"build_id": build, "owner": null, "lease_expires": lease, "attempt": 1, "status": status, "steps": []}).to_string();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
-        for (b, st, lease) in [(&ok_build, "succeeded", 0), (&failed_build, "failed", 0), (&running_build, "running", now + 3600)] {
-            c.s3.put_object().bucket(&bucket).key(format!("checkpoints/{b}.json")).body(journal(b, st, lease).into_bytes().into()).send().await.expect("journal");
+        c.s3.create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("bucket");
+        let spec = |kind: ResourceType, build: &str| {
+            TagSpecification::builder()
+                .resource_type(kind)
+                .tags(Tag::builder().key("kiln:build-id").value(build).build())
+                .build()
+        };
+        // Every build of this test shares a stem, so gc (run with `--build-id {stem}-*`) never
+        // touches another test's builds; `outside` does not match and must stay.
+        let stem = unique("gc");
+        let [ok_build, failed_build, running_build, no_journal, outside] =
+            ["ok", "failed", "running", "nojournal", "outside"].map(|k| {
+                if k == "outside" {
+                    format!("{stem}x")
+                } else {
+                    format!("{stem}-{k}")
+                }
+            });
+        let journal = |build: &str, status: &str, lease: u64| {
+            serde_json::json!({"build_id": build, "owner": null, "lease_expires": lease,
+                "attempt": 1, "status": status, "steps": []})
+            .to_string()
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("time")
+            .as_secs();
+        for (b, st, lease) in [
+            (&ok_build, "succeeded", 0),
+            (&failed_build, "failed", 0),
+            (&running_build, "running", now + 3600),
+            (&outside, "failed", 0),
+        ] {
+            c.s3.put_object()
+                .bucket(&bucket)
+                .key(format!("checkpoints/{b}.json"))
+                .body(journal(b, st, lease).into_bytes().into())
+                .send()
+                .await
+                .expect("journal");
         }
         let mut ids = std::collections::BTreeMap::new();
-        for b in [&ok_build, &failed_build, &running_build] {
-            let vol = c.ec2.create_volume().availability_zone(format!("{region}a")).size(1).tag_specifications(spec(ResourceType::Volume, b)).send().await.expect("volume").volume_id.expect("id");
+        for b in [&ok_build, &failed_build, &running_build, &no_journal, &outside] {
+            let vol = c
+                .ec2
+                .create_volume()
+                .availability_zone(format!("{region}a"))
+                .size(1)
+                .tag_specifications(spec(ResourceType::Volume, b))
+                .send()
+                .await
+                .expect("volume")
+                .volume_id
+                .expect("id");
             janitor.track(&region, crate::support::Resource::Volume(vol.clone()));
-            let snap = c.ec2.create_snapshot().volume_id(&vol).tag_specifications(spec(ResourceType::Snapshot, b)).send().await.expect("snapshot").snapshot_id.expect("id");
-            janitor.track(&region, crate::support::Resource::Snapshot(snap.clone()));
+            let mut snaps = Vec::new();
+            // The second snapshot is mapped by no image.
+            for _ in 0..2 {
+                let snap = c
+                    .ec2
+                    .create_snapshot()
+                    .volume_id(&vol)
+                    .tag_specifications(spec(ResourceType::Snapshot, b))
+                    .send()
+                    .await
+                    .expect("snapshot")
+                    .snapshot_id
+                    .expect("id");
+                janitor.track(&region, crate::support::Resource::Snapshot(snap.clone()));
+                snaps.push(snap);
+            }
             let ami = c
                 .ec2
                 .register_image()
                 .name(unique("gc-ami"))
                 .root_device_name("/dev/xvda")
-                .block_device_mappings(BlockDeviceMapping::builder().device_name("/dev/xvda").ebs(EbsBlockDevice::builder().snapshot_id(&snap).build()).build())
+                .block_device_mappings(
+                    BlockDeviceMapping::builder()
+                        .device_name("/dev/xvda")
+                        .ebs(EbsBlockDevice::builder().snapshot_id(&snaps[0]).build())
+                        .build(),
+                )
                 .tag_specifications(spec(ResourceType::Image, b))
                 .send()
                 .await
@@ -339,11 +407,13 @@ async fn gc_collects_what_finished_and_failed_builds_left() {
                 .image_id
                 .expect("id");
             janitor.track(&region, crate::support::Resource::Image(ami.clone()));
-            ids.insert(b.clone(), (vol, snap, ami));
+            ids.insert(b.clone(), (vol, snaps[0].clone(), snaps[1].clone(), ami));
         }
+        let pattern = format!("{stem}-*");
         let gc = |dry: bool| {
             let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
             cmd.args(["gc", "--bucket", &bucket, "--older-than", "0s"]);
+            cmd.args(["--build-id", &pattern]);
             if dry {
                 cmd.arg("--dry-run");
             }
@@ -351,32 +421,83 @@ async fn gc_collects_what_finished_and_failed_builds_left() {
                 cmd.env(k, v);
             }
             let out = cmd.output().expect("kiln gc");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stdout
         };
-        let dry = gc(true);
-        assert!(dry.contains("would delete"), "{dry}");
         let exists = |kind: &'static str, id: String| {
             let ec2 = c.ec2.clone();
             async move {
                 match kind {
-                    "volume" => ec2.describe_volumes().volume_ids(id).send().await.is_ok_and(|o| !o.volumes().is_empty()),
-                    "snapshot" => ec2.describe_snapshots().snapshot_ids(id).send().await.is_ok_and(|o| !o.snapshots().is_empty()),
-                    _ => ec2.describe_images().image_ids(id).send().await.is_ok_and(|o| !o.images().is_empty()),
+                    "volume" => ec2
+                        .describe_volumes()
+                        .volume_ids(id)
+                        .send()
+                        .await
+                        .is_ok_and(|o| !o.volumes().is_empty()),
+                    "snapshot" => ec2
+                        .describe_snapshots()
+                        .snapshot_ids(id)
+                        .send()
+                        .await
+                        .is_ok_and(|o| !o.snapshots().is_empty()),
+                    _ => ec2
+                        .describe_images()
+                        .image_ids(id)
+                        .send()
+                        .await
+                        .is_ok_and(|o| !o.images().is_empty()),
                 }
             }
         };
-        let (v, s, a) = ids[&failed_build].clone();
-        assert!(exists("volume", v.clone()).await && exists("snapshot", s.clone()).await && exists("image", a.clone()).await, "--dry-run deleted something");
-        let out = gc(false);
-        assert!(!exists("volume", v).await && !exists("snapshot", s).await && !exists("image", a).await, "the failed build's resources are gone:\n{out}");
-        let (v, s, a) = ids[&ok_build].clone();
-        assert!(!exists("volume", v).await, "a finished build keeps no volume:\n{out}");
-        assert!(exists("snapshot", s).await && exists("image", a).await, "the succeeded build's AMI and snapshot stay:\n{out}");
-        let (v, s, a) = ids[&running_build].clone();
-        assert!(exists("volume", v).await && exists("snapshot", s).await && exists("image", a).await, "a running build is untouched:\n{out}");
-        let journals: Vec<String> = c.s3.list_objects_v2().bucket(&bucket).prefix("checkpoints/").send().await.expect("list").contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
-        assert_eq!(journals, vec![format!("checkpoints/{running_build}.json")], "{out}");
+        // (volume, mapped snapshot, unmapped snapshot, image) -> does each exist?
+        let state = |b: &String| {
+            let (v, s, u, a) = ids[b].clone();
+            let exists = &exists;
+            async move {
+                [
+                    exists("volume", v).await,
+                    exists("snapshot", s).await,
+                    exists("snapshot", u).await,
+                    exists("image", a).await,
+                ]
+            }
+        };
+        let dry = gc(true);
+        assert!(dry.contains("would delete"), "{dry}");
+        for b in [&ok_build, &failed_build, &running_build, &no_journal, &outside] {
+            assert_eq!(state(b).await, [true; 4], "--dry-run deleted some of {b}:\n{dry}");
+        }
+        for round in 1..=2 {
+            let out = gc(false);
+            assert_eq!(state(&failed_build).await, [false; 4], "round {round}: the failed build's resources are gone:\n{out}");
+            assert_eq!(state(&ok_build).await, [false, true, false, true], "round {round}: a succeeded build keeps its AMI and its snapshot, nothing else:\n{out}");
+            assert_eq!(state(&no_journal).await, [false, true, false, true], "round {round}: a build without a journal keeps its AMI and its snapshot, nothing else:\n{out}");
+            assert_eq!(state(&running_build).await, [true; 4], "round {round}: a running build is untouched:\n{out}");
+            assert_eq!(state(&outside).await, [true; 4], "round {round}: a build --build-id does not match is untouched:\n{out}");
+            let journals: Vec<String> = c
+                .s3
+                .list_objects_v2()
+                .bucket(&bucket)
+                .prefix("checkpoints/")
+                .send()
+                .await
+                .expect("list")
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned))
+                .collect();
+            let mut want = vec![
+                format!("checkpoints/{running_build}.json"),
+                format!("checkpoints/{outside}.json"),
+            ];
+            want.sort();
+            assert_eq!(journals, want, "round {round}:\n{out}");
+        }
     })
     .await;
 }
