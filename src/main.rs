@@ -428,6 +428,8 @@ async fn build(
             sink: sink.clone(),
             recorder: Arc::new(MemoryRecorder::default()),
             attempt: 1,
+            // No journal, so no other owner: never handed over.
+            handed_over: tokio_util::sync::CancellationToken::new(),
         };
         let post = plan.post_processors.clone();
         let result = pipeline::run(plan, masker.clone(), clients, options, cancel.clone()).await;

@@ -41,6 +41,15 @@ fn crash_if_asked(step: StepId) {
     }
 }
 
+/// Why a cancelled build stopped: another worker took it over, or it was cancelled.
+fn stopped(options: &BuildOptions) -> StepError {
+    if options.handed_over.is_cancelled() {
+        StepError::HandedOver
+    } else {
+        StepError::Cancelled
+    }
+}
+
 /// See [`super::run`].
 pub async fn run(
     plan: Plan,
@@ -86,7 +95,7 @@ pub async fn run(
             continue;
         }
         if cancel.is_cancelled() {
-            failure = Some((step, StepError::Cancelled));
+            failure = Some((step, stopped(&options)));
             break;
         }
         let span = tracing::info_span!("step", build_id = %b.id, step = step.name());
@@ -117,8 +126,8 @@ pub async fn run(
                 });
             }
             Err(e) => {
-                let e = if cancel.is_cancelled() && !matches!(e, StepError::Cancelled) {
-                    StepError::Cancelled
+                let e = if cancel.is_cancelled() {
+                    stopped(&options)
                 } else {
                     e
                 };
@@ -138,6 +147,8 @@ pub async fn run(
     // Unwind: undos must finish even though the build's token may be cancelled.
     b.cancel = CancellationToken::new();
     let failed = failure.is_some();
+    // Handed over: what the new owner reuses (snapshot, AMIs, copies) is not undone.
+    let handed_over = options.handed_over.is_cancelled();
     let mut left_behind = Vec::new();
     if failed && options.on_error == OnError::Abort {
         left_behind = steps::inventory(&b);
@@ -146,7 +157,7 @@ pub async fn run(
         }
     } else {
         for step in ran.iter().rev() {
-            if !steps::undo_applies(*step, failed) {
+            if !steps::undo_applies(*step, failed && !handed_over) {
                 continue;
             }
             let span = tracing::info_span!("undo", build_id = %b.id, step = step.name());

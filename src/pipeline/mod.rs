@@ -49,6 +49,12 @@ pub enum StepError {
     /// The build was cancelled (SIGINT/SIGTERM or the worker's drain deadline).
     #[error("the build was cancelled")]
     Cancelled,
+    /// Another worker took the build over (its checkpoint journal changed under this attempt):
+    /// this attempt stopped and left its snapshot and AMIs to the new owner.
+    #[error(
+        "another worker took this build over (its checkpoint journal changed); this attempt stopped and left its snapshot and AMIs to it"
+    )]
+    HandedOver,
     /// A step panicked (a bug in kiln).
     #[error("kiln bug: the step panicked: {0}")]
     Panic(String),
@@ -61,7 +67,7 @@ impl StepError {
             StepError::Ec2(e) => e.is_retryable(),
             StepError::Host(e) => e.is_retryable(),
             StepError::Cancelled => true,
-            StepError::Invalid(_) | StepError::Panic(_) => false,
+            StepError::HandedOver | StepError::Invalid(_) | StepError::Panic(_) => false,
         }
     }
 }
@@ -85,6 +91,10 @@ pub struct BuildOptions {
     /// drained worker): the build then reclaims what that attempt left and reuses its snapshot
     /// and AMI instead of making new ones.
     pub attempt: u32,
+    /// Cancelled (with the build's own token) when another worker has taken the build over: the
+    /// unwinding then undoes this attempt's volume, attachment, mounts and device lock, but leaves
+    /// the snapshot and AMIs, which the new owner finds by their tags and reuses.
+    pub handed_over: CancellationToken,
 }
 
 /// Everything a step can see: the plan, the AWS clients, the host settings and the typed state.

@@ -9,7 +9,7 @@ pub mod request;
 
 use crate::aws::Clients;
 use crate::backend::Backend;
-use crate::checkpoint::{self, Acquired, JournalHandle, Owner};
+use crate::checkpoint::{self, Acquired, CheckpointError, JournalHandle, Owner};
 use crate::pipeline::result::{BuildResult, Failure, RESULT_VERSION, Status};
 use crate::pipeline::{self, BuildOptions, OnError};
 use crate::template::{self, Inputs};
@@ -129,23 +129,52 @@ struct Ctx {
     owner: Owner,
 }
 
-/// Records each step in the build's checkpoint journal (compare-and-swap in S3).
+/// This worker's hold on one build. When a journal write finds that another worker changed the
+/// journal (it took the build over after this one's lease lapsed, e.g. on a stalled host), the
+/// build is cancelled as handed over: it stops, undoes only what is its own, and publishes nothing.
+#[derive(Clone)]
+struct Ownership {
+    build_id: String,
+    /// Cancelled when the build is lost to another worker.
+    lost: CancellationToken,
+    /// The build's own token (a child of the worker's drain token).
+    build: CancellationToken,
+}
+
+impl Ownership {
+    /// Marks the build lost and cancels it. Safe to call twice.
+    fn lose(&self, error: &CheckpointError) {
+        if !self.lost.is_cancelled() {
+            tracing::warn!(build_id = %self.build_id, error = %error, "another worker took this build over; stopping this attempt");
+        }
+        self.lost.cancel();
+        self.build.cancel();
+    }
+}
+
 /// Writes each step to the build's journal in order, off the build's critical path: a writer
 /// task makes the compare-and-swap writes while the next step runs. A write lost in a crash is
 /// harmless (what a step made is found again by the build's tags); `flush` waits for the writes
-/// before the journal is marked finished.
+/// before the journal is marked finished. A write that finds another owner stops the build.
 struct JournalRecorder {
     tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(String, serde_json::Value)>>>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl JournalRecorder {
-    fn new(journal: Arc<JournalHandle>, build_id: String) -> Self {
+    fn new(journal: Arc<JournalHandle>, ownership: Ownership) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, serde_json::Value)>();
         let writer = tokio::spawn(async move {
             while let Some((step, outputs)) = rx.recv().await {
-                if let Err(e) = journal.record(&step, &outputs).await {
-                    tracing::error!(build_id = %build_id, step, error = %e, "could not write the checkpoint");
+                match journal.record(&step, &outputs).await {
+                    Ok(()) => {}
+                    Err(e @ CheckpointError::Lost { .. }) => {
+                        ownership.lose(&e);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(build_id = %ownership.build_id, step, error = %e, "could not write the checkpoint");
+                    }
                 }
             }
         });
@@ -861,7 +890,12 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         }
     };
     let attempt = journal.journal().attempt;
-    // Heartbeat: keep the message invisible while the build runs.
+    let ownership = Ownership {
+        build_id: build_id.clone(),
+        lost: CancellationToken::new(),
+        build: cancel.clone(),
+    };
+    // Heartbeat: renew the lease and keep the message invisible while the build runs.
     let hb_stop = CancellationToken::new();
     let heartbeat = {
         let sqs = ctx.clients.sqs.clone();
@@ -871,10 +905,19 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         let stop = hb_stop.clone();
         let id = build_id.clone();
         let journal = Arc::clone(&journal);
+        let ownership = ownership.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(e) = journal.renew().await {
-                    tracing::warn!(build_id = %id, error = %e, "could not renew the lease");
+                match journal.renew().await {
+                    Ok(()) => {}
+                    Err(e @ CheckpointError::Lost { .. }) => {
+                        // The message is the new owner's now: stop extending it.
+                        ownership.lose(&e);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(build_id = %id, error = %e, "could not renew the lease")
+                    }
                 }
                 if let Err(e) = sqs
                     .change_message_visibility()
@@ -899,14 +942,17 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         .work_dir
         .join(&build_id)
         .join(uuid::Uuid::new_v4().simple().to_string());
-    let recorder = Arc::new(JournalRecorder::new(Arc::clone(&journal), build_id.clone()));
+    let recorder = Arc::new(JournalRecorder::new(
+        Arc::clone(&journal),
+        ownership.clone(),
+    ));
     let outcome = run_request(
         ctx,
         &req,
         &build_id,
         &work,
         Arc::clone(&log),
-        cancel.clone(),
+        &ownership,
         Arc::clone(&recorder) as Arc<dyn crate::pipeline::state::Recorder>,
         attempt,
     )
@@ -914,6 +960,13 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
     recorder.flush().await;
     hb_stop.cancel();
     let _ = heartbeat.await;
+    if ownership.lost.is_cancelled() {
+        // The new owner publishes the result, writes the journal and the log, and deletes the
+        // message (this receipt is stale): nothing of that is this attempt's to touch.
+        let _ = std::fs::remove_dir_all(&work);
+        tracing::warn!(build_id = %build_id, left_behind = ?outcome.left_behind, "stopped: another worker owns this build now; its snapshot and AMIs are left to it");
+        return;
+    }
     let retryable_failure =
         outcome.status == Status::Failed && outcome.error.as_ref().is_some_and(|e| e.retryable);
     let _ = std::fs::remove_dir_all(&work);
@@ -968,7 +1021,7 @@ async fn run_request(
     build_id: &str,
     work: &Path,
     log: Arc<Log>,
-    cancel: CancellationToken,
+    ownership: &Ownership,
     recorder: Arc<dyn crate::pipeline::state::Recorder>,
     attempt: u32,
 ) -> BuildResult {
@@ -1074,8 +1127,16 @@ async fn run_request(
         sink,
         recorder,
         attempt,
+        handed_over: ownership.lost.clone(),
     };
-    let result = pipeline::run(plan, masker, ctx.clients.clone(), options, cancel).await;
+    let result = pipeline::run(
+        plan,
+        masker,
+        ctx.clients.clone(),
+        options,
+        ownership.build.clone(),
+    )
+    .await;
     flush_stop.cancel();
     let _ = flusher.await;
     result

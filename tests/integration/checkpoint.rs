@@ -8,6 +8,7 @@ use crate::worker::{
     Setup, request, result, result_messages, send, setup, start_worker, start_worker_with,
     stop_worker, upload, wait_for_log,
 };
+
 use aws_sdk_ec2::types::Filter;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -115,16 +116,16 @@ async fn assert_one_ami_and_nothing_left(id: &str, doc: &Value, bucket: &str) {
     )
     .expect("journal JSON");
     assert_eq!(journal["status"], "succeeded", "{journal:#}");
-    let volumes: Vec<String> = journal["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s[1]["volume_id"].as_str().map(str::to_owned))
-        .collect();
+    let volumes = volumes_in(&journal);
     assert!(
         !volumes.is_empty(),
         "the journal records the volumes: {journal:#}"
     );
+    assert_no_volume_left_on_host(id, &volumes);
+}
+
+/// No sparse file and no loop device is left for any of `volumes`.
+fn assert_no_volume_left_on_host(id: &str, volumes: &[String]) {
     for v in volumes {
         let file = crate::worker::state_dir()
             .join("volumes")
@@ -141,6 +142,28 @@ async fn assert_one_ami_and_nothing_left(id: &str, doc: &Value, bucket: &str) {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+}
+
+/// The volumes a journal records.
+fn volumes_in(journal: &Value) -> Vec<String> {
+    journal["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s[1]["volume_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Reads a build's journal document.
+async fn journal_of(s: &Setup, id: &str) -> Value {
+    let o =
+        s.s3.get_object()
+            .bucket(&s.bucket)
+            .key(format!("checkpoints/{id}.json"))
+            .send()
+            .await
+            .expect("journal");
+    serde_json::from_slice(&o.body.collect().await.expect("body").into_bytes()).expect("JSON")
 }
 
 async fn crash_and_resume(points: &'static [&'static str], second_host: bool) {
@@ -296,6 +319,88 @@ async fn duplicate_deliveries_build_once() {
             + lb.matches("==> Creating the root volume").count();
         assert_eq!(builds, 1, "one build ran:\n{la}\n{lb}");
         assert_one_ami_and_nothing_left(&id, &doc, &s.bucket).await;
+    })
+    .await;
+}
+
+/// A worker whose build another worker took over while it ran (the journal changed under it, as
+/// when a stalled host's lease lapses) stops within a heartbeat: it undoes its own volume, loop
+/// device and mounts, and leaves the journal, the message and the result to the new owner.
+#[tokio::test]
+async fn a_build_taken_over_under_a_running_worker_stops() {
+    with_janitor(|_janitor| async move {
+        let s = setup(10).await;
+        let key = upload(&s, &unique("tpl")).await;
+        let id = unique("lost");
+        // Provisioning sleeps far longer than the test waits: only the takeover can end it.
+        send(&s, &request(&id, &s.bucket, &key, 600)).await;
+        let w = start_worker(&s, &["--visibility", "6"]);
+        wait_for_log(&s, &id).await;
+        let mut journal = journal_of(&s, &id).await;
+        let volumes = volumes_in(&journal);
+        assert!(!volumes.is_empty(), "the volume is journaled: {journal:#}");
+        // What a takeover writes: a new owner, a new lease, the next attempt.
+        let other =
+            serde_json::json!({"instance_id": "i-0fffffffffffffff0", "worker_id": "the-new-owner"});
+        journal["owner"] = other.clone();
+        journal["lease_expires"] = Value::from(kiln::checkpoint::now() + 3600);
+        journal["attempt"] = Value::from(journal["attempt"].as_u64().unwrap_or(1) + 1);
+        s.s3.put_object()
+            .bucket(&s.bucket)
+            .key(format!("checkpoints/{id}.json"))
+            .body(journal.to_string().into_bytes().into())
+            .send()
+            .await
+            .expect("take over");
+        // The heartbeat (every 2 s) finds the journal changed; the undo then deletes the volume.
+        let ec2 = Emulator::get().clients(Emulator::get().region()).await.ec2;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = ec2
+                .describe_volumes()
+                .filters(
+                    Filter::builder()
+                        .name("tag:kiln:build-id")
+                        .values(&id)
+                        .build(),
+                )
+                .send()
+                .await
+                .expect("volumes");
+            if left.volumes().is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker kept building after losing the build: {:?}",
+                left.volumes()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let (_, log) = stop_worker(w);
+        assert!(
+            log.contains("another worker took this build over")
+                && log.contains("stopped: another worker owns this build now")
+                && !log.contains("undo of"),
+            "{log}"
+        );
+        assert_no_volume_left_on_host(&id, &volumes);
+        let after = journal_of(&s, &id).await;
+        assert_eq!(
+            after["owner"], other,
+            "the new owner's journal is untouched: {after:#}"
+        );
+        assert_eq!(after["status"], "running", "{after:#}");
+        assert!(
+            s.s3.get_object()
+                .bucket(&s.bucket)
+                .key(format!("results/{id}.json"))
+                .send()
+                .await
+                .is_err(),
+            "no result published by the attempt that lost the build"
+        );
+        assert!(result_messages(&s).await.is_empty(), "no result message");
     })
     .await;
 }

@@ -162,7 +162,8 @@ pub fn skipped(step: StepId, b: &Build) -> bool {
 }
 
 /// Whether `step`'s undo runs: some always (the volume is never kept, the lock always released,
-/// mounts and attachments always undone), the rest only when the build failed.
+/// mounts and attachments always undone), the rest (what a resumed attempt reuses: snapshot,
+/// AMIs) only when `failed` says to remove them (a failure, not a hand-over to another worker).
 pub fn undo_applies(step: StepId, failed: bool) -> bool {
     use StepId::*;
     match step {
