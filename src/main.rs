@@ -5,6 +5,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use kiln::aws::{AwsSettings, Clients};
 use kiln::backend::Backend;
+use kiln::checkpoint;
 use kiln::observe::{self, LogFormat};
 use kiln::pipeline::{self, BuildOptions, OnError, result::Status, state::MemoryRecorder};
 use kiln::template::{self, Inputs, Loaded};
@@ -63,6 +64,11 @@ enum Command {
         /// The build id (idempotency key); generated when absent.
         #[arg(long)]
         build_id: Option<String>,
+        /// Keep a checkpoint journal in this bucket (`checkpoints/<build-id>.json`), as a worker
+        /// does: a run with the same --build-id after a crash resumes the build, and a second run
+        /// while the first holds the lease refuses to start.
+        #[arg(long, env = "KILN_CHECKPOINT_BUCKET")]
+        checkpoint_bucket: Option<String>,
         /// Print the result document as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -346,6 +352,50 @@ fn inspect(args: &TemplateArgs, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The lease of a `kiln build --checkpoint-bucket` run, renewed every third of it. `kiln build` has
+/// no queue visibility to match, so the number is a compromise: a run with the same build id after
+/// a crash waits at most a minute, and two renewals may fail before the lease lapses.
+const BUILD_LEASE_S: u64 = 60;
+
+/// Takes the build's journal for this `kiln build` run: a new one, or a crashed run's (resumed).
+/// Fails when a live run holds it or the build finished. Side effect: writes the journal.
+async fn acquire_journal(
+    clients: &Clients,
+    bucket: &str,
+    id: &str,
+) -> anyhow::Result<checkpoint::JournalHandle> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let owner = checkpoint::Owner {
+        instance_id: host,
+        worker_id: format!("kiln-build-{}", std::process::id()),
+    };
+    let at = format!("s3://{bucket}/{}", checkpoint::key(id));
+    match checkpoint::acquire(&clients.s3, bucket, id, &owner, BUILD_LEASE_S)
+        .await
+        .with_context(|| format!("--checkpoint-bucket: reading or creating {at}"))?
+    {
+        checkpoint::Acquired::Fresh(j) => Ok(j),
+        checkpoint::Acquired::TakenOver(j) => {
+            eprintln!(
+                "==> {id}: resuming attempt {} of this build ({at})",
+                j.journal().attempt
+            );
+            Ok(j)
+        }
+        checkpoint::Acquired::Held(o, until) => bail!(
+            "build {id} is running in {} on {} (lease for {} s more, {at}); wait for it, or use another --build-id",
+            o.worker_id,
+            o.instance_id,
+            until.saturating_sub(checkpoint::now())
+        ),
+        checkpoint::Acquired::Finished(status) => bail!(
+            "build {id} already finished ({status}, {at}); use another --build-id to build again"
+        ),
+    }
+}
+
 /// Cancels `token` on the first SIGINT or SIGTERM (the build then unwinds its undos).
 fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
@@ -372,6 +422,7 @@ async fn build(
     state_dir: &std::path::Path,
     on_error: OnError,
     build_id: Option<String>,
+    checkpoint_bucket: Option<&str>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let loaded = args.load()?;
@@ -420,19 +471,69 @@ async fn build(
             backend.name(),
             clients.region()
         );
+        let plan_cancel = cancel.child_token();
+        let handed_over = CancellationToken::new();
+        let journal = match checkpoint_bucket {
+            Some(bucket) => {
+                let j = Arc::new(acquire_journal(&clients, bucket, &id).await?);
+                let on_lost: checkpoint::OnLost = {
+                    let (lost, stop) = (handed_over.clone(), plan_cancel.clone());
+                    Arc::new(move |e: &checkpoint::CheckpointError| {
+                        tracing::warn!(error = %e, "another run took this build over; stopping");
+                        lost.cancel();
+                        stop.cancel();
+                    })
+                };
+                let recorder = Arc::new(checkpoint::JournalRecorder::new(
+                    Arc::clone(&j),
+                    Arc::clone(&on_lost),
+                ));
+                let renew_stop = CancellationToken::new();
+                let renewal = checkpoint::spawn_renewal(
+                    Arc::clone(&j),
+                    std::time::Duration::from_secs(BUILD_LEASE_S / 3),
+                    on_lost,
+                    renew_stop.clone(),
+                );
+                Some((j, recorder, renewal, renew_stop))
+            }
+            None => None,
+        };
         let options = BuildOptions {
-            build_id: id,
+            build_id: id.clone(),
             backend: backend.clone(),
             on_error,
             lock_dir: kiln::host::lock::LOCK_DIR.into(),
             sink: sink.clone(),
-            recorder: Arc::new(MemoryRecorder::default()),
-            attempt: 1,
-            // No journal, so no other owner: never handed over.
-            handed_over: tokio_util::sync::CancellationToken::new(),
+            recorder: match &journal {
+                Some((_, r, _, _)) => Arc::clone(r) as Arc<dyn pipeline::state::Recorder>,
+                None => Arc::new(MemoryRecorder::default()),
+            },
+            attempt: journal.as_ref().map_or(1, |(j, ..)| j.journal().attempt),
+            handed_over: handed_over.clone(),
         };
         let post = plan.post_processors.clone();
-        let result = pipeline::run(plan, masker.clone(), clients, options, cancel.clone()).await;
+        let result = pipeline::run(plan, masker.clone(), clients, options, plan_cancel).await;
+        if let Some((j, recorder, renewal, renew_stop)) = journal {
+            recorder.flush().await;
+            renew_stop.cancel();
+            let _ = renewal.await;
+            let written = if handed_over.is_cancelled() {
+                Ok(())
+            } else if cancel.is_cancelled() {
+                j.release().await
+            } else if result.status == Status::Succeeded {
+                j.finish("succeeded").await
+            } else {
+                j.finish("failed").await
+            };
+            if let Err(e) = written {
+                eprintln!("Warning: checkpoint of {id}: {e}");
+            }
+        }
+        if handed_over.is_cancelled() {
+            eprintln!("==> {id}: another run took this build over and finishes it");
+        }
         for pp in &post {
             if result.status == Status::Succeeded
                 && let Err(e) = pipeline::result::write_manifest(&result, pp)
@@ -720,6 +821,7 @@ fn main() -> ExitCode {
                         state_dir,
                         on_error,
                         build_id,
+                        checkpoint_bucket,
                         json,
                     } => {
                         build(
@@ -728,6 +830,7 @@ fn main() -> ExitCode {
                             state_dir,
                             *on_error,
                             build_id.clone(),
+                            checkpoint_bucket.as_deref(),
                             *json,
                         )
                         .await

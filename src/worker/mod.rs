@@ -9,7 +9,7 @@ pub mod request;
 
 use crate::aws::Clients;
 use crate::backend::Backend;
-use crate::checkpoint::{self, Acquired, CheckpointError, JournalHandle, Owner};
+use crate::checkpoint::{self, Acquired, CheckpointError, JournalRecorder, OnLost, Owner};
 use crate::pipeline::result::{BuildResult, Failure, RESULT_VERSION, Status};
 use crate::pipeline::{self, BuildOptions, OnError};
 use crate::template::{self, Inputs};
@@ -149,64 +149,6 @@ impl Ownership {
         }
         self.lost.cancel();
         self.build.cancel();
-    }
-}
-
-/// Writes each step to the build's journal in order, off the build's critical path: a writer
-/// task makes the compare-and-swap writes while the next step runs. A write lost in a crash is
-/// harmless (what a step made is found again by the build's tags); `flush` waits for the writes
-/// before the journal is marked finished. A write that finds another owner stops the build.
-struct JournalRecorder {
-    tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(String, serde_json::Value)>>>,
-    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl JournalRecorder {
-    fn new(journal: Arc<JournalHandle>, ownership: Ownership) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, serde_json::Value)>();
-        let writer = tokio::spawn(async move {
-            while let Some((step, outputs)) = rx.recv().await {
-                match journal.record(&step, &outputs).await {
-                    Ok(()) => {}
-                    Err(e @ CheckpointError::Lost { .. }) => {
-                        ownership.lose(&e);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::error!(build_id = %ownership.build_id, step, error = %e, "could not write the checkpoint");
-                    }
-                }
-            }
-        });
-        Self {
-            tx: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
-        }
-    }
-
-    /// Waits until every recorded step is written.
-    async fn flush(&self) {
-        drop(self.tx.lock().ok().and_then(|mut t| t.take()));
-        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
-        if let Some(w) = writer {
-            let _ = w.await;
-        }
-    }
-}
-
-impl crate::pipeline::state::Recorder for JournalRecorder {
-    fn record<'a>(
-        &'a self,
-        _build_id: &'a str,
-        step: &'a str,
-        outputs: &'a serde_json::Value,
-    ) -> futures_util::future::BoxFuture<'a, ()> {
-        if let Ok(guard) = self.tx.lock()
-            && let Some(tx) = guard.as_ref()
-        {
-            let _ = tx.send((step.to_owned(), outputs.clone()));
-        }
-        Box::pin(async {})
     }
 }
 
@@ -897,28 +839,27 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
     };
     // Heartbeat: renew the lease and keep the message invisible while the build runs.
     let hb_stop = CancellationToken::new();
+    let visibility = ctx.cfg.visibility_s.max(3);
+    let on_lost: OnLost = {
+        let ownership = ownership.clone();
+        Arc::new(move |e: &CheckpointError| ownership.lose(e))
+    };
+    let renewal = checkpoint::spawn_renewal(
+        Arc::clone(&journal),
+        Duration::from_secs(visibility / 3),
+        Arc::clone(&on_lost),
+        hb_stop.clone(),
+    );
     let heartbeat = {
         let sqs = ctx.clients.sqs.clone();
         let queue = ctx.cfg.queue.clone();
         let receipt = msg.receipt_handle().unwrap_or_default().to_owned();
-        let visibility = ctx.cfg.visibility_s.max(3);
         let stop = hb_stop.clone();
+        let lost = ownership.lost.clone();
         let id = build_id.clone();
-        let journal = Arc::clone(&journal);
-        let ownership = ownership.clone();
         tokio::spawn(async move {
-            loop {
-                match journal.renew().await {
-                    Ok(()) => {}
-                    Err(e @ CheckpointError::Lost { .. }) => {
-                        // The message is the new owner's now: stop extending it.
-                        ownership.lose(&e);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(build_id = %id, error = %e, "could not renew the lease")
-                    }
-                }
+            // Once the build is lost the message is the new owner's: stop extending it.
+            while !lost.is_cancelled() {
                 if let Err(e) = sqs
                     .change_message_visibility()
                     .queue_url(&queue)
@@ -932,6 +873,7 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(visibility / 3)) => {}
                     _ = stop.cancelled() => return,
+                    _ = lost.cancelled() => return,
                 }
             }
         })
@@ -942,10 +884,7 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         .work_dir
         .join(&build_id)
         .join(uuid::Uuid::new_v4().simple().to_string());
-    let recorder = Arc::new(JournalRecorder::new(
-        Arc::clone(&journal),
-        ownership.clone(),
-    ));
+    let recorder = Arc::new(JournalRecorder::new(Arc::clone(&journal), on_lost));
     let outcome = run_request(
         ctx,
         &req,
@@ -960,6 +899,7 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
     recorder.flush().await;
     hb_stop.cancel();
     let _ = heartbeat.await;
+    let _ = renewal.await;
     if ownership.lost.is_cancelled() {
         // The new owner publishes the result, writes the journal and the log, and deletes the
         // message (this receipt is stale): nothing of that is this attempt's to touch.

@@ -405,6 +405,73 @@ async fn a_build_taken_over_under_a_running_worker_stops() {
     .await;
 }
 
+/// `kiln build --checkpoint-bucket`: a run killed in the middle is refused a second run while its
+/// lease lives, then (the lease lapsed) resumed by a run with the same --build-id, with exactly one
+/// AMI per region and nothing left; a finished build id is refused.
+#[tokio::test]
+async fn kiln_build_with_a_journal_resumes_after_a_crash() {
+    with_janitor(|janitor| async move {
+        let s = setup(10).await;
+        let dir = std::env::temp_dir().join(unique("build-journal"));
+        std::fs::create_dir_all(&dir).expect("template dir");
+        let template = dir.join("bb.pkr.hcl");
+        std::fs::write(&template, crate::worker::TEMPLATE).expect("template");
+        std::fs::write(dir.join("greeting.txt"), "hi\n").expect("file");
+        let id = unique("build-journal");
+        let emu = Emulator::get();
+        let run = |crash: Option<&str>| {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+            c.args(["build", "--backend", "loop", "--json", "--build-id", &id])
+                .arg("--state-dir")
+                .arg(crate::worker::state_dir())
+                .args(["--checkpoint-bucket", &s.bucket])
+                .args(["--var", &format!("regions=[\"{COPY_REGION}\"]")])
+                .arg(&template)
+                .current_dir(&dir);
+            for (k, v) in &emu.vars {
+                c.env(k, v);
+            }
+            if let Some(step) = crash {
+                c.env("KILN_FAULT_CRASH_AFTER", step);
+            }
+            let out = c.output().expect("kiln build");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        // Killed with the volume attached and mounted, in the middle of the build.
+        let (ok, _, err) = run(Some("provision"));
+        assert!(!ok && err.contains("KILN_FAULT_CRASH_AFTER"), "{err}");
+        let mut journal = journal_of(&s, &id).await;
+        assert_eq!(journal["status"], "running", "{journal:#}");
+        let (ok, _, err) = run(None);
+        assert!(
+            !ok && err.contains("is running in kiln-build-"),
+            "a live lease is respected:\n{err}"
+        );
+        // The lease lapses (60 s after the crash); the next run resumes.
+        journal["lease_expires"] = Value::from(0);
+        s.s3.put_object()
+            .bucket(&s.bucket)
+            .key(format!("checkpoints/{id}.json"))
+            .body(journal.to_string().into_bytes().into())
+            .send()
+            .await
+            .expect("lapse the lease");
+        let (ok, out, err) = run(None);
+        let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+        track_result(&janitor, &doc);
+        assert!(ok && err.contains("resuming attempt 2"), "{doc:#}\n{err}");
+        assert_one_ami_and_nothing_left(&id, &doc, &s.bucket).await;
+        let (ok, _, err) = run(None);
+        assert!(!ok && err.contains("already finished (succeeded"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
 /// `kiln gc`: volumes of finished builds, everything of failed ones, journals of finished ones go;
 /// the AMI of a succeeded build and anything of a running build stay; a build without a journal
 /// keeps its AMI but not its volume or unmapped snapshot; a second run (the succeeded build's journal
