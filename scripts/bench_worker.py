@@ -151,8 +151,9 @@ def main():
         cleanup(doc)
     stop(w)
 
-    # Checkpoint cost: the journal writes of one build (acquire, one per step, finish), timed
-    # against the emulator, next to the mean wall time of the builds above.
+    # Checkpoint cost: the journal writes of one build (the journal counts them: create, batched
+    # step records, renewals, finish), timed one after another against the emulator, next to the
+    # mean wall time of the builds above.
     durations = []
     writes_per_build = []
     for i in range(N_LATENCY):
@@ -160,7 +161,7 @@ def main():
         doc = json.loads(s3.get_object(Bucket=bucket, Key=f"results/{bid}.json")["Body"].read())
         durations.append(doc["duration_s"])
         j = json.loads(s3.get_object(Bucket=bucket, Key=f"checkpoints/{bid}.json")["Body"].read())
-        writes_per_build.append(len(j["steps"]) + 2)  # create + one per step + finish
+        writes_per_build.append(j["writes"])
     journal = {"build_id": "bench", "owner": {"instance_id": "i-1", "worker_id": "w"}, "lease_expires": 0,
                "attempt": 1, "status": "running", "steps": []}
     key_j = f"checkpoints/bench-{tag}.json"
@@ -210,7 +211,7 @@ def main():
     print(f"| resident memory, idle worker in a long poll | - | {idle_rss / 1024:.1f} MiB | goal < 30 MiB |")
     print(f"| resident memory, peak with 4 builds running | idle {idle_rss / 1024:.1f} MiB | {peak[4] / 1024:.1f} MiB | {peak[4] / max(idle_rss, 1):.2f}x |")
     print(f"| builds per minute, {N_THROUGHPUT} small builds (1 s provisioning each) | concurrency 1: {results[1]:.1f} | concurrency 4: {results[4]:.1f} | {results[4] / results[1]:.2f}x |")
-    print(f"| checkpoint journal: {writes} conditional S3 writes per build (measured from the journals) | build wall time {mean_build * 1000:.0f} ms (mean of {N_LATENCY}) | journal writes {journal_s * 1000:.0f} ms | +{journal_s / mean_build * 100:.1f}% |")
+    print(f"| checkpoint journal: {writes} conditional S3 writes per build (measured from the journals) | build wall time {mean_build * 1000:.0f} ms (mean of {N_LATENCY}) | the same writes, timed one after another: {journal_s * 1000:.0f} ms | +{journal_s / mean_build * 100:.1f}% if on the critical path |")
 
 
 main()

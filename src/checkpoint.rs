@@ -306,24 +306,20 @@ impl JournalHandle {
         }
     }
 
-    /// Records a finished step and renews the lease (one conditional write).
-    pub async fn record(
-        &self,
-        step: &str,
-        outputs: &serde_json::Value,
-    ) -> Result<(), CheckpointError> {
-        self.record_all(&[(step.to_owned(), outputs.clone())]).await
-    }
-
-    /// Records finished steps, in order, and renews the lease, in one conditional write.
+    /// Records finished steps, in order, renews the lease and, with `status`, marks the build
+    /// finished, in one conditional write.
     pub async fn record_all(
         &self,
         steps: &[(String, serde_json::Value)],
+        status: Option<&str>,
     ) -> Result<(), CheckpointError> {
         let lease = self.lease_s;
         self.update(|j| {
             j.steps.extend_from_slice(steps);
             j.lease_expires = now() + lease;
+            if let Some(s) = status {
+                j.status = s.to_owned();
+            }
         })
         .await
     }
@@ -365,18 +361,26 @@ pub type OnLost = Arc<dyn Fn(&CheckpointError) + Send + Sync>;
 /// ends the writing.
 pub struct JournalRecorder {
     tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(String, serde_json::Value)>>>,
-    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<Result<(), CheckpointError>>>>,
+    /// The status the last write sets, when [`JournalRecorder::finish`] closes the journal.
+    status: Arc<Mutex<Option<String>>>,
 }
 
 impl JournalRecorder {
     /// Starts the writer task (needs a Tokio runtime).
     pub fn new(journal: Arc<JournalHandle>, on_lost: OnLost) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, serde_json::Value)>();
+        let status: Arc<Mutex<Option<String>>> = Arc::default();
+        let final_status = Arc::clone(&status);
         let writer = tokio::spawn(async move {
             // Steps not yet written: a failed write keeps them for the next one.
             let mut pending = Vec::new();
-            while let Some(first) = rx.recv().await {
-                pending.push(first);
+            let mut open = true;
+            while open {
+                match rx.recv().await {
+                    Some(first) => pending.push(first),
+                    None => break,
+                }
                 // Steps that finish soon after go in the same write.
                 let window = tokio::time::sleep(JOURNAL_BATCH_WINDOW);
                 tokio::pin!(window);
@@ -384,16 +388,23 @@ impl JournalRecorder {
                     tokio::select! {
                         next = rx.recv() => match next {
                             Some(n) => pending.push(n),
-                            None => break,
+                            None => {
+                                open = false;
+                                break;
+                            }
                         },
                         _ = &mut window => break,
                     }
                 }
-                match journal.record_all(&pending).await {
+                if !open {
+                    // Closed: the last write below takes these steps and the final status.
+                    break;
+                }
+                match journal.record_all(&pending, None).await {
                     Ok(()) => pending.clear(),
                     Err(e @ CheckpointError::Lost { .. }) => {
                         on_lost(&e);
-                        return;
+                        return Err(e);
                     }
                     Err(e) => {
                         let steps: Vec<&str> = pending.iter().map(|(s, _)| s.as_str()).collect();
@@ -401,29 +412,41 @@ impl JournalRecorder {
                     }
                 }
             }
-            if !pending.is_empty() {
-                match journal.record_all(&pending).await {
-                    Ok(()) => {}
-                    Err(e @ CheckpointError::Lost { .. }) => on_lost(&e),
-                    Err(e) => {
-                        tracing::error!(key = %journal.key, error = %e, "could not write the last checkpoint")
-                    }
-                }
+            let status = final_status.lock().ok().and_then(|mut s| s.take());
+            if pending.is_empty() && status.is_none() {
+                return Ok(());
             }
+            let last = journal.record_all(&pending, status.as_deref()).await;
+            if let Err(e @ CheckpointError::Lost { .. }) = &last {
+                on_lost(e);
+            }
+            last
         });
         Self {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
+            status,
         }
     }
 
-    /// Waits until every recorded step is written; later records are dropped. Safe to call twice.
-    pub async fn flush(&self) {
+    /// Waits until every recorded step is written; later records are dropped. Returns the last
+    /// write's error (earlier ones are logged). Safe to call twice (the second does nothing).
+    pub async fn flush(&self) -> Result<(), CheckpointError> {
         drop(self.tx.lock().ok().and_then(|mut t| t.take()));
         let writer = self.writer.lock().ok().and_then(|mut w| w.take());
-        if let Some(w) = writer {
-            let _ = w.await;
+        match writer {
+            Some(w) => w.await.unwrap_or(Ok(())),
+            None => Ok(()),
         }
+    }
+
+    /// Like [`JournalRecorder::flush`], and marks the build finished (`succeeded` or `failed`)
+    /// in the same last write.
+    pub async fn finish(&self, status: &str) -> Result<(), CheckpointError> {
+        if let Ok(mut s) = self.status.lock() {
+            *s = Some(status.to_owned());
+        }
+        self.flush().await
     }
 }
 

@@ -515,17 +515,19 @@ async fn build(
         let post = plan.post_processors.clone();
         let result = pipeline::run(plan, masker.clone(), clients, options, plan_cancel).await;
         if let Some((j, recorder, renewal, renew_stop)) = journal {
-            recorder.flush().await;
             renew_stop.cancel();
             let _ = renewal.await;
             let written = if handed_over.is_cancelled() {
                 Ok(())
             } else if cancel.is_cancelled() {
-                j.release().await
+                match recorder.flush().await {
+                    Ok(()) => j.release().await,
+                    Err(e) => Err(e),
+                }
             } else if result.status == Status::Succeeded {
-                j.finish("succeeded").await
+                recorder.finish("succeeded").await
             } else {
-                j.finish("failed").await
+                recorder.finish("failed").await
             };
             if let Err(e) = written {
                 eprintln!("Warning: checkpoint of {id}: {e}");

@@ -896,7 +896,9 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         attempt,
     )
     .await;
-    recorder.flush().await;
+    if let Err(e) = recorder.flush().await {
+        tracing::error!(build_id = %build_id, error = %e, "could not write the last checkpoint");
+    }
     hb_stop.cancel();
     let _ = heartbeat.await;
     let _ = renewal.await;
