@@ -144,6 +144,17 @@ fn assert_no_volume_left_on_host(id: &str, volumes: &[String]) {
     }
 }
 
+/// Overwrites a build's journal (unconditionally, as another owner's write would).
+async fn put_journal(s: &Setup, id: &str, journal: &Value) {
+    s.s3.put_object()
+        .bucket(&s.bucket)
+        .key(format!("checkpoints/{id}.json"))
+        .body(journal.to_string().into_bytes().into())
+        .send()
+        .await
+        .expect("put the journal");
+}
+
 /// The volumes a journal records.
 fn volumes_in(journal: &Value) -> Vec<String> {
     journal["steps"]
@@ -345,13 +356,7 @@ async fn a_build_taken_over_under_a_running_worker_stops() {
         journal["owner"] = other.clone();
         journal["lease_expires"] = Value::from(kiln::checkpoint::now() + 3600);
         journal["attempt"] = Value::from(journal["attempt"].as_u64().unwrap_or(1) + 1);
-        s.s3.put_object()
-            .bucket(&s.bucket)
-            .key(format!("checkpoints/{id}.json"))
-            .body(journal.to_string().into_bytes().into())
-            .send()
-            .await
-            .expect("take over");
+        put_journal(&s, &id, &journal).await;
         // The heartbeat (every 2 s) finds the journal changed; the undo then deletes the volume.
         let ec2 = Emulator::get().clients(Emulator::get().region()).await.ec2;
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -453,13 +458,7 @@ async fn kiln_build_with_a_journal_resumes_after_a_crash() {
         );
         // The lease lapses (60 s after the crash); the next run resumes.
         journal["lease_expires"] = Value::from(0);
-        s.s3.put_object()
-            .bucket(&s.bucket)
-            .key(format!("checkpoints/{id}.json"))
-            .body(journal.to_string().into_bytes().into())
-            .send()
-            .await
-            .expect("lapse the lease");
+        put_journal(&s, &id, &journal).await;
         let (ok, out, err) = run(None);
         let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
         track_result(&janitor, &doc);
