@@ -352,6 +352,23 @@ pub const JOURNAL_BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// more than once; the callee makes that harmless).
 pub type OnLost = Arc<dyn Fn(&CheckpointError) + Send + Sync>;
 
+/// The usual [`OnLost`]: logs once, then cancels `handed_over` (which tells the pipeline to leave
+/// the snapshot and AMIs to the new owner) and the build's own token `build`.
+pub fn hand_over(
+    build_id: &str,
+    handed_over: CancellationToken,
+    build: CancellationToken,
+) -> OnLost {
+    let build_id = build_id.to_owned();
+    Arc::new(move |e: &CheckpointError| {
+        if !handed_over.is_cancelled() {
+            tracing::warn!(build_id = %build_id, error = %e, "another worker took this build over; stopping this attempt");
+        }
+        handed_over.cancel();
+        build.cancel();
+    })
+}
+
 /// Writes each step to the build's journal in order, off the build's critical path: a writer
 /// task makes the compare-and-swap writes while the next step runs, and steps that finished while
 /// it was writing go together in its next write (fast steps do not queue up a write each, so the

@@ -476,14 +476,7 @@ async fn build(
         let journal = match checkpoint_bucket {
             Some(bucket) => {
                 let j = Arc::new(acquire_journal(&clients, bucket, &id).await?);
-                let on_lost: checkpoint::OnLost = {
-                    let (lost, stop) = (handed_over.clone(), plan_cancel.clone());
-                    Arc::new(move |e: &checkpoint::CheckpointError| {
-                        tracing::warn!(error = %e, "another run took this build over; stopping");
-                        lost.cancel();
-                        stop.cancel();
-                    })
-                };
+                let on_lost = checkpoint::hand_over(&id, handed_over.clone(), plan_cancel.clone());
                 let recorder = Arc::new(checkpoint::JournalRecorder::new(
                     Arc::clone(&j),
                     Arc::clone(&on_lost),

@@ -9,7 +9,7 @@ pub mod request;
 
 use crate::aws::Clients;
 use crate::backend::Backend;
-use crate::checkpoint::{self, Acquired, CheckpointError, JournalRecorder, OnLost, Owner};
+use crate::checkpoint::{self, Acquired, JournalRecorder, Owner};
 use crate::pipeline::result::{BuildResult, Failure, RESULT_VERSION, Status};
 use crate::pipeline::{self, BuildOptions, OnError};
 use crate::template::{self, Inputs};
@@ -127,29 +127,6 @@ struct Ctx {
     backend: Backend,
     max_receive: Option<u32>,
     owner: Owner,
-}
-
-/// This worker's hold on one build. When a journal write finds that another worker changed the
-/// journal (it took the build over after this one's lease lapsed, e.g. on a stalled host), the
-/// build is cancelled as handed over: it stops, undoes only what is its own, and publishes nothing.
-#[derive(Clone)]
-struct Ownership {
-    build_id: String,
-    /// Cancelled when the build is lost to another worker.
-    lost: CancellationToken,
-    /// The build's own token (a child of the worker's drain token).
-    build: CancellationToken,
-}
-
-impl Ownership {
-    /// Marks the build lost and cancels it. Safe to call twice.
-    fn lose(&self, error: &CheckpointError) {
-        if !self.lost.is_cancelled() {
-            tracing::warn!(build_id = %self.build_id, error = %error, "another worker took this build over; stopping this attempt");
-        }
-        self.lost.cancel();
-        self.build.cancel();
-    }
 }
 
 /// Detaches kiln's volumes that are attached to this instance at a device no live build holds (a
@@ -832,18 +809,14 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         }
     };
     let attempt = journal.journal().attempt;
-    let ownership = Ownership {
-        build_id: build_id.clone(),
-        lost: CancellationToken::new(),
-        build: cancel.clone(),
-    };
+    // Cancelled (with `cancel`) when a journal write finds that another worker took the build
+    // over after this one's lease lapsed (a stalled host): the build stops, undoes only what is
+    // its own, and publishes nothing.
+    let handed_over = CancellationToken::new();
     // Heartbeat: renew the lease and keep the message invisible while the build runs.
     let hb_stop = CancellationToken::new();
     let visibility = ctx.cfg.visibility_s.max(3);
-    let on_lost: OnLost = {
-        let ownership = ownership.clone();
-        Arc::new(move |e: &CheckpointError| ownership.lose(e))
-    };
+    let on_lost = checkpoint::hand_over(&build_id, handed_over.clone(), cancel.clone());
     let renewal = checkpoint::spawn_renewal(
         Arc::clone(&journal),
         Duration::from_secs(visibility / 3),
@@ -855,7 +828,7 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         let queue = ctx.cfg.queue.clone();
         let receipt = msg.receipt_handle().unwrap_or_default().to_owned();
         let stop = hb_stop.clone();
-        let lost = ownership.lost.clone();
+        let lost = handed_over.clone();
         let id = build_id.clone();
         tokio::spawn(async move {
             // Once the build is lost the message is the new owner's: stop extending it.
@@ -891,7 +864,8 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         &build_id,
         &work,
         Arc::clone(&log),
-        &ownership,
+        &cancel,
+        &handed_over,
         Arc::clone(&recorder) as Arc<dyn crate::pipeline::state::Recorder>,
         attempt,
     )
@@ -902,7 +876,7 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
     hb_stop.cancel();
     let _ = heartbeat.await;
     let _ = renewal.await;
-    if ownership.lost.is_cancelled() {
+    if handed_over.is_cancelled() {
         // The new owner publishes the result, writes the journal and the log, and deletes the
         // message (this receipt is stale): nothing of that is this attempt's to touch.
         let _ = std::fs::remove_dir_all(&work);
@@ -963,7 +937,8 @@ async fn run_request(
     build_id: &str,
     work: &Path,
     log: Arc<Log>,
-    ownership: &Ownership,
+    cancel: &CancellationToken,
+    handed_over: &CancellationToken,
     recorder: Arc<dyn crate::pipeline::state::Recorder>,
     attempt: u32,
 ) -> BuildResult {
@@ -1069,16 +1044,9 @@ async fn run_request(
         sink,
         recorder,
         attempt,
-        handed_over: ownership.lost.clone(),
+        handed_over: handed_over.clone(),
     };
-    let result = pipeline::run(
-        plan,
-        masker,
-        ctx.clients.clone(),
-        options,
-        ownership.build.clone(),
-    )
-    .await;
+    let result = pipeline::run(plan, masker, ctx.clients.clone(), options, cancel.clone()).await;
     flush_stop.cancel();
     let _ = flusher.await;
     result

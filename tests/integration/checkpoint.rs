@@ -3,13 +3,15 @@
 //! AMI per region, and nothing is left: no volume, orphan snapshot, mount, loop device or lock.
 //! Also: the same request delivered many times to two workers runs once.
 
-use crate::support::{Emulator, emulator_script, track_result, unique, with_janitor};
+use crate::support::{
+    Emulator, assert_volume_gone_from_host, emulator_script, tagged, track_result, unique,
+    with_janitor,
+};
 use crate::worker::{
     Setup, request, result, result_messages, send, setup, start_worker, start_worker_with,
     stop_worker, upload, wait_for_log,
 };
 
-use aws_sdk_ec2::types::Filter;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -40,61 +42,35 @@ fn wait_exit(w: crate::worker::WorkerProc, timeout: Duration) -> String {
 async fn assert_one_ami_and_nothing_left(id: &str, doc: &Value, bucket: &str) {
     let emu = Emulator::get();
     for region in [emu.region(), COPY_REGION] {
-        let ec2 = emu.clients(region).await.ec2;
-        let tag = Filter::builder()
-            .name("tag:kiln:build-id")
-            .values(id)
-            .build();
-        let imgs = ec2
-            .describe_images()
-            .owners("self")
-            .filters(tag.clone())
-            .send()
-            .await
-            .expect("images");
+        let left = tagged(region, id).await;
+        let imgs = &left.images;
         assert_eq!(
-            imgs.images().len(),
+            imgs.len(),
             1,
             "{id}: exactly one AMI in {region}: {:?}",
-            imgs.images()
-                .iter()
-                .map(|i| i.image_id())
-                .collect::<Vec<_>>()
+            imgs.iter().map(|i| i.image_id()).collect::<Vec<_>>()
         );
         assert_eq!(
-            imgs.images()[0].image_id(),
+            imgs[0].image_id(),
             doc["artifacts"][region]["ami_id"].as_str(),
             "{id}: the result names it"
         );
-        let mapped: Vec<String> = imgs.images()[0]
+        let mapped: Vec<String> = imgs[0]
             .block_device_mappings()
             .iter()
             .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id().map(str::to_owned)))
             .collect();
-        let snaps = ec2
-            .describe_snapshots()
-            .owner_ids("self")
-            .filters(tag.clone())
-            .send()
-            .await
-            .expect("snapshots");
-        for s in snaps.snapshots() {
+        for s in &left.snapshots {
             assert!(
                 mapped.iter().any(|m| Some(m.as_str()) == s.snapshot_id()),
                 "{id}: orphan snapshot {:?} in {region}",
                 s.snapshot_id()
             );
         }
-        let vols = ec2
-            .describe_volumes()
-            .filters(tag)
-            .send()
-            .await
-            .expect("volumes");
         assert!(
-            vols.volumes().is_empty(),
+            left.volumes.is_empty(),
             "{id}: volumes left in {region}: {:?}",
-            vols.volumes()
+            left.volumes
         );
     }
     // Every attempt's volume (from the journal): no file, no loop device, no mount left.
@@ -127,20 +103,7 @@ async fn assert_one_ami_and_nothing_left(id: &str, doc: &Value, bucket: &str) {
 /// No sparse file and no loop device is left for any of `volumes`.
 fn assert_no_volume_left_on_host(id: &str, volumes: &[String]) {
     for v in volumes {
-        let file = crate::worker::state_dir()
-            .join("volumes")
-            .join(format!("{v}.img"));
-        assert!(!file.exists(), "{id}: volume file {} left", file.display());
-        let out = std::process::Command::new("losetup")
-            .arg("-j")
-            .arg(&file)
-            .output()
-            .expect("losetup");
-        assert!(
-            out.stdout.is_empty(),
-            "{id}: loop device left: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        assert_volume_gone_from_host(id, &crate::worker::state_dir(), v);
     }
 }
 
@@ -358,27 +321,15 @@ async fn a_build_taken_over_under_a_running_worker_stops() {
         journal["attempt"] = Value::from(journal["attempt"].as_u64().unwrap_or(1) + 1);
         put_journal(&s, &id, &journal).await;
         // The heartbeat (every 2 s) finds the journal changed; the undo then deletes the volume.
-        let ec2 = Emulator::get().clients(Emulator::get().region()).await.ec2;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let left = ec2
-                .describe_volumes()
-                .filters(
-                    Filter::builder()
-                        .name("tag:kiln:build-id")
-                        .values(&id)
-                        .build(),
-                )
-                .send()
-                .await
-                .expect("volumes");
-            if left.volumes().is_empty() {
+            let left = tagged(Emulator::get().region(), &id).await.volumes;
+            if left.is_empty() {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "the worker kept building after losing the build: {:?}",
-                left.volumes()
+                "the worker kept building after losing the build: {left:?}"
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

@@ -2,8 +2,9 @@
 //! partitions, filesystems, mounts and chroots. Each test checks what was built (files in the
 //! snapshot, the AMI's mappings, tags, permissions, copies) and that nothing is left behind.
 
-use crate::support::{Emulator, repo_root, track_result, unique, with_janitor};
-use aws_sdk_ec2::types::Filter;
+use crate::support::{
+    Emulator, assert_volume_gone_from_host, repo_root, tagged, track_result, unique, with_janitor,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -173,45 +174,21 @@ fn read_from_snapshot(file: &Path, paths: &[&str]) -> Vec<Option<String>> {
 async fn assert_nothing_left(id: &str, doc: &Value) {
     let emu = Emulator::get();
     for region in [emu.region(), COPY_REGION] {
-        let ec2 = emu.clients(region).await.ec2;
-        let tag = Filter::builder()
-            .name("tag:kiln:build-id")
-            .values(id)
-            .build();
-        let vols = ec2
-            .describe_volumes()
-            .filters(tag.clone())
-            .send()
-            .await
-            .expect("DescribeVolumes");
+        let left = tagged(region, id).await;
         assert!(
-            vols.volumes().is_empty(),
+            left.volumes.is_empty(),
             "{id}: volumes left in {region}: {:?}",
-            vols.volumes()
+            left.volumes
         );
-        let snaps = ec2
-            .describe_snapshots()
-            .owner_ids("self")
-            .filters(tag.clone())
-            .send()
-            .await
-            .expect("DescribeSnapshots");
         assert!(
-            snaps.snapshots().is_empty(),
+            left.snapshots.is_empty(),
             "{id}: snapshots left in {region}: {:?}",
-            snaps.snapshots()
+            left.snapshots
         );
-        let imgs = ec2
-            .describe_images()
-            .owners("self")
-            .filters(tag)
-            .send()
-            .await
-            .expect("DescribeImages");
         assert!(
-            imgs.images().is_empty(),
+            left.images.is_empty(),
             "{id}: images left in {region}: {:?}",
-            imgs.images()
+            left.images
         );
     }
     for step in doc["steps"].as_array().into_iter().flatten() {
@@ -223,18 +200,7 @@ async fn assert_nothing_left(id: &str, doc: &Value) {
             );
         }
         if let Some(vol) = step["outputs"]["volume_id"].as_str() {
-            let file = state_dir().join("volumes").join(format!("{vol}.img"));
-            assert!(!file.exists(), "{id}: volume file {} left", file.display());
-            let out = Command::new("losetup")
-                .arg("-j")
-                .arg(&file)
-                .output()
-                .expect("losetup -j");
-            assert!(
-                out.stdout.is_empty(),
-                "{id}: loop device left: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
+            assert_volume_gone_from_host(id, state_dir(), vol);
         }
     }
 }
@@ -355,18 +321,8 @@ async fn busybox_from_scratch_then_application_image() {
                 .is_empty()
         );
         // No volume left.
-        let vols = ec2
-            .describe_volumes()
-            .filters(
-                Filter::builder()
-                    .name("tag:kiln:build-id")
-                    .values(&id)
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("DescribeVolumes");
-        assert!(vols.volumes().is_empty());
+        let vols = tagged(emu.region(), &id).await.volumes;
+        assert!(vols.is_empty(), "{vols:?}");
 
         // The application image on top, from the JSON example template.
         let app_id = unique("app-build");

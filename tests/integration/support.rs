@@ -246,3 +246,67 @@ pub fn track_result(janitor: &Janitor, doc: &serde_json::Value) {
         }
     }
 }
+
+/// What carries build `id`'s `kiln:build-id` tag in `region` (owned by this account).
+pub struct Tagged {
+    pub volumes: Vec<aws_sdk_ec2::types::Volume>,
+    pub snapshots: Vec<aws_sdk_ec2::types::Snapshot>,
+    pub images: Vec<aws_sdk_ec2::types::Image>,
+}
+
+/// Lists the volumes, snapshots and images tagged with build `id` in `region`.
+pub async fn tagged(region: &str, id: &str) -> Tagged {
+    let ec2 = Emulator::get().clients(region).await.ec2;
+    let tag = aws_sdk_ec2::types::Filter::builder()
+        .name("tag:kiln:build-id")
+        .values(id)
+        .build();
+    let volumes = ec2
+        .describe_volumes()
+        .filters(tag.clone())
+        .send()
+        .await
+        .expect("DescribeVolumes")
+        .volumes
+        .unwrap_or_default();
+    let snapshots = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(tag.clone())
+        .send()
+        .await
+        .expect("DescribeSnapshots")
+        .snapshots
+        .unwrap_or_default();
+    let images = ec2
+        .describe_images()
+        .owners("self")
+        .filters(tag)
+        .send()
+        .await
+        .expect("DescribeImages")
+        .images
+        .unwrap_or_default();
+    Tagged {
+        volumes,
+        snapshots,
+        images,
+    }
+}
+
+/// Asserts that the loop backend left nothing of `volume` on this host: no sparse file under
+/// `state_dir`, no loop device on it.
+pub fn assert_volume_gone_from_host(id: &str, state_dir: &std::path::Path, volume: &str) {
+    let file = state_dir.join("volumes").join(format!("{volume}.img"));
+    assert!(!file.exists(), "{id}: volume file {} left", file.display());
+    let out = Command::new("losetup")
+        .arg("-j")
+        .arg(&file)
+        .output()
+        .expect("losetup -j");
+    assert!(
+        out.stdout.is_empty(),
+        "{id}: loop device left: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -541,19 +541,10 @@ async fn sigterm_drains_or_cancels_and_returns_the_message() {
             .expect("the cancelled build's message is visible again");
         assert!(m.body().unwrap_or_default().contains(&id));
         // Nothing of the cancelled build is left.
-        let ec2 = Emulator::get().clients(Emulator::get().region()).await.ec2;
-        let vols = ec2
-            .describe_volumes()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("tag:kiln:build-id")
-                    .values(&id)
-                    .build(),
-            )
-            .send()
+        let vols = crate::support::tagged(Emulator::get().region(), &id)
             .await
-            .expect("volumes");
-        assert!(vols.volumes().is_empty(), "{:?}", vols.volumes());
+            .volumes;
+        assert!(vols.is_empty(), "{vols:?}");
         assert!(
             s.s3.get_object()
                 .bucket(&s.bucket)
