@@ -144,46 +144,43 @@ pub async fn run(
     );
     for region in all_regions {
         let ec2 = clients.ec2_in(&region);
-        let mut listing_failed = |what: &str, e: String| {
-            actions.push(Action {
-                kind: "listing",
-                id: format!("{what} in {region}"),
-                build_id: build_ids.to_owned(),
-                reason: "could not list them".to_owned(),
-                outcome: e,
-            });
-        };
-        // Images of failed or abandoned builds (and their snapshots).
-        let imgs = match ec2
-            .describe_images()
-            .owners("self")
-            .filters(exists.clone())
-            .send()
-            .await
-        {
-            Ok(o) => o.images.unwrap_or_default(),
+        // What carries the tag here, listed at once; a failed listing skips the region.
+        let listed = tokio::try_join!(
+            async {
+                let o = ec2.describe_images().owners("self").filters(exists.clone());
+                o.send()
+                    .await
+                    .map(|o| o.images.unwrap_or_default())
+                    .map_err(|e| format!("DescribeImages: {}", DisplayErrorContext(&e)))
+            },
+            async {
+                let o = ec2
+                    .describe_snapshots()
+                    .owner_ids("self")
+                    .filters(exists.clone());
+                o.send()
+                    .await
+                    .map(|o| o.snapshots.unwrap_or_default())
+                    .map_err(|e| format!("DescribeSnapshots: {}", DisplayErrorContext(&e)))
+            },
+            async {
+                let o = ec2.describe_volumes().filters(exists.clone());
+                o.send()
+                    .await
+                    .map(|o| o.volumes.unwrap_or_default())
+                    .map_err(|e| format!("DescribeVolumes: {}", DisplayErrorContext(&e)))
+            },
+        );
+        let (imgs, snaps, vols) = match listed {
+            Ok(l) => l,
             Err(e) => {
-                listing_failed("images", DisplayErrorContext(&e).to_string());
-                continue;
-            }
-        };
-        let snaps = match ec2
-            .describe_snapshots()
-            .owner_ids("self")
-            .filters(exists.clone())
-            .send()
-            .await
-        {
-            Ok(o) => o.snapshots.unwrap_or_default(),
-            Err(e) => {
-                listing_failed("snapshots", DisplayErrorContext(&e).to_string());
-                continue;
-            }
-        };
-        let vols = match ec2.describe_volumes().filters(exists.clone()).send().await {
-            Ok(o) => o.volumes.unwrap_or_default(),
-            Err(e) => {
-                listing_failed("volumes", DisplayErrorContext(&e).to_string());
+                actions.push(Action {
+                    kind: "listing",
+                    id: region.clone(),
+                    build_id: build_ids.to_owned(),
+                    reason: "could not list what kiln made there".to_owned(),
+                    outcome: e,
+                });
                 continue;
             }
         };
@@ -205,6 +202,7 @@ pub async fn run(
                 outcome,
             });
         };
+        // Images of failed or abandoned builds (and their snapshots).
         let mut kept_snapshots = Vec::new();
         for img in imgs {
             let (Some(id), Some(build)) = (
