@@ -29,6 +29,11 @@ pub struct Journal {
     pub lease_expires: u64,
     /// 1 for the first run; each takeover adds one.
     pub attempt: u32,
+    /// A random id made with the journal: tags and idempotency tokens name it, so a forced
+    /// rebuild (a new journal under the same build id) never reuses the previous build's
+    /// resources or tokens (see `ec2::BuildRef`).
+    #[serde(default)]
+    pub generation: String,
     /// `running`, `succeeded` or `failed`.
     pub status: String,
     /// `(step, outputs)` in the order the steps finished (all attempts).
@@ -36,6 +41,11 @@ pub struct Journal {
     /// How many times the journal was written (all attempts): its cost in S3 requests.
     #[serde(default)]
     pub writes: u64,
+    /// The published result document, once the build finished: a redelivered request whose
+    /// result document is missing (a publish that failed after the journal was closed) is
+    /// answered with it instead of building again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
 /// Errors of the journal.
@@ -125,10 +135,23 @@ pub async fn read(
     bucket: &str,
     build_id: &str,
 ) -> Result<Option<(Journal, String)>, CheckpointError> {
+    Ok(read_dated(s3, bucket, build_id)
+        .await?
+        .map(|(j, etag, _)| (j, etag)))
+}
+
+/// Like [`read`], with the Unix time S3 last wrote the journal (its `Last-Modified`): how long
+/// ago its owner was last heard of, whatever its lease says (a released lease is 0).
+pub async fn read_dated(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    build_id: &str,
+) -> Result<Option<(Journal, String, Option<u64>)>, CheckpointError> {
     let key = key(build_id);
     match s3.get_object().bucket(bucket).key(&key).send().await {
         Ok(o) => {
             let etag = o.e_tag().unwrap_or_default().to_owned();
+            let written = o.last_modified().map(|t| t.secs().max(0) as u64);
             let bytes = o
                 .body
                 .collect()
@@ -137,7 +160,7 @@ pub async fn read(
                 .into_bytes();
             let j: Journal = serde_json::from_slice(&bytes)
                 .map_err(|e| s3_err(bucket, &key, format!("not a journal: {e}")))?;
-            Ok(Some((j, etag)))
+            Ok(Some((j, etag, written)))
         }
         Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
         Err(e) => Err(s3_err(
@@ -175,9 +198,11 @@ pub async fn acquire(
                 owner: Some(owner.clone()),
                 lease_expires: now() + lease_s,
                 attempt: 1,
+                generation: uuid::Uuid::new_v4().simple().to_string(),
                 status: "running".into(),
                 steps: Vec::new(),
                 writes: 1,
+                result: None,
             };
             let body = serde_json::to_vec(&j).unwrap_or_default();
             match s3
@@ -269,9 +294,15 @@ impl JournalHandle {
         self.state.lock().map(|s| s.0.clone()).unwrap_or_default()
     }
 
+    /// Writes the journal as `change` makes it, by compare-and-swap on the last ETag.
+    ///
+    /// A precondition failure is ambiguous: another owner wrote, or a write of this handle went
+    /// through although its reply was lost (the SDK then retried it, or the caller saw an error).
+    /// The journal is read again: if its owner and attempt are still this handle's, the write
+    /// stands on top of what is there; otherwise the build is [`CheckpointError::Lost`].
     async fn update(&self, change: impl FnOnce(&mut Journal)) -> Result<(), CheckpointError> {
         let _one_at_a_time = self.writing.lock().await;
-        let (mut next, etag) = self
+        let (mut next, mut etag) = self
             .state
             .lock()
             .map(|s| s.clone())
@@ -279,31 +310,49 @@ impl JournalHandle {
         change(&mut next);
         next.writes += 1;
         let body = serde_json::to_vec(&next).unwrap_or_default();
-        match self
-            .s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .if_match(&etag)
-            .body(body.into())
-            .send()
-            .await
-        {
-            Ok(o) => {
-                if let Ok(mut s) = self.state.lock() {
-                    *s = (next, o.e_tag().unwrap_or_default().to_owned());
+        for _ in 0..AMBIGUOUS_WRITE_RETRIES {
+            match self
+                .s3
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .if_match(&etag)
+                .body(body.clone().into())
+                .send()
+                .await
+            {
+                Ok(o) => {
+                    if let Ok(mut s) = self.state.lock() {
+                        *s = (next, o.e_tag().unwrap_or_default().to_owned());
+                    }
+                    return Ok(());
                 }
-                Ok(())
+                Err(e) if precondition_failed(&e) => {
+                    let build_id = next.build_id.clone();
+                    match read(&self.s3, &self.bucket, &build_id).await? {
+                        Some((there, there_etag))
+                            if there.owner == next.owner && there.attempt == next.attempt =>
+                        {
+                            tracing::info!(key = %self.key, "a journal write found this worker's own earlier write (its reply was lost); writing on top of it");
+                            etag = there_etag;
+                        }
+                        _ => return Err(CheckpointError::Lost { build_id }),
+                    }
+                }
+                Err(e) => {
+                    return Err(s3_err(
+                        &self.bucket,
+                        &self.key,
+                        aws_sdk_s3::error::DisplayErrorContext(&e),
+                    ));
+                }
             }
-            Err(e) if precondition_failed(&e) => Err(CheckpointError::Lost {
-                build_id: next.build_id,
-            }),
-            Err(e) => Err(s3_err(
-                &self.bucket,
-                &self.key,
-                aws_sdk_s3::error::DisplayErrorContext(&e),
-            )),
         }
+        Err(s3_err(
+            &self.bucket,
+            &self.key,
+            "the journal kept changing under this worker's own writes",
+        ))
     }
 
     /// Records finished steps, in order, renews the lease and, with `status`, marks the build
@@ -330,9 +379,17 @@ impl JournalHandle {
         self.update(|j| j.lease_expires = now() + lease).await
     }
 
-    /// Marks the build finished.
-    pub async fn finish(&self, status: &str) -> Result<(), CheckpointError> {
-        self.update(|j| j.status = status.to_owned()).await
+    /// Marks the build finished, keeping its result document (see [`Journal::result`]).
+    pub async fn finish(
+        &self,
+        status: &str,
+        result: Option<serde_json::Value>,
+    ) -> Result<(), CheckpointError> {
+        self.update(|j| {
+            j.status = status.to_owned();
+            j.result = result;
+        })
+        .await
     }
 
     /// Gives the build up (lease ends now), e.g. when a drain cancelled it.
@@ -340,6 +397,11 @@ impl JournalHandle {
         self.update(|j| j.lease_expires = 0).await
     }
 }
+
+/// Writes tried when a compare-and-swap fails but the journal is still this worker's (see
+/// `JournalHandle::update`): one for the lost reply, one more for a concurrent writer of this
+/// handle's own; a third failure means something else keeps writing it.
+pub const AMBIGUOUS_WRITE_RETRIES: usize = 3;
 
 /// How long the journal writer waits after a step finishes for more steps to put in the same
 /// write. Most steps take milliseconds against EC2's control plane, so without it a build makes a
@@ -378,6 +440,9 @@ pub fn hand_over(
 /// ends the writing.
 pub struct JournalRecorder {
     tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(String, serde_json::Value)>>>,
+    /// Steps sent to the writer, and (watched) steps it wrote or gave up on.
+    sent: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::watch::Receiver<usize>,
     writer: Mutex<Option<tokio::task::JoinHandle<Result<(), CheckpointError>>>>,
     /// The status the last write sets, when [`JournalRecorder::finish`] closes the journal.
     status: Arc<Mutex<Option<String>>>,
@@ -389,7 +454,9 @@ impl JournalRecorder {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, serde_json::Value)>();
         let status: Arc<Mutex<Option<String>>> = Arc::default();
         let final_status = Arc::clone(&status);
+        let (done_tx, done) = tokio::sync::watch::channel(0usize);
         let writer = tokio::spawn(async move {
+            let mut written = 0usize;
             // Steps not yet written: a failed write keeps them for the next one.
             let mut pending = Vec::new();
             let mut open = true;
@@ -418,8 +485,13 @@ impl JournalRecorder {
                     break;
                 }
                 match journal.record_all(&pending, None).await {
-                    Ok(()) => pending.clear(),
+                    Ok(()) => {
+                        written += pending.len();
+                        done_tx.send_replace(written);
+                        pending.clear();
+                    }
                     Err(e @ CheckpointError::Lost { .. }) => {
+                        done_tx.send_replace(usize::MAX);
                         on_lost(&e);
                         return Err(e);
                     }
@@ -434,6 +506,7 @@ impl JournalRecorder {
                 return Ok(());
             }
             let last = journal.record_all(&pending, status.as_deref()).await;
+            done_tx.send_replace(usize::MAX);
             if let Err(e @ CheckpointError::Lost { .. }) = &last {
                 on_lost(e);
             }
@@ -441,6 +514,8 @@ impl JournalRecorder {
         });
         Self {
             tx: Mutex::new(Some(tx)),
+            sent: std::sync::atomic::AtomicUsize::new(0),
+            done,
             writer: Mutex::new(Some(writer)),
             status,
         }
@@ -476,10 +551,20 @@ impl crate::pipeline::state::Recorder for JournalRecorder {
     ) -> futures_util::future::BoxFuture<'a, ()> {
         if let Ok(guard) = self.tx.lock()
             && let Some(tx) = guard.as_ref()
+            && tx.send((step.to_owned(), outputs.clone())).is_ok()
         {
-            let _ = tx.send((step.to_owned(), outputs.clone()));
+            self.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         Box::pin(async {})
+    }
+
+    fn written(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        let want = self.sent.load(std::sync::atomic::Ordering::SeqCst);
+        let mut done = self.done.clone();
+        Box::pin(async move {
+            // The writer ending (channel closed) also ends the wait.
+            let _ = done.wait_for(|n| *n >= want).await;
+        })
     }
 }
 

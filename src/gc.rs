@@ -4,7 +4,8 @@
 //! no kept AMI maps, AMIs of failed or abandoned builds, and the journals of finished builds. A
 //! build without a journal (a `kiln build` run, or a finished build whose journal an earlier gc
 //! removed) keeps its AMIs and loses the rest. The AMIs of succeeded builds and the snapshots they
-//! map are never touched.
+//! map are never touched. Nothing younger than `--older-than` (by its creation time, or for a
+//! journal its last write) and no volume attached to a live instance is touched.
 
 use crate::aws::Clients;
 use crate::checkpoint;
@@ -91,15 +92,23 @@ async fn fate(
     }
     let now = checkpoint::now();
     let age = older_than.as_secs();
-    let f = match checkpoint::read(&clients.s3, bucket, build_id).await {
-        Ok(Some((j, _))) if j.status == "succeeded" => {
+    let f = match checkpoint::read_dated(&clients.s3, bucket, build_id).await {
+        Ok(Some((j, ..))) if j.status == "succeeded" => {
             (Fate::Succeeded, "the build succeeded".to_owned())
         }
-        Ok(Some((j, _))) if j.status == "failed" => (Fate::Gone, "the build failed".to_owned()),
-        Ok(Some((j, _))) if j.lease_expires + age <= now => (
-            Fate::Gone,
-            format!("the build's lease expired {} s ago", now - j.lease_expires),
-        ),
+        Ok(Some((j, ..))) if j.status == "failed" => (Fate::Gone, "the build failed".to_owned()),
+        // Abandoned: no owner heard of for `older_than`, counted from the lease's end or the
+        // journal's last write, whichever is later (a released lease is 0: a drained or retried
+        // build whose next attempt has not started yet is not abandoned).
+        Ok(Some((j, _, written)))
+            if j.lease_expires.max(written.unwrap_or(0)) + age <= now =>
+        {
+            let since = j.lease_expires.max(written.unwrap_or(0));
+            (
+                Fate::Gone,
+                format!("no owner heard of for {} s", now.saturating_sub(since)),
+            )
+        }
         Ok(Some(_)) => (Fate::Keep, "the build is running".to_owned()),
         Ok(None) => (
             Fate::NoJournal,
@@ -110,6 +119,44 @@ async fn fate(
     };
     cache.insert(build_id.to_owned(), f.clone());
     f
+}
+
+/// The instances among those `vols` are attached to that are not terminated or shutting down;
+/// `None` when that cannot be known (then every attachment counts as live).
+async fn live_instances(
+    ec2: &aws_sdk_ec2::Client,
+    vols: &[aws_sdk_ec2::types::Volume],
+) -> Option<Vec<String>> {
+    let ids: Vec<String> = vols
+        .iter()
+        .flat_map(|v| v.attachments())
+        .filter_map(|a| a.instance_id().map(str::to_owned))
+        .collect();
+    if ids.is_empty() {
+        return Some(Vec::new());
+    }
+    let out = ec2
+        .describe_instances()
+        .set_instance_ids(Some(ids))
+        .send()
+        .await
+        .ok()?;
+    Some(
+        out.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| {
+                !matches!(
+                    i.state().and_then(|s| s.name()),
+                    Some(
+                        aws_sdk_ec2::types::InstanceStateName::Terminated
+                            | aws_sdk_ec2::types::InstanceStateName::ShuttingDown
+                    )
+                )
+            })
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect(),
+    )
 }
 
 /// Runs gc over the build region and `regions`, for the builds whose id matches `build_ids` (a
@@ -132,8 +179,9 @@ pub async fn run(
         .name(format!("tag:{TAG_BUILD_ID}"))
         .values(build_ids)
         .build();
+    let age_s = older_than.as_secs();
     let old_enough = |created: Option<&aws_sdk_ec2::primitives::DateTime>| {
-        created.is_none_or(|t| (checkpoint::now() as i64 - t.secs()) as u64 >= older_than.as_secs())
+        created.is_none_or(|t| checkpoint::now() as i64 - t.secs() >= age_s as i64)
     };
     let mut all_regions = vec![clients.region().to_owned()];
     all_regions.extend(
@@ -212,7 +260,13 @@ pub async fn run(
                 continue;
             };
             let (f, why) = fate(clients, bucket, &build, older_than, &mut cache).await;
-            if f != Fate::Gone {
+            let created = img.creation_date().and_then(|d| {
+                time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339)
+                    .ok()
+            });
+            let young = created
+                .is_some_and(|t| checkpoint::now() as i64 - t.unix_timestamp() < age_s as i64);
+            if f != Fate::Gone || young {
                 kept_snapshots.extend(images::snapshots_of(&img));
                 continue;
             }
@@ -250,8 +304,18 @@ pub async fn run(
             };
             act("snapshot", id, build, why, r);
         }
-        // Volumes: a finished or abandoned build keeps none.
+        // Volumes: a finished or abandoned build keeps none; but one attached to a live instance
+        // is in use (a `kiln build` without a journal, or a build gc cannot judge): untouched.
+        let live = live_instances(&ec2, &vols).await;
         for v in vols {
+            let attached_to_live = v
+                .attachments()
+                .iter()
+                .filter_map(|a| a.instance_id())
+                .any(|i| live.as_ref().is_none_or(|l| l.iter().any(|x| x == i)));
+            if attached_to_live {
+                continue;
+            }
             let (Some(id), Some(build)) = (
                 v.volume_id().map(str::to_owned),
                 tag_of(v.tags(), TAG_BUILD_ID),

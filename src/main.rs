@@ -503,6 +503,11 @@ async fn build(
                 None => Arc::new(MemoryRecorder::default()),
             },
             attempt: journal.as_ref().map_or(1, |(j, ..)| j.journal().attempt),
+            // Without a journal every run is a generation of its own.
+            generation: journal.as_ref().map_or_else(
+                || uuid::Uuid::new_v4().simple().to_string(),
+                |(j, ..)| j.journal().generation,
+            ),
             handed_over: handed_over.clone(),
         };
         let post = plan.post_processors.clone();
@@ -625,18 +630,7 @@ async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
             .into_owned();
         let prefix = format!("templates/{build_id}");
         // The template and the files beside it (scripts, uploads), as the worker fetches them.
-        let mut files = vec![path.to_path_buf()];
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-                let p = e?.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p != path && files.len() < kiln::worker::MAX_TEMPLATE_FILES {
-                    files.push(p);
-                }
-            }
-        }
+        let files = kiln::worker::fetch::template_files(path).map_err(anyhow::Error::msg)?;
         for f in files {
             let rel = f.strip_prefix(dir).unwrap_or(&f).display().to_string();
             let body = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;

@@ -155,15 +155,42 @@ where
     }
 }
 
+/// Which run of a build made something: the build id (the caller's idempotency key) and its
+/// generation, a random id made when the build's journal is created (or, without a journal, when
+/// `kiln build` starts). A forced rebuild under the same build id is a new generation, so it never
+/// mistakes the previous build's resources or idempotency tokens for its own.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BuildRef {
+    /// The build id.
+    pub id: String,
+    /// The generation (empty for journals written before generations existed).
+    pub generation: String,
+}
+
 /// Tags kiln puts on everything it creates, so every resource can be found from its build.
-pub fn kiln_tags(build_id: &str, step: &str, extra: &BTreeMap<String, String>) -> Vec<Tag> {
+pub fn kiln_tags(build: &BuildRef, step: &str, extra: &BTreeMap<String, String>) -> Vec<Tag> {
     let mut tags: Vec<Tag> = extra
         .iter()
         .map(|(k, v)| Tag::builder().key(k).value(v).build())
         .collect();
-    tags.push(Tag::builder().key(TAG_BUILD_ID).value(build_id).build());
+    tags.push(Tag::builder().key(TAG_BUILD_ID).value(&build.id).build());
     tags.push(Tag::builder().key(TAG_STEP).value(step).build());
+    if !build.generation.is_empty() {
+        tags.push(
+            Tag::builder()
+                .key(TAG_GENERATION)
+                .value(&build.generation)
+                .build(),
+        );
+    }
     tags
+}
+
+/// Whether a resource's tags say that `build` (this id and generation) made it.
+pub fn made_by(tags: &[Tag], build: &BuildRef) -> bool {
+    let value = |k: &str| tags.iter().find(|t| t.key() == Some(k)).and_then(|t| t.value());
+    value(TAG_BUILD_ID) == Some(build.id.as_str())
+        && value(TAG_GENERATION).unwrap_or("") == build.generation
 }
 
 /// A `TagSpecification` for `kind` with `tags`.
@@ -179,16 +206,77 @@ pub const TAG_BUILD_ID: &str = "kiln:build-id";
 /// The tag naming the step that created it.
 pub const TAG_STEP: &str = "kiln:step";
 
-/// An idempotency token for `purpose` in build `build_id` (EC2 allows 64 ASCII characters).
-pub fn client_token(build_id: &str, purpose: &str) -> String {
-    let t = format!("kiln-{build_id}-{purpose}");
-    if t.len() <= 64 {
+/// The tag naming the build's generation (see [`BuildRef`]).
+pub const TAG_GENERATION: &str = "kiln:generation";
+
+/// An idempotency token (EC2's `ClientToken`, at most 64 ASCII characters) for one call of
+/// `build`. The rule: a token covers everything that makes the call distinct, so a retry of the
+/// same call gets the same token and any other call a different one: the build id, its generation
+/// (a forced rebuild is new), and in `parts` the call's kind plus what it depends on (the attempt
+/// for a volume each attempt makes anew, the source image and target region for a copy).
+pub fn client_token(build: &BuildRef, parts: &[&str]) -> String {
+    let mut t = format!("kiln-{}", build.id);
+    if !build.generation.is_empty() {
+        t.push('-');
+        t.push_str(&build.generation);
+    }
+    for p in parts {
+        t.push('-');
+        t.push_str(p);
+    }
+    if t.len() <= 64 && t.is_ascii() {
         return t;
     }
-    // FNV-1a keeps long ids within the limit while staying deterministic.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in t.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+    // FNV-1a (two seeds, 128 bits) keeps long tokens within the limit while staying deterministic.
+    let fnv = |seed: u64| {
+        let mut h = seed;
+        for b in t.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+        }
+        h
+    };
+    let prefix: String = t.chars().filter(char::is_ascii).take(30).collect();
+    format!(
+        "{prefix}-{:016x}{:016x}",
+        fnv(0xcbf29ce484222325),
+        fnv(0x84222325cbf29ce4)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(id: &str, generation: &str) -> BuildRef {
+        BuildRef {
+            id: id.into(),
+            generation: generation.into(),
+        }
     }
-    format!("{}-{h:016x}", &t[..40])
+
+    #[test]
+    fn client_tokens_differ_by_generation_attempt_and_source() {
+        let a = build("b-1", "g1");
+        let t = client_token(&a, &["root-volume", "1"]);
+        assert_eq!(t, client_token(&a, &["root-volume", "1"]), "deterministic");
+        assert_ne!(t, client_token(&a, &["root-volume", "2"]), "attempt");
+        assert_ne!(
+            t,
+            client_token(&build("b-1", "g2"), &["root-volume", "1"]),
+            "generation"
+        );
+        let long = build(&"x".repeat(80), "0123456789abcdef0123456789abcdef");
+        let c1 = client_token(&long, &["copy", "us-west-2", "ami-1"]);
+        let c2 = client_token(&long, &["copy", "us-west-2", "ami-2"]);
+        assert!(c1.len() <= 64 && c2.len() <= 64, "{c1} {c2}");
+        assert_ne!(c1, c2, "source image");
+    }
+
+    #[test]
+    fn made_by_needs_id_and_generation() {
+        let tags = kiln_tags(&build("b", "g"), "snapshot", &BTreeMap::new());
+        assert!(made_by(&tags, &build("b", "g")));
+        assert!(!made_by(&tags, &build("b", "h")));
+        assert!(!made_by(&tags, &build("c", "g")));
+    }
 }

@@ -45,22 +45,60 @@ pub fn mount_points() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Mount points whose source is `dev` or one of its partitions (`/dev/loop3`, `/dev/loop3p1`),
-/// deepest first.
+/// Mount points of `dev` or one of its partitions (`/dev/loop3`, `/dev/loop3p1`), deepest first.
+/// Matched by device number (mountinfo's `major:minor`), never by name: `/dev/loop1` must not
+/// match `/dev/loop10`, and a mount made through another name of the device still matches. A
+/// device that no longer exists has no mounts.
 pub fn mounts_of(dev: &Path) -> Vec<PathBuf> {
-    let d = dev.display().to_string();
-    let mut v: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
+    let numbers = device_numbers(dev);
+    if numbers.is_empty() {
+        return Vec::new();
+    }
+    mounts_with_devices(
+        &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+        &numbers,
+    )
+}
+
+/// The `major:minor` of block device `dev` and of each of its partitions (from sysfs).
+fn device_numbers(dev: &Path) -> Vec<String> {
+    use nix::sys::stat::{SFlag, major, minor, stat};
+    let Ok(st) = stat(dev) else {
+        return Vec::new();
+    };
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFBLK {
+        return Vec::new();
+    }
+    let own = format!("{}:{}", major(st.st_rdev), minor(st.st_rdev));
+    let mut numbers = vec![own.clone()];
+    // /sys/dev/block/M:m is the device's sysfs directory; its partitions are subdirectories
+    // holding a `partition` file, each with its own `dev`.
+    if let Ok(entries) = std::fs::read_dir(format!("/sys/dev/block/{own}")) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.join("partition").exists()
+                && let Ok(n) = std::fs::read_to_string(p.join("dev"))
+            {
+                numbers.push(n.trim().to_owned());
+            }
+        }
+    }
+    numbers
+}
+
+/// Mount points in `mountinfo` whose device (field 3, `major:minor`) is one of `numbers`,
+/// deepest (last mounted) first.
+fn mounts_with_devices(mountinfo: &str, numbers: &[String]) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = mountinfo
         .lines()
         .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let source = right.split(' ').nth(1)?;
-            let target = left.split(' ').nth(4)?;
-            let ok = source == d
-                || source.strip_prefix(d.as_str()).is_some_and(|rest| {
-                    rest.starts_with('p') || rest.chars().all(|c| c.is_ascii_digit())
-                });
-            ok.then(|| PathBuf::from(unescape(target)))
+            let mut fields = l.split(' ');
+            let number = fields.nth(2)?;
+            let target = fields.nth(1)?;
+            numbers
+                .iter()
+                .any(|n| n == number)
+                .then(|| PathBuf::from(unescape(target)))
         })
         .collect();
     v.reverse();
@@ -150,6 +188,31 @@ pub async fn unmount_tree(root: &Path) -> Result<Vec<PathBuf>, HostError> {
 
 #[cfg(test)]
 mod tests {
+    /// `/dev/loop1`'s mounts are found by its device numbers (7:1 and its partition 259:3), not
+    /// by name: `/dev/loop10` and `/dev/loop1p1`-lookalike names of other devices do not match.
+    #[test]
+    fn mounts_of_matches_device_numbers_not_name_prefixes() {
+        let mountinfo = "\
+29 1 259:1 / / rw - ext4 /dev/nvme0n1p1 rw
+100 29 7:1 / /mnt/kiln-a rw - ext4 /dev/loop1 rw
+101 29 7:10 / /mnt/kiln-b rw - ext4 /dev/loop10 rw
+102 29 259:3 / /mnt/kiln-c rw - ext4 /dev/loop1p1 rw
+103 102 0:55 / /mnt/kiln-c/proc rw - proc proc rw
+104 29 259:9 / /mnt/kiln-d rw - ext4 /dev/loop19p1 rw
+105 29 7:1 / /mnt/kiln\\040e rw - ext4 /dev/kiln/xvdf rw
+";
+        let found =
+            super::mounts_with_devices(mountinfo, &["7:1".to_owned(), "259:3".to_owned()]);
+        let found: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(found, ["/mnt/kiln e", "/mnt/kiln-c", "/mnt/kiln-a"]);
+    }
+
+    /// On this host: a missing device has no mounts, and `/` is found through its own device.
+    #[test]
+    fn mounts_of_a_missing_device_is_empty() {
+        assert!(super::mounts_of(std::path::Path::new("/dev/kiln-no-such-device")).is_empty());
+    }
+
     #[test]
     fn unescapes_mountinfo() {
         assert_eq!(super::unescape("/mnt/a\\040b"), "/mnt/a b");

@@ -30,9 +30,12 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Fault injection for crash tests: `KILN_FAULT_CRASH_AFTER=<step>` kills the process with
-/// SIGKILL right after that step's outputs are recorded, as a dying instance would.
-fn crash_if_asked(step: StepId) {
+/// SIGKILL right after that step's outputs are written to the recorder's store (the journal), as
+/// a dying instance would.
+async fn crash_if_asked(step: StepId, recorder: &dyn super::state::Recorder) {
     if std::env::var("KILN_FAULT_CRASH_AFTER").is_ok_and(|s| s == step.name()) {
+        // Bounded: a journal that cannot be written must not hang the fault hook.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), recorder.written()).await;
         tracing::warn!(
             step = step.name(),
             "KILN_FAULT_CRASH_AFTER: killing this process"
@@ -85,6 +88,7 @@ pub async fn run(
         state: BuildState::default(),
         started,
         attempt: options.attempt.max(1),
+        generation: options.generation.clone(),
     };
     let plan_steps = steps::plan_steps(&b.plan.config);
     let mut records = Vec::new();
@@ -117,7 +121,7 @@ pub async fn run(
                     &format!("    {} done in {duration:.1} s", step.name()),
                 );
                 options.recorder.record(&b.id, step.name(), &outputs).await;
-                crash_if_asked(step);
+                crash_if_asked(step, options.recorder.as_ref()).await;
                 records.push(StepRecord {
                     name: step.name().to_owned(),
                     started_at: at,

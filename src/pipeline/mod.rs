@@ -91,6 +91,9 @@ pub struct BuildOptions {
     /// drained worker): the build then reclaims what that attempt left and reuses its snapshot
     /// and AMI instead of making new ones.
     pub attempt: u32,
+    /// The build's generation (see [`crate::ec2::BuildRef`]): from the journal, or a new random
+    /// id for a build without one.
+    pub generation: String,
     /// Cancelled (with the build's own token) when another worker has taken the build over: the
     /// unwinding then undoes this attempt's volume, attachment, mounts and device lock, but leaves
     /// the snapshot and AMIs, which the new owner finds by their tags and reuses.
@@ -125,9 +128,19 @@ pub struct Build {
     pub started: OffsetDateTime,
     /// The attempt number (see [`BuildOptions::attempt`]).
     pub attempt: u32,
+    /// The generation (see [`BuildOptions::generation`]).
+    pub generation: String,
 }
 
 impl Build {
+    /// The build id and generation that tags and idempotency tokens name.
+    pub fn build_ref(&self) -> crate::ec2::BuildRef {
+        crate::ec2::BuildRef {
+            id: self.id.clone(),
+            generation: self.generation.clone(),
+        }
+    }
+
     /// Renders a template string at build time with placeholder `values`.
     pub fn render(
         &self,

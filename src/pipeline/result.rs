@@ -1,10 +1,10 @@
 //! The result document of a build: what `kiln build --json` prints and the worker publishes.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A build's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Still running.
@@ -16,19 +16,19 @@ pub enum Status {
 }
 
 /// The AMI in one region.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Artifact {
     /// `ami-...`
     pub ami_id: String,
     /// Its snapshots.
     pub snapshot_ids: Vec<String>,
     /// With the loop backend: the files holding the snapshots' data.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshot_files: Vec<String>,
 }
 
 /// One step as it ran.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepRecord {
     /// The step's name, e.g. `create-volume`.
     pub name: String,
@@ -41,7 +41,7 @@ pub struct StepRecord {
 }
 
 /// Why a build failed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Failure {
     /// The step that failed.
     pub step: String,
@@ -52,7 +52,7 @@ pub struct Failure {
 }
 
 /// The result document.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BuildResult {
     /// Document version.
     pub version: u32,
@@ -67,17 +67,17 @@ pub struct BuildResult {
     /// The build region.
     pub region: String,
     /// The source AMI (absent for from_scratch).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ami: Option<String>,
     /// AMI per region.
     pub artifacts: BTreeMap<String, Artifact>,
     /// Steps in order.
     pub steps: Vec<StepRecord>,
     /// On failure: where and why.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Failure>,
     /// Resources left behind (undo failures, or `--on-error=abort`), with their ids.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_behind: Vec<String>,
     /// RFC 3339.
     pub started_at: String,

@@ -103,7 +103,8 @@ pub struct BuildState {
 }
 
 /// Receives each step's outputs as the step completes (the worker's checkpoint journal in S3;
-/// memory for `kiln build`). The engine awaits it before the next step starts.
+/// memory for `kiln build`). The engine awaits `record` before the next step starts; a recorder
+/// may write later (the journal batches its writes off the critical path).
 pub trait Recorder: Send + Sync {
     /// Records that `step` of `build_id` finished with `outputs`.
     fn record<'a>(
@@ -112,6 +113,12 @@ pub trait Recorder: Send + Sync {
         step: &'a str,
         outputs: &'a serde_json::Value,
     ) -> futures_util::future::BoxFuture<'a, ()>;
+
+    /// Resolves once everything recorded so far is durably written (or its writing gave up).
+    /// The crash hook waits for it, so "crash after step X" means X is in the journal.
+    fn written(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Keeps records in memory (for `kiln build`).

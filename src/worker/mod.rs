@@ -4,13 +4,22 @@
 //! result to S3 and the result queue. SIGTERM drains: no new work, running builds get the drain
 //! deadline, then are cancelled (undone) and their messages made visible again at once.
 
+pub mod fetch;
 pub mod notify;
+mod publish;
 pub mod request;
+mod sweep;
+
+pub use publish::{early_failure, log_key, result_key};
+pub use sweep::{sweep_attachments, sweep_host};
+pub use fetch::{MAX_TEMPLATE_BYTES, MAX_TEMPLATE_FILES};
+use fetch::fetch_template;
+use publish::{delete, finish, publish, put, release, result_from_journal};
 
 use crate::aws::Clients;
 use crate::backend::Backend;
 use crate::checkpoint::{self, Acquired, JournalRecorder, Owner};
-use crate::pipeline::result::{BuildResult, Failure, RESULT_VERSION, Status};
+use crate::pipeline::result::{BuildResult, Status};
 use crate::pipeline::{self, BuildOptions, OnError};
 use crate::template::{self, Inputs};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
@@ -30,12 +39,6 @@ pub const MAX_BATCH: usize = 10;
 pub const LOG_FLUSH: Duration = Duration::from_secs(5);
 /// Pause after a failed receive before polling again (the SDK already retried the call).
 pub const RECEIVE_BACKOFF: Duration = Duration::from_secs(5);
-/// Most files fetched from a template's S3 directory, and their total size: a template and its
-/// scripts and uploads, not a data set.
-pub const MAX_TEMPLATE_FILES: usize = 200;
-/// See [`MAX_TEMPLATE_FILES`].
-pub const MAX_TEMPLATE_BYTES: u64 = 64 << 20;
-
 /// The worker's settings (flags, `KILN_*` variables, or a TOML file).
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,134 +124,12 @@ impl WorkerError {
     }
 }
 
-struct Ctx {
+pub(crate) struct Ctx {
     cfg: WorkerConfig,
     clients: Clients,
     backend: Backend,
     max_receive: Option<u32>,
     owner: Owner,
-}
-
-/// Detaches kiln's volumes that are attached to this instance at a device no live build holds (a
-/// dead worker's). They stay for the build's next attempt to reclaim, or for `kiln gc`.
-pub async fn sweep_attachments(clients: &Clients, instance_id: &str, lock_dir: &Path) {
-    let filters = [
-        aws_sdk_ec2::types::Filter::builder()
-            .name("attachment.instance-id")
-            .values(instance_id)
-            .build(),
-        aws_sdk_ec2::types::Filter::builder()
-            .name("tag-key")
-            .values(crate::ec2::TAG_BUILD_ID)
-            .build(),
-    ];
-    let Ok(out) = clients
-        .ec2
-        .describe_volumes()
-        .set_filters(Some(filters.to_vec()))
-        .send()
-        .await
-    else {
-        return;
-    };
-    for v in out.volumes() {
-        let (Some(id), Some(device)) = (
-            v.volume_id(),
-            v.attachments().first().and_then(|a| a.device()),
-        ) else {
-            continue;
-        };
-        let name = device.trim_start_matches("/dev/").replacen("sd", "xvd", 1);
-        let Ok(Some(lock)) = crate::host::lock::DeviceLock::try_lock(lock_dir, &name) else {
-            continue;
-        };
-        let polling = crate::ec2::wait::Polling::default();
-        match crate::ec2::volumes::detach(
-            &clients.ec2,
-            clients.region(),
-            id,
-            &polling,
-            &CancellationToken::new(),
-        )
-        .await
-        {
-            Ok(()) => tracing::warn!(
-                volume = id,
-                device,
-                "detached a volume a dead build left attached"
-            ),
-            Err(e) => {
-                tracing::error!(volume = id, error = %e, "could not detach a volume a dead build left attached")
-            }
-        }
-        drop(lock);
-    }
-}
-
-/// Whether `dev` still holds `volume` (a loop device may have been reused by another build since).
-fn device_holds(dev: &Path, volume: &str) -> bool {
-    let name = dev
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if name.starts_with("loop") {
-        return std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"))
-            .is_ok_and(|f| f.contains(volume));
-    }
-    if name.starts_with("nvme") {
-        return std::fs::canonicalize(crate::host::devices::nvme_by_volume(volume))
-            .is_ok_and(|d| d == dev);
-    }
-    true
-}
-
-/// Cleans up what builds of dead workers left on this host, before taking new work: for every
-/// device lock no live build holds whose note names a volume its device still holds, the mounts of
-/// that device (processes inside are killed first), its loop device, and the aliases. Volumes stay:
-/// the build's next attempt reclaims them.
-pub async fn sweep_host(lock_dir: &Path) -> Vec<String> {
-    let mut done = Vec::new();
-    let Ok(rd) = std::fs::read_dir(lock_dir) else {
-        return done;
-    };
-    for e in rd.flatten() {
-        let file = e.file_name().to_string_lossy().into_owned();
-        let Some(name) = file.strip_suffix(".lock") else {
-            continue;
-        };
-        let Some(note) = crate::host::lock::DeviceLock::read_note(lock_dir, name) else {
-            continue;
-        };
-        let Ok(Some(lock)) = crate::host::lock::DeviceLock::try_lock(lock_dir, name) else {
-            continue;
-        };
-        let mut parts = note.split_whitespace();
-        if let (Some(volume), Some(dev)) = (parts.next(), parts.next()) {
-            let dev = PathBuf::from(dev);
-            if device_holds(&dev, volume) {
-                for m in crate::host::mount::mounts_of(&dev) {
-                    match crate::host::mount::unmount_tree(&m).await {
-                        Ok(_) => done.push(format!("unmounted {} ({volume})", m.display())),
-                        Err(err) => {
-                            tracing::error!(mount = %m.display(), error = %err, "could not unmount a dead build's mount")
-                        }
-                    }
-                }
-                if dev.display().to_string().starts_with("/dev/loop")
-                    && crate::host::loopdev::detach(&dev).is_ok()
-                {
-                    done.push(format!("detached {} ({volume})", dev.display()));
-                }
-            }
-        }
-        crate::host::devices::remove_aliases(name);
-        let _ = lock.note("");
-        drop(lock);
-    }
-    for d in &done {
-        tracing::warn!("{d} (left by a dead build)");
-    }
-    done
 }
 
 /// A log that is appended while the build runs and flushed to S3 periodically.
@@ -347,38 +228,70 @@ pub async fn run(
     let mut tasks: JoinSet<()> = JoinSet::new();
     tracing::info!(queue = %ctx.cfg.queue, concurrency, backend = ctx.backend.name(), max_receive = ?ctx.max_receive, "worker polling");
     notify::notify("READY=1\nSTATUS=polling");
-    let watchdog = notify::watchdog_interval().map(|every| {
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                notify::notify("WATCHDOG=1");
-            }
-        })
-    });
+    let watchdog = notify::Watchdog::from_env();
+    poll(&ctx, &slots, &builds_cancel, &mut tasks, &shutdown, watchdog).await;
+    drain(&ctx, &builds_cancel, &mut tasks, watchdog).await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Longest wait for one receive: the long poll plus a margin for the reply. A receive that takes
+/// longer (a frozen endpoint) is abandoned and tried again, so the loop never hangs in it.
+pub const RECEIVE_DEADLINE: Duration = Duration::from_secs(LONG_POLL_SECONDS as u64 + 15);
+
+/// Fault injection for the watchdog test: `KILN_FAULT_HANG=poll` makes the poll loop hang after
+/// its first pet, as a deadlocked loop would.
+async fn hang_if_asked() {
+    if std::env::var("KILN_FAULT_HANG").is_ok_and(|s| s == "poll") {
+        tracing::warn!("KILN_FAULT_HANG: the poll loop hangs");
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The poll loop: takes messages while build slots are free, until `shutdown`. It pets the
+/// watchdog itself, at each turn and during its bounded waits, so a hung loop stops the pings.
+async fn poll(
+    ctx: &Arc<Ctx>,
+    slots: &Arc<Semaphore>,
+    builds_cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+    watchdog: notify::Watchdog,
+) {
     loop {
+        watchdog.pet();
+        hang_if_asked().await;
         while tasks.try_join_next().is_some() {}
         let first = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.cancelled() => break,
+            p = watchdog.while_waiting(Arc::clone(slots).acquire_owned()) => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.cancelled() => return,
         };
         let free = (1 + slots.available_permits()).min(MAX_BATCH);
+        let receive = ctx
+            .clients
+            .sqs
+            .receive_message()
+            .queue_url(&ctx.cfg.queue)
+            .max_number_of_messages(free as i32)
+            .wait_time_seconds(LONG_POLL_SECONDS)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send();
         let received = tokio::select! {
-            r = ctx.clients.sqs.receive_message()
-                .queue_url(&ctx.cfg.queue)
-                .max_number_of_messages(free as i32)
-                .wait_time_seconds(LONG_POLL_SECONDS)
-                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-                .send() => r,
-            _ = shutdown.cancelled() => break,
+            r = watchdog.while_waiting(tokio::time::timeout(RECEIVE_DEADLINE, receive)) => r,
+            _ = shutdown.cancelled() => return,
         };
         let messages = match received {
-            Ok(out) => out.messages.unwrap_or_default(),
-            Err(e) => {
-                tracing::error!(queue = %ctx.cfg.queue, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "receive failed; polling again shortly");
+            Ok(Ok(out)) => out.messages.unwrap_or_default(),
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+                    _ => format!("no reply within {} s", RECEIVE_DEADLINE.as_secs()),
+                };
+                tracing::error!(queue = %ctx.cfg.queue, error, "receive failed; polling again shortly");
                 drop(first);
                 tokio::select! {
-                    _ = tokio::time::sleep(RECEIVE_BACKOFF) => {}
-                    _ = shutdown.cancelled() => break,
+                    _ = watchdog.while_waiting(tokio::time::sleep(RECEIVE_BACKOFF)) => {}
+                    _ = shutdown.cancelled() => return,
                 }
                 continue;
             }
@@ -387,16 +300,16 @@ pub async fn run(
         for msg in messages {
             let permit = match first.take() {
                 Some(p) => p,
-                None => match Arc::clone(&slots).try_acquire_owned() {
+                None => match Arc::clone(slots).try_acquire_owned() {
                     Ok(p) => p,
                     Err(_) => {
                         // Cannot happen (we asked for no more than the free slots); give it back.
-                        release(&ctx, &msg, 0).await;
+                        release(ctx, &msg, 0).await;
                         continue;
                     }
                 },
             };
-            let ctx = Arc::clone(&ctx);
+            let ctx = Arc::clone(ctx);
             let cancel = builds_cancel.child_token();
             tasks.spawn(async move {
                 handle(&ctx, msg, cancel).await;
@@ -404,14 +317,25 @@ pub async fn run(
             });
         }
     }
+}
+
+/// Drains: running builds get the drain deadline, then are cancelled (and undone).
+async fn drain(
+    ctx: &Ctx,
+    builds_cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+    watchdog: notify::Watchdog,
+) {
     notify::notify("STOPPING=1\nSTATUS=draining");
     tracing::info!(
         in_flight = tasks.len(),
         drain_timeout_s = ctx.cfg.drain_timeout_s,
         "draining"
     );
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    let timed_out = tokio::time::timeout(Duration::from_secs(ctx.cfg.drain_timeout_s), drain)
+    let deadline = Duration::from_secs(ctx.cfg.drain_timeout_s);
+    let finished = async { while tasks.join_next().await.is_some() {} };
+    let timed_out = watchdog
+        .while_waiting(tokio::time::timeout(deadline, finished))
         .await
         .is_err();
     if timed_out {
@@ -420,256 +344,10 @@ pub async fn run(
             "drain deadline passed: cancelling running builds"
         );
         builds_cancel.cancel();
-        while tasks.join_next().await.is_some() {}
+        watchdog
+            .while_waiting(async { while tasks.join_next().await.is_some() {} })
+            .await;
     }
-    if let Some(w) = watchdog {
-        w.abort();
-    }
-    tracing::info!("worker stopped");
-    Ok(())
-}
-
-/// Makes a message visible again after `delay_s` seconds.
-async fn release(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message, delay_s: i32) {
-    let Some(receipt) = msg.receipt_handle() else {
-        return;
-    };
-    if let Err(e) = ctx
-        .clients
-        .sqs
-        .change_message_visibility()
-        .queue_url(&ctx.cfg.queue)
-        .receipt_handle(receipt)
-        .visibility_timeout(delay_s)
-        .send()
-        .await
-    {
-        tracing::error!(message_id = ?msg.message_id(), error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not release the message; it reappears when its visibility expires");
-    }
-}
-
-async fn delete(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message) {
-    let Some(receipt) = msg.receipt_handle() else {
-        return;
-    };
-    if let Err(e) = ctx
-        .clients
-        .sqs
-        .delete_message()
-        .queue_url(&ctx.cfg.queue)
-        .receipt_handle(receipt)
-        .send()
-        .await
-    {
-        tracing::error!(message_id = ?msg.message_id(), error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not delete the message; it will be delivered again");
-    }
-}
-
-/// A failure result for a build that never started.
-pub fn early_failure(build_id: &str, step: &str, message: String, retryable: bool) -> BuildResult {
-    let now = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    BuildResult {
-        version: RESULT_VERSION,
-        build_id: build_id.to_owned(),
-        build_name: String::new(),
-        status: Status::Failed,
-        backend: String::new(),
-        region: String::new(),
-        source_ami: None,
-        artifacts: Default::default(),
-        steps: Vec::new(),
-        error: Some(Failure {
-            step: step.to_owned(),
-            message,
-            retryable,
-        }),
-        left_behind: Vec::new(),
-        started_at: now.clone(),
-        finished_at: now,
-        duration_s: 0.0,
-    }
-}
-
-/// The S3 key of a build's result.
-pub fn result_key(build_id: &str) -> String {
-    format!("results/{build_id}.json")
-}
-
-/// The S3 key of a build's log.
-pub fn log_key(build_id: &str) -> String {
-    format!("logs/{build_id}.log")
-}
-
-async fn put(ctx: &Ctx, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), String> {
-    ctx.clients
-        .s3
-        .put_object()
-        .bucket(&ctx.cfg.buckets[0])
-        .key(key)
-        .content_type(content_type)
-        .body(body.into())
-        .send()
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            format!(
-                "s3://{}/{key}: {}",
-                ctx.cfg.buckets[0],
-                aws_sdk_s3::error::DisplayErrorContext(&e)
-            )
-        })
-}
-
-/// Writes the result to S3 and the result queue. Errors are returned so the message is kept.
-async fn publish(ctx: &Ctx, result: &BuildResult) -> Result<(), String> {
-    let body = serde_json::to_vec_pretty(result).map_err(|e| e.to_string())?;
-    put(
-        ctx,
-        &result_key(&result.build_id),
-        body.clone(),
-        "application/json",
-    )
-    .await?;
-    if let Some(q) = &ctx.cfg.result_queue {
-        ctx.clients
-            .sqs
-            .send_message()
-            .queue_url(q)
-            .message_body(String::from_utf8_lossy(&body))
-            .send()
-            .await
-            .map_err(|e| {
-                format!(
-                    "result queue {q}: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(&e)
-                )
-            })?;
-    }
-    tracing::info!(build_id = %result.build_id, status = ?result.status, "result published");
-    Ok(())
-}
-
-/// Publishes, then deletes the message; keeps the message if publishing failed.
-async fn finish(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message, result: &BuildResult) {
-    match publish(ctx, result).await {
-        Ok(()) => delete(ctx, msg).await,
-        Err(e) => {
-            tracing::error!(build_id = %result.build_id, error = %e, "could not publish the result; the message stays for another attempt");
-            release(ctx, msg, ctx.cfg.retry_delay_s as i32).await;
-        }
-    }
-}
-
-/// Downloads the template and the files beside it into `dir`; returns the template's path.
-async fn fetch_template(
-    ctx: &Ctx,
-    req: &BuildRequest,
-    dir: &Path,
-) -> Result<PathBuf, (String, bool)> {
-    let t = &req.template;
-    let s3 = &ctx.clients.s3;
-    let prefix = t.key.rsplit_once('/').map(|(p, _)| format!("{p}/"));
-    let mut keys = vec![t.key.clone()];
-    if let Some(prefix) = &prefix {
-        let out = s3
-            .list_objects_v2()
-            .bucket(&t.bucket)
-            .prefix(prefix)
-            .max_keys(MAX_TEMPLATE_FILES as i32 + 1)
-            .send()
-            .await
-            .map_err(|e| {
-                (
-                    format!(
-                        "listing s3://{}/{prefix}: {}",
-                        t.bucket,
-                        aws_sdk_s3::error::DisplayErrorContext(&e)
-                    ),
-                    true,
-                )
-            })?;
-        let listed: Vec<(String, i64)> = out
-            .contents()
-            .iter()
-            .filter_map(|o| o.key().map(|k| (k.to_owned(), o.size().unwrap_or(0))))
-            .collect();
-        if listed.len() > MAX_TEMPLATE_FILES
-            || listed.iter().map(|(_, s)| *s as u64).sum::<u64>() > MAX_TEMPLATE_BYTES
-        {
-            return Err((
-                format!(
-                    "s3://{}/{prefix} holds more than {MAX_TEMPLATE_FILES} files or {MAX_TEMPLATE_BYTES} bytes: put the template in a directory of its own",
-                    t.bucket
-                ),
-                false,
-            ));
-        }
-        keys.extend(
-            listed
-                .into_iter()
-                .map(|(k, _)| k)
-                .filter(|k| *k != t.key && !k.ends_with('/')),
-        );
-    }
-    let mut template_path = None;
-    for key in keys {
-        let rel = match &prefix {
-            Some(p) => key.strip_prefix(p.as_str()).unwrap_or(&key).to_owned(),
-            None => key.clone(),
-        };
-        if rel.split('/').any(|c| c == ".." || c.is_empty()) {
-            continue;
-        }
-        let mut get = s3.get_object().bucket(&t.bucket).key(&key);
-        if key == t.key
-            && let Some(v) = &t.version_id
-        {
-            get = get.version_id(v);
-        }
-        let obj = match get.send().await {
-            Ok(o) => o,
-            Err(e) => {
-                let missing = matches!(&e, aws_sdk_s3::error::SdkError::ServiceError(s) if s.err().is_no_such_key())
-                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
-                let what = format!("s3://{}/{key}", t.bucket);
-                return Err(if missing && key == t.key {
-                    (format!("the template {what} does not exist"), false)
-                } else {
-                    (
-                        format!(
-                            "fetching {what}: {}",
-                            aws_sdk_s3::error::DisplayErrorContext(&e)
-                        ),
-                        !missing,
-                    )
-                });
-            }
-        };
-        let bytes = obj
-            .body
-            .collect()
-            .await
-            .map_err(|e| (format!("reading s3://{}/{key}: {e}", t.bucket), true))?
-            .into_bytes();
-        let path = dir.join(&rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| (format!("creating {}: {e}", parent.display()), true))?;
-        }
-        std::fs::write(&path, &bytes)
-            .map_err(|e| (format!("writing {}: {e}", path.display()), true))?;
-        if key == t.key {
-            template_path = Some(path);
-        }
-    }
-    template_path.ok_or_else(|| {
-        (
-            format!("the template s3://{}/{} does not exist", t.bucket, t.key),
-            false,
-        )
-    })
 }
 
 /// Handles one message to the end: never panics the worker, never loses the message.
@@ -788,17 +466,8 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
             return;
         }
         Ok(Acquired::Finished(status)) => {
-            tracing::info!(build_id = %build_id, status, "this build finished but its result is missing; publishing a failure that says so");
-            let r = early_failure(
-                &build_id,
-                "checkpoint",
-                format!(
-                    "the build finished ({status}) but its result document is missing from s3://{}/{}",
-                    ctx.cfg.buckets[0],
-                    result_key(&build_id)
-                ),
-                false,
-            );
+            tracing::info!(build_id = %build_id, status, "this build finished but its result document is missing; publishing the result its journal kept");
+            let r = result_from_journal(ctx, &build_id, &status).await;
             finish(ctx, &msg, &r).await;
             return;
         }
@@ -868,6 +537,7 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         &handed_over,
         Arc::clone(&recorder) as Arc<dyn crate::pipeline::state::Recorder>,
         attempt,
+        journal.journal().generation,
     )
     .await;
     if let Err(e) = recorder.flush().await {
@@ -918,11 +588,14 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         journal.release().await
     } else {
         journal
-            .finish(if outcome.status == Status::Succeeded {
-                "succeeded"
-            } else {
-                "failed"
-            })
+            .finish(
+                if outcome.status == Status::Succeeded {
+                    "succeeded"
+                } else {
+                    "failed"
+                },
+                serde_json::to_value(&outcome).ok(),
+            )
             .await
     };
     if let Err(e) = journal_result {
@@ -941,6 +614,7 @@ async fn run_request(
     handed_over: &CancellationToken,
     recorder: Arc<dyn crate::pipeline::state::Recorder>,
     attempt: u32,
+    generation: String,
 ) -> BuildResult {
     if let Err(e) = std::fs::create_dir_all(work) {
         return early_failure(
@@ -1044,6 +718,7 @@ async fn run_request(
         sink,
         recorder,
         attempt,
+        generation,
         handed_over: handed_over.clone(),
     };
     let result = pipeline::run(plan, masker, ctx.clients.clone(), options, cancel.clone()).await;

@@ -25,8 +25,49 @@ pub fn notify(state: &str) {
     }
 }
 
-/// Half the watchdog interval systemd asks for (`WATCHDOG_USEC`), as sd_watchdog_enabled advises.
-pub fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    Some(Duration::from_micros(usec / 2))
+/// The watchdog as the worker's poll loop pets it: `WATCHDOG=1` every half of systemd's
+/// `WATCHDOG_USEC` (as sd_watchdog_enabled advises), sent only while the loop itself runs, so a
+/// hung loop stops the pings and systemd restarts the worker. Disabled without `WATCHDOG_USEC`,
+/// or when `WATCHDOG_PID` names another process (the watchdog is then not ours).
+#[derive(Debug, Clone, Copy)]
+pub struct Watchdog {
+    every: Option<Duration>,
+}
+
+impl Watchdog {
+    /// From the environment systemd sets.
+    pub fn from_env() -> Self {
+        let for_us = std::env::var("WATCHDOG_PID")
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .is_none_or(|p| p == std::process::id());
+        let every = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|u| u.trim().parse::<u64>().ok())
+            .filter(|u| *u > 0 && for_us)
+            .map(|u| Duration::from_micros(u / 2));
+        Self { every }
+    }
+
+    /// Sends `WATCHDOG=1` now (if enabled).
+    pub fn pet(&self) {
+        if self.every.is_some() {
+            notify("WATCHDOG=1");
+        }
+    }
+
+    /// Awaits `fut`, petting the watchdog at every interval meanwhile: for the loop's own waits
+    /// that are bounded or healthy (a long poll with a deadline, a free build slot, the drain).
+    pub async fn while_waiting<F: Future>(&self, fut: F) -> F::Output {
+        let Some(every) = self.every else {
+            return fut.await;
+        };
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                out = &mut fut => return out,
+                _ = tokio::time::sleep(every) => self.pet(),
+            }
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! Step `copy-regions`: CopyImage to each of `ami_regions` (ClientToken from the build id, tags
+//! Step `copy-regions`: CopyImage to each of `ami_regions` (ClientToken from the build, its source AMI and
+//! the region, see `ec2::client_token`; tags
 //! and encryption set at the call), waited for in parallel; the copies' snapshots get the
 //! snapshot tags. `skip_save_build_region` removes the build region's image afterwards.
 //! Undo (on failure): deregister the copies and delete their snapshots.
@@ -28,7 +29,7 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         None => None,
     };
     let image_tags = super::register_image::image_tags(b, "copy-regions")?;
-    let snap_tags = kiln_tags(&b.id, "copy-regions", &super::snapshot::snapshot_tags(b)?);
+    let snap_tags = kiln_tags(&b.build_ref(), "copy-regions", &super::snapshot::snapshot_tags(b)?);
     let targets: Vec<String> = c
         .ami_regions
         .iter()
@@ -44,7 +45,13 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
             .source_region(&b.region)
             .name(&name)
             .set_description(description.clone())
-            .client_token(client_token(&b.id, &format!("copy-{r}")))
+            // Same build, generation, source AMI and region: the same copy (a resumed attempt
+            // reuses the AMI, so its retried CopyImage answers with the copy already made); a
+            // retry after a failure registers a new AMI and so asks for a new copy.
+            .client_token(client_token(
+                &b.build_ref(),
+                &["copy", r, &src.ami_id],
+            ))
             .set_encrypted(c.encrypt_boot)
             .set_kms_key_id(
                 c.region_kms_key_ids

@@ -1,6 +1,7 @@
 //! Step `create-volume`: the build volume, from the source's root snapshot (grown to
 //! `root_volume_size` if larger) or blank for from_scratch; tagged at creation with the build id;
-//! idempotent through a ClientToken derived from the build id. Undo (always): delete it.
+//! idempotent through a ClientToken derived from the build id, generation, attempt and source
+//! snapshot (see `ec2::client_token`). Undo (always): delete it.
 
 use crate::ec2::{client_token, kiln_tags, volumes};
 use crate::pipeline::{Build, StepError};
@@ -45,8 +46,16 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         snapshot_id: snapshot.clone(),
         encrypted: c.root_volume_encrypt_boot,
         kms_key_id: c.root_volume_kms_key_id.clone(),
-        tags: kiln_tags(&b.id, "create-volume", &tags),
-        client_token: client_token(&b.id, &format!("root-volume-{}", b.attempt)),
+        tags: kiln_tags(&b.build_ref(), "create-volume", &tags),
+        // Each attempt makes its own volume (reclaim removed earlier attempts'), from its source.
+        client_token: client_token(
+            &b.build_ref(),
+            &[
+                "root-volume",
+                &b.attempt.to_string(),
+                snapshot.as_deref().unwrap_or("blank"),
+            ],
+        ),
     };
     let id = volumes::create(&b.clients.ec2, &b.region, &spec).await?;
     b.state.volume_id = Some(id.clone());

@@ -1,5 +1,7 @@
 //! Step `pre-validate`: the AMI name is free in every target region (unless `force_deregister`),
-//! and `ami_regions` are real regions (unless `skip_region_validation`).
+//! and `ami_regions` are real regions (unless `skip_region_validation`). An AMI of that name that
+//! this build made in an earlier attempt (its `kiln:build-id` and `kiln:generation` tags) is not
+//! a conflict: a resumed build reuses it (register-image) or its copy (copy-regions).
 
 use super::invalid;
 use crate::ec2::{api, images};
@@ -33,9 +35,17 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     if !c.force_deregister {
         let mut regions = vec![b.region.clone()];
         regions.extend(c.ami_regions.iter().filter(|r| **r != b.region).cloned());
+        let me = b.build_ref();
         for r in regions {
             let ec2 = b.clients.ec2_in(&r);
-            if let Some(img) = images::by_name(&ec2, &r, &name).await?.into_iter().next() {
+            let found = images::by_name(&ec2, &r, &name).await?;
+            let (ours, others): (Vec<_>, Vec<_>) = found
+                .into_iter()
+                .partition(|i| b.attempt > 1 && crate::ec2::made_by(i.tags(), &me));
+            for img in &ours {
+                tracing::info!(build_id = %b.id, region = %r, ami = ?img.image_id(), "the AMI name is taken by this build's own earlier attempt; it is reused");
+            }
+            if let Some(img) = others.into_iter().next() {
                 return Err(invalid(format!(
                     "AMI Name: '{name}' is used by an existing AMI: {} in {r} (set force_deregister to replace it)",
                     img.image_id.unwrap_or_default()

@@ -50,10 +50,13 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         .await
         .map_err(api("DescribeSnapshots", b.id.clone(), &region))?;
     let mut reused = None;
+    let me = b.build_ref();
     for s in snaps.snapshots() {
         let Some(id) = s.snapshot_id() else { continue };
         let has_data = b.backend.snapshot_file(id).is_none_or(|f| f.exists());
-        if reused.is_none() && has_data && s.state() != Some(&SnapshotState::Error) {
+        // Only this generation's snapshot is reused (a forced rebuild starts from its source).
+        let ours = crate::ec2::made_by(s.tags(), &me);
+        if reused.is_none() && ours && has_data && s.state() != Some(&SnapshotState::Error) {
             images::wait_snapshot(&ec2, &region, id, &b.polling, &b.cancel).await?;
             reused = Some(id.to_owned());
         } else if let Err(e) = images::delete_snapshot(&ec2, &region, id).await {

@@ -82,7 +82,7 @@ pub fn image_tags(b: &Build, step: &str) -> Result<Vec<aws_sdk_ec2::types::Tag>,
     for (k, v) in &b.plan.config.tags {
         tags.insert(k.clone(), b.render("tags", v, &b.source_values())?);
     }
-    Ok(kiln_tags(&b.id, step, &tags))
+    Ok(kiln_tags(&b.build_ref(), step, &tags))
 }
 
 /// When resuming: the AMI an earlier attempt registered (found by the build's tag), if any.
@@ -106,9 +106,12 @@ async fn registered_before(b: &Build) -> Result<Option<String>, StepError> {
         .send()
         .await
         .map_err(api("DescribeImages", b.id.clone(), &b.region))?;
+    // Only this generation's: a forced rebuild never adopts the previous build's AMI.
+    let me = b.build_ref();
     Ok(out
         .images()
         .iter()
+        .filter(|i| crate::ec2::made_by(i.tags(), &me))
         .find_map(|i| i.image_id().map(str::to_owned)))
 }
 

@@ -26,7 +26,7 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         .volume_id
         .clone()
         .ok_or_else(|| super::invalid("no volume"))?;
-    let tags = kiln_tags(&b.id, "snapshot", &snapshot_tags(b)?);
+    let tags = kiln_tags(&b.build_ref(), "snapshot", &snapshot_tags(b)?);
     let description = format!("kiln build {} of {}", b.id, b.plan.name);
     let id =
         images::create_snapshot(&b.clients.ec2, &b.region, &volume, &description, &tags).await?;

@@ -1,0 +1,203 @@
+//! A build's way out: the result document and log in S3, the result on the result queue, and the
+//! request message deleted or made visible again. Publishing retries transient failures, so a
+//! finished build is not reported as failed because S3 hiccuped once.
+
+use super::Ctx;
+use crate::pipeline::result::{BuildResult, Failure, RESULT_VERSION, Status};
+use std::time::Duration;
+
+/// Makes a message visible again after `delay_s` seconds.
+pub(super) async fn release(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message, delay_s: i32) {
+    let Some(receipt) = msg.receipt_handle() else {
+        return;
+    };
+    if let Err(e) = ctx
+        .clients
+        .sqs
+        .change_message_visibility()
+        .queue_url(&ctx.cfg.queue)
+        .receipt_handle(receipt)
+        .visibility_timeout(delay_s)
+        .send()
+        .await
+    {
+        tracing::error!(message_id = ?msg.message_id(), error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not release the message; it reappears when its visibility expires");
+    }
+}
+
+pub(super) async fn delete(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message) {
+    let Some(receipt) = msg.receipt_handle() else {
+        return;
+    };
+    if let Err(e) = ctx
+        .clients
+        .sqs
+        .delete_message()
+        .queue_url(&ctx.cfg.queue)
+        .receipt_handle(receipt)
+        .send()
+        .await
+    {
+        tracing::error!(message_id = ?msg.message_id(), error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not delete the message; it will be delivered again");
+    }
+}
+
+/// A failure result for a build that never started.
+pub fn early_failure(build_id: &str, step: &str, message: String, retryable: bool) -> BuildResult {
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    BuildResult {
+        version: RESULT_VERSION,
+        build_id: build_id.to_owned(),
+        build_name: String::new(),
+        status: Status::Failed,
+        backend: String::new(),
+        region: String::new(),
+        source_ami: None,
+        artifacts: Default::default(),
+        steps: Vec::new(),
+        error: Some(Failure {
+            step: step.to_owned(),
+            message,
+            retryable,
+        }),
+        left_behind: Vec::new(),
+        started_at: now.clone(),
+        finished_at: now,
+        duration_s: 0.0,
+    }
+}
+
+/// The S3 key of a build's result.
+pub fn result_key(build_id: &str) -> String {
+    format!("results/{build_id}.json")
+}
+
+/// The S3 key of a build's log.
+pub fn log_key(build_id: &str) -> String {
+    format!("logs/{build_id}.log")
+}
+
+/// Attempts at publishing (each after the SDK's own retries): a result that exists must not be
+/// lost to a brief S3 or SQS outage. Five attempts, 1 s doubling, span about 15 s.
+pub const PUBLISH_ATTEMPTS: u32 = 5;
+/// The first pause between publishing attempts (doubling after each).
+pub const PUBLISH_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Runs `call` until it succeeds, at most [`PUBLISH_ATTEMPTS`] times; returns the last error.
+async fn retried<F, Fut>(what: &str, mut call: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut pause = PUBLISH_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < PUBLISH_ATTEMPTS => {
+                tracing::warn!(attempt, retry_in_s = pause.as_secs_f64(), error = %e, "{what} failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes `body` to `key` in the results bucket, once (see [`retried`]).
+pub(super) async fn put(
+    ctx: &Ctx,
+    key: &str,
+    body: Vec<u8>,
+    content_type: &str,
+) -> Result<(), String> {
+    ctx.clients
+        .s3
+        .put_object()
+        .bucket(&ctx.cfg.buckets[0])
+        .key(key)
+        .content_type(content_type)
+        .body(body.into())
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "s3://{}/{key}: {}",
+                ctx.cfg.buckets[0],
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            )
+        })
+}
+
+/// Writes the result to S3 and the result queue, each retried (see [`PUBLISH_ATTEMPTS`]).
+/// Errors are returned so the message is kept. Safe to run twice (the S3 document is replaced;
+/// the result queue may see the result twice, as SQS consumers expect).
+pub(super) async fn publish(ctx: &Ctx, result: &BuildResult) -> Result<(), String> {
+    let body = serde_json::to_vec_pretty(result).map_err(|e| e.to_string())?;
+    let key = result_key(&result.build_id);
+    retried("writing the result document", || {
+        put(ctx, &key, body.clone(), "application/json")
+    })
+    .await?;
+    if let Some(q) = &ctx.cfg.result_queue {
+        retried("sending the result", || async {
+            ctx.clients
+                .sqs
+                .send_message()
+                .queue_url(q)
+                .message_body(String::from_utf8_lossy(&body))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    format!(
+                        "result queue {q}: {}",
+                        aws_sdk_sqs::error::DisplayErrorContext(&e)
+                    )
+                })
+        })
+        .await?;
+    }
+    tracing::info!(build_id = %result.build_id, status = ?result.status, "result published");
+    Ok(())
+}
+
+/// Publishes, then deletes the message; keeps the message if publishing failed.
+pub(super) async fn finish(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message, result: &BuildResult) {
+    match publish(ctx, result).await {
+        Ok(()) => delete(ctx, msg).await,
+        Err(e) => {
+            tracing::error!(build_id = %result.build_id, error = %e, "could not publish the result; the message stays for another attempt");
+            release(ctx, msg, ctx.cfg.retry_delay_s as i32).await;
+        }
+    }
+}
+
+/// The result of a build whose journal says it finished (`status`) but whose result document is
+/// missing (publishing failed after the journal was closed): the result the journal kept, or,
+/// for a journal without one, a failure that says what is missing.
+pub(super) async fn result_from_journal(ctx: &Ctx, build_id: &str, status: &str) -> BuildResult {
+    let kept = crate::checkpoint::read(&ctx.clients.s3, &ctx.cfg.buckets[0], build_id)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|(j, _)| j.result)
+        .and_then(|r| serde_json::from_value::<BuildResult>(r).ok());
+    match kept {
+        Some(r) => r,
+        None => early_failure(
+            build_id,
+            "checkpoint",
+            format!(
+                "the build finished ({status}) but neither its result document s3://{}/{} nor its journal holds the result",
+                ctx.cfg.buckets[0],
+                result_key(build_id)
+            ),
+            false,
+        ),
+    }
+}

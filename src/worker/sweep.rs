@@ -1,0 +1,129 @@
+//! What dead builds left on this builder host, cleaned up when a worker starts: mounts and loop
+//! devices of device locks no live build holds, and kiln volumes still attached to this instance.
+
+use crate::aws::Clients;
+use std::path::{Path, PathBuf};
+use tokio_util::sync::CancellationToken;
+
+/// Detaches kiln's volumes that are attached to this instance at a device no live build holds (a
+/// dead worker's). They stay for the build's next attempt to reclaim, or for `kiln gc`.
+pub async fn sweep_attachments(clients: &Clients, instance_id: &str, lock_dir: &Path) {
+    let filters = [
+        aws_sdk_ec2::types::Filter::builder()
+            .name("attachment.instance-id")
+            .values(instance_id)
+            .build(),
+        aws_sdk_ec2::types::Filter::builder()
+            .name("tag-key")
+            .values(crate::ec2::TAG_BUILD_ID)
+            .build(),
+    ];
+    let Ok(out) = clients
+        .ec2
+        .describe_volumes()
+        .set_filters(Some(filters.to_vec()))
+        .send()
+        .await
+    else {
+        return;
+    };
+    for v in out.volumes() {
+        let (Some(id), Some(device)) = (
+            v.volume_id(),
+            v.attachments().first().and_then(|a| a.device()),
+        ) else {
+            continue;
+        };
+        let name = device.trim_start_matches("/dev/").replacen("sd", "xvd", 1);
+        let Ok(Some(lock)) = crate::host::lock::DeviceLock::try_lock(lock_dir, &name) else {
+            continue;
+        };
+        let polling = crate::ec2::wait::Polling::default();
+        match crate::ec2::volumes::detach(
+            &clients.ec2,
+            clients.region(),
+            id,
+            &polling,
+            &CancellationToken::new(),
+        )
+        .await
+        {
+            Ok(()) => tracing::warn!(
+                volume = id,
+                device,
+                "detached a volume a dead build left attached"
+            ),
+            Err(e) => {
+                tracing::error!(volume = id, error = %e, "could not detach a volume a dead build left attached")
+            }
+        }
+        drop(lock);
+    }
+}
+
+/// Whether `dev` still holds `volume` (a loop device may have been reused by another build since).
+fn device_holds(dev: &Path, volume: &str) -> bool {
+    let name = dev
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.starts_with("loop") {
+        return std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"))
+            .is_ok_and(|f| f.contains(volume));
+    }
+    if name.starts_with("nvme") {
+        return std::fs::canonicalize(crate::host::devices::nvme_by_volume(volume))
+            .is_ok_and(|d| d == dev);
+    }
+    true
+}
+
+/// Cleans up what builds of dead workers left on this host, before taking new work: for every
+/// device lock no live build holds whose note names a volume its device still holds, the mounts of
+/// that device (processes inside are killed first), its loop device, and the aliases. Volumes stay:
+/// the build's next attempt reclaims them.
+pub async fn sweep_host(lock_dir: &Path) -> Vec<String> {
+    let mut done = Vec::new();
+    let Ok(rd) = std::fs::read_dir(lock_dir) else {
+        return done;
+    };
+    for e in rd.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(name) = file.strip_suffix(".lock") else {
+            continue;
+        };
+        let Some(note) = crate::host::lock::DeviceLock::read_note(lock_dir, name) else {
+            continue;
+        };
+        let Ok(Some(lock)) = crate::host::lock::DeviceLock::try_lock(lock_dir, name) else {
+            continue;
+        };
+        let mut parts = note.split_whitespace();
+        if let (Some(volume), Some(dev)) = (parts.next(), parts.next()) {
+            let dev = PathBuf::from(dev);
+            if device_holds(&dev, volume) {
+                for m in crate::host::mount::mounts_of(&dev) {
+                    match crate::host::mount::unmount_tree(&m).await {
+                        Ok(_) => done.push(format!("unmounted {} ({volume})", m.display())),
+                        Err(err) => {
+                            tracing::error!(mount = %m.display(), error = %err, "could not unmount a dead build's mount")
+                        }
+                    }
+                }
+                if dev.display().to_string().starts_with("/dev/loop")
+                    && crate::host::loopdev::detach(&dev).is_ok()
+                {
+                    done.push(format!("detached {} ({volume})", dev.display()));
+                }
+            }
+        }
+        crate::host::devices::remove_aliases(name);
+        let _ = lock.note("");
+        drop(lock);
+    }
+    for d in &done {
+        tracing::warn!("{d} (left by a dead build)");
+    }
+    done
+}
+
