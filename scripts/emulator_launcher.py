@@ -29,8 +29,10 @@ POST /_kiln/hosts {"name": ...}, POST /_kiln/delays {"region": ..., "volume": s,
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import re
 import secrets
 import sys
 import threading
@@ -258,6 +260,20 @@ def _register_image(self) -> ActionResult:
     self.error_on_dryrun()
     backend = self.ec2_backend
     with LOCK:
+        # AWS: an account's AMI names are unique per region.
+        taken = next(
+            (
+                a
+                for a in backend.amis.values()
+                if a.name == name and str(getattr(a, "owner_id", "")) == str(backend.account_id)
+            ),
+            None,
+        )
+        if taken is not None:
+            raise EC2ClientError(
+                "InvalidAMIName.Duplicate",
+                f"AMI name {name} is already in use by AMI {taken.id}",
+            )
         mappings = _mappings_from_request(backend, p("BlockDeviceMappings", []))
         root = p("RootDeviceName")
         if mappings and root and not any(m["DeviceName"] == root for m in mappings):
@@ -461,6 +477,18 @@ def _attach_volume_checked(self) -> ActionResult:
             )
         instance = backend.get_instance(self._get_param("InstanceId"))
         device = self._get_param("Device")
+        if not re.fullmatch(r"/dev/(sd|xvd)[a-z]{1,2}([1-9][0-9]?)?", device or ""):
+            raise EC2ClientError(
+                "InvalidParameterValue",
+                f"Value ({device}) for parameter device is invalid. {device} is not a valid EBS device name.",
+            )
+        volume_zone = getattr(volume.zone, "name", volume.zone)
+        if volume_zone != instance.placement.zone:
+            raise EC2ClientError(
+                "InvalidVolume.ZoneMismatch",
+                f"The volume '{volume_id}' is not in the same availability zone as instance "
+                f"'{instance.id}'",
+            )
         if device in instance.block_device_mapping:
             raise EC2ClientError(
                 "InvalidParameterValue", f"Attachment point {device} is already in use"
@@ -622,6 +650,7 @@ def reset() -> None:
         VOLUME_TOKENS.clear()
         COPY_TOKENS.clear()
         DELAYS.clear()
+        FAULTS.clear()
         for host in HOSTS.values():
             host["extra"] = {}
             _launch_host_instance(host)
@@ -630,6 +659,42 @@ def reset() -> None:
 # ---------------------------------------------------------------------------------------------------
 # Control endpoints and the server.
 # ---------------------------------------------------------------------------------------------------
+
+
+# 8. Faults on request: the next COUNT requests with this method, path prefix (S3 is path-style:
+#    /bucket/key) and, if given, a substring of the body (an EC2 action and a parameter unique to
+#    one test) get STATUS with an AWS error CODE, as a brief outage or a limit of AWS would answer.
+FAULTS: list[dict] = []
+
+
+def _take_fault(method: str, path: str, body: bytes) -> dict | None:
+    text = body.decode("utf-8", "replace")
+    with LOCK:
+        for f in FAULTS:
+            if (
+                f["count"] > 0
+                and f["method"] == method
+                and path.startswith(f["path"])
+                and f["body"] in text
+            ):
+                f["count"] -= 1
+                if f["count"] == 0:
+                    FAULTS.remove(f)
+                return dict(f)
+    return None
+
+
+def _fault_reply(fault: dict, ec2: bool) -> bytes:
+    code, message = fault["code"], "injected by the kiln emulator"
+    if ec2:  # EC2's query protocol
+        return (
+            f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code>"
+            f"<Message>{message}</Message></Error></Errors><RequestID>kiln-fault</RequestID></Response>"
+        ).encode()
+    return (
+        f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code>"
+        f"<Message>{message}</Message><RequestId>kiln-fault</RequestId></Error>"
+    ).encode()
 
 
 class KilnControl:
@@ -641,6 +706,19 @@ class KilnControl:
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         if not path.startswith("/_kiln/"):
+            if not FAULTS:
+                return self.app(environ, start_response)
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
+            environ["wsgi.input"] = io.BytesIO(body)
+            fault = _take_fault(environ.get("REQUEST_METHOD", ""), path, body)
+            if fault is not None:
+                data = _fault_reply(fault, body.startswith(b"Action=") or b"&Action=" in body)
+                start_response(
+                    f"{fault['status']} Injected",
+                    [("Content-Type", "application/xml"), ("Content-Length", str(len(data)))],
+                )
+                return [data]
             return self.app(environ, start_response)
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -673,6 +751,18 @@ class KilnControl:
             with LOCK:
                 DELAYS[region] = {k: float(body[k]) for k in DELAY_KINDS if k in body}
             return public_state()
+        if path == "/_kiln/faults":
+            fault = {
+                "method": str(body["method"]).upper(),
+                "path": str(body["path"]),
+                "status": int(body["status"]),
+                "code": str(body["code"]),
+                "count": int(body["count"]),
+                "body": str(body.get("body", "")),
+            }
+            with LOCK:
+                FAULTS.append(fault)
+            return {"faults": FAULTS}
         if path == "/_kiln/metadata":
             with LOCK:
                 extra = HOSTS[body["host"]]["extra"]

@@ -100,9 +100,7 @@ async fn fate(
         // Abandoned: no owner heard of for `older_than`, counted from the lease's end or the
         // journal's last write, whichever is later (a released lease is 0: a drained or retried
         // build whose next attempt has not started yet is not abandoned).
-        Ok(Some((j, _, written)))
-            if j.lease_expires.max(written.unwrap_or(0)) + age <= now =>
-        {
+        Ok(Some((j, _, written))) if j.lease_expires.max(written.unwrap_or(0)) + age <= now => {
             let since = j.lease_expires.max(written.unwrap_or(0));
             (
                 Fate::Gone,
@@ -261,8 +259,7 @@ pub async fn run(
             };
             let (f, why) = fate(clients, bucket, &build, older_than, &mut cache).await;
             let created = img.creation_date().and_then(|d| {
-                time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339)
-                    .ok()
+                time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339).ok()
             });
             let young = created
                 .is_some_and(|t| checkpoint::now() as i64 - t.unix_timestamp() < age_s as i64);

@@ -188,7 +188,11 @@ pub fn kiln_tags(build: &BuildRef, step: &str, extra: &BTreeMap<String, String>)
 
 /// Whether a resource's tags say that `build` (this id and generation) made it.
 pub fn made_by(tags: &[Tag], build: &BuildRef) -> bool {
-    let value = |k: &str| tags.iter().find(|t| t.key() == Some(k)).and_then(|t| t.value());
+    let value = |k: &str| {
+        tags.iter()
+            .find(|t| t.key() == Some(k))
+            .and_then(|t| t.value())
+    };
     value(TAG_BUILD_ID) == Some(build.id.as_str())
         && value(TAG_GENERATION).unwrap_or("") == build.generation
 }

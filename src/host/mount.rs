@@ -201,8 +201,7 @@ mod tests {
 104 29 259:9 / /mnt/kiln-d rw - ext4 /dev/loop19p1 rw
 105 29 7:1 / /mnt/kiln\\040e rw - ext4 /dev/kiln/xvdf rw
 ";
-        let found =
-            super::mounts_with_devices(mountinfo, &["7:1".to_owned(), "259:3".to_owned()]);
+        let found = super::mounts_with_devices(mountinfo, &["7:1".to_owned(), "259:3".to_owned()]);
         let found: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
         assert_eq!(found, ["/mnt/kiln e", "/mnt/kiln-c", "/mnt/kiln-a"]);
     }

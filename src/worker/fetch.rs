@@ -12,7 +12,6 @@ pub const MAX_TEMPLATE_FILES: usize = 200;
 /// See [`MAX_TEMPLATE_FILES`].
 pub const MAX_TEMPLATE_BYTES: u64 = 64 << 20;
 
-
 /// Downloads the template and the files beside it into `dir`; returns the template's path.
 pub(super) async fn fetch_template(
     ctx: &Ctx,
@@ -123,7 +122,6 @@ pub(super) async fn fetch_template(
     })
 }
 
-
 /// The files `kiln submit` uploads for the local template `path`: the template first, then every
 /// file beside it (recursively), as a worker fetches them. Errors when there are more files or
 /// bytes than a worker fetches ([`MAX_TEMPLATE_FILES`], [`MAX_TEMPLATE_BYTES`]), naming the
@@ -139,8 +137,7 @@ pub fn template_files(path: &Path) -> Result<Vec<PathBuf>, String> {
         .len();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries =
-            std::fs::read_dir(&d).map_err(|e| format!("reading {}: {e}", d.display()))?;
+        let entries = std::fs::read_dir(&d).map_err(|e| format!("reading {}: {e}", d.display()))?;
         for e in entries {
             let e = e.map_err(|e| format!("reading {}: {e}", d.display()))?;
             let p = e.path();

@@ -10,11 +10,11 @@ mod publish;
 pub mod request;
 mod sweep;
 
+use fetch::fetch_template;
+pub use fetch::{MAX_TEMPLATE_BYTES, MAX_TEMPLATE_FILES};
+use publish::{delete, finish, publish, put, release, result_from_journal};
 pub use publish::{early_failure, log_key, result_key};
 pub use sweep::{sweep_attachments, sweep_host};
-pub use fetch::{MAX_TEMPLATE_BYTES, MAX_TEMPLATE_FILES};
-use fetch::fetch_template;
-use publish::{delete, finish, publish, put, release, result_from_journal};
 
 use crate::aws::Clients;
 use crate::backend::Backend;
@@ -229,7 +229,15 @@ pub async fn run(
     tracing::info!(queue = %ctx.cfg.queue, concurrency, backend = ctx.backend.name(), max_receive = ?ctx.max_receive, "worker polling");
     notify::notify("READY=1\nSTATUS=polling");
     let watchdog = notify::Watchdog::from_env();
-    poll(&ctx, &slots, &builds_cancel, &mut tasks, &shutdown, watchdog).await;
+    poll(
+        &ctx,
+        &slots,
+        &builds_cancel,
+        &mut tasks,
+        &shutdown,
+        watchdog,
+    )
+    .await;
     drain(&ctx, &builds_cancel, &mut tasks, watchdog).await;
     tracing::info!("worker stopped");
     Ok(())
@@ -240,11 +248,11 @@ pub async fn run(
 pub const RECEIVE_DEADLINE: Duration = Duration::from_secs(LONG_POLL_SECONDS as u64 + 15);
 
 /// Fault injection for the watchdog test: `KILN_FAULT_HANG=poll` makes the poll loop hang after
-/// its first pet, as a deadlocked loop would.
-async fn hang_if_asked() {
+/// its first pet, as a deadlocked loop would (until shutdown, so the test can stop it).
+async fn hang_if_asked(shutdown: &CancellationToken) {
     if std::env::var("KILN_FAULT_HANG").is_ok_and(|s| s == "poll") {
         tracing::warn!("KILN_FAULT_HANG: the poll loop hangs");
-        std::future::pending::<()>().await;
+        shutdown.cancelled().await;
     }
 }
 
@@ -260,7 +268,7 @@ async fn poll(
 ) {
     loop {
         watchdog.pet();
-        hang_if_asked().await;
+        hang_if_asked(shutdown).await;
         while tasks.try_join_next().is_some() {}
         let first = tokio::select! {
             p = watchdog.while_waiting(Arc::clone(slots).acquire_owned()) => match p { Ok(p) => p, Err(_) => return },

@@ -126,4 +126,3 @@ pub async fn sweep_host(lock_dir: &Path) -> Vec<String> {
     }
     done
 }
-

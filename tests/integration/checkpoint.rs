@@ -1,7 +1,8 @@
 //! Crash injection: the worker is killed (SIGKILL) after every step and in the middle of a long
 //! one; a new worker (on this host or on a second builder host) finishes the build with exactly one
 //! AMI per region, and nothing is left: no volume, orphan snapshot, mount, loop device or lock.
-//! Also: the same request delivered many times to two workers runs once.
+//! Every crash test uses a fixed AMI name, as production templates do. Also: the same request
+//! delivered many times to two workers runs once.
 
 use crate::support::{
     Emulator, assert_volume_gone_from_host, emulator_script, tagged, track_result, unique,
@@ -15,22 +16,35 @@ use crate::worker::{
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-const COPY_REGION: &str = "us-west-2";
+pub(crate) const COPY_REGION: &str = "us-west-2";
 
-fn request_with_regions(id: &str, s: &Setup, key: &str, pause: u32) -> String {
+pub(crate) fn request_with_regions(id: &str, s: &Setup, key: &str, pause: u32) -> String {
     let mut v: Value = serde_json::from_str(&request(id, &s.bucket, key, pause)).expect("request");
     v["variables"]["regions"] = Value::String(format!("[\"{COPY_REGION}\"]"));
     v.to_string()
 }
 
+/// Like [`request_with_regions`], with a fixed AMI name (as production templates have: a resumed
+/// attempt finds its own AMI under the name and must not take it for a conflict).
+pub(crate) fn request_fixed_name(id: &str, s: &Setup, key: &str, pause: u32) -> String {
+    let mut v: Value =
+        serde_json::from_str(&request_with_regions(id, s, key, pause)).expect("request");
+    v["variables"]["name"] = Value::String(format!("golden-1.2.3-{id}"));
+    v.to_string()
+}
+
 /// Waits for a worker killed by its fault hook to exit.
-fn wait_exit(w: crate::worker::WorkerProc, timeout: Duration) -> String {
+pub(crate) fn wait_exit(w: crate::worker::WorkerProc, timeout: Duration) -> String {
     let mut child = w.take();
     let deadline = Instant::now() + timeout;
     while child.try_wait().ok().flatten().is_none() {
         if Instant::now() >= deadline {
             let _ = child.kill();
-            panic!("the worker did not crash as asked");
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "the worker did not crash as asked:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -39,7 +53,7 @@ fn wait_exit(w: crate::worker::WorkerProc, timeout: Duration) -> String {
 }
 
 /// Exactly one AMI per region and nothing else of the build left.
-async fn assert_one_ami_and_nothing_left(id: &str, doc: &Value, bucket: &str) {
+pub(crate) async fn assert_one_ami_and_nothing_left(id: &str, doc: &Value, bucket: &str) {
     let emu = Emulator::get();
     for region in [emu.region(), COPY_REGION] {
         let left = tagged(region, id).await;
@@ -129,7 +143,7 @@ fn volumes_in(journal: &Value) -> Vec<String> {
 }
 
 /// Reads a build's journal document.
-async fn journal_of(s: &Setup, id: &str) -> Value {
+pub(crate) async fn journal_of(s: &Setup, id: &str) -> Value {
     let o =
         s.s3.get_object()
             .bucket(&s.bucket)
@@ -146,7 +160,13 @@ async fn crash_and_resume(points: &'static [&'static str], second_host: bool) {
         let key = upload(&s, &unique("tpl")).await;
         let host_env: Vec<(String, String)> = if second_host {
             let host: Value =
-                serde_json::from_str(&emulator_script(&["host", &unique("host2")])).expect("host");
+                // In the region's second zone: the resumed build's volume must be made there.
+                serde_json::from_str(&emulator_script(&[
+                    "host",
+                    &unique("host2"),
+                    &format!("{}b", Emulator::get().region()),
+                ]))
+                .expect("host");
             vec![(
                 "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
                 host["imds_endpoint"].as_str().expect("imds").to_owned(),
@@ -156,7 +176,7 @@ async fn crash_and_resume(points: &'static [&'static str], second_host: bool) {
         };
         for point in points {
             let id = unique(&format!("crash-{point}"));
-            send(&s, &request_with_regions(&id, &s, &key, 0)).await;
+            send(&s, &request_fixed_name(&id, &s, &key, 0)).await;
             let crashing = start_worker_with(
                 &s,
                 &["--visibility", "3"],
@@ -176,6 +196,17 @@ async fn crash_and_resume(points: &'static [&'static str], second_host: bool) {
             track_result(&janitor, &doc);
             let (_, log) = stop_worker(next);
             assert_eq!(doc["status"], "succeeded", "{point}: {doc:#}\n{log}");
+            let name = doc["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["name"] == "pre-validate")
+                .map(|s| s["outputs"]["ami_name"].clone());
+            assert_eq!(
+                name,
+                Some(Value::String(format!("golden-1.2.3-{id}"))),
+                "{point}: the fixed name was used"
+            );
             assert!(
                 log.contains("resuming a build an earlier attempt started"),
                 "{point}:\n{log}"
@@ -191,6 +222,8 @@ async fn crash_and_resume(points: &'static [&'static str], second_host: bool) {
 async fn crash_after_each_early_step_then_resume() {
     crash_and_resume(
         &[
+            "pre-validate",
+            "instance-info",
             "allocate-device",
             "create-volume",
             "attach-volume",
@@ -214,6 +247,7 @@ async fn crash_after_each_late_step_then_resume() {
             "snapshot",
             "register-image",
             "copy-regions",
+            "modify-attributes",
         ],
         false,
     )

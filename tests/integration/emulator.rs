@@ -29,7 +29,7 @@ fn tag(key: &str, value: &str) -> Tag {
 }
 
 /// A 1 GiB volume in the default zone, tracked by the janitor.
-async fn volume(ec2: &aws_sdk_ec2::Client, janitor: &Janitor, region: &str) -> String {
+pub(crate) async fn volume(ec2: &aws_sdk_ec2::Client, janitor: &Janitor, region: &str) -> String {
     let id = ec2
         .create_volume()
         .availability_zone(format!("{region}a"))
@@ -43,7 +43,12 @@ async fn volume(ec2: &aws_sdk_ec2::Client, janitor: &Janitor, region: &str) -> S
     id
 }
 
-async fn snapshot(ec2: &aws_sdk_ec2::Client, janitor: &Janitor, region: &str, vol: &str) -> String {
+pub(crate) async fn snapshot(
+    ec2: &aws_sdk_ec2::Client,
+    janitor: &Janitor,
+    region: &str,
+    vol: &str,
+) -> String {
     let id = ec2
         .create_snapshot()
         .volume_id(vol)
@@ -56,7 +61,7 @@ async fn snapshot(ec2: &aws_sdk_ec2::Client, janitor: &Janitor, region: &str, vo
     id
 }
 
-fn root_mapping(snapshot: &str, size: i32) -> BlockDeviceMapping {
+pub(crate) fn root_mapping(snapshot: &str, size: i32) -> BlockDeviceMapping {
     BlockDeviceMapping::builder()
         .device_name("/dev/xvda")
         .ebs(

@@ -4,6 +4,8 @@
 
 mod checkpoint;
 mod emulator;
+mod emulator_strict;
+mod exactly_once;
 mod pipeline;
 mod support;
 mod templates;

@@ -43,7 +43,7 @@ fn kiln_command(template: &Path, extra: &[String]) -> Command {
 }
 
 /// Runs `kiln build`; returns (success, result document, stderr).
-fn build(template: &Path, extra: &[String]) -> (bool, Value, String) {
+pub(crate) fn build(template: &Path, extra: &[String]) -> (bool, Value, String) {
     let out = kiln_command(template, extra)
         .output()
         .expect("run kiln build");
@@ -54,15 +54,15 @@ fn build(template: &Path, extra: &[String]) -> (bool, Value, String) {
 }
 
 /// A template directory with the busybox base template (HCL) and its files.
-struct Tpl(PathBuf);
+pub(crate) struct Tpl(PathBuf);
 
 impl Tpl {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let d = std::env::temp_dir().join(unique("pipeline"));
         std::fs::create_dir_all(d.join("files")).expect("template dir");
         Tpl(d)
     }
-    fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.0.join(name);
         std::fs::write(&p, text).expect("write");
         p
@@ -76,7 +76,7 @@ impl Drop for Tpl {
 }
 
 /// The busybox from-scratch source block with `extra` fields and a build with `provisioners`.
-fn busybox(name: &str, extra: &str, provisioners: &str) -> String {
+pub(crate) fn busybox(name: &str, extra: &str, provisioners: &str) -> String {
     let text = busybox_text(name, extra, provisioners);
     // HCL forbids an attribute twice: `extra` replaces the defaults it sets again.
     text.lines()

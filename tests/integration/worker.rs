@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 /// Queues and a bucket of a test's own.
 pub(crate) struct Setup {
     pub(crate) queue: String,
+    pub(crate) dlq: String,
     pub(crate) results: String,
     pub(crate) bucket: String,
     other_bucket: String,
@@ -77,6 +78,7 @@ pub(crate) async fn setup(max_receive: u32) -> Setup {
     }
     Setup {
         queue,
+        dlq,
         results,
         bucket,
         other_bucket,
@@ -179,10 +181,18 @@ variable "regions" {
   type    = list(string)
   default = []
 }
+variable "name" {
+  default = "kiln-worker-test-{{uuid}}"
+}
+variable "users" {
+  type    = list(string)
+  default = []
+}
 source "amazon-chroot" "bb" {
   from_scratch            = true
-  ami_name                = "kiln-worker-test-{{uuid}}"
+  ami_name                = var.name
   ami_regions             = var.regions
+  ami_users               = var.users
   ami_virtualization_type = "hvm"
   root_device_name        = "/dev/xvda"
   root_volume_size        = 1

@@ -29,7 +29,11 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         None => None,
     };
     let image_tags = super::register_image::image_tags(b, "copy-regions")?;
-    let snap_tags = kiln_tags(&b.build_ref(), "copy-regions", &super::snapshot::snapshot_tags(b)?);
+    let snap_tags = kiln_tags(
+        &b.build_ref(),
+        "copy-regions",
+        &super::snapshot::snapshot_tags(b)?,
+    );
     let targets: Vec<String> = c
         .ami_regions
         .iter()
@@ -48,10 +52,7 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
             // Same build, generation, source AMI and region: the same copy (a resumed attempt
             // reuses the AMI, so its retried CopyImage answers with the copy already made); a
             // retry after a failure registers a new AMI and so asks for a new copy.
-            .client_token(client_token(
-                &b.build_ref(),
-                &["copy", r, &src.ami_id],
-            ))
+            .client_token(client_token(&b.build_ref(), &["copy", r, &src.ami_id]))
             .set_encrypted(c.encrypt_boot)
             .set_kms_key_id(
                 c.region_kms_key_ids
