@@ -508,19 +508,35 @@ EBSBackend.attach_volume = _attach_volume
 ElasticBlockStore.attach_volume = _attach_volume_checked
 
 # ---------------------------------------------------------------------------------------------------
-# 7. Conditional PutObject is atomic.
+# 7. Conditional PutObject is atomic, and as on AWS a conditional write to a key that another
+#    conditional write is still writing answers 409 ConditionalRequestConflict.
 # ---------------------------------------------------------------------------------------------------
 from moto.s3.responses import S3Response  # noqa: E402
 
 _orig_put_object = S3Response.put_object
 S3_PUT_LOCK = threading.Lock()
+S3_IN_FLIGHT: set = set()
+CONFLICT_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?><Error><Code>ConditionalRequestConflict</Code>'
+    "<Message>A conflicting operation occurred. If using PutObject you can retry the request."
+    "</Message><RequestId>kiln-conflict</RequestId></Error>"
+)
 
 
 def _put_object_atomic(self):
-    if self.headers.get("If-None-Match") or self.headers.get("If-Match"):
+    if not (self.headers.get("If-None-Match") or self.headers.get("If-Match")):
+        return _orig_put_object(self)
+    key = (getattr(self, "bucket_name", ""), self.path.split("?")[0])
+    with LOCK:
+        if key in S3_IN_FLIGHT:
+            return 409, {"Content-Type": "application/xml"}, CONFLICT_XML
+        S3_IN_FLIGHT.add(key)
+    try:
         with S3_PUT_LOCK:
             return _orig_put_object(self)
-    return _orig_put_object(self)
+    finally:
+        with LOCK:
+            S3_IN_FLIGHT.discard(key)
 
 
 S3Response.put_object = _put_object_atomic
@@ -684,8 +700,28 @@ def _take_fault(method: str, path: str, body: bytes) -> dict | None:
     return None
 
 
+# 9. kiln's own creation calls (user agent `app/kiln`) must carry kiln's tag at creation.
+KILN_AGENT = re.compile(r"(^|\s)app/kiln(\s|$)")
+KILN_CREATIONS = ("CreateVolume", "CreateSnapshot", "RegisterImage", "CopyImage", "RunInstances")
+
+
+def _untagged_creation(body: bytes) -> str | None:
+    """The action, when `body` is an EC2 creation call without a kiln:build-id tag."""
+    text = body.decode("utf-8", "replace")
+    if not ("Action=" in text and "Version=" in text):
+        return None
+    action = next(
+        (a for a in KILN_CREATIONS if f"Action={a}&" in text or text.endswith(f"Action={a}")),
+        None,
+    )
+    if action is None or "kiln%3Abuild-id" in text or "kiln:build-id" in text:
+        return None
+    return action
+
+
 def _fault_reply(fault: dict, ec2: bool) -> bytes:
-    code, message = fault["code"], "injected by the kiln emulator"
+    code = fault["code"]
+    message = fault.get("message", "injected by the kiln emulator")
     if ec2:  # EC2's query protocol
         return (
             f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code>"
@@ -706,11 +742,29 @@ class KilnControl:
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         if not path.startswith("/_kiln/"):
-            if not FAULTS:
+            from_kiln = KILN_AGENT.search(
+                environ.get("HTTP_USER_AGENT", "") + " " + environ.get("HTTP_X_AMZ_USER_AGENT", "")
+            )
+            if not FAULTS and not from_kiln:
                 return self.app(environ, start_response)
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length) if length else b""
             environ["wsgi.input"] = io.BytesIO(body)
+            untagged = _untagged_creation(body) if from_kiln else None
+            if untagged is not None:
+                data = _fault_reply(
+                    {
+                        "code": "KilnUntaggedResource",
+                        "message": f"{untagged} without the kiln:build-id tag: kiln tags everything it "
+                        "creates at creation (the kiln emulator refuses this so no test misses a leak)",
+                    },
+                    True,
+                )
+                start_response(
+                    "400 Bad Request",
+                    [("Content-Type", "application/xml"), ("Content-Length", str(len(data)))],
+                )
+                return [data]
             fault = _take_fault(environ.get("REQUEST_METHOD", ""), path, body)
             if fault is not None:
                 data = _fault_reply(fault, body.startswith(b"Action=") or b"&Action=" in body)

@@ -24,6 +24,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// build or a worker forever.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The application name kiln's requests carry in their user agent (`app/kiln`): AWS logs it
+/// (CloudTrail's userAgent), and the local emulator uses it to refuse a creation call of kiln's
+/// that lacks kiln's tags (a resource kiln forgot to tag would otherwise leak unseen).
+pub const APP_NAME: &str = "kiln";
+
 /// Errors building the AWS configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {
@@ -68,6 +73,9 @@ pub async fn load(settings: &AwsSettings) -> Result<SdkConfig, AwsError> {
                 .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                 .build(),
         );
+    if let Ok(name) = aws_config::AppName::new(APP_NAME) {
+        loader = loader.app_name(name);
+    }
     if let Some(region) = &settings.region {
         loader = loader.region(Region::new(region.clone()));
     }

@@ -123,10 +123,14 @@ fn s3_err(bucket: &str, key: &str, e: impl std::fmt::Display) -> CheckpointError
     }
 }
 
+/// Whether a conditional write lost to another write: 412 (the ETag or the key's absence no
+/// longer holds) or 409 `ConditionalRequestConflict` (another conditional write to the key was in
+/// flight). Either way the journal must be read again before deciding who owns the build.
 fn precondition_failed<E>(
     e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> bool {
-    e.raw_response().is_some_and(|r| r.status().as_u16() == 412)
+    e.raw_response()
+        .is_some_and(|r| matches!(r.status().as_u16(), 409 | 412))
 }
 
 /// Reads a build's journal and its ETag, if it exists.
@@ -226,10 +230,13 @@ pub async fn acquire(
                         }),
                         other.lease_expires,
                     )),
-                    None => Err(s3_err(
-                        bucket,
-                        &key,
-                        "the journal vanished while being created",
+                    // Another creation was in flight (409) and has not landed: it owns the build.
+                    None => Ok(Acquired::Held(
+                        Owner {
+                            instance_id: "?".into(),
+                            worker_id: "?".into(),
+                        },
+                        now() + 1,
                     )),
                 },
                 Err(e) => Err(s3_err(

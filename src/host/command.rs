@@ -184,36 +184,75 @@ mod tests {
         let mut c = ShellCommand::new("ok3", "exit 3");
         c.valid_exit_codes = vec![0, 3];
         run(&c, &s, &cancel).await.unwrap();
-        // A background child holding stdout does not hang the run.
-        let started = std::time::Instant::now();
-        run(
-            &ShellCommand::new("bg", "sleep 30 & echo started"),
-            &s,
-            &cancel,
+        // A background child holding stdout does not hang the run (a generous deadline, not a
+        // measurement: without the fix the run waits for the child's 30 s).
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            run(
+                &ShellCommand::new("bg", "sleep 30 & echo started"),
+                &s,
+                &cancel,
+            ),
         )
         .await
+        .expect("the run returns while its background child holds stdout")
         .unwrap();
-        assert!(started.elapsed() < Duration::from_secs(5));
         let _ = std::process::Command::new("pkill")
             .args(["-f", "^sleep 30$"])
             .status();
         assert_eq!(shell_quote("it's"), "'it'\"'\"'s'");
     }
 
+    /// Cancelling kills the whole process group: the shell and a background child it started
+    /// (which a kill of the shell alone would leave running).
     #[tokio::test]
     async fn cancel_kills_the_group() {
         let (s, _) = sink();
         let cancel = CancellationToken::new();
+        let pidfile = std::env::temp_dir().join(format!("kiln-cancel-{}", std::process::id()));
+        let _ = std::fs::remove_file(&pidfile);
+        let script = format!(
+            "sleep 600 & echo $! > {p}.tmp && mv {p}.tmp {p}; sleep 601",
+            p = pidfile.display()
+        );
         let c2 = cancel.clone();
+        let watch = pidfile.clone();
+        // Cancel once the background child exists (a condition, not a pause).
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            while !watch.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             c2.cancel();
         });
-        let started = std::time::Instant::now();
-        let err = run(&ShellCommand::new("long", "sleep 60"), &s, &cancel)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, HostError::Cancelled(_)));
-        assert!(started.elapsed() < Duration::from_secs(5));
+        let err = tokio::time::timeout(
+            Duration::from_secs(30),
+            run(&ShellCommand::new("long", &script), &s, &cancel),
+        )
+        .await
+        .expect("cancellation ends the run")
+        .unwrap_err();
+        assert!(matches!(err, HostError::Cancelled(_)), "{err}");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .expect("pid of the background child")
+            .trim()
+            .parse()
+            .expect("pid");
+        let _ = std::fs::remove_file(&pidfile);
+        // Dead (or a zombie waiting for init): never running or sleeping.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|st| st.rsplit(')').next().map(|r| r.trim().chars().next()))
+                .flatten();
+            if matches!(state, None | Some('Z') | Some('X')) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the background child {pid} survived the cancellation (state {state:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

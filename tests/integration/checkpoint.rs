@@ -155,6 +155,15 @@ pub(crate) async fn journal_of(s: &Setup, id: &str) -> Value {
 }
 
 async fn crash_and_resume(points: &'static [&'static str], second_host: bool) {
+    crash_and_resume_with(points, second_host, &[]).await;
+}
+
+/// [`crash_and_resume`] with extra template variables in the request.
+async fn crash_and_resume_with(
+    points: &'static [&'static str],
+    second_host: bool,
+    vars: &'static [(&'static str, &'static str)],
+) {
     with_janitor(move |janitor| async move {
         let s = setup(10).await;
         let key = upload(&s, &unique("tpl")).await;
@@ -176,7 +185,12 @@ async fn crash_and_resume(points: &'static [&'static str], second_host: bool) {
         };
         for point in points {
             let id = unique(&format!("crash-{point}"));
-            send(&s, &request_fixed_name(&id, &s, &key, 0)).await;
+            let mut req: Value =
+                serde_json::from_str(&request_fixed_name(&id, &s, &key, 0)).expect("request");
+            for (k, v) in vars {
+                req["variables"][*k] = Value::String((*v).to_owned());
+            }
+            send(&s, &req.to_string()).await;
             let crashing = start_worker_with(
                 &s,
                 &["--visibility", "3"],
@@ -252,6 +266,14 @@ async fn crash_after_each_late_step_then_resume() {
         false,
     )
     .await;
+}
+
+/// `force_deregister` (with `force_delete_snapshot`) removes AMIs of the same name, but not the
+/// resumed build's own: after a crash past register-image or copy-regions the build keeps its AMI,
+/// its copy and the snapshot it resumes from.
+#[tokio::test]
+async fn crash_with_force_deregister_then_resume() {
+    crash_and_resume_with(&["register-image", "copy-regions"], false, &[("force", "true")]).await;
 }
 
 #[tokio::test]

@@ -323,10 +323,16 @@ async fn detach_volume_with_only_volume_id() {
         let emu = Emulator::get();
         let region = emu.region().to_owned();
         let ec2 = emu.clients(&region).await.ec2;
-        let instance = imds_get(emu.imds_endpoint(), "/latest/meta-data/instance-id").await;
+        // An instance of this test's own (a builder host), so its device names are free.
+        let host: serde_json::Value =
+            serde_json::from_str(&emulator_script(&["host", &unique("detach")])).expect("host");
+        let instance = imds_get(
+            host["imds_endpoint"].as_str().expect("imds"),
+            "/latest/meta-data/instance-id",
+        )
+        .await;
         let vol = volume(&ec2, &janitor, &region).await;
-        // A device name no other test uses on the shared builder instance.
-        let device = format!("/dev/sd{}", unique("dev").replace('-', ""));
+        let device = "/dev/sdg".to_owned();
         ec2.attach_volume()
             .volume_id(&vol)
             .instance_id(&instance)
@@ -338,7 +344,7 @@ async fn detach_volume_with_only_volume_id() {
             .attach_volume()
             .volume_id(&vol)
             .instance_id(&instance)
-            .device(format!("{device}x"))
+            .device("/dev/sdh")
             .send()
             .await
             .expect_err("already attached");
@@ -651,7 +657,8 @@ fn scopeguard_delays(region: &'static str) -> impl Drop {
 }
 
 /// Patch 7: conditional PutObject is atomic: of many concurrent `If-None-Match: *` creates of one
-/// key exactly one succeeds (checkpoint journals rely on it).
+/// key exactly one succeeds (checkpoint journals rely on it); the others get 412, or 409
+/// ConditionalRequestConflict when they arrived while the winner was writing, as on AWS.
 #[tokio::test]
 async fn conditional_put_object_is_atomic() {
     let emu = Emulator::get();
@@ -674,12 +681,17 @@ async fn conditional_put_object_is_atomic() {
                 .body(format!("{i}").into_bytes().into())
                 .send()
                 .await
-                .is_ok()
+                .map(|_| ())
+                .map_err(|e| e.raw_response().map(|r| r.status().as_u16()))
         }));
     }
     let mut won = 0;
     for t in tasks {
-        won += usize::from(t.await.expect("task"));
+        match t.await.expect("task") {
+            Ok(()) => won += 1,
+            Err(Some(409 | 412)) => {}
+            Err(other) => panic!("a losing create answers 412 or 409, not {other:?}"),
+        }
     }
     assert_eq!(won, 1, "exactly one conditional create wins");
     let _ = s3

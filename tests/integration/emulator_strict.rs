@@ -141,3 +141,49 @@ async fn faults_answer_only_what_they_match() {
     }
     let _ = c.s3.delete_bucket().bucket(&bucket).send().await;
 }
+
+/// Patch 9: a creation call made by kiln (user agent `app/kiln`) without kiln's tag is refused,
+/// so a resource kiln forgets to tag fails the test that makes it instead of leaking unseen.
+#[tokio::test]
+async fn kilns_untagged_creations_are_refused() {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    with_janitor(|janitor| async move {
+        let emu = Emulator::get();
+        let region = emu.region();
+        let kiln_ec2 = aws_sdk_ec2::Client::new(&emu.kiln_sdk_config(region).await);
+        let err = kiln_ec2
+            .create_volume()
+            .availability_zone(format!("{region}a"))
+            .size(1)
+            .send()
+            .await
+            .expect_err("kiln's untagged CreateVolume");
+        assert_eq!(err.code(), Some("KilnUntaggedResource"), "{err:?}");
+        let tagged = kiln_ec2
+            .create_volume()
+            .availability_zone(format!("{region}a"))
+            .size(1)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Volume)
+                    .tags(
+                        Tag::builder()
+                            .key("kiln:build-id")
+                            .value(unique("tagged"))
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("kiln's tagged CreateVolume")
+            .volume_id
+            .expect("id");
+        janitor.track(region, Resource::Volume(tagged));
+        // The tests' own client may create untagged resources.
+        let test_ec2 = emu.clients(region).await.ec2;
+        let plain = volume(&test_ec2, &janitor, region).await;
+        assert!(plain.starts_with("vol-"));
+    })
+    .await;
+}

@@ -66,7 +66,7 @@ async fn queue_depth(s: &Setup, queue: &str) -> (u64, u64) {
 }
 
 /// Waits (up to `timeout`) until `queue` holds no message, visible or in flight.
-async fn wait_queue_empty(s: &Setup, queue: &str, timeout: Duration) {
+pub(crate) async fn wait_queue_empty(s: &Setup, queue: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let depth = queue_depth(s, queue).await;

@@ -7,6 +7,8 @@ mod emulator;
 mod emulator_strict;
 mod exactly_once;
 mod pipeline;
+mod submit;
 mod support;
 mod templates;
+mod undo;
 mod worker;

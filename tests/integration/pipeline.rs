@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 const COPY_REGION: &str = "us-west-2";
 
 /// The loop backend's state directory for this test process.
+/// The loop backend's state directory of `kiln build` runs in this test process.
+pub(crate) fn state_dir_path() -> &'static Path {
+    state_dir()
+}
+
 fn state_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {

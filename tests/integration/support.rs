@@ -65,8 +65,21 @@ impl Emulator {
         }
     }
 
-    /// One `SdkConfig` for `region`, built by kiln's own loader.
+    /// One `SdkConfig` for `region`, built by kiln's own loader, as the tests' own client: its
+    /// user agent says `app/kiln-test`, not kiln's `app/kiln` (the emulator requires kiln's tags
+    /// on kiln's creation calls; a test may create untagged resources).
     pub async fn sdk_config(&self, region: &str) -> SdkConfig {
+        let config = kiln::aws::load(&self.settings(region))
+            .await
+            .expect("kiln::aws::load against the emulator");
+        match aws_config::AppName::new("kiln-test") {
+            Ok(name) => config.into_builder().app_name(name).build(),
+            Err(_) => config,
+        }
+    }
+
+    /// Like [`Emulator::sdk_config`], exactly as kiln makes it (user agent `app/kiln`).
+    pub async fn kiln_sdk_config(&self, region: &str) -> SdkConfig {
         kiln::aws::load(&self.settings(region))
             .await
             .expect("kiln::aws::load against the emulator")

@@ -1188,10 +1188,22 @@ mod never_panics {
 
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
-        load_text("deep.json", &"[".repeat(100_000));
-        load_text(
-            "deep.pkr.hcl",
-            &format!("locals {{\n  x = {}\n}}\n", "[".repeat(10_000)),
-        );
+        for (name, text) in [
+            ("deep.json", "[".repeat(100_000)),
+            (
+                "deep.pkr.hcl",
+                format!("locals {{\n  x = {}\n}}\n", "[".repeat(10_000)),
+            ),
+        ] {
+            let dir = TempDir::new();
+            let p = dir.write(name, &text);
+            let loaded = template::load(&p, &inputs());
+            let errors: Vec<String> = loaded.errors().map(|d| d.to_string()).collect();
+            assert!(!errors.is_empty(), "{name}: deep nesting must be an error");
+            assert!(
+                errors.iter().any(|e| e.contains(name)),
+                "{name}: the error names the file: {errors:?}"
+            );
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! Step `deregister` (`force_deregister`): AMIs of the same name in every target region are
-//! deregistered, with their snapshots when `force_delete_snapshot` is set.
+//! deregistered, with their snapshots when `force_delete_snapshot` is set. A resumed build's own
+//! AMIs (this generation's, from an earlier attempt) are kept: register-image and copy-regions
+//! reuse them, and removing them would remove the snapshot the build resumes from.
 
 use crate::ec2::{api, images};
 use crate::pipeline::{Build, StepError};
@@ -16,10 +18,15 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
             .cloned(),
     );
     let mut removed = Vec::new();
+    let me = b.build_ref();
     for r in regions {
         let ec2 = b.clients.ec2_in(&r);
         for img in images::by_name(&ec2, &r, &name).await? {
             let id = img.image_id.clone().unwrap_or_default();
+            if b.attempt > 1 && crate::ec2::made_by(img.tags(), &me) {
+                tracing::info!(build_id = %b.id, region = %r, ami = %id, "kept this build's own AMI of an earlier attempt");
+                continue;
+            }
             if b.plan.config.force_delete_snapshot {
                 for s in images::remove(&ec2, &r, &id).await? {
                     b.backend.snapshot_deleted(&s);
