@@ -273,7 +273,12 @@ async fn crash_after_each_late_step_then_resume() {
 /// its copy and the snapshot it resumes from.
 #[tokio::test]
 async fn crash_with_force_deregister_then_resume() {
-    crash_and_resume_with(&["register-image", "copy-regions"], false, &[("force", "true")]).await;
+    crash_and_resume_with(
+        &["register-image", "copy-regions"],
+        false,
+        &[("force", "true")],
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -39,8 +39,16 @@ async fn submit_wait_and_status_against_a_worker() {
         // A build that takes a while: `status` shows its log while it runs.
         let slow = unique("slow");
         let out = kiln(&[
-            "submit", "--queue", &s.queue, "--bucket", &s.bucket, "--build-id", &slow, "--var",
-            "pause=20", &template,
+            "submit",
+            "--queue",
+            &s.queue,
+            "--bucket",
+            &s.bucket,
+            "--build-id",
+            &slow,
+            "--var",
+            "pause=20",
+            &template,
         ]);
         assert!(out.status.success(), "{}", text(&out));
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), slow);
@@ -56,8 +64,17 @@ async fn submit_wait_and_status_against_a_worker() {
         // --wait returns once the worker published the result; exit 0 for a success.
         let quick = unique("quick");
         let out = kiln(&[
-            "submit", "--queue", &s.queue, "--bucket", &s.bucket, "--build-id", &quick, "--wait",
-            "--timeout", "300", &template,
+            "submit",
+            "--queue",
+            &s.queue,
+            "--bucket",
+            &s.bucket,
+            "--build-id",
+            &quick,
+            "--wait",
+            "--timeout",
+            "300",
+            &template,
         ]);
         assert!(out.status.success(), "{}", text(&out));
         for id in [&slow, &quick] {

@@ -86,17 +86,15 @@ async fn on_error_abort_leaves_everything_listed_and_in_place() {
             .iter()
             .map(|m| kiln::host::mount::is_mounted(m))
             .collect();
-        let attached = volumes
-            .first()
-            .map(|v| v.attachments().len())
-            .unwrap_or(0);
+        let attached = volumes.first().map(|v| v.attachments().len()).unwrap_or(0);
         cleanup(&mounts, &volume);
         assert!(!ok, "the build failed:\n{stderr}");
         assert_eq!(doc["status"], "failed", "{doc:#}");
         assert_eq!(doc["error"]["step"], "provision", "{doc:#}");
         let volume = volume.unwrap_or_else(|| panic!("the volume is still there:\n{doc:#}"));
         assert!(
-            left.iter().any(|l| l.starts_with(&format!("volume {volume}"))),
+            left.iter()
+                .any(|l| l.starts_with(&format!("volume {volume}"))),
             "the volume is listed: {left:#?}"
         );
         assert!(
