@@ -668,6 +668,7 @@ async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
         variables,
         only: only.to_vec(),
         force,
+        bake: None,
     };
     clients
         .sqs

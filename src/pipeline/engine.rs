@@ -237,5 +237,6 @@ pub async fn run(
         started_at: rfc3339(started),
         finished_at: rfc3339(finished),
         duration_s: clock.elapsed().as_secs_f64(),
+        bake_key: None,
     }
 }

@@ -85,6 +85,9 @@ pub struct BuildResult {
     pub finished_at: String,
     /// Seconds.
     pub duration_s: f64,
+    /// The bake key of the request (builds `kiln-trigger` asked for; see `request::Bake`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_key: Option<String>,
 }
 
 /// The result document's version.

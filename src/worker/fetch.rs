@@ -6,11 +6,7 @@ use super::Ctx;
 use super::request::BuildRequest;
 use std::path::{Path, PathBuf};
 
-/// Most files fetched from a template's S3 directory, and their total size: a template and its
-/// scripts and uploads, not a data set.
-pub const MAX_TEMPLATE_FILES: usize = 200;
-/// See [`MAX_TEMPLATE_FILES`].
-pub const MAX_TEMPLATE_BYTES: u64 = 64 << 20;
+pub use crate::request::{MAX_TEMPLATE_BYTES, MAX_TEMPLATE_FILES};
 
 /// Downloads the template and the files beside it into `dir`; returns the template's path.
 pub(super) async fn fetch_template(

@@ -7,12 +7,12 @@
 pub mod fetch;
 pub mod notify;
 mod publish;
-pub mod request;
+pub use crate::request;
 mod sweep;
 
 use fetch::fetch_template;
 pub use fetch::{MAX_TEMPLATE_BYTES, MAX_TEMPLATE_FILES};
-use publish::{delete, finish, publish, put, release, result_from_journal};
+use publish::{delete, finish, publish, put, record_bake, release, result_from_journal};
 pub use publish::{early_failure, log_key, result_key};
 pub use sweep::{sweep_attachments, sweep_host};
 
@@ -548,6 +548,8 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         journal.journal().generation,
     )
     .await;
+    let mut outcome = outcome;
+    outcome.bake_key = req.bake.as_ref().map(|b| b.key.clone());
     if let Err(e) = recorder.flush().await {
         tracing::error!(build_id = %build_id, error = %e, "could not write the last checkpoint");
     }
@@ -575,6 +577,8 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
         tracing::error!(build_id = %build_id, error = %e, "could not write the log");
     }
     let retryable = outcome.error.as_ref().is_some_and(|e| e.retryable);
+    // Before the result is published: whoever sees the result finds the index up to date.
+    record_bake(ctx, &req, &outcome).await;
     if cancel.is_cancelled() && outcome.status == Status::Failed {
         tracing::warn!(build_id = %build_id, "build cancelled by the drain deadline; its message is visible again");
         release(ctx, &msg, 0).await;

@@ -66,6 +66,7 @@ pub fn early_failure(build_id: &str, step: &str, message: String, retryable: boo
         started_at: now.clone(),
         finished_at: now,
         duration_s: 0.0,
+        bake_key: None,
     }
 }
 
@@ -199,5 +200,35 @@ pub(super) async fn result_from_journal(ctx: &Ctx, build_id: &str, status: &str)
             ),
             false,
         ),
+    }
+}
+
+/// After a succeeded build a trigger asked for: records its bake key in the template's index
+/// (`index/<template key>.json`), which the next nightly run compares against. A failure is
+/// logged: the next nightly run then rebuilds, which is safe.
+pub(super) async fn record_bake(
+    ctx: &Ctx,
+    req: &crate::request::BuildRequest,
+    result: &BuildResult,
+) {
+    let Some(bake) = &req.bake else { return };
+    if result.status != Status::Succeeded {
+        return;
+    }
+    let entry = serde_json::json!({
+        "template": req.template.key,
+        "build_id": result.build_id,
+        "finished_at": result.finished_at,
+        "bake": bake,
+        "artifacts": result.artifacts,
+    });
+    let key = crate::request::index_key(&req.template.key);
+    let body = serde_json::to_vec_pretty(&entry).unwrap_or_default();
+    if let Err(e) = retried("writing the bake index", || {
+        put(ctx, &key, body.clone(), "application/json")
+    })
+    .await
+    {
+        tracing::error!(build_id = %result.build_id, error = %e, "could not record the bake key; the next nightly run rebuilds");
     }
 }

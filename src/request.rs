@@ -1,5 +1,6 @@
-//! Build requests: the versioned JSON message teams put on the queue (schema:
-//! infra/build-request.schema.json). Parsing never panics and says exactly what is wrong.
+//! Build requests: the versioned JSON message teams, `kiln submit` and `kiln-trigger` put on the
+//! queue (schema: infra/build-request.schema.json). Parsing never panics and says exactly what is
+//! wrong. Also the limits of a template's S3 directory, which the worker and the trigger share.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -10,6 +11,36 @@ pub const REQUEST_VERSION: u32 = 1;
 /// variables and stays well under SQS's own 256 KiB limit, so oversized bodies reach the worker
 /// and get a clear failure instead of being refused at send time.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// Most files fetched from a template's S3 directory, and their total size: a template and its
+/// scripts and uploads, not a data set.
+pub const MAX_TEMPLATE_FILES: usize = 200;
+/// See [`MAX_TEMPLATE_FILES`].
+pub const MAX_TEMPLATE_BYTES: u64 = 64 << 20;
+
+/// What an image is made from, hashed (computed by `kiln-trigger`; see `trigger::bake`). The
+/// worker copies it into the result and, on success, into the template's index
+/// (`index/<template key>.json`), which the next nightly run compares against.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Bake {
+    /// SHA-256 over everything below.
+    pub key: String,
+    /// SHA-256 over the template's files (path and content hash each).
+    pub template_hash: String,
+    /// SHA-256 over the variables.
+    pub variables_hash: String,
+    /// The source image each build resolved to (`scratch` for from_scratch).
+    pub source_amis: Vec<String>,
+    /// kiln's version.
+    pub kiln_version: String,
+}
+
+/// The S3 key of a template's bake index: its last succeeded build's [`Bake`] (written by the
+/// worker, read by `kiln-trigger`'s nightly run).
+pub fn index_key(template_key: &str) -> String {
+    format!("index/{template_key}.json")
+}
 
 /// Where the template is.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -44,6 +75,9 @@ pub struct BuildRequest {
     /// Build again even if this build id finished before.
     #[serde(default)]
     pub force: bool,
+    /// The bake key the trigger computed, with its parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake: Option<Bake>,
 }
 
 /// Why a message is not a usable request.

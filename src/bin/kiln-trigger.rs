@@ -1,0 +1,32 @@
+//! `kiln-trigger`: the Lambda function (provided.al2023, `bootstrap`) that turns S3 uploads and
+//! nightly schedules into build requests. Settings: `KILN_QUEUE`, `KILN_BUCKET`,
+//! `KILN_TEMPLATE_PREFIX` (see `kiln::trigger`). Logs are JSON, as Lambda's log pipeline expects.
+
+use kiln::aws::{AwsSettings, Clients};
+use kiln::trigger::{self, Settings};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+use std::sync::Arc;
+use tracing::Instrument;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    kiln::observe::init(kiln::observe::LogFormat::Json, 0);
+    let settings = Arc::new(Settings::from_env()?);
+    let config = kiln::aws::load(&AwsSettings::default()).await?;
+    let clients = Arc::new(Clients::new(&config));
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let (clients, settings) = (Arc::clone(&clients), Arc::clone(&settings));
+        let span = tracing::info_span!("invocation", request_id = %event.context.request_id);
+        async move {
+            trigger::handle(&clients, &settings, event.payload)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, retryable = e.is_retryable(), "invocation failed");
+                    Error::from(e.to_string())
+                })
+        }
+        .instrument(span)
+    }))
+    .await
+}

@@ -1,0 +1,492 @@
+//! `kiln-trigger`: the Lambda function that turns events into build requests on the queue the
+//! workers read. A template uploaded under the prefix (an S3 notification, directly or through
+//! SQS, or an EventBridge `Object Created` event) is built; a nightly schedule rebuilds each
+//! template whose bake key (see [`bake`]) changed since its last succeeded build. Build ids are
+//! derived from the event, so a duplicate event names the same build and the worker's duplicate
+//! handling answers it.
+
+pub mod bake;
+pub mod events;
+
+use crate::aws::Clients;
+use crate::request::{BuildRequest, REQUEST_VERSION, TemplateLocation};
+use events::{Created, Event, Nightly};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The template prefix when `KILN_TEMPLATE_PREFIX` is unset.
+pub const DEFAULT_PREFIX: &str = "templates/";
+/// The file names a template has (as `packer build` takes them).
+pub const TEMPLATE_SUFFIXES: &[&str] = &[".pkr.hcl", ".pkr.json", ".json"];
+
+/// Errors of the trigger. Every one reaches Lambda as the invocation's error with its message.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    /// A setting is missing or wrong.
+    #[error("kiln-trigger configuration: {0}")]
+    Config(String),
+    /// The event is not one kiln-trigger handles.
+    #[error("{0}")]
+    Event(String),
+    /// The template cannot be read or does not parse.
+    #[error("{0}")]
+    Template(String),
+    /// The template's source image cannot be resolved.
+    #[error("resolving the source image: {0}")]
+    Source(String),
+    /// An AWS call failed.
+    #[error("{what}: {message}")]
+    Aws {
+        /// What was being done.
+        what: String,
+        /// The SDK's error.
+        message: String,
+    },
+    /// Local files.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl TriggerError {
+    fn aws(what: String, e: &dyn std::error::Error) -> Self {
+        let mut message = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            src = s.source();
+        }
+        TriggerError::Aws { what, message }
+    }
+
+    /// Whether invoking again could succeed (Lambda's own retries, an SQS redelivery).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, TriggerError::Aws { .. } | TriggerError::Io(_))
+    }
+}
+
+/// The function's settings, from the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `KILN_QUEUE`: the request queue URL.
+    pub queue: String,
+    /// `KILN_BUCKET`: the artifacts bucket (templates, results, checkpoints, the bake index).
+    pub bucket: String,
+    /// `KILN_TEMPLATE_PREFIX`: where templates live (default `templates/`).
+    pub prefix: String,
+    /// Scratch space for templates (Lambda's `/tmp`).
+    pub work_dir: PathBuf,
+}
+
+impl Settings {
+    /// Reads `KILN_QUEUE`, `KILN_BUCKET` and `KILN_TEMPLATE_PREFIX`.
+    pub fn from_env() -> Result<Self, TriggerError> {
+        let get = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| TriggerError::Config(format!("{k} is not set")))
+        };
+        Ok(Settings {
+            queue: get("KILN_QUEUE")?,
+            bucket: get("KILN_BUCKET")?,
+            prefix: std::env::var("KILN_TEMPLATE_PREFIX").unwrap_or_else(|_| DEFAULT_PREFIX.into()),
+            work_dir: std::env::temp_dir().join("kiln-trigger"),
+        })
+    }
+}
+
+pub use crate::request::index_key;
+
+/// A build-id-safe rendering of a template key.
+fn slug(key: &str) -> String {
+    let s: String = key
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let s = s.trim_matches('-');
+    s.chars()
+        .take(60)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_owned()
+}
+
+/// The build id of an uploaded object: the same object (bucket, key and version, or ETag and
+/// sequencer when the bucket is unversioned) always names the same build.
+pub fn upload_build_id(c: &Created) -> String {
+    let identity = match &c.version_id {
+        Some(v) => format!("{}\n{}\nversion {v}", c.bucket, c.key),
+        None => format!(
+            "{}\n{}\netag {}\nsequencer {}",
+            c.bucket,
+            c.key,
+            c.etag.as_deref().unwrap_or(""),
+            c.sequencer.as_deref().unwrap_or("")
+        ),
+    };
+    format!(
+        "s3-{}-{}",
+        slug(&c.key),
+        &bake::sha256_hex(identity.as_bytes())[..16]
+    )
+}
+
+/// Whether `key` is a template under `prefix`; otherwise why not.
+fn template_key_problem(prefix: &str, key: &str) -> Option<String> {
+    if !key.starts_with(prefix) {
+        return Some(format!("outside the template prefix {prefix:?}"));
+    }
+    if !TEMPLATE_SUFFIXES.iter().any(|s| key.ends_with(s)) {
+        return Some("not a template (*.json, *.pkr.hcl, *.pkr.json)".into());
+    }
+    None
+}
+
+/// The summary an invocation answers with.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Summary {
+    /// Requests put on the queue.
+    pub enqueued: Vec<Value>,
+    /// Templates or objects left alone, with the reason.
+    pub skipped: Vec<Value>,
+}
+
+/// Handles one invocation. Side effects: build requests on the queue; reads of the bucket and
+/// of EC2 images. Safe to run twice with the same event (the build ids are the same).
+pub async fn handle(
+    clients: &Clients,
+    settings: &Settings,
+    event: Value,
+) -> Result<Value, TriggerError> {
+    match events::parse(event).map_err(TriggerError::Event)? {
+        Event::Created(objects) => {
+            let mut summary = Summary::default();
+            for c in objects {
+                uploaded(clients, settings, &c, &mut summary).await?;
+            }
+            Ok(json!(summary))
+        }
+        Event::Sqs(messages) => {
+            // Partial batch response: only the messages that failed come back.
+            let mut failures = Vec::new();
+            for (id, objects) in messages {
+                let mut summary = Summary::default();
+                let outcome = match objects {
+                    Ok(objects) => {
+                        let mut r = Ok(());
+                        for c in objects {
+                            if let Err(e) = uploaded(clients, settings, &c, &mut summary).await {
+                                r = Err(e.to_string());
+                                break;
+                            }
+                        }
+                        r
+                    }
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(()) => {
+                        tracing::info!(message_id = %id, summary = %json!(summary), "message handled")
+                    }
+                    Err(e) => {
+                        tracing::error!(message_id = %id, error = %e, "message failed; SQS delivers it again");
+                        failures.push(json!({"itemIdentifier": id}));
+                    }
+                }
+            }
+            Ok(json!({"batchItemFailures": failures}))
+        }
+        Event::Nightly(n) => nightly(clients, settings, &n).await.map(|s| json!(s)),
+    }
+}
+
+/// One uploaded object: a build request for a template under the prefix; anything else is
+/// skipped with its reason.
+async fn uploaded(
+    clients: &Clients,
+    settings: &Settings,
+    c: &Created,
+    summary: &mut Summary,
+) -> Result<(), TriggerError> {
+    if c.bucket != settings.bucket {
+        let reason = format!(
+            "bucket {} is not kiln's bucket {} (workers fetch templates only from the buckets they trust)",
+            c.bucket, settings.bucket
+        );
+        tracing::warn!(bucket = %c.bucket, key = %c.key, "{reason}");
+        summary
+            .skipped
+            .push(json!({"template": format!("s3://{}/{}", c.bucket, c.key), "reason": reason}));
+        return Ok(());
+    }
+    if let Some(reason) = template_key_problem(&settings.prefix, &c.key) {
+        tracing::info!(key = %c.key, "ignored: {reason}");
+        summary
+            .skipped
+            .push(json!({"template": c.key, "reason": format!("ignored: {reason}")}));
+        return Ok(());
+    }
+    let build_id = upload_build_id(c);
+    let work = settings.work_dir.join(&build_id);
+    let bake = bake::compute(
+        clients,
+        &c.bucket,
+        &c.key,
+        c.version_id.as_deref(),
+        &BTreeMap::new(),
+        &work,
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&work);
+    let (bake, reason) = match bake {
+        Ok(b) => (Some(b), "uploaded".to_owned()),
+        // The worker reports a template that does not parse in its failure result, where the
+        // team that uploaded it looks; the trigger still asks for the build.
+        Err(TriggerError::Template(e)) | Err(TriggerError::Source(e)) => {
+            (None, format!("uploaded (the worker will report: {e})"))
+        }
+        Err(e) => return Err(e),
+    };
+    let req = BuildRequest {
+        version: REQUEST_VERSION,
+        build_id: Some(build_id.clone()),
+        template: TemplateLocation {
+            bucket: c.bucket.clone(),
+            key: c.key.clone(),
+            version_id: c.version_id.clone(),
+        },
+        variables: BTreeMap::new(),
+        only: Vec::new(),
+        force: false,
+        bake,
+    };
+    enqueue(clients, settings, &req).await?;
+    summary
+        .enqueued
+        .push(json!({"template": c.key, "build_id": build_id, "reason": reason}));
+    Ok(())
+}
+
+/// Sends a build request.
+async fn enqueue(
+    clients: &Clients,
+    settings: &Settings,
+    req: &BuildRequest,
+) -> Result<(), TriggerError> {
+    let body = serde_json::to_string(req).map_err(|e| TriggerError::Io(e.to_string()))?;
+    clients
+        .sqs
+        .send_message()
+        .queue_url(&settings.queue)
+        .message_body(body)
+        .send()
+        .await
+        .map_err(|e| TriggerError::aws(format!("sending to {}", settings.queue), &e))?;
+    tracing::info!(build_id = ?req.build_id, template = %req.template.key, "build request enqueued");
+    Ok(())
+}
+
+/// The templates under the prefix.
+async fn list_templates(
+    clients: &Clients,
+    settings: &Settings,
+) -> Result<Vec<String>, TriggerError> {
+    let mut pages = clients
+        .s3
+        .list_objects_v2()
+        .bucket(&settings.bucket)
+        .prefix(&settings.prefix)
+        .into_paginator()
+        .send();
+    let mut out = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| {
+            TriggerError::aws(
+                format!("listing s3://{}/{}", settings.bucket, settings.prefix),
+                &e,
+            )
+        })?;
+        out.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .filter(|k| template_key_problem(&settings.prefix, k).is_none())
+                .map(str::to_owned),
+        );
+    }
+    Ok(out)
+}
+
+/// The index entry of a template's last succeeded build (written by the worker).
+async fn read_index(
+    clients: &Clients,
+    settings: &Settings,
+    template: &str,
+) -> Result<Option<Value>, TriggerError> {
+    let key = index_key(template);
+    match clients
+        .s3
+        .get_object()
+        .bucket(&settings.bucket)
+        .key(&key)
+        .send()
+        .await
+    {
+        Ok(o) => {
+            let bytes = o
+                .body
+                .collect()
+                .await
+                .map_err(|e| {
+                    TriggerError::Io(format!("reading s3://{}/{key}: {e}", settings.bucket))
+                })?
+                .into_bytes();
+            Ok(serde_json::from_slice(&bytes).ok())
+        }
+        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
+        Err(e) => Err(TriggerError::aws(
+            format!("reading s3://{}/{key}", settings.bucket),
+            &e,
+        )),
+    }
+}
+
+/// Why a template with bake `now` is rebuilt, compared with its last build's `index` entry; `None`
+/// when nothing changed.
+fn why_rebuild(now: &crate::request::Bake, index: Option<&Value>) -> Option<String> {
+    let Some(index) = index else {
+        return Some("never built by kiln-trigger".into());
+    };
+    let old = |k: &str| index["bake"][k].clone();
+    if old("key") == json!(now.key) {
+        return None;
+    }
+    if old("source_amis") != json!(now.source_amis) {
+        let before: Vec<String> = serde_json::from_value(old("source_amis")).unwrap_or_default();
+        return Some(format!(
+            "source AMI {} → {}",
+            before.join(","),
+            now.source_amis.join(",")
+        ));
+    }
+    if old("template_hash") != json!(now.template_hash) {
+        return Some("template changed".into());
+    }
+    if old("variables_hash") != json!(now.variables_hash) {
+        return Some("variables changed".into());
+    }
+    Some(format!(
+        "kiln version {} → {}",
+        old("kiln_version").as_str().unwrap_or("?"),
+        now.kiln_version
+    ))
+}
+
+/// A nightly run: each template (or those named) whose bake key changed, or all when forced.
+async fn nightly(
+    clients: &Clients,
+    settings: &Settings,
+    n: &Nightly,
+) -> Result<Summary, TriggerError> {
+    let templates = if n.templates.is_empty() {
+        list_templates(clients, settings).await?
+    } else {
+        n.templates.clone()
+    };
+    let mut summary = Summary::default();
+    for t in templates {
+        if let Some(reason) = template_key_problem(&settings.prefix, &t) {
+            summary
+                .skipped
+                .push(json!({"template": t, "reason": format!("ignored: {reason}")}));
+            continue;
+        }
+        let work = settings.work_dir.join(slug(&t));
+        let bake = bake::compute(clients, &settings.bucket, &t, None, &n.variables, &work).await;
+        let _ = std::fs::remove_dir_all(&work);
+        let bake = match bake {
+            Ok(b) => b,
+            Err(TriggerError::Template(e)) | Err(TriggerError::Source(e)) => {
+                summary.skipped.push(json!({"template": t, "reason": e}));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let index = read_index(clients, settings, &t).await?;
+        let reason = match (why_rebuild(&bake, index.as_ref()), n.force) {
+            (Some(r), _) => r,
+            (None, true) => "forced".to_owned(),
+            (None, false) => {
+                let i = index.unwrap_or_default();
+                summary
+                    .skipped
+                    .push(json!({"template": t, "reason": format!(
+                        "unchanged since build {} on {}",
+                        i["build_id"].as_str().unwrap_or("?"),
+                        i["finished_at"].as_str().unwrap_or("?")
+                    )}));
+                continue;
+            }
+        };
+        let build_id = format!("nightly-{}-{}", slug(&t), &bake.key[..16]);
+        let req = BuildRequest {
+            version: REQUEST_VERSION,
+            build_id: Some(build_id.clone()),
+            template: TemplateLocation {
+                bucket: settings.bucket.clone(),
+                key: t.clone(),
+                version_id: None,
+            },
+            variables: n.variables.clone(),
+            only: Vec::new(),
+            force: n.force,
+            bake: Some(bake),
+        };
+        enqueue(clients, settings, &req).await?;
+        summary
+            .enqueued
+            .push(json!({"template": t, "build_id": build_id, "reason": reason}));
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn created(version: Option<&str>, etag: &str, seq: &str) -> Created {
+        Created {
+            bucket: "b".into(),
+            key: "templates/app v1.pkr.hcl".into(),
+            version_id: version.map(str::to_owned),
+            etag: Some(etag.into()),
+            sequencer: Some(seq.into()),
+        }
+    }
+
+    #[test]
+    fn build_ids_name_the_object_version() {
+        let a = upload_build_id(&created(Some("v1"), "e", "s"));
+        assert_eq!(a, upload_build_id(&created(Some("v1"), "other", "other")));
+        assert_ne!(a, upload_build_id(&created(Some("v2"), "e", "s")));
+        let u = upload_build_id(&created(None, "e1", "s1"));
+        assert_ne!(u, upload_build_id(&created(None, "e1", "s2")));
+        assert!(a.starts_with("s3-templates-app-v1-pkr-hcl-"), "{a}");
+        assert!(
+            crate::request::parse(&format!(
+                r#"{{"version": 1, "build_id": "{a}", "template": {{"bucket": "b", "key": "k"}}}}"#
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn only_templates_under_the_prefix() {
+        assert!(template_key_problem("templates/", "templates/a.pkr.hcl").is_none());
+        assert!(template_key_problem("templates/", "templates/d/a.json").is_none());
+        assert!(template_key_problem("templates/", "other/a.json").is_some());
+        assert!(template_key_problem("templates/", "templates/script.sh").is_some());
+    }
+}
