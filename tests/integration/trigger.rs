@@ -1,0 +1,389 @@
+//! `kiln-trigger`, the real process behind a local Lambda Runtime API, against the emulator: an
+//! upload is built by a worker, a duplicate event names the same build, the nightly run skips an
+//! unchanged template and rebuilds a changed one or one whose base image has a newer version,
+//! and bad input gets a clear answer.
+
+use crate::lambda::{Lambda, fixture};
+use crate::support::{Emulator, Resource, tagged, track_result, unique, with_janitor};
+use crate::worker::{Setup, TEMPLATE, result, setup, start_worker, stop_worker, upload};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+async fn lambda_for(s: &Setup) -> Lambda {
+    Lambda::start(&[("KILN_QUEUE", &s.queue), ("KILN_BUCKET", &s.bucket)]).await
+}
+
+/// An S3 `ObjectCreated:Put` notification for `key` (encoded as S3 encodes keys).
+async fn put_event(s: &Setup, bucket: &str, key: &str) -> Value {
+    let etag =
+        s.s3.head_object()
+            .bucket(&s.bucket)
+            .key(key)
+            .send()
+            .await
+            .ok()
+            .and_then(|o| o.e_tag().map(|e| e.trim_matches('"').to_owned()))
+            .unwrap_or_else(|| "d41d8cd98f00b204e9800998ecf8427e".into());
+    let encoded = key.replace(' ', "+");
+    fixture(
+        "s3-put.json",
+        &[
+            ("BUCKET", bucket),
+            ("KEY", &encoded),
+            ("VERSION", ""),
+            ("ETAG", &etag),
+            ("SEQUENCER", "0055AED6DCD90281E5"),
+        ],
+    )
+}
+
+fn names<'a>(summary: &'a Value, list: &str) -> Vec<(&'a str, &'a str)> {
+    summary[list]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["template"].as_str().unwrap_or(""),
+                e["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect()
+}
+
+async fn put_text(s: &Setup, key: &str, text: &str) {
+    s.s3.put_object()
+        .bucket(&s.bucket)
+        .key(key)
+        .body(text.as_bytes().to_vec().into())
+        .send()
+        .await
+        .expect("put");
+}
+
+/// The whole loop: upload → trigger → worker builds it once (the same event twice, and as an
+/// EventBridge event, name one build) → the nightly run skips it → the template changes → the
+/// nightly run enqueues it, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_builds_once_and_nightly_rebuilds_only_what_changed() {
+    with_janitor(|janitor| async move {
+        let s = setup(5).await;
+        let lambda = lambda_for(&s).await;
+        let key = upload(&s, &format!("templates/{}", unique("loop"))).await;
+        let event = put_event(&s, &s.bucket, &key).await;
+        let first = lambda.invoke(event.clone()).await.expect("upload handled");
+        let enqueued = first["enqueued"].as_array().cloned().unwrap_or_default();
+        assert_eq!(enqueued.len(), 1, "{first:#}\n{}", lambda.log());
+        assert_eq!(enqueued[0]["template"], key.as_str());
+        assert_eq!(enqueued[0]["reason"], "uploaded");
+        let id = enqueued[0]["build_id"]
+            .as_str()
+            .expect("build id")
+            .to_owned();
+        // S3 delivers at least once: the same event names the same build.
+        let again = lambda.invoke(event).await.expect("duplicate handled");
+        assert_eq!(again["enqueued"][0]["build_id"], id.as_str(), "{again:#}");
+        let etag =
+            s.s3.head_object()
+                .bucket(&s.bucket)
+                .key(&key)
+                .send()
+                .await
+                .expect("head")
+                .e_tag()
+                .map(|e| e.trim_matches('"').to_owned())
+                .unwrap_or_default();
+        let eb = fixture(
+            "eventbridge-object-created.json",
+            &[
+                ("BUCKET", &s.bucket),
+                ("KEY", &key),
+                ("VERSION", ""),
+                ("ETAG", &etag),
+                ("SEQUENCER", "0055AED6DCD90281E5"),
+            ],
+        );
+        let third = lambda.invoke(eb).await.expect("EventBridge event handled");
+        assert_eq!(third["enqueued"][0]["build_id"], id.as_str(), "{third:#}");
+
+        let worker = start_worker(&s, &[]);
+        let doc = result(&s, &id, Duration::from_secs(180)).await;
+        track_result(&janitor, &doc);
+        crate::exactly_once::wait_queue_empty(&s, &s.queue, Duration::from_secs(120)).await;
+        let (_, log) = stop_worker(worker);
+        assert_eq!(doc["status"], "succeeded", "{doc:#}\n{log}");
+        assert!(
+            doc["bake_key"].is_string(),
+            "the result carries the bake key: {doc:#}"
+        );
+        let images = tagged(Emulator::get().region(), &id).await.images;
+        assert_eq!(images.len(), 1, "three events, one build: {images:?}");
+
+        let schedule = fixture("eventbridge-schedule.json", &[]);
+        let nightly = lambda.invoke(schedule.clone()).await.expect("nightly");
+        assert_eq!(nightly["enqueued"], json!([]), "{nightly:#}");
+        let skipped = names(&nightly, "skipped");
+        assert_eq!(skipped.len(), 1, "{nightly:#}");
+        assert_eq!(skipped[0].0, key);
+        assert!(
+            skipped[0]
+                .1
+                .starts_with(&format!("unchanged since build {id} on ")),
+            "{nightly:#}"
+        );
+
+        put_text(&s, &key, &format!("{TEMPLATE}\n# v2\n")).await;
+        let nightly = lambda.invoke(schedule.clone()).await.expect("nightly");
+        assert_eq!(
+            names(&nightly, "enqueued"),
+            vec![(key.as_str(), "template changed")],
+            "{nightly:#}"
+        );
+        let rerun = lambda.invoke(schedule).await.expect("nightly again");
+        assert_eq!(
+            rerun["enqueued"][0]["build_id"], nightly["enqueued"][0]["build_id"],
+            "a nightly run repeated names the same build"
+        );
+    })
+    .await;
+}
+
+/// A template on a base image found by `source_ami_filter` (most_recent): the nightly run
+/// resolves the filter again, so a newer base image is a reason to rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nightly_rebuilds_when_a_newer_base_image_appears() {
+    with_janitor(|janitor| async move {
+        let s = setup(5).await;
+        let lambda = lambda_for(&s).await;
+        let emu = Emulator::get();
+        let region = emu.region();
+        let ec2 = emu.clients(region).await.ec2;
+        let stem = unique("base");
+        let register = |n: u32| {
+            let ec2 = ec2.clone();
+            let janitor = &janitor;
+            let name = format!("{stem}-{n}");
+            async move {
+                let vol = crate::emulator::volume(&ec2, janitor, region).await;
+                let snap = crate::emulator::snapshot(&ec2, janitor, region, &vol).await;
+                let ami = ec2
+                    .register_image()
+                    .name(name)
+                    .root_device_name("/dev/xvda")
+                    .block_device_mappings(crate::emulator::root_mapping(&snap, 1))
+                    .send()
+                    .await
+                    .expect("RegisterImage")
+                    .image_id
+                    .expect("id");
+                janitor.track(region, Resource::Image(ami.clone()));
+                ami
+            }
+        };
+        let base1 = register(1).await;
+        let key = format!("templates/{}/app.pkr.hcl", unique("app"));
+        let template = format!(
+            r#"
+source "amazon-chroot" "app" {{
+  ami_name = "app-{{{{timestamp}}}}"
+  source_ami_filter {{
+    filters = {{ name = "{stem}-*" }}
+    owners      = ["self"]
+    most_recent = true
+  }}
+}}
+build {{
+  sources = ["source.amazon-chroot.app"]
+}}
+"#
+        );
+        put_text(&s, &key, &template).await;
+        let only = json!({"nightly": {"templates": [key]}});
+        let first = lambda.invoke(only.clone()).await.expect("nightly");
+        assert_eq!(
+            names(&first, "enqueued"),
+            vec![(key.as_str(), "never built by kiln-trigger")],
+            "{first:#}\n{}",
+            lambda.log()
+        );
+        // The request carries the resolved base image.
+        let msg = s
+            .sqs
+            .receive_message()
+            .queue_url(&s.queue)
+            .wait_time_seconds(5)
+            .send()
+            .await
+            .expect("receive");
+        let req: Value = serde_json::from_str(
+            msg.messages().first().and_then(|m| m.body()).expect("a request"),
+        )
+        .expect("JSON");
+        assert_eq!(req["bake"]["source_amis"], json!([base1]), "{req:#}");
+        // Its build succeeded: the index a worker writes (as `record_bake` does) names its bake.
+        put_text(
+            &s,
+            &format!("index/{key}.json"),
+            &json!({"template": key, "build_id": req["build_id"], "finished_at": "2026-11-26T02:00:00Z", "bake": req["bake"]}).to_string(),
+        )
+        .await;
+        let same = lambda.invoke(only.clone()).await.expect("nightly");
+        assert_eq!(same["enqueued"], json!([]), "{same:#}");
+        // A newer base image (CreationDate has one-second resolution: register it in a later
+        // second than the first).
+        let t0 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        while std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            == t0
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let base2 = register(2).await;
+        let newer = lambda.invoke(only).await.expect("nightly");
+        assert_eq!(
+            names(&newer, "enqueued"),
+            vec![(key.as_str(), format!("source AMI {base1} → {base2}").as_str())],
+            "{newer:#}"
+        );
+    })
+    .await;
+}
+
+/// Bad input: an unknown event is the invocation's error; objects outside the prefix, files that
+/// are not templates and buckets the workers do not trust are skipped with the reason; a template
+/// that does not parse is still enqueued (the worker's failure result says why) and is skipped by
+/// the nightly run with the parse error; an SQS batch reports only its bad message as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_answer() {
+    with_janitor(|janitor| async move {
+        let s = setup(5).await;
+        let lambda = lambda_for(&s).await;
+        let err = lambda
+            .invoke(json!({"hello": "world"}))
+            .await
+            .expect_err("an unknown event is an error");
+        let message = err["errorMessage"].as_str().unwrap_or_default();
+        assert!(message.contains("unknown event shape"), "{err:#}");
+
+        let dir = format!("templates/{}", unique("bad"));
+        let outside = format!("elsewhere/{}.pkr.hcl", unique("x"));
+        let notes = format!("{dir}/notes.txt");
+        put_text(&s, &notes, "not a template").await;
+        for (bucket, key, want) in [
+            (
+                s.bucket.as_str(),
+                outside.as_str(),
+                "outside the template prefix",
+            ),
+            (s.bucket.as_str(), notes.as_str(), "not a template"),
+            (
+                "someone-elses-bucket",
+                "templates/a.pkr.hcl",
+                "is not kiln's bucket",
+            ),
+        ] {
+            let summary = lambda
+                .invoke(put_event(&s, bucket, key).await)
+                .await
+                .expect("handled");
+            assert_eq!(summary["enqueued"], json!([]), "{key}: {summary:#}");
+            assert!(
+                names(&summary, "skipped")[0].1.contains(want),
+                "{key}: {summary:#}"
+            );
+        }
+
+        // A key with a space arrives encoded (`+`); the template does not parse.
+        let broken = format!("{dir}/my broken.pkr.hcl");
+        put_text(&s, &broken, "source \"amazon-chroot\" {\n").await;
+        let summary = lambda
+            .invoke(put_event(&s, &s.bucket, &broken).await)
+            .await
+            .expect("handled");
+        let enqueued = names(&summary, "enqueued");
+        assert_eq!(enqueued.len(), 1, "{summary:#}\n{}", lambda.log());
+        assert_eq!(enqueued[0].0, broken, "the key is decoded");
+        assert!(
+            enqueued[0].1.contains("the worker will report"),
+            "{summary:#}"
+        );
+        let id = summary["enqueued"][0]["build_id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let worker = start_worker(&s, &[]);
+        let doc = result(&s, &id, Duration::from_secs(60)).await;
+        track_result(&janitor, &doc);
+        let (_, log) = stop_worker(worker);
+        assert_eq!(doc["status"], "failed", "{doc:#}\n{log}");
+        assert_eq!(doc["error"]["step"], "validate", "{doc:#}");
+        assert!(
+            doc["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("the template is invalid")),
+            "{doc:#}"
+        );
+        let nightly = lambda
+            .invoke(json!({"nightly": {"templates": [broken]}}))
+            .await
+            .expect("nightly");
+        assert!(
+            names(&nightly, "skipped")[0]
+                .1
+                .contains("the template is invalid"),
+            "{nightly:#}"
+        );
+
+        // An SQS batch: one good message, one that is not an S3 event.
+        let good_key = upload(&s, &format!("templates/{}", unique("sqs"))).await;
+        let good_body = put_event(&s, &s.bucket, &good_key).await.to_string();
+        let mut batch = fixture("sqs.json", &[("MESSAGE_ID", "good"), ("BODY", &good_body)]);
+        let bad = fixture("sqs.json", &[("MESSAGE_ID", "bad"), ("BODY", "not json")]);
+        if let (Some(records), Some(extra)) = (
+            batch["Records"].as_array_mut(),
+            bad["Records"].as_array().and_then(|r| r.first()).cloned(),
+        ) {
+            records.push(extra);
+        }
+        let answer = lambda.invoke(batch).await.expect("batch handled");
+        assert_eq!(
+            answer,
+            json!({"batchItemFailures": [{"itemIdentifier": "bad"}]}),
+            "{}",
+            lambda.log()
+        );
+        // (A long poll the stopped worker left open may hold it for the queue's visibility
+        // timeout: look until a generous deadline.)
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let mut bodies = Vec::new();
+        while !bodies.iter().any(|b: &String| b.contains(&good_key))
+            && std::time::Instant::now() < deadline
+        {
+            let sent = s
+                .sqs
+                .receive_message()
+                .queue_url(&s.queue)
+                .wait_time_seconds(2)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .expect("receive");
+            bodies.extend(
+                sent.messages()
+                    .iter()
+                    .filter_map(|m| m.body().map(str::to_owned)),
+            );
+        }
+        assert!(
+            bodies.iter().any(|b| b.contains(&good_key)),
+            "the good message's template {good_key} was enqueued: {bodies:?}\n{}",
+            lambda.log()
+        );
+    })
+    .await;
+}
