@@ -8,6 +8,7 @@ mod emulator_strict;
 mod exactly_once;
 mod lambda;
 mod pipeline;
+mod pool;
 mod submit;
 mod support;
 mod templates;

@@ -98,6 +98,11 @@ pub(crate) fn state_dir() -> PathBuf {
 pub(crate) struct WorkerProc(Option<Child>);
 
 impl WorkerProc {
+    /// Wraps a worker process started elsewhere.
+    pub(crate) fn from_child(child: Child) -> Self {
+        WorkerProc(Some(child))
+    }
+
     /// The process, no longer stopped on drop.
     pub(crate) fn take(mut self) -> Child {
         self.0.take().expect("worker process")

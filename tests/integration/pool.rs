@@ -1,0 +1,208 @@
+//! The builder pool's stack (infra/kiln.yaml): it passes cfn-lint, kiln's cfn-guard rules and the
+//! check that its roles allow every AWS call kiln makes, and each check fails on a template broken
+//! on purpose; it deploys to the emulator (moto's CloudFormation), and a worker started with what
+//! its outputs name builds a template from its queue.
+
+use crate::support::{Emulator, repo_root, track_result, unique, with_janitor};
+use crate::worker::TEMPLATE;
+use serde_json::Value;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn script(name: &str, args: &[&str]) -> (bool, String) {
+    let mut c = Command::new(repo_root().join("scripts").join(name));
+    c.args(args)
+        .env("KILN_BIN", env!("CARGO_BIN_EXE_kiln"))
+        .env("KILN_TRIGGER_BIN", env!("CARGO_BIN_EXE_kiln-trigger"));
+    for (k, v) in &Emulator::get().vars {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap_or_else(|e| panic!("scripts/{name}: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The stack passes every check; each breakage below fails the check that owns it, naming it.
+#[test]
+fn the_stack_passes_its_checks_and_broken_stacks_fail_them() {
+    let (ok, out) = script("check-infra", &[]);
+    assert!(ok, "{out}");
+    let allowed = out
+        .lines()
+        .find_map(|l| l.strip_prefix("check-infra: calls allowed: "))
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    assert!(allowed >= 20, "the policy check saw kiln's calls: {out}");
+    let stack = std::fs::read_to_string(repo_root().join("infra/kiln.yaml")).expect("stack");
+    let dir = std::env::temp_dir().join(unique("broken-stack"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cases = [
+        (
+            "heartbeat",
+            "HeartbeatTimeout: 900",
+            "HeartbeatTimeout: 9000",
+            "lifecycle_heartbeat_at_most_7200",
+        ),
+        (
+            "granularity",
+            "- Granularity: 1Minute",
+            "- Granularity: 5Minute",
+            "group_metrics_every_minute",
+        ),
+        (
+            "long-poll",
+            "      ReceiveMessageWaitTimeSeconds: 20\n      MessageRetentionPeriod: 345600",
+            "      ReceiveMessageWaitTimeSeconds: 10\n      MessageRetentionPeriod: 345600",
+            "request_queues_long_poll_20s",
+        ),
+        (
+            "max-receive",
+            "    MaxValue: 1000\n    Description: Deliveries",
+            "    MaxValue: 5000\n    Description: Deliveries",
+            "max_receive_count_parameter_at_most_1000",
+        ),
+        (
+            "untagged-delete",
+            "                  - !Sub arn:${AWS::Partition}:ec2:*::image/*\n                Condition:\n                  \"Null\": { \"aws:ResourceTag/kiln:build-id\": \"false\" }",
+            "                  - !Sub arn:${AWS::Partition}:ec2:*::image/*",
+            "destructive_ec2_statements_carry_the_tag_condition",
+        ),
+        (
+            "missing-action",
+            "                  - ec2:DeleteVolume\n",
+            "",
+            "ec2:DeleteVolume (src/ec2/volumes.rs",
+        ),
+        (
+            "visibility",
+            "      VisibilityTimeout: 900",
+            "      VisibilityTimeout: 90000",
+            "E3034",
+        ),
+    ];
+    for (name, from, to, want) in cases {
+        assert!(
+            stack.contains(from),
+            "{name}: the stack no longer has {from:?}"
+        );
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, stack.replacen(from, to, 1)).expect("write");
+        let (ok, out) = script("check-infra", &[&path.display().to_string()]);
+        assert!(!ok, "{name}: a broken stack passed:\n{out}");
+        assert!(
+            out.contains(want),
+            "{name}: the failure names {want:?}:\n{out}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Deploys the stack to the emulator and builds through it. moto creates the queues (with the
+/// redrive policy), the bucket, the roles, the function, the rules, the launch template and the
+/// group; it ignores the scaling policy, the lifecycle hook, metrics collection and the bucket's
+/// EventBridge notification, which this test cannot check here (cfn-guard checks their settings).
+#[tokio::test]
+async fn the_stack_deploys_and_a_worker_builds_from_its_queue() {
+    with_janitor(|janitor| async move {
+        let stack = unique("pool").replace("kiln-test-", "kt-");
+        let (ok, out) = script("deploy", &["--stack-name", &stack]);
+        assert!(ok, "{out}");
+        let json_start = out.find("{\n").unwrap_or(0);
+        let deployed: Value = serde_json::from_str(&out[json_start..]).unwrap_or_else(|e| panic!("{e}:\n{out}"));
+        let deleted = StackGuard(stack.clone());
+        for (id, kind) in [
+            ("RequestQueue", "AWS::SQS::Queue"),
+            ("DeadLetterQueue", "AWS::SQS::Queue"),
+            ("ResultQueue", "AWS::SQS::Queue"),
+            ("ArtifactsBucket", "AWS::S3::Bucket"),
+            ("BuilderRole", "AWS::IAM::Role"),
+            ("BuilderProfile", "AWS::IAM::InstanceProfile"),
+            ("BuilderLaunchTemplate", "AWS::EC2::LaunchTemplate"),
+            ("BuilderGroup", "AWS::AutoScaling::AutoScalingGroup"),
+            ("TriggerFunction", "AWS::Lambda::Function"),
+            ("UploadRule", "AWS::Events::Rule"),
+            ("NightlyRule", "AWS::Events::Rule"),
+        ] {
+            assert_eq!(deployed["resources"][id], kind, "{id}: {deployed:#}");
+        }
+        let o = &deployed["outputs"];
+        let (queue, results, bucket) = (
+            o["RequestQueueUrl"].as_str().expect("queue").to_owned(),
+            o["ResultQueueUrl"].as_str().expect("results").to_owned(),
+            o["ArtifactsBucketName"].as_str().expect("bucket").to_owned(),
+        );
+        let emu = Emulator::get();
+        let c = emu.clients(emu.region()).await;
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let attrs = c
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&queue)
+            .attribute_names(A::All)
+            .send()
+            .await
+            .expect("attributes");
+        let get = |a: A| attrs.attributes().and_then(|m| m.get(&a)).cloned().unwrap_or_default();
+        assert_eq!(get(A::ReceiveMessageWaitTimeSeconds), "20");
+        assert_eq!(get(A::VisibilityTimeout), "900");
+        let redrive: Value = serde_json::from_str(&get(A::RedrivePolicy)).expect("redrive policy");
+        assert_eq!(redrive["maxReceiveCount"].to_string().trim_matches('"'), "3", "{redrive}");
+        // A worker configured from the outputs builds a template put in the bucket.
+        let prefix = format!("templates/{}", unique("pool"));
+        for (key, body) in [
+            (format!("{prefix}/bb.pkr.hcl"), TEMPLATE.as_bytes().to_vec()),
+            (format!("{prefix}/greeting.txt"), b"hi from the pool\n".to_vec()),
+        ] {
+            c.s3.put_object().bucket(&bucket).key(key).body(body.into()).send().await.expect("put");
+        }
+        let id = unique("pool-build");
+        c.sqs
+            .send_message()
+            .queue_url(&queue)
+            .message_body(
+                serde_json::json!({"version": 1, "build_id": id, "template": {"bucket": bucket, "key": format!("{prefix}/bb.pkr.hcl")}})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .expect("send");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args(["worker", "--queue", &queue, "--result-queue", &results, "--bucket", &bucket, "--backend", "loop"])
+            .arg("--state-dir")
+            .arg(crate::worker::state_dir())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in &emu.vars {
+            cmd.env(k, v);
+        }
+        let worker = crate::worker::WorkerProc::from_child(cmd.spawn().expect("worker"));
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let doc = loop {
+            if let Ok(o) = c.s3.get_object().bucket(&bucket).key(format!("results/{id}.json")).send().await {
+                let bytes = o.body.collect().await.expect("body").into_bytes();
+                break serde_json::from_slice::<Value>(&bytes).expect("result");
+            }
+            assert!(Instant::now() < deadline, "no result from the pool's queue");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        track_result(&janitor, &doc);
+        let (_, log) = crate::worker::stop_worker(worker);
+        assert_eq!(doc["status"], "succeeded", "{doc:#}\n{log}");
+        drop(deleted);
+    })
+    .await;
+}
+
+/// Deletes the test's stack (and empties its buckets) when dropped, also when the test fails.
+struct StackGuard(String);
+
+impl Drop for StackGuard {
+    fn drop(&mut self) {
+        let _ = script("deploy", &["--delete", "--stack-name", &self.0]);
+    }
+}
