@@ -6,6 +6,10 @@ use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
+/// The prefix of a lock note whose volume, device and mounts `kiln build --on-error=abort` kept on
+/// purpose: the start-up sweep of a worker on the same host leaves them (and the lock) alone.
+pub const KEPT: &str = "kept ";
+
 /// Where lock files live. `/run` is a tmpfs: locks vanish with a reboot, as attachments do.
 pub const LOCK_DIR: &str = "/run/kiln/locks";
 
@@ -49,6 +53,11 @@ impl DeviceLock {
     /// sweep can tell whether a dead build's device still holds its volume.
     pub fn note(&self, text: &str) -> Result<(), HostError> {
         std::fs::write(&self.path, text).map_err(HostError::io("writing the lock note", &self.path))
+    }
+
+    /// Whether a note marks what it names as kept on purpose (`--on-error=abort`).
+    pub fn is_kept(note: &str) -> bool {
+        note.starts_with(KEPT)
     }
 
     /// The note a (dead) build left in the lock file of `name`.

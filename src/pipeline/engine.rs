@@ -156,6 +156,14 @@ pub async fn run(
     let mut left_behind = Vec::new();
     if failed && options.on_error == OnError::Abort {
         left_behind = steps::inventory(&b);
+        // Kept on purpose: a worker's start-up sweep on this host must leave it alone.
+        if let Some(lock) = &b.state.device_lock {
+            let note = crate::host::lock::DeviceLock::read_note(&b.lock_dir, lock.name())
+                .unwrap_or_default();
+            if let Err(e) = lock.note(&format!("{}{note}", crate::host::lock::KEPT)) {
+                tracing::warn!(build_id = %b.id, error = %e, "could not mark the device lock as kept");
+            }
+        }
         for item in &left_behind {
             (b.sink)("kiln", &format!("left in place (--on-error=abort): {item}"));
         }

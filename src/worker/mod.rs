@@ -12,7 +12,7 @@ mod sweep;
 
 use fetch::fetch_template;
 pub use fetch::{MAX_TEMPLATE_BYTES, MAX_TEMPLATE_FILES};
-use publish::{delete, finish, publish, put, record_bake, release, result_from_journal};
+use publish::{Log, delete, finish, publish, record_bake, release, result_from_journal};
 pub use publish::{early_failure, log_key, result_key};
 pub use sweep::{sweep_attachments, sweep_host};
 
@@ -25,7 +25,7 @@ use crate::template::{self, Inputs};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use request::BuildRequest;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -130,24 +130,6 @@ pub(crate) struct Ctx {
     backend: Backend,
     max_receive: Option<u32>,
     owner: Owner,
-}
-
-/// A log that is appended while the build runs and flushed to S3 periodically.
-#[derive(Default)]
-struct Log {
-    text: Mutex<String>,
-}
-
-impl Log {
-    fn push(&self, line: &str) {
-        if let Ok(mut t) = self.text.lock() {
-            t.push_str(line);
-            t.push('\n');
-        }
-    }
-    fn snapshot(&self) -> String {
-        self.text.lock().map(|t| t.clone()).unwrap_or_default()
-    }
 }
 
 /// Runs the worker until `shutdown` is cancelled, then drains. Returns when every build has
@@ -566,13 +548,9 @@ async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: Cancellatio
     let retryable_failure =
         outcome.status == Status::Failed && outcome.error.as_ref().is_some_and(|e| e.retryable);
     let _ = std::fs::remove_dir_all(&work);
-    if let Err(e) = put(
-        ctx,
-        &log_key(&build_id),
-        log.snapshot().into_bytes(),
-        "text/plain",
-    )
-    .await
+    if let Err(e) = log
+        .write(&ctx.clients.s3, &ctx.cfg.buckets[0], &log_key(&build_id))
+        .await
     {
         tracing::error!(build_id = %build_id, error = %e, "could not write the log");
     }
@@ -701,23 +679,13 @@ async fn run_request(
         let log = Arc::clone(&log);
         let stop = flush_stop.clone();
         tokio::spawn(async move {
-            let mut last = 0;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(LOG_FLUSH) => {}
                     _ = stop.cancelled() => return,
                 }
-                let text = log.snapshot();
-                if text.len() != last {
-                    last = text.len();
-                    let _ = s3
-                        .put_object()
-                        .bucket(&bucket)
-                        .key(&key)
-                        .content_type("text/plain")
-                        .body(text.into_bytes().into())
-                        .send()
-                        .await;
+                if let Err(e) = log.write(&s3, &bucket, &key).await {
+                    tracing::warn!(key = %key, error = %e, "could not write the log");
                 }
             }
         })

@@ -232,3 +232,71 @@ pub(super) async fn record_bake(
         tracing::error!(build_id = %result.build_id, error = %e, "could not record the bake key; the next nightly run rebuilds");
     }
 }
+
+/// A build's log: appended while the build runs, written to S3 periodically and at the end. The
+/// first write of an attempt is unconditional (it starts the attempt's log); every later one is a
+/// compare-and-swap on the last ETag, so a stalled attempt whose build another worker took over
+/// stops writing at its next try instead of overwriting the new owner's log.
+#[derive(Default)]
+pub(super) struct Log {
+    text: std::sync::Mutex<String>,
+    /// (ETag of the last write, length written, another writer took over).
+    written: tokio::sync::Mutex<(Option<String>, usize, bool)>,
+}
+
+impl Log {
+    /// Appends a line.
+    pub(super) fn push(&self, line: &str) {
+        if let Ok(mut t) = self.text.lock() {
+            t.push_str(line);
+            t.push('\n');
+        }
+    }
+
+    fn snapshot(&self) -> String {
+        self.text.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Writes the log to `bucket`/`key` if it grew. After another writer replaced it, does
+    /// nothing (and says so once).
+    pub(super) async fn write(
+        &self,
+        s3: &aws_sdk_s3::Client,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(), String> {
+        let mut w = self.written.lock().await;
+        let text = self.snapshot();
+        if w.2 || (w.0.is_some() && text.len() == w.1) {
+            return Ok(());
+        }
+        let mut put = s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type("text/plain");
+        if let Some(etag) = &w.0 {
+            put = put.if_match(etag);
+        }
+        let len = text.len();
+        match put.body(text.into_bytes().into()).send().await {
+            Ok(o) => {
+                *w = (o.e_tag().map(str::to_owned), len, false);
+                Ok(())
+            }
+            Err(e)
+                if e.raw_response()
+                    .is_some_and(|r| matches!(r.status().as_u16(), 409 | 412)) =>
+            {
+                w.2 = true;
+                Err(format!(
+                    "s3://{bucket}/{key} was replaced by another writer (another attempt of this build): this attempt stops writing it"
+                ))
+            }
+            Err(e) => Err(format!(
+                "s3://{bucket}/{key}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            )),
+        }
+    }
+}

@@ -95,6 +95,14 @@ pub async fn sweep_host(lock_dir: &Path) -> Vec<String> {
         let Some(note) = crate::host::lock::DeviceLock::read_note(lock_dir, name) else {
             continue;
         };
+        if crate::host::lock::DeviceLock::is_kept(&note) {
+            tracing::info!(
+                device = name,
+                note,
+                "kept by kiln build --on-error=abort; left alone"
+            );
+            continue;
+        }
         let Ok(Some(lock)) = crate::host::lock::DeviceLock::try_lock(lock_dir, name) else {
             continue;
         };

@@ -597,3 +597,47 @@ async fn systemd_notify_ready_watchdog_from_the_loop_and_stopping() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The build's log is replaced while the build runs (as a new owner's first write would): the
+/// worker's later writes, periodic and final, are compare-and-swap and leave it.
+#[tokio::test]
+async fn a_log_another_attempt_replaced_is_not_overwritten() {
+    with_janitor(|janitor| async move {
+        let s = setup(5).await;
+        let key = upload(&s, &unique("tpl")).await;
+        let id = unique("log");
+        send(&s, &crate::worker::request(&id, &s.bucket, &key, 8)).await;
+        let w = start_worker(&s, &[]);
+        crate::worker::wait_for_log(&s, &id).await;
+        let theirs = "the log of another attempt\n";
+        s.s3.put_object()
+            .bucket(&s.bucket)
+            .key(format!("logs/{id}.log"))
+            .body(theirs.as_bytes().to_vec().into())
+            .send()
+            .await
+            .expect("replace the log");
+        let doc = result(&s, &id, Duration::from_secs(120)).await;
+        track_result(&janitor, &doc);
+        let (_, log) = stop_worker(w);
+        let now =
+            s.s3.get_object()
+                .bucket(&s.bucket)
+                .key(format!("logs/{id}.log"))
+                .send()
+                .await
+                .expect("log")
+                .body
+                .collect()
+                .await
+                .expect("body")
+                .into_bytes();
+        assert_eq!(
+            String::from_utf8_lossy(&now),
+            theirs,
+            "the replaced log stays:\n{log}"
+        );
+        assert!(log.contains("was replaced by another writer"), "{log}");
+    })
+    .await;
+}

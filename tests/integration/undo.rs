@@ -82,10 +82,22 @@ async fn on_error_abort_leaves_everything_listed_and_in_place() {
                 let _ = std::fs::remove_file(&file);
             }
         };
+        // A worker starting on this host leaves what --on-error=abort kept on purpose.
+        let lock_file: Option<PathBuf> = left
+            .iter()
+            .find_map(|l| l.strip_prefix("lock ").map(PathBuf::from));
+        let note = lock_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .unwrap_or_default();
+        let swept = kiln::worker::sweep_host(std::path::Path::new(kiln::host::lock::LOCK_DIR)).await;
         let mounted_now: Vec<bool> = mounts
             .iter()
             .map(|m| kiln::host::mount::is_mounted(m))
             .collect();
+        if let Some(f) = &lock_file {
+            let _ = std::fs::write(f, "");
+        }
         let attached = volumes.first().map(|v| v.attachments().len()).unwrap_or(0);
         cleanup(&mounts, &volume);
         assert!(!ok, "the build failed:\n{stderr}");
@@ -104,7 +116,11 @@ async fn on_error_abort_leaves_everything_listed_and_in_place() {
         assert_eq!(attached, 1, "and the volume is still attached");
         assert!(
             !mounts.is_empty() && mounted_now.iter().all(|m| *m),
-            "the listed mounts were all mounted: {mounts:?} {mounted_now:?}"
+            "the listed mounts were all mounted, also after a worker's start-up sweep: {mounts:?} {mounted_now:?} (swept: {swept:?})"
+        );
+        assert!(
+            note.starts_with(kiln::host::lock::KEPT),
+            "the device lock says kept: {note:?} ({lock_file:?})"
         );
         assert!(
             stderr.contains("left in place (--on-error=abort)"),
