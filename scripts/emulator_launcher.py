@@ -651,8 +651,41 @@ def add_host(name: str, region: str, az: str | None = None) -> dict:
         return host
 
 
+# ---------------------------------------------------------------------------------------------------
+# 10. The lifecycle calls moto leaves unimplemented (500): accepted and recorded, so a test can see
+#     that a worker kept its termination hook alive and completed it.
+# ---------------------------------------------------------------------------------------------------
+from moto.autoscaling.responses import AutoScalingResponse  # noqa: E402
+
+LIFECYCLE_CALLS: list[dict] = []
+
+
+def _lifecycle_call(action: str):
+    def handler(self) -> ActionResult:
+        call = {
+            "action": action,
+            "group": self._get_param("AutoScalingGroupName"),
+            "hook": self._get_param("LifecycleHookName"),
+            "instance": self._get_param("InstanceId"),
+        }
+        if action == "CompleteLifecycleAction":
+            call["result"] = self._get_param("LifecycleActionResult")
+        with LOCK:
+            LIFECYCLE_CALLS.append(call)
+        return ActionResult({})
+
+    return handler
+
+
+AutoScalingResponse.complete_lifecycle_action = _lifecycle_call("CompleteLifecycleAction")
+AutoScalingResponse.record_lifecycle_action_heartbeat = _lifecycle_call(
+    "RecordLifecycleActionHeartbeat"
+)
+
+
 def public_state() -> dict:
     return {
+        "lifecycle_calls": LIFECYCLE_CALLS,
         "hosts": {
             n: {k: v for k, v in h.items() if k != "extra"} for n, h in HOSTS.items()
         },
@@ -667,6 +700,7 @@ def reset() -> None:
         COPY_TOKENS.clear()
         DELAYS.clear()
         FAULTS.clear()
+        LIFECYCLE_CALLS.clear()
         for host in HOSTS.values():
             host["extra"] = {}
             _launch_host_instance(host)

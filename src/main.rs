@@ -180,6 +180,12 @@ struct WorkerArgs {
     /// Seconds before a retryable failure is tried again.
     #[arg(long, env = "KILN_RETRY_DELAY")]
     retry_delay: Option<u64>,
+    /// The Auto Scaling group of this instance (scale-in protection, the termination hook).
+    #[arg(long, env = "KILN_AUTO_SCALING_GROUP")]
+    auto_scaling_group: Option<String>,
+    /// The group's termination lifecycle hook.
+    #[arg(long, env = "KILN_LIFECYCLE_HOOK")]
+    lifecycle_hook: Option<String>,
 }
 
 impl WorkerArgs {
@@ -225,6 +231,12 @@ impl WorkerArgs {
         }
         if let Some(d) = self.retry_delay {
             set("retry_delay_s", (d as i64).into());
+        }
+        if let Some(g) = &self.auto_scaling_group {
+            set("auto_scaling_group", g.clone().into());
+        }
+        if let Some(h) = &self.lifecycle_hook {
+            set("lifecycle_hook", h.clone().into());
         }
         toml::Value::Table(table)
             .try_into()

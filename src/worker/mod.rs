@@ -6,6 +6,7 @@
 
 pub mod fetch;
 pub mod notify;
+pub mod pool;
 mod publish;
 pub use crate::request;
 mod sweep;
@@ -72,6 +73,13 @@ pub struct WorkerConfig {
     /// Where templates are fetched to.
     #[serde(default = "default_work_dir")]
     pub work_dir: PathBuf,
+    /// The Auto Scaling group the worker's instance belongs to: scale-in protection while builds
+    /// run, and the termination hook below.
+    #[serde(default)]
+    pub auto_scaling_group: Option<String>,
+    /// The group's termination lifecycle hook, completed once the worker drained.
+    #[serde(default)]
+    pub lifecycle_hook: Option<String>,
 }
 
 fn default_concurrency() -> usize {
@@ -125,6 +133,7 @@ impl WorkerError {
 }
 
 pub(crate) struct Ctx {
+    pool: pool::Pool,
     cfg: WorkerConfig,
     clients: Clients,
     backend: Backend,
@@ -198,7 +207,14 @@ pub async fn run(
         Path::new(crate::host::lock::LOCK_DIR),
     )
     .await;
+    let pool = pool::Pool::new(
+        clients.config(),
+        cfg.auto_scaling_group.clone(),
+        cfg.lifecycle_hook.clone(),
+        owner.instance_id.clone(),
+    );
     let ctx = Arc::new(Ctx {
+        pool,
         cfg,
         clients,
         backend,
@@ -211,6 +227,12 @@ pub async fn run(
     tracing::info!(queue = %ctx.cfg.queue, concurrency, backend = ctx.backend.name(), max_receive = ?ctx.max_receive, "worker polling");
     notify::notify("READY=1\nSTATUS=polling");
     let watchdog = notify::Watchdog::from_env();
+    // The pool's notices: termination drains (with the hook kept alive), Spot stops builds now.
+    let pool_stop = CancellationToken::new();
+    let watcher = ctx
+        .pool
+        .watch(shutdown.clone(), builds_cancel.clone(), pool_stop.clone());
+    let hook_heartbeat = ctx.pool.heartbeat(pool_stop.clone());
     poll(
         &ctx,
         &slots,
@@ -221,6 +243,11 @@ pub async fn run(
     )
     .await;
     drain(&ctx, &builds_cancel, &mut tasks, watchdog).await;
+    ctx.pool.protect(false).await;
+    pool_stop.cancel();
+    let _ = watcher.await;
+    let _ = hook_heartbeat.await;
+    ctx.pool.complete().await;
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -252,6 +279,7 @@ async fn poll(
         watchdog.pet();
         hang_if_asked(shutdown).await;
         while tasks.try_join_next().is_some() {}
+        ctx.pool.protect(!tasks.is_empty()).await;
         let first = tokio::select! {
             p = watchdog.while_waiting(Arc::clone(slots).acquire_owned()) => match p { Ok(p) => p, Err(_) => return },
             _ = shutdown.cancelled() => return,
@@ -306,6 +334,7 @@ async fn poll(
                 drop(permit);
             });
         }
+        ctx.pool.protect(!tasks.is_empty()).await;
     }
 }
 

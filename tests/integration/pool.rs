@@ -206,3 +206,225 @@ impl Drop for StackGuard {
         let _ = script("deploy", &["--delete", "--stack-name", &self.0]);
     }
 }
+
+/// A builder host of this test's own, in an Auto Scaling group of its own: (host name,
+/// instance id, IMDS endpoint, group name).
+async fn host_in_group() -> (String, String, String, String) {
+    let emu = Emulator::get();
+    let name = unique("asg-host");
+    let host: Value =
+        serde_json::from_str(&crate::support::emulator_script(&["host", &name])).expect("host");
+    let instance = host["instance_id"].as_str().expect("instance").to_owned();
+    let imds = host["imds_endpoint"].as_str().expect("imds").to_owned();
+    let config = emu.sdk_config(emu.region()).await;
+    let ec2 = aws_sdk_ec2::Client::new(&config);
+    let lt = ec2
+        .create_launch_template()
+        .launch_template_name(unique("lt"))
+        .launch_template_data(
+            aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                .image_id("ami-0000000000000b17d")
+                .instance_type(aws_sdk_ec2::types::InstanceType::C6iLarge)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("launch template")
+        .launch_template
+        .and_then(|t| t.launch_template_id)
+        .expect("id");
+    let asg = aws_sdk_autoscaling::Client::new(&config);
+    let group = unique("builders");
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name(&group)
+        .launch_template(
+            aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+                .launch_template_id(lt)
+                .build(),
+        )
+        .min_size(0)
+        .max_size(2)
+        .desired_capacity(0)
+        .availability_zones(format!("{}a", emu.region()))
+        .send()
+        .await
+        .expect("group");
+    asg.attach_instances()
+        .auto_scaling_group_name(&group)
+        .instance_ids(&instance)
+        .send()
+        .await
+        .expect("attach the host");
+    (name, instance, imds, group)
+}
+
+async fn protected(group: &str, instance: &str) -> Option<bool> {
+    let emu = Emulator::get();
+    let asg = aws_sdk_autoscaling::Client::new(&emu.sdk_config(emu.region()).await);
+    asg.describe_auto_scaling_instances()
+        .instance_ids(instance)
+        .send()
+        .await
+        .ok()?
+        .auto_scaling_instances()
+        .iter()
+        .find(|i| i.auto_scaling_group_name() == Some(group))
+        .and_then(|i| i.protected_from_scale_in())
+}
+
+/// Waits (generous deadline) for a worker to exit by itself; its log.
+fn wait_worker_exit(w: crate::worker::WorkerProc, what: &str) -> String {
+    let mut child = w.take();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{what}: the worker did not stop by itself:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().expect("output");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The group terminates the instance while a build runs: the worker (scale-in protected while
+/// it builds) stops taking work, keeps the termination hook alive, lets the build finish, then
+/// completes the lifecycle action and exits; nothing is left.
+#[tokio::test]
+async fn a_termination_notice_drains_then_completes_the_hook() {
+    with_janitor(|janitor| async move {
+        let (host, instance, imds, group) = host_in_group().await;
+        let s = crate::worker::setup(5).await;
+        let key = crate::worker::upload(&s, &unique("tpl")).await;
+        let id = unique("drain");
+        crate::worker::send(&s, &crate::worker::request(&id, &s.bucket, &key, 20)).await;
+        let w = crate::worker::start_worker_with(
+            &s,
+            &[
+                "--auto-scaling-group",
+                &group,
+                "--lifecycle-hook",
+                "drain",
+                "--drain-timeout",
+                "300",
+            ],
+            &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds)],
+        );
+        crate::worker::wait_for_log(&s, &id).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while protected(&group, &instance).await != Some(true) {
+            assert!(
+                Instant::now() < deadline,
+                "scale-in protection while the build runs"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        crate::support::emulator_script(&[
+            "metadata",
+            &host,
+            "/latest/meta-data/autoscaling/target-lifecycle-state",
+            "Terminated",
+        ]);
+        let log = wait_worker_exit(w, "termination");
+        let doc = crate::worker::result(&s, &id, Duration::from_secs(5)).await;
+        track_result(&janitor, &doc);
+        assert_eq!(
+            doc["status"], "succeeded",
+            "the build drained: {doc:#}\n{log}"
+        );
+        let state: Value =
+            serde_json::from_str(&crate::support::emulator_script(&["state"])).expect("state");
+        let calls: Vec<&Value> = state["lifecycle_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["instance"] == instance.as_str())
+            .collect();
+        assert!(
+            calls
+                .iter()
+                .any(|c| c["action"] == "RecordLifecycleActionHeartbeat"
+                    && c["group"] == group.as_str()
+                    && c["hook"] == "drain"),
+            "the hook was kept alive: {calls:?}\n{log}"
+        );
+        let last = calls.last().expect("lifecycle calls");
+        assert_eq!(last["action"], "CompleteLifecycleAction", "{calls:?}");
+        assert_eq!(last["result"], "CONTINUE");
+        assert_eq!(
+            protected(&group, &instance).await,
+            Some(false),
+            "protection released"
+        );
+        assert!(log.contains("draining"), "{log}");
+    })
+    .await;
+}
+
+/// A Spot interruption notice while a build runs: the worker stops and undoes the build at once
+/// (nothing is left), makes its message visible again (the heartbeat had hidden it for 300 s) and
+/// exits without publishing a result.
+#[tokio::test]
+async fn a_spot_notice_stops_the_build_and_returns_its_message() {
+    with_janitor(|_janitor| async move {
+        let name = unique("spot-host");
+        let host: Value =
+            serde_json::from_str(&crate::support::emulator_script(&["host", &name])).expect("host");
+        let imds = host["imds_endpoint"].as_str().expect("imds").to_owned();
+        let s = crate::worker::setup(5).await;
+        let key = crate::worker::upload(&s, &unique("tpl")).await;
+        let id = unique("spot");
+        crate::worker::send(&s, &crate::worker::request(&id, &s.bucket, &key, 120)).await;
+        let w = crate::worker::start_worker_with(
+            &s,
+            &["--visibility", "300", "--drain-timeout", "600"],
+            &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds)],
+        );
+        crate::worker::wait_for_log(&s, &id).await;
+        crate::support::emulator_script(&[
+            "metadata",
+            &name,
+            "/latest/meta-data/spot/instance-action",
+            r#"{"action": "terminate", "time": "2026-11-26T12:00:00Z"}"#,
+        ]);
+        let log = wait_worker_exit(w, "spot");
+        assert!(log.contains("Spot interruption notice"), "{log}");
+        let again = s
+            .sqs
+            .receive_message()
+            .queue_url(&s.queue)
+            .wait_time_seconds(2)
+            .send()
+            .await
+            .expect("receive");
+        assert!(
+            again
+                .messages()
+                .iter()
+                .any(|m| m.body().is_some_and(|b| b.contains(&id))),
+            "the message is visible again at once:\n{log}"
+        );
+        let left = crate::support::tagged(Emulator::get().region(), &id).await;
+        assert!(
+            left.volumes.is_empty() && left.snapshots.is_empty() && left.images.is_empty(),
+            "nothing of the stopped build is left: {:?} {:?} {:?}",
+            left.volumes,
+            left.snapshots,
+            left.images
+        );
+        assert!(
+            s.s3.get_object()
+                .bucket(&s.bucket)
+                .key(format!("results/{id}.json"))
+                .send()
+                .await
+                .is_err(),
+            "no result for a build stopped by a Spot notice"
+        );
+    })
+    .await;
+}
