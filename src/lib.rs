@@ -23,6 +23,7 @@ pub mod observe;
 pub mod pipeline;
 pub mod request;
 pub mod template;
+pub mod template_store;
 #[cfg(feature = "trigger")]
 pub mod trigger;
 #[cfg(feature = "builder")]

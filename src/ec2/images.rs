@@ -74,6 +74,20 @@ pub async fn find(
     }
 }
 
+/// The image a template's `source_ami_filter` names now (see [`find`]).
+pub async fn find_source(
+    ec2: &Client,
+    region: &str,
+    f: &crate::template::config::AmiFilter,
+) -> Result<Image, Ec2Error> {
+    let filters: Vec<(String, String)> = f
+        .filters
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    find(ec2, region, &filters, &f.owners, f.most_recent).await
+}
+
 /// Images this account owns named `name`.
 pub async fn by_name(ec2: &Client, region: &str, name: &str) -> Result<Vec<Image>, Ec2Error> {
     let out = ec2

@@ -5,7 +5,7 @@
 
 use super::TriggerError;
 use crate::aws::Clients;
-use crate::request::{Bake, MAX_TEMPLATE_BYTES, MAX_TEMPLATE_FILES};
+use crate::request::Bake;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,48 +30,23 @@ pub async fn compute(
     dir: &Path,
 ) -> Result<Bake, TriggerError> {
     let s3 = &clients.s3;
-    let prefix = key.rsplit_once('/').map(|(p, _)| format!("{p}/"));
-    let mut keys = vec![key.to_owned()];
-    if let Some(prefix) = &prefix {
-        let out = s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .max_keys(MAX_TEMPLATE_FILES as i32 + 1)
-            .send()
-            .await
-            .map_err(|e| TriggerError::aws(format!("listing s3://{bucket}/{prefix}"), &e))?;
-        let listed: Vec<(String, i64)> = out
-            .contents()
-            .iter()
-            .filter_map(|o| o.key().map(|k| (k.to_owned(), o.size().unwrap_or(0))))
-            .collect();
-        if listed.len() > MAX_TEMPLATE_FILES
-            || listed.iter().map(|(_, s)| *s as u64).sum::<u64>() > MAX_TEMPLATE_BYTES
-        {
-            return Err(TriggerError::Template(format!(
-                "s3://{bucket}/{prefix} holds more than {MAX_TEMPLATE_FILES} files or {MAX_TEMPLATE_BYTES} bytes: put the template in a directory of its own"
-            )));
-        }
-        keys.extend(
-            listed
-                .into_iter()
-                .map(|(k, _)| k)
-                .filter(|k| k != key && !k.ends_with('/')),
-        );
-    }
+    let (prefix, keys) = crate::template_store::keys(s3, bucket, key)
+        .await
+        .map_err(|e| {
+            if e.retryable {
+                TriggerError::Io(e.message)
+            } else {
+                TriggerError::Template(e.message)
+            }
+        })?;
     // (relative path, SHA-256 of the content), sorted: the template's files, whatever order S3
     // lists them in.
     let mut files = Vec::new();
     let mut template_path = None;
     for k in &keys {
-        let rel = match &prefix {
-            Some(p) => k.strip_prefix(p.as_str()).unwrap_or(k).to_owned(),
-            None => k.clone(),
-        };
-        if rel.split('/').any(|c| c == ".." || c.is_empty()) {
+        let Some(rel) = crate::template_store::relative(prefix.as_deref(), k) else {
             continue;
-        }
+        };
         let mut get = s3.get_object().bucket(bucket).key(k);
         if k == key
             && let Some(v) = version_id
@@ -174,16 +149,10 @@ async fn resolve_sources(
             _ if c.from_scratch => "scratch".to_owned(),
             (Some(id), _) if !id.is_empty() => id.clone(),
             (_, Some(f)) => {
-                let filters: Vec<(String, String)> = f
-                    .filters
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
                 let ec2 = clients.ec2_in(&region);
-                let image =
-                    crate::ec2::images::find(&ec2, &region, &filters, &f.owners, f.most_recent)
-                        .await
-                        .map_err(|e| TriggerError::Source(format!("{}: {e}", plan.name)))?;
+                let image = crate::ec2::images::find_source(&ec2, &region, f)
+                    .await
+                    .map_err(|e| TriggerError::Source(format!("{}: {e}", plan.name)))?;
                 image.image_id.unwrap_or_default()
             }
             _ => "none".to_owned(),

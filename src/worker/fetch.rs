@@ -16,58 +16,14 @@ pub(super) async fn fetch_template(
 ) -> Result<PathBuf, (String, bool)> {
     let t = &req.template;
     let s3 = &ctx.clients.s3;
-    let prefix = t.key.rsplit_once('/').map(|(p, _)| format!("{p}/"));
-    let mut keys = vec![t.key.clone()];
-    if let Some(prefix) = &prefix {
-        let out = s3
-            .list_objects_v2()
-            .bucket(&t.bucket)
-            .prefix(prefix)
-            .max_keys(MAX_TEMPLATE_FILES as i32 + 1)
-            .send()
-            .await
-            .map_err(|e| {
-                (
-                    format!(
-                        "listing s3://{}/{prefix}: {}",
-                        t.bucket,
-                        aws_sdk_s3::error::DisplayErrorContext(&e)
-                    ),
-                    true,
-                )
-            })?;
-        let listed: Vec<(String, i64)> = out
-            .contents()
-            .iter()
-            .filter_map(|o| o.key().map(|k| (k.to_owned(), o.size().unwrap_or(0))))
-            .collect();
-        if listed.len() > MAX_TEMPLATE_FILES
-            || listed.iter().map(|(_, s)| *s as u64).sum::<u64>() > MAX_TEMPLATE_BYTES
-        {
-            return Err((
-                format!(
-                    "s3://{}/{prefix} holds more than {MAX_TEMPLATE_FILES} files or {MAX_TEMPLATE_BYTES} bytes: put the template in a directory of its own",
-                    t.bucket
-                ),
-                false,
-            ));
-        }
-        keys.extend(
-            listed
-                .into_iter()
-                .map(|(k, _)| k)
-                .filter(|k| *k != t.key && !k.ends_with('/')),
-        );
-    }
+    let (prefix, keys) = crate::template_store::keys(s3, &t.bucket, &t.key)
+        .await
+        .map_err(|e| (e.message, e.retryable))?;
     let mut template_path = None;
     for key in keys {
-        let rel = match &prefix {
-            Some(p) => key.strip_prefix(p.as_str()).unwrap_or(&key).to_owned(),
-            None => key.clone(),
-        };
-        if rel.split('/').any(|c| c == ".." || c.is_empty()) {
+        let Some(rel) = crate::template_store::relative(prefix.as_deref(), &key) else {
             continue;
-        }
+        };
         let mut get = s3.get_object().bucket(&t.bucket).key(&key);
         if key == t.key
             && let Some(v) = &t.version_id

@@ -33,7 +33,8 @@ pub(crate) fn request_fixed_name(id: &str, s: &Setup, key: &str, pause: u32) -> 
     v.to_string()
 }
 
-/// Waits for a worker killed by its fault hook to exit.
+/// Waits for a worker to exit by itself (killed by its fault hook, or stopped by a pool notice);
+/// its log.
 pub(crate) fn wait_exit(w: crate::worker::WorkerProc, timeout: Duration) -> String {
     let mut child = w.take();
     let deadline = Instant::now() + timeout;
@@ -42,7 +43,7 @@ pub(crate) fn wait_exit(w: crate::worker::WorkerProc, timeout: Duration) -> Stri
             let _ = child.kill();
             let out = child.wait_with_output().expect("output");
             panic!(
-                "the worker did not crash as asked:\n{}",
+                "the worker did not exit by itself:\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }

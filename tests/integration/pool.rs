@@ -272,25 +272,6 @@ async fn protected(group: &str, instance: &str) -> Option<bool> {
         .and_then(|i| i.protected_from_scale_in())
 }
 
-/// Waits (generous deadline) for a worker to exit by itself; its log.
-fn wait_worker_exit(w: crate::worker::WorkerProc, what: &str) -> String {
-    let mut child = w.take();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while child.try_wait().ok().flatten().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "{what}: the worker did not stop by itself:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let out = child.wait_with_output().expect("output");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// The group terminates the instance while a build runs: the worker (scale-in protected while
 /// it builds) stops taking work, keeps the termination hook alive, lets the build finish, then
 /// completes the lifecycle action and exits; nothing is left.
@@ -329,7 +310,7 @@ async fn a_termination_notice_drains_then_completes_the_hook() {
             "/latest/meta-data/autoscaling/target-lifecycle-state",
             "Terminated",
         ]);
-        let log = wait_worker_exit(w, "termination");
+        let log = crate::checkpoint::wait_exit(w, Duration::from_secs(180));
         let doc = crate::worker::result(&s, &id, Duration::from_secs(5)).await;
         track_result(&janitor, &doc);
         assert_eq!(
@@ -391,7 +372,7 @@ async fn a_spot_notice_stops_the_build_and_returns_its_message() {
             "/latest/meta-data/spot/instance-action",
             r#"{"action": "terminate", "time": "2026-11-26T12:00:00Z"}"#,
         ]);
-        let log = wait_worker_exit(w, "spot");
+        let log = crate::checkpoint::wait_exit(w, Duration::from_secs(180));
         assert!(log.contains("Spot interruption notice"), "{log}");
         let again = s
             .sqs

@@ -16,21 +16,7 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
                 b.region
             ))
         })?,
-        (_, Some(f)) => {
-            let filters: Vec<(String, String)> = f
-                .filters
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            images::find(
-                &b.clients.ec2,
-                &b.region,
-                &filters,
-                &f.owners,
-                f.most_recent,
-            )
-            .await?
-        }
+        (_, Some(f)) => images::find_source(&b.clients.ec2, &b.region, f).await?,
         _ => return Err(invalid("source_ami or source_ami_filter is required.")),
     };
     let id = image.image_id.clone().unwrap_or_default();
