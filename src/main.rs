@@ -640,7 +640,8 @@ async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
             .context("the template path has no file name")?
             .to_string_lossy()
             .into_owned();
-        let prefix = format!("templates/{build_id}");
+        // Not under the trigger's `templates/` prefix: an upload there would start a second build.
+        let prefix = format!("submissions/{build_id}");
         // The template and the files beside it (scripts, uploads), as the worker fetches them.
         let files = kiln::worker::fetch::template_files(path).map_err(anyhow::Error::msg)?;
         for f in files {
