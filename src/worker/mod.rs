@@ -5,26 +5,24 @@
 //! deadline, then are cancelled (undone) and their messages made visible again at once.
 
 pub mod fetch;
+mod handle;
+pub mod metrics;
 pub mod notify;
 pub mod pool;
 mod publish;
 pub use crate::request;
 mod sweep;
 
-use fetch::fetch_template;
 pub use fetch::{MAX_TEMPLATE_BYTES, MAX_TEMPLATE_FILES};
-use publish::{Log, delete, finish, publish, record_bake, release, result_from_journal};
+use handle::handle;
+use publish::release;
 pub use publish::{early_failure, log_key, result_key};
 pub use sweep::{sweep_attachments, sweep_host};
 
 use crate::aws::Clients;
 use crate::backend::Backend;
-use crate::checkpoint::{self, Acquired, JournalRecorder, Owner};
-use crate::pipeline::result::{BuildResult, Status};
-use crate::pipeline::{self, BuildOptions, OnError};
-use crate::template::{self, Inputs};
+use crate::checkpoint::Owner;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use request::BuildRequest;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,6 +132,8 @@ impl WorkerError {
 
 pub(crate) struct Ctx {
     pool: pool::Pool,
+    /// Builds running now (for the metrics).
+    in_flight: std::sync::atomic::AtomicUsize,
     cfg: WorkerConfig,
     clients: Clients,
     backend: Backend,
@@ -215,6 +215,7 @@ pub async fn run(
     );
     let ctx = Arc::new(Ctx {
         pool,
+        in_flight: std::sync::atomic::AtomicUsize::new(0),
         cfg,
         clients,
         backend,
@@ -293,6 +294,7 @@ async fn poll(
             .max_number_of_messages(free as i32)
             .wait_time_seconds(LONG_POLL_SECONDS)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .send();
         let received = tokio::select! {
             r = watchdog.while_waiting(tokio::time::timeout(RECEIVE_DEADLINE, receive)) => r,
@@ -367,371 +369,4 @@ async fn drain(
             .while_waiting(async { while tasks.join_next().await.is_some() {} })
             .await;
     }
-}
-
-/// Handles one message to the end: never panics the worker, never loses the message.
-async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: CancellationToken) {
-    let message_id = msg.message_id().unwrap_or("unknown").to_owned();
-    let receive_count: u32 = msg
-        .attributes()
-        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(1);
-    let body = msg.body().unwrap_or("");
-    let req = match request::parse(body) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(message_id, error = %e, "rejected a malformed message");
-            finish(
-                ctx,
-                &msg,
-                &early_failure(
-                    &format!("invalid-{message_id}"),
-                    "request",
-                    e.to_string(),
-                    false,
-                ),
-            )
-            .await;
-            return;
-        }
-    };
-    let build_id = req
-        .build_id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let span = tracing::info_span!("build", build_id = %build_id, message_id = %message_id);
-    let _enter = span.enter();
-    if !ctx.cfg.buckets.contains(&req.template.bucket) {
-        let msg_text = format!(
-            "the template bucket {} is not trusted by this worker (trusted: {}); ask its operators to add it with --bucket",
-            req.template.bucket,
-            ctx.cfg.buckets.join(", ")
-        );
-        finish(
-            ctx,
-            &msg,
-            &early_failure(&build_id, "request", msg_text, false),
-        )
-        .await;
-        return;
-    }
-    // A build id that already finished: answer with its result instead of building again.
-    if !req.force
-        && let Ok(o) = ctx
-            .clients
-            .s3
-            .get_object()
-            .bucket(&ctx.cfg.buckets[0])
-            .key(result_key(&build_id))
-            .send()
-            .await
-        && let Ok(bytes) = o.body.collect().await
-        && let Ok(existing) = serde_json::from_slice::<serde_json::Value>(&bytes.into_bytes())
-        && existing["status"] != "running"
-    {
-        tracing::info!(build_id = %build_id, "this build id already finished; answering with its result (set force to build again)");
-        if let Some(q) = &ctx.cfg.result_queue
-            && let Err(e) = ctx
-                .clients
-                .sqs
-                .send_message()
-                .queue_url(q)
-                .message_body(existing.to_string())
-                .send()
-                .await
-        {
-            tracing::error!(build_id = %build_id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not re-publish the result");
-            release(ctx, &msg, ctx.cfg.retry_delay_s as i32).await;
-            return;
-        }
-        delete(ctx, &msg).await;
-        return;
-    }
-    // Exactly one worker runs a build: the journal's lease decides.
-    let lease = ctx.cfg.visibility_s.max(3);
-    if req.force
-        && let Ok(Some((j, _))) =
-            checkpoint::read(&ctx.clients.s3, &ctx.cfg.buckets[0], &build_id).await
-        && j.status != "running"
-    {
-        let _ = ctx
-            .clients
-            .s3
-            .delete_object()
-            .bucket(&ctx.cfg.buckets[0])
-            .key(checkpoint::key(&build_id))
-            .send()
-            .await;
-    }
-    let journal = match checkpoint::acquire(
-        &ctx.clients.s3,
-        &ctx.cfg.buckets[0],
-        &build_id,
-        &ctx.owner,
-        lease,
-    )
-    .await
-    {
-        Ok(Acquired::Fresh(h)) => Arc::new(h),
-        Ok(Acquired::TakenOver(h)) => {
-            tracing::warn!(build_id = %build_id, attempt = h.journal().attempt, "resuming a build an earlier attempt started");
-            Arc::new(h)
-        }
-        Ok(Acquired::Held(owner, until)) => {
-            let wait = until.saturating_sub(checkpoint::now()).clamp(1, 43_200);
-            tracing::info!(build_id = %build_id, owner = ?owner, retry_in_s = wait, "another worker runs this build; looking again when its lease ends");
-            release(ctx, &msg, wait as i32).await;
-            return;
-        }
-        Ok(Acquired::Finished(status)) => {
-            tracing::info!(build_id = %build_id, status, "this build finished but its result document is missing; publishing the result its journal kept");
-            let r = result_from_journal(ctx, &build_id, &status).await;
-            finish(ctx, &msg, &r).await;
-            return;
-        }
-        Err(e) => {
-            tracing::error!(build_id = %build_id, error = %e, "cannot read or write the checkpoint; trying again later");
-            release(ctx, &msg, ctx.cfg.retry_delay_s as i32).await;
-            return;
-        }
-    };
-    let attempt = journal.journal().attempt;
-    // Cancelled (with `cancel`) when a journal write finds that another worker took the build
-    // over after this one's lease lapsed (a stalled host): the build stops, undoes only what is
-    // its own, and publishes nothing.
-    let handed_over = CancellationToken::new();
-    // Heartbeat: renew the lease and keep the message invisible while the build runs.
-    let hb_stop = CancellationToken::new();
-    let visibility = ctx.cfg.visibility_s.max(3);
-    let on_lost = checkpoint::hand_over(&build_id, handed_over.clone(), cancel.clone());
-    let renewal = checkpoint::spawn_renewal(
-        Arc::clone(&journal),
-        Duration::from_secs(visibility / 3),
-        Arc::clone(&on_lost),
-        hb_stop.clone(),
-    );
-    let heartbeat = {
-        let sqs = ctx.clients.sqs.clone();
-        let queue = ctx.cfg.queue.clone();
-        let receipt = msg.receipt_handle().unwrap_or_default().to_owned();
-        let stop = hb_stop.clone();
-        let lost = handed_over.clone();
-        let id = build_id.clone();
-        tokio::spawn(async move {
-            // Once the build is lost the message is the new owner's: stop extending it.
-            while !lost.is_cancelled() {
-                if let Err(e) = sqs
-                    .change_message_visibility()
-                    .queue_url(&queue)
-                    .receipt_handle(&receipt)
-                    .visibility_timeout(visibility as i32)
-                    .send()
-                    .await
-                {
-                    tracing::warn!(build_id = %id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "heartbeat failed");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(visibility / 3)) => {}
-                    _ = stop.cancelled() => return,
-                    _ = lost.cancelled() => return,
-                }
-            }
-        })
-    };
-    let log = Arc::new(Log::default());
-    let work = ctx
-        .cfg
-        .work_dir
-        .join(&build_id)
-        .join(uuid::Uuid::new_v4().simple().to_string());
-    let recorder = Arc::new(JournalRecorder::new(Arc::clone(&journal), on_lost));
-    let outcome = run_request(
-        ctx,
-        &req,
-        &build_id,
-        &work,
-        Arc::clone(&log),
-        &cancel,
-        &handed_over,
-        Arc::clone(&recorder) as Arc<dyn crate::pipeline::state::Recorder>,
-        attempt,
-        journal.journal().generation,
-    )
-    .await;
-    let mut outcome = outcome;
-    outcome.bake_key = req.bake.as_ref().map(|b| b.key.clone());
-    if let Err(e) = recorder.flush().await {
-        tracing::error!(build_id = %build_id, error = %e, "could not write the last checkpoint");
-    }
-    hb_stop.cancel();
-    let _ = heartbeat.await;
-    let _ = renewal.await;
-    if handed_over.is_cancelled() {
-        // The new owner publishes the result, writes the journal and the log, and deletes the
-        // message (this receipt is stale): nothing of that is this attempt's to touch.
-        let _ = std::fs::remove_dir_all(&work);
-        tracing::warn!(build_id = %build_id, left_behind = ?outcome.left_behind, "stopped: another worker owns this build now; its snapshot and AMIs are left to it");
-        return;
-    }
-    let retryable_failure =
-        outcome.status == Status::Failed && outcome.error.as_ref().is_some_and(|e| e.retryable);
-    let _ = std::fs::remove_dir_all(&work);
-    if let Err(e) = log
-        .write(&ctx.clients.s3, &ctx.cfg.buckets[0], &log_key(&build_id))
-        .await
-    {
-        tracing::error!(build_id = %build_id, error = %e, "could not write the log");
-    }
-    let retryable = outcome.error.as_ref().is_some_and(|e| e.retryable);
-    // Before the result is published: whoever sees the result finds the index up to date.
-    record_bake(ctx, &req, &outcome).await;
-    if cancel.is_cancelled() && outcome.status == Status::Failed {
-        tracing::warn!(build_id = %build_id, "build cancelled by the drain deadline; its message is visible again");
-        release(ctx, &msg, 0).await;
-    } else if outcome.status == Status::Succeeded || !retryable {
-        finish(ctx, &msg, &outcome).await;
-    } else if ctx.max_receive.is_some_and(|m| receive_count >= m) {
-        tracing::warn!(build_id = %build_id, receive_count, "last attempt failed; the queue moves the message to its dead-letter queue");
-        if let Err(e) = publish(ctx, &outcome).await {
-            tracing::error!(build_id = %build_id, error = %e, "could not publish the final failure");
-        }
-        release(ctx, &msg, 0).await;
-    } else {
-        tracing::warn!(build_id = %build_id, receive_count, retry_in_s = ctx.cfg.retry_delay_s, "retryable failure; the message will be tried again");
-        release(ctx, &msg, ctx.cfg.retry_delay_s as i32).await;
-    }
-    // Only now, after the result is published: a duplicate that sees the journal finished
-    // must find the result too.
-    let journal_result = if cancel.is_cancelled() || retryable_failure {
-        journal.release().await
-    } else {
-        journal
-            .finish(
-                if outcome.status == Status::Succeeded {
-                    "succeeded"
-                } else {
-                    "failed"
-                },
-                serde_json::to_value(&outcome).ok(),
-            )
-            .await
-    };
-    if let Err(e) = journal_result {
-        tracing::error!(build_id = %build_id, error = %e, "could not update the checkpoint");
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_request(
-    ctx: &Ctx,
-    req: &BuildRequest,
-    build_id: &str,
-    work: &Path,
-    log: Arc<Log>,
-    cancel: &CancellationToken,
-    handed_over: &CancellationToken,
-    recorder: Arc<dyn crate::pipeline::state::Recorder>,
-    attempt: u32,
-    generation: String,
-) -> BuildResult {
-    if let Err(e) = std::fs::create_dir_all(work) {
-        return early_failure(
-            build_id,
-            "fetch-template",
-            format!("creating {}: {e}", work.display()),
-            true,
-        );
-    }
-    let path = match fetch_template(ctx, req, work).await {
-        Ok(p) => p,
-        Err((m, retryable)) => return early_failure(build_id, "fetch-template", m, retryable),
-    };
-    let inputs = Inputs {
-        vars: req
-            .variables
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        only: req.only.clone(),
-        ..Inputs::default()
-    };
-    let loaded = template::load(&path, &inputs);
-    if loaded.has_errors() {
-        let errors: Vec<String> = loaded
-            .errors()
-            .map(|d| {
-                loaded
-                    .masker
-                    .mask(&d.to_string().replace(&format!("{}/", work.display()), ""))
-            })
-            .collect();
-        return early_failure(
-            build_id,
-            "validate",
-            format!("the template is invalid:\n{}", errors.join("\n")),
-            false,
-        );
-    }
-    if loaded.plans.len() != 1 {
-        let names: Vec<&str> = loaded.plans.iter().map(|p| p.name.as_str()).collect();
-        return early_failure(
-            build_id,
-            "validate",
-            format!(
-                "the template has {} builds ({}); set `only` to pick one",
-                names.len(),
-                names.join(", ")
-            ),
-            false,
-        );
-    }
-    let plan = loaded.plans[0].clone();
-    let masker = loaded.masker.clone();
-    let sink_log = Arc::clone(&log);
-    let sink_masker = masker.clone();
-    let sink: crate::host::command::Sink = Arc::new(move |source: &str, line: &str| {
-        let line = sink_masker.mask(line);
-        tracing::info!(source, "{line}");
-        sink_log.push(&if source == "kiln" {
-            line
-        } else {
-            format!("    {source}: {line}")
-        });
-    });
-    // Stream the log to S3 while the build runs.
-    let flush_stop = CancellationToken::new();
-    let flusher = {
-        let s3 = ctx.clients.s3.clone();
-        let bucket = ctx.cfg.buckets[0].clone();
-        let key = log_key(build_id);
-        let log = Arc::clone(&log);
-        let stop = flush_stop.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(LOG_FLUSH) => {}
-                    _ = stop.cancelled() => return,
-                }
-                if let Err(e) = log.write(&s3, &bucket, &key).await {
-                    tracing::warn!(key = %key, error = %e, "could not write the log");
-                }
-            }
-        })
-    };
-    let options = BuildOptions {
-        build_id: build_id.to_owned(),
-        backend: ctx.backend.clone(),
-        on_error: OnError::Cleanup,
-        lock_dir: crate::host::lock::LOCK_DIR.into(),
-        sink,
-        recorder,
-        attempt,
-        generation,
-        handed_over: handed_over.clone(),
-    };
-    let result = pipeline::run(plan, masker, ctx.clients.clone(), options, cancel.clone()).await;
-    flush_stop.cancel();
-    let _ = flusher.await;
-    result
 }

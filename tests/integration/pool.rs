@@ -172,10 +172,13 @@ async fn the_stack_deploys_and_a_worker_builds_from_its_queue() {
             .send()
             .await
             .expect("send");
+        let metrics_file = std::env::temp_dir().join(format!("{}.emf", unique("metrics")));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-        cmd.args(["worker", "--queue", &queue, "--result-queue", &results, "--bucket", &bucket, "--backend", "loop"])
+        cmd.args(["worker", "--queue", &queue, "--result-queue", &results])
+            .args(["--bucket", &bucket, "--backend", "loop"])
             .arg("--state-dir")
             .arg(crate::worker::state_dir())
+            .stdout(std::fs::File::create(&metrics_file).expect("metrics file"))
             .stderr(std::process::Stdio::piped());
         for (k, v) in &emu.vars {
             cmd.env(k, v);
@@ -193,6 +196,21 @@ async fn the_stack_deploys_and_a_worker_builds_from_its_queue() {
         track_result(&janitor, &doc);
         let (_, log) = crate::worker::stop_worker(worker);
         assert_eq!(doc["status"], "succeeded", "{doc:#}\n{log}");
+        // The worker's metrics, in CloudWatch embedded metric format on stdout.
+        let emf = std::fs::read_to_string(&metrics_file).unwrap_or_default();
+        let _ = std::fs::remove_file(&metrics_file);
+        let docs: Vec<Value> = emf.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let build = docs
+            .iter()
+            .find(|d| d["BuildId"] == id.as_str() && d.get("BuildDuration").is_some())
+            .unwrap_or_else(|| panic!("a build metric for {id}: {emf}"));
+        assert_eq!(build["Outcome"], "succeeded");
+        assert_eq!(build["_aws"]["CloudWatchMetrics"][0]["Namespace"], "kiln");
+        assert!(build["QueueWait"].as_f64().is_some_and(|w| w >= 0.0), "{build}");
+        assert!(
+            docs.iter().any(|d| d["BuildId"] == id.as_str() && d["Step"] == "snapshot"),
+            "a step metric: {emf}"
+        );
         drop(deleted);
     })
     .await;
