@@ -1,19 +1,16 @@
 //! The `kiln` command line: parses flags, sets up logging, and hands off to the library.
-//! `anyhow` is used here, at the binary's edge, and nowhere in the library.
+//! `anyhow` is used here, at the binary's edge, and nowhere in the library. Each subcommand
+//! lives in a module of `cli/`.
+
+mod cli;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
-use kiln::aws::{AwsSettings, Clients};
-use kiln::backend::Backend;
-use kiln::checkpoint;
 use kiln::observe::{self, LogFormat};
-use kiln::pipeline::{self, BuildOptions, OnError, result::Status, state::MemoryRecorder};
+use kiln::pipeline::OnError;
 use kiln::template::{self, Inputs, Loaded};
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 /// kiln bakes AMIs the fast way: Packer amazon-chroot builds as a queue-driven service.
 #[derive(Debug, Parser)]
@@ -287,530 +284,14 @@ impl TemplateArgs {
     }
 }
 
-fn print_warnings(loaded: &Loaded) {
-    let mut err = std::io::stderr().lock();
-    for w in loaded.warnings() {
-        let _ = writeln!(err, "Warning: {}", loaded.masker.mask(&w.to_string()));
-    }
-}
-
-fn print_errors(loaded: &Loaded) {
-    let mut err = std::io::stderr().lock();
-    let n = loaded.errors().count();
-    let _ = writeln!(err, "Error: {n} error(s) occurred:\n");
-    for e in loaded.errors() {
-        let _ = writeln!(err, "* {}", loaded.masker.mask(&e.to_string()));
-    }
-}
-
-fn diagnostics_json(loaded: &Loaded) -> serde_json::Value {
-    let list = |it: &mut dyn Iterator<Item = &template::Diagnostic>| -> Vec<serde_json::Value> {
-        it.map(|d| {
-            let mut v = serde_json::to_value(d).unwrap_or_default();
-            if let Some(m) = v.get_mut("message") {
-                *m = serde_json::Value::String(loaded.masker.mask(&d.message));
-            }
-            v
-        })
-        .collect()
-    };
-    serde_json::json!({
-        "valid": !loaded.has_errors(),
-        "errors": list(&mut loaded.errors()),
-        "warnings": list(&mut loaded.warnings()),
-    })
-}
-
-fn validate(args: &TemplateArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let loaded = args.load()?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&diagnostics_json(&loaded))?
-        );
-    } else {
-        print_warnings(&loaded);
-        if loaded.has_errors() {
-            print_errors(&loaded);
-        } else {
-            println!("The configuration is valid.");
-        }
-    }
-    Ok(if loaded.has_errors() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-fn inspect(args: &TemplateArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let loaded = args.load()?;
-    print_warnings(&loaded);
-    if loaded.has_errors() {
-        print_errors(&loaded);
-        return Ok(ExitCode::FAILURE);
-    }
-    if json {
-        let text = serde_json::to_string_pretty(&loaded.plans).context("serializing the plan")?;
-        println!("{}", loaded.masker.mask(&text));
-    } else {
-        for (i, plan) in loaded.plans.iter().enumerate() {
-            if i > 0 {
-                println!();
-            }
-            print!("{}", template::inspect::render(plan, &loaded.masker));
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The lease of a `kiln build --checkpoint-bucket` run, renewed every third of it. `kiln build` has
-/// no queue visibility to match, so the number is a compromise: a run with the same build id after
-/// a crash waits at most a minute, and two renewals may fail before the lease lapses.
-const BUILD_LEASE_S: u64 = 60;
-
-/// Takes the build's journal for this `kiln build` run: a new one, or a crashed run's (resumed).
-/// Fails when a live run holds it or the build finished. Side effect: writes the journal.
-async fn acquire_journal(
-    clients: &Clients,
-    bucket: &str,
-    id: &str,
-) -> anyhow::Result<checkpoint::JournalHandle> {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
-    let owner = checkpoint::Owner {
-        instance_id: host,
-        worker_id: format!("kiln-build-{}", std::process::id()),
-    };
-    let at = format!("s3://{bucket}/{}", checkpoint::key(id));
-    match checkpoint::acquire(&clients.s3, bucket, id, &owner, BUILD_LEASE_S)
-        .await
-        .with_context(|| format!("--checkpoint-bucket: reading or creating {at}"))?
-    {
-        checkpoint::Acquired::Fresh(j) => Ok(j),
-        checkpoint::Acquired::TakenOver(j) => {
-            eprintln!(
-                "==> {id}: resuming attempt {} of this build ({at})",
-                j.journal().attempt
-            );
-            Ok(j)
-        }
-        checkpoint::Acquired::Held(o, until) => bail!(
-            "build {id} is running in {} on {} (lease for {} s more, {at}); wait for it, or use another --build-id",
-            o.worker_id,
-            o.instance_id,
-            until.saturating_sub(checkpoint::now())
-        ),
-        checkpoint::Acquired::Finished(status) => bail!(
-            "build {id} already finished ({status}, {at}); use another --build-id to build again"
-        ),
-    }
-}
-
-/// Cancels `token` on the first SIGINT or SIGTERM (the build then unwinds its undos).
-fn cancel_on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::warn!("signal received: cancelling the build and cleaning up");
-        token.cancel();
-    });
-}
-
-async fn build(
-    args: &TemplateArgs,
-    backend: BackendKind,
-    state_dir: &std::path::Path,
-    on_error: OnError,
-    build_id: Option<String>,
-    checkpoint_bucket: Option<&str>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let loaded = args.load()?;
-    print_warnings(&loaded);
-    if loaded.has_errors() {
-        print_errors(&loaded);
-        return Ok(ExitCode::FAILURE);
-    }
-    let backend = match backend {
-        BackendKind::Ebs => Backend::Ebs,
-        BackendKind::Loop => Backend::Loop {
-            state_dir: state_dir.to_owned(),
-        },
-    };
-    let cancel = CancellationToken::new();
-    cancel_on_signals(cancel.clone());
-    let masker = loaded.masker.clone();
-    let sink_masker = masker.clone();
-    let sink: kiln::host::command::Sink = Arc::new(move |source: &str, line: &str| {
-        let line = sink_masker.mask(line);
-        if source == "kiln" {
-            eprintln!("{line}");
-        } else {
-            eprintln!("    {source}: {line}");
-        }
-    });
-    let several = loaded.plans.len() > 1;
-    let mut results = Vec::new();
-    for plan in loaded.plans.clone() {
-        let c = &plan.config;
-        let settings = AwsSettings {
-            region: c.region.clone(),
-            endpoint_url: None,
-            static_credentials: c.access_key.clone().zip(c.secret_key.clone()),
-        };
-        let config = kiln::aws::load(&settings).await?;
-        let clients = Clients::new(&config);
-        let id = match (&build_id, several) {
-            (Some(id), false) => id.clone(),
-            (Some(id), true) => format!("{id}-{}", plan.name.replace('.', "-")),
-            (None, _) => uuid::Uuid::new_v4().to_string(),
-        };
-        eprintln!(
-            "==> {}: kiln build {id} ({} backend, {})",
-            plan.name,
-            backend.name(),
-            clients.region()
-        );
-        let plan_cancel = cancel.child_token();
-        let handed_over = CancellationToken::new();
-        let journal = match checkpoint_bucket {
-            Some(bucket) => {
-                let j = Arc::new(acquire_journal(&clients, bucket, &id).await?);
-                let on_lost = checkpoint::hand_over(&id, handed_over.clone(), plan_cancel.clone());
-                let recorder = Arc::new(checkpoint::JournalRecorder::new(
-                    Arc::clone(&j),
-                    Arc::clone(&on_lost),
-                ));
-                let renew_stop = CancellationToken::new();
-                let renewal = checkpoint::spawn_renewal(
-                    Arc::clone(&j),
-                    std::time::Duration::from_secs(BUILD_LEASE_S / 3),
-                    on_lost,
-                    renew_stop.clone(),
-                );
-                Some((j, recorder, renewal, renew_stop))
-            }
-            None => None,
-        };
-        let options = BuildOptions {
-            build_id: id.clone(),
-            backend: backend.clone(),
-            on_error,
-            lock_dir: kiln::host::lock::LOCK_DIR.into(),
-            sink: sink.clone(),
-            recorder: match &journal {
-                Some((_, r, _, _)) => Arc::clone(r) as Arc<dyn pipeline::state::Recorder>,
-                None => Arc::new(MemoryRecorder::default()),
-            },
-            attempt: journal.as_ref().map_or(1, |(j, ..)| j.journal().attempt),
-            // Without a journal every run is a generation of its own.
-            generation: journal.as_ref().map_or_else(
-                || uuid::Uuid::new_v4().simple().to_string(),
-                |(j, ..)| j.journal().generation,
-            ),
-            handed_over: handed_over.clone(),
-        };
-        let post = plan.post_processors.clone();
-        let result = pipeline::run(plan, masker.clone(), clients, options, plan_cancel).await;
-        if let Some((j, recorder, renewal, renew_stop)) = journal {
-            renew_stop.cancel();
-            let _ = renewal.await;
-            let written = if handed_over.is_cancelled() {
-                Ok(())
-            } else if cancel.is_cancelled() {
-                match recorder.flush().await {
-                    Ok(()) => j.release().await,
-                    Err(e) => Err(e),
-                }
-            } else if result.status == Status::Succeeded {
-                recorder.finish("succeeded").await
-            } else {
-                recorder.finish("failed").await
-            };
-            if let Err(e) = written {
-                eprintln!("Warning: checkpoint of {id}: {e}");
-            }
-        }
-        if handed_over.is_cancelled() {
-            eprintln!("==> {id}: another run took this build over and finishes it");
-        }
-        for pp in &post {
-            if result.status == Status::Succeeded
-                && let Err(e) = pipeline::result::write_manifest(&result, pp)
-            {
-                eprintln!("Warning: manifest {}: {e}", pp.output);
-            }
-        }
-        results.push(result);
-        if cancel.is_cancelled() {
-            break;
-        }
-    }
-    let ok = results.iter().all(|r| r.status == Status::Succeeded);
-    if json {
-        let text = if several {
-            serde_json::to_string_pretty(&results)?
-        } else {
-            serde_json::to_string_pretty(&results[0])?
-        };
-        println!("{}", masker.mask(&text));
-    } else {
-        eprintln!("==> Builds finished.");
-        for r in &results {
-            match (&r.status, &r.error) {
-                (Status::Succeeded, _) => {
-                    println!("--> {}: AMIs were created:", r.build_name);
-                    for (region, a) in &r.artifacts {
-                        println!("{region}: {}", a.ami_id);
-                    }
-                }
-                (_, Some(e)) => println!(
-                    "--> {}: failed in step {}: {}",
-                    r.build_name, e.step, e.message
-                ),
-                _ => println!("--> {}: failed", r.build_name),
-            }
-            for l in &r.left_behind {
-                println!("    left behind: {l}");
-            }
-        }
-    }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-async fn worker(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
-    let cfg = args.config()?;
-    let config = kiln::aws::load(&AwsSettings::default()).await?;
-    let clients = Clients::new(&config);
-    let shutdown = CancellationToken::new();
-    cancel_on_signals(shutdown.clone());
-    kiln::worker::run(cfg, clients, shutdown).await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
-    let SubmitArgs {
-        queue,
-        bucket,
-        vars,
-        only,
-        build_id,
-        force,
-        wait,
-        timeout,
-        template,
-    } = args;
-    let (force, wait, timeout) = (*force, *wait, *timeout);
-    let config = kiln::aws::load(&AwsSettings::default()).await?;
-    let clients = Clients::new(&config);
-    let build_id = build_id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let location = if let Some(rest) = template.strip_prefix("s3://") {
-        let (b, k) = rest.split_once('/').context("expected s3://bucket/key")?;
-        kiln::worker::request::TemplateLocation {
-            bucket: b.to_owned(),
-            key: k.to_owned(),
-            version_id: None,
-        }
-    } else {
-        let path = std::path::Path::new(template);
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        let name = path
-            .file_name()
-            .context("the template path has no file name")?
-            .to_string_lossy()
-            .into_owned();
-        // Not under the trigger's `templates/` prefix: an upload there would start a second build.
-        let prefix = format!("submissions/{build_id}");
-        // The template and the files beside it (scripts, uploads), as the worker fetches them.
-        let files = kiln::worker::fetch::template_files(path).map_err(anyhow::Error::msg)?;
-        for f in files {
-            let rel = f.strip_prefix(dir).unwrap_or(&f).display().to_string();
-            let body = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
-            clients
-                .s3
-                .put_object()
-                .bucket(bucket)
-                .key(format!("{prefix}/{rel}"))
-                .body(body.into())
-                .send()
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "uploading {}: {}",
-                        f.display(),
-                        aws_sdk_s3::error::DisplayErrorContext(&e)
-                    )
-                })?;
-        }
-        kiln::worker::request::TemplateLocation {
-            bucket: bucket.to_owned(),
-            key: format!("{prefix}/{name}"),
-            version_id: None,
-        }
-    };
-    let mut variables = std::collections::BTreeMap::new();
-    for v in vars {
-        let (k, val) = v.split_once('=').context("--var expects NAME=VALUE")?;
-        variables.insert(k.to_owned(), val.to_owned());
-    }
-    let req = kiln::worker::request::BuildRequest {
-        version: kiln::worker::request::REQUEST_VERSION,
-        build_id: Some(build_id.clone()),
-        template: location,
-        variables,
-        only: only.to_vec(),
-        force,
-        bake: None,
-    };
-    clients
-        .sqs
-        .send_message()
-        .queue_url(queue)
-        .message_body(serde_json::to_string(&req)?)
-        .send()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "sending to {queue}: {}",
-                aws_sdk_sqs::error::DisplayErrorContext(&e)
-            )
-        })?;
-    println!("{build_id}");
-    if !wait {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
-    loop {
-        if let Some(text) =
-            read_object(&clients, bucket, &kiln::worker::result_key(&build_id)).await?
-        {
-            println!("{text}");
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            return Ok(if v["status"] == "succeeded" {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
-        }
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "no result for {build_id} within {timeout} s (kiln status {build_id} shows its progress)"
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    }
-}
-
-async fn read_object(clients: &Clients, bucket: &str, key: &str) -> anyhow::Result<Option<String>> {
-    match clients.s3.get_object().bucket(bucket).key(key).send().await {
-        Ok(o) => Ok(Some(
-            String::from_utf8_lossy(&o.body.collect().await?.into_bytes()).into_owned(),
-        )),
-        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
-        Err(e) => Err(anyhow::anyhow!(
-            "s3://{bucket}/{key}: {}",
-            aws_sdk_s3::error::DisplayErrorContext(&e)
-        )),
-    }
-}
-
-async fn status(bucket: &str, build_id: &str) -> anyhow::Result<ExitCode> {
-    let config = kiln::aws::load(&AwsSettings::default()).await?;
-    let clients = Clients::new(&config);
-    if let Some(text) = read_object(&clients, bucket, &kiln::worker::result_key(build_id)).await? {
-        // A closed pipe (`| head`) is not an error worth a panic.
-        let _ = writeln!(std::io::stdout(), "{text}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    match read_object(&clients, bucket, &kiln::worker::log_key(build_id)).await? {
-        Some(log) => {
-            let _ = write!(
-                std::io::stdout(),
-                "{build_id}: running; its log so far:\n{log}"
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        None => {
-            eprintln!(
-                "{build_id}: no result and no log in s3://{bucket}: not started yet, or unknown"
-            );
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
-async fn gc(
-    bucket: &str,
-    regions: &[String],
-    build_id: &str,
-    older_than: &str,
-    dry_run: bool,
-) -> anyhow::Result<ExitCode> {
-    let secs = kiln::template::provisioner::parse_duration(older_than)
-        .with_context(|| format!("--older-than {older_than}: use a duration such as 30m or 24h"))?;
-    let config = kiln::aws::load(&AwsSettings::default()).await?;
-    let clients = Clients::new(&config);
-    let actions = kiln::gc::run(
-        &clients,
-        bucket,
-        regions,
-        build_id,
-        std::time::Duration::from_secs_f64(secs),
-        dry_run,
-    )
-    .await;
-    let mut failed = false;
-    for a in &actions {
-        failed |= !(a.outcome == "deleted" || a.outcome == "would delete");
-        let _ = writeln!(
-            std::io::stdout(),
-            "{} {} (build {}): {}; {}",
-            a.kind,
-            a.id,
-            a.build_id,
-            a.reason,
-            a.outcome
-        );
-    }
-    if actions.is_empty() {
-        let _ = writeln!(std::io::stdout(), "nothing to collect");
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbosity =
         i8::try_from(cli.verbose).unwrap_or(i8::MAX) - i8::try_from(cli.quiet).unwrap_or(i8::MAX);
     observe::init(cli.log_format, verbosity);
     let result = match &cli.command {
-        Command::Validate { template, json } => validate(template, *json),
-        Command::Inspect { template, json } => inspect(template, *json),
+        Command::Validate { template, json } => cli::template::validate(template, *json),
+        Command::Inspect { template, json } => cli::template::inspect(template, *json),
         other => match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -827,7 +308,7 @@ fn main() -> ExitCode {
                         checkpoint_bucket,
                         json,
                     } => {
-                        build(
+                        cli::build::build(
                             template,
                             *backend,
                             state_dir,
@@ -838,16 +319,18 @@ fn main() -> ExitCode {
                         )
                         .await
                     }
-                    Command::Worker(args) => worker(args).await,
-                    Command::Submit(args) => submit(args).await,
-                    Command::Status { bucket, build_id } => status(bucket, build_id).await,
+                    Command::Worker(args) => cli::worker::worker(args).await,
+                    Command::Submit(args) => cli::submit::submit(args).await,
+                    Command::Status { bucket, build_id } => {
+                        cli::submit::status(bucket, build_id).await
+                    }
                     Command::Gc {
                         bucket,
                         regions,
                         build_id,
                         older_than,
                         dry_run,
-                    } => gc(bucket, regions, build_id, older_than, *dry_run).await,
+                    } => cli::gc::gc(bucket, regions, build_id, older_than, *dry_run).await,
                     Command::Validate { .. } | Command::Inspect { .. } => Ok(ExitCode::FAILURE),
                 }
             }),
