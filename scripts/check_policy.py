@@ -36,7 +36,7 @@ def sdk_operations() -> dict[str, set[str]]:
     lock = open(os.path.join(ROOT, "Cargo.lock"), encoding="utf-8").read()
     home = os.environ.get("CARGO_HOME", os.path.expanduser("~/.cargo"))
     ops: dict[str, set[str]] = {}
-    for svc in ("ec2", "s3", "sqs"):
+    for svc in ("ec2", "s3", "sqs", "autoscaling"):
         m = re.search(rf'name = "aws-sdk-{svc}"\nversion = "([^"]+)"', lock)
         if not m:
             sys.exit(f"check_policy: aws-sdk-{svc} is not in Cargo.lock")
