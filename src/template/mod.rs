@@ -194,6 +194,27 @@ impl Masker {
 /// Loads the template at `path`: a Packer JSON file, an HCL2 file (`.pkr.hcl`, `.pkr.json`), or a
 /// directory whose `*.pkr.hcl` files form one template. Never panics; every problem is a
 /// diagnostic. Side effects: reads files only.
+/// What to load for a template named by `file`: its folder when `file` is one of several
+/// `*.pkr.hcl` files there (a directory template, loaded together as `packer build .` does),
+/// otherwise `file` itself. Reads the folder's listing; changes nothing.
+pub fn directory_of(file: &Path) -> std::path::PathBuf {
+    let hcl = |p: &Path| p.to_string_lossy().ends_with(".pkr.hcl");
+    if !hcl(file) {
+        return file.to_path_buf();
+    }
+    let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return file.to_path_buf();
+    };
+    let siblings = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().filter(|e| hcl(&e.path())).count())
+        .unwrap_or(0);
+    if siblings > 1 {
+        dir.to_path_buf()
+    } else {
+        file.to_path_buf()
+    }
+}
+
 pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
     let name = path.display().to_string();
     let is_hcl = path.is_dir()

@@ -122,7 +122,7 @@ async fn resolve_sources(
             .collect(),
         ..crate::template::Inputs::default()
     };
-    let loaded = crate::template::load(template, &inputs);
+    let loaded = crate::template::load(&crate::template::directory_of(template), &inputs);
     if loaded.has_errors() {
         let dir = template
             .parent()

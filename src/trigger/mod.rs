@@ -144,6 +144,29 @@ fn template_key_problem(prefix: &str, key: &str) -> Option<String> {
     None
 }
 
+/// The key that names a template: for one of several `*.pkr.hcl` files in a folder (a directory
+/// template) the folder's first such file, so every file of the directory names one template
+/// (one index entry, one nightly build); otherwise `key` itself.
+fn template_name(key: &str, siblings: &[String]) -> String {
+    if !key.ends_with(".pkr.hcl") {
+        return key.to_owned();
+    }
+    let folder = key
+        .rsplit_once('/')
+        .map(|(p, _)| format!("{p}/"))
+        .unwrap_or_default();
+    siblings
+        .iter()
+        .filter(|k| {
+            k.ends_with(".pkr.hcl")
+                && k.strip_prefix(folder.as_str())
+                    .is_some_and(|rest| !rest.contains('/'))
+        })
+        .min()
+        .cloned()
+        .unwrap_or_else(|| key.to_owned())
+}
+
 /// The summary an invocation answers with.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Summary {
@@ -229,12 +252,18 @@ async fn uploaded(
         return Ok(());
     }
     let build_id = upload_build_id(c);
+    // A file of a directory template names the directory, by its first *.pkr.hcl file.
+    let siblings = crate::template_store::keys(&clients.s3, &c.bucket, &c.key)
+        .await
+        .map(|(_, k)| k)
+        .unwrap_or_default();
+    let name = template_name(&c.key, &siblings);
     let work = settings.work_dir.join(&build_id);
     let bake = bake::compute(
         clients,
         &c.bucket,
-        &c.key,
-        c.version_id.as_deref(),
+        &name,
+        c.version_id.as_deref().filter(|_| name == c.key),
         &BTreeMap::new(),
         &work,
     )
@@ -254,8 +283,9 @@ async fn uploaded(
         build_id: Some(build_id.clone()),
         template: TemplateLocation {
             bucket: c.bucket.clone(),
-            key: c.key.clone(),
-            version_id: c.version_id.clone(),
+            key: name.clone(),
+            // The event's version is the named file's only when it is that file.
+            version_id: c.version_id.clone().filter(|_| name == c.key),
         },
         variables: BTreeMap::new(),
         only: Vec::new(),
@@ -265,7 +295,7 @@ async fn uploaded(
     enqueue(clients, settings, &req).await?;
     summary
         .enqueued
-        .push(json!({"template": c.key, "build_id": build_id, "reason": reason}));
+        .push(json!({"template": name, "build_id": build_id, "reason": reason}));
     Ok(())
 }
 
@@ -316,7 +346,11 @@ async fn list_templates(
                 .map(str::to_owned),
         );
     }
-    Ok(out)
+    // One name per directory template.
+    let mut names: Vec<String> = out.iter().map(|k| template_name(k, &out)).collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 /// The index entry of a template's last succeeded build (written by the worker).
@@ -480,6 +514,29 @@ mod tests {
             ))
             .is_ok()
         );
+    }
+
+    #[test]
+    fn a_directory_template_is_named_by_its_first_file() {
+        let keys: Vec<String> = [
+            "t/app/sources.pkr.hcl",
+            "t/app/build.pkr.hcl",
+            "t/app/x.sh",
+            "t/app/sub/z.pkr.hcl",
+            "t/one.pkr.hcl",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            template_name("t/app/sources.pkr.hcl", &keys),
+            "t/app/build.pkr.hcl"
+        );
+        assert_eq!(
+            template_name("t/app/build.pkr.hcl", &keys),
+            "t/app/build.pkr.hcl"
+        );
+        assert_eq!(template_name("t/one.pkr.hcl", &keys), "t/one.pkr.hcl");
+        assert_eq!(template_name("t/app/a.json", &keys), "t/app/a.json");
     }
 
     #[test]

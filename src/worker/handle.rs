@@ -323,7 +323,8 @@ async fn run_request(
         only: req.only.clone(),
         ..Inputs::default()
     };
-    let loaded = template::load(&path, &inputs);
+    // A file of a directory template names the whole directory.
+    let loaded = template::load(&template::directory_of(&path), &inputs);
     if loaded.has_errors() {
         let errors: Vec<String> = loaded
             .errors()

@@ -387,3 +387,53 @@ async fn bad_input_gets_a_clear_answer() {
     })
     .await;
 }
+
+/// A directory template (its source and its build in two `*.pkr.hcl` files, as `packer build .`
+/// takes them): an upload of either file names the directory, the worker builds the files
+/// together, and the nightly run sees one template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_template_builds_as_one() {
+    with_janitor(|janitor| async move {
+        let s = setup(5).await;
+        let lambda = lambda_for(&s).await;
+        let dir = format!("templates/{}", unique("dir"));
+        // TEMPLATE's variables and source in one file, its build block in another.
+        let at = TEMPLATE.find("build {").expect("a build block");
+        put_text(&s, &format!("{dir}/sources.pkr.hcl"), &TEMPLATE[..at]).await;
+        put_text(&s, &format!("{dir}/build.pkr.hcl"), &TEMPLATE[at..]).await;
+        put_text(&s, &format!("{dir}/greeting.txt"), "hi from a directory\n").await;
+        let uploaded = format!("{dir}/sources.pkr.hcl");
+        let summary = lambda
+            .invoke(put_event(&s, &s.bucket, &uploaded).await)
+            .await
+            .expect("handled");
+        let named = format!("{dir}/build.pkr.hcl");
+        assert_eq!(
+            names(&summary, "enqueued"),
+            vec![(named.as_str(), "uploaded")],
+            "{summary:#}\n{}",
+            lambda.log()
+        );
+        let id = summary["enqueued"][0]["build_id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let worker = start_worker(&s, &[]);
+        let doc = result(&s, &id, Duration::from_secs(180)).await;
+        track_result(&janitor, &doc);
+        let (_, log) = stop_worker(worker);
+        assert_eq!(doc["status"], "succeeded", "{doc:#}\n{log}");
+        let nightly = lambda
+            .invoke(fixture("eventbridge-schedule.json", &[]))
+            .await
+            .expect("nightly");
+        let skipped = names(&nightly, "skipped");
+        assert_eq!(skipped.len(), 1, "one template: {nightly:#}");
+        assert_eq!(skipped[0].0, named);
+        assert!(
+            skipped[0].1.starts_with("unchanged since build"),
+            "{nightly:#}"
+        );
+    })
+    .await;
+}
