@@ -18,19 +18,14 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
-/// Fetches the template `key` (at `version_id`) and the files beside it from `bucket` into `dir`,
-/// and computes its [`Bake`]. Errors name the file or the call that failed; a template that does
-/// not parse is [`TriggerError::Template`].
-pub async fn compute(
+/// Lists the template `key`'s directory in `bucket` (see [`crate::template_store::keys`]): a
+/// listing that is too large is [`TriggerError::Template`], an S3 failure [`TriggerError::Io`].
+pub async fn list(
     clients: &Clients,
     bucket: &str,
     key: &str,
-    version_id: Option<&str>,
-    variables: &BTreeMap<String, String>,
-    dir: &Path,
-) -> Result<Bake, TriggerError> {
-    let s3 = &clients.s3;
-    let (prefix, keys) = crate::template_store::keys(s3, bucket, key)
+) -> Result<(Option<String>, Vec<String>), TriggerError> {
+    crate::template_store::keys(&clients.s3, bucket, key)
         .await
         .map_err(|e| {
             if e.retryable {
@@ -38,12 +33,29 @@ pub async fn compute(
             } else {
                 TriggerError::Template(e.message)
             }
-        })?;
+        })
+}
+
+/// Fetches the template `key` (at `version_id`) and the files beside it from `bucket` into `dir`,
+/// and computes its [`Bake`]. `listed` is the directory's listing from [`list`] (of `key` or of
+/// any file beside it). Errors name the file or the call that failed; a template that does not
+/// parse is [`TriggerError::Template`].
+pub async fn compute(
+    clients: &Clients,
+    bucket: &str,
+    key: &str,
+    version_id: Option<&str>,
+    variables: &BTreeMap<String, String>,
+    dir: &Path,
+    listed: &(Option<String>, Vec<String>),
+) -> Result<Bake, TriggerError> {
+    let s3 = &clients.s3;
+    let (prefix, keys) = listed;
     // (relative path, SHA-256 of the content), sorted: the template's files, whatever order S3
     // lists them in.
     let mut files = Vec::new();
     let mut template_path = None;
-    for k in &keys {
+    for k in keys {
         let Some(rel) = crate::template_store::relative(prefix.as_deref(), k) else {
             continue;
         };

@@ -252,22 +252,30 @@ async fn uploaded(
         return Ok(());
     }
     let build_id = upload_build_id(c);
-    // A file of a directory template names the directory, by its first *.pkr.hcl file.
-    let siblings = crate::template_store::keys(&clients.s3, &c.bucket, &c.key)
-        .await
-        .map(|(_, k)| k)
-        .unwrap_or_default();
-    let name = template_name(&c.key, &siblings);
+    // One listing of the directory: it names a directory template (by its first *.pkr.hcl
+    // file) and gives the files the bake key hashes.
+    let listed = bake::list(clients, &c.bucket, &c.key).await;
+    let name = match &listed {
+        Ok((_, keys)) => template_name(&c.key, keys),
+        Err(_) => c.key.clone(),
+    };
     let work = settings.work_dir.join(&build_id);
-    let bake = bake::compute(
-        clients,
-        &c.bucket,
-        &name,
-        c.version_id.as_deref().filter(|_| name == c.key),
-        &BTreeMap::new(),
-        &work,
-    )
-    .await;
+    let bake = match &listed {
+        Ok(listed) => {
+            bake::compute(
+                clients,
+                &c.bucket,
+                &name,
+                c.version_id.as_deref().filter(|_| name == c.key),
+                &BTreeMap::new(),
+                &work,
+                listed,
+            )
+            .await
+        }
+        Err(TriggerError::Template(e)) => Err(TriggerError::Template(e.clone())),
+        Err(e) => return Err(TriggerError::Io(e.to_string())),
+    };
     let _ = std::fs::remove_dir_all(&work);
     let (bake, reason) = match bake {
         Ok(b) => (Some(b), "uploaded".to_owned()),
@@ -438,7 +446,21 @@ async fn nightly(
             continue;
         }
         let work = settings.work_dir.join(slug(&t));
-        let bake = bake::compute(clients, &settings.bucket, &t, None, &n.variables, &work).await;
+        let bake = match bake::list(clients, &settings.bucket, &t).await {
+            Ok(listed) => {
+                bake::compute(
+                    clients,
+                    &settings.bucket,
+                    &t,
+                    None,
+                    &n.variables,
+                    &work,
+                    &listed,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
         let _ = std::fs::remove_dir_all(&work);
         let bake = match bake {
             Ok(b) => b,
