@@ -490,9 +490,6 @@ async fn kiln_build_with_a_journal_resumes_after_a_crash() {
 /// now gone) still keeps its AMI. `--dry-run` deletes nothing; `--build-id` leaves other builds be.
 #[tokio::test]
 async fn gc_collects_what_finished_and_failed_builds_left() {
-    use aws_sdk_ec2::types::{
-        BlockDeviceMapping, EbsBlockDevice, ResourceType, Tag, TagSpecification,
-    };
     with_janitor(|janitor| async move {
         let emu = Emulator::get();
         let region = emu.region().to_owned();
@@ -503,12 +500,6 @@ async fn gc_collects_what_finished_and_failed_builds_left() {
             .send()
             .await
             .expect("bucket");
-        let spec = |kind: ResourceType, build: &str| {
-            TagSpecification::builder()
-                .resource_type(kind)
-                .tags(Tag::builder().key("kiln:build-id").value(build).build())
-                .build()
-        };
         // Every build of this test shares a stem, so gc (run with `--build-id {stem}-*`) never
         // touches another test's builds; `outside` does not match and must stay.
         let stem = unique("gc");
@@ -545,52 +536,9 @@ async fn gc_collects_what_finished_and_failed_builds_left() {
         }
         let mut ids = std::collections::BTreeMap::new();
         for b in [&ok_build, &failed_build, &running_build, &no_journal, &outside] {
-            let vol = c
-                .ec2
-                .create_volume()
-                .availability_zone(format!("{region}a"))
-                .size(1)
-                .tag_specifications(spec(ResourceType::Volume, b))
-                .send()
-                .await
-                .expect("volume")
-                .volume_id
-                .expect("id");
-            janitor.track(&region, crate::support::Resource::Volume(vol.clone()));
-            let mut snaps = Vec::new();
             // The second snapshot is mapped by no image.
-            for _ in 0..2 {
-                let snap = c
-                    .ec2
-                    .create_snapshot()
-                    .volume_id(&vol)
-                    .tag_specifications(spec(ResourceType::Snapshot, b))
-                    .send()
-                    .await
-                    .expect("snapshot")
-                    .snapshot_id
-                    .expect("id");
-                janitor.track(&region, crate::support::Resource::Snapshot(snap.clone()));
-                snaps.push(snap);
-            }
-            let ami = c
-                .ec2
-                .register_image()
-                .name(unique("gc-ami"))
-                .root_device_name("/dev/xvda")
-                .block_device_mappings(
-                    BlockDeviceMapping::builder()
-                        .device_name("/dev/xvda")
-                        .ebs(EbsBlockDevice::builder().snapshot_id(&snaps[0]).build())
-                        .build(),
-                )
-                .tag_specifications(spec(ResourceType::Image, b))
-                .send()
-                .await
-                .expect("image")
-                .image_id
-                .expect("id");
-            janitor.track(&region, crate::support::Resource::Image(ami.clone()));
+            let (vol, snaps, ami) =
+                crate::support::tagged_build_resources(&c.ec2, &janitor, &region, b, 2).await;
             ids.insert(b.clone(), (vol, snaps[0].clone(), snaps[1].clone(), ami));
         }
         let pattern = format!("{stem}-*");

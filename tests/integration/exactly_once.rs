@@ -342,9 +342,6 @@ async fn an_ambiguous_journal_write_is_recognised_as_the_workers_own() {
 /// still leaves a volume attached to a live instance (a build gc cannot judge is using it).
 #[tokio::test]
 async fn gc_spares_what_is_young_released_or_attached() {
-    use aws_sdk_ec2::types::{
-        BlockDeviceMapping, EbsBlockDevice, ResourceType, Tag, TagSpecification,
-    };
     with_janitor(|janitor| async move {
         let emu = Emulator::get();
         let region = emu.region().to_owned();
@@ -369,55 +366,10 @@ async fn gc_spares_what_is_young_released_or_attached() {
                 .await
                 .expect("journal");
         }
-        let spec = |kind: ResourceType, build: &str| {
-            TagSpecification::builder()
-                .resource_type(kind)
-                .tags(Tag::builder().key("kiln:build-id").value(build).build())
-                .build()
-        };
         let mut made = std::collections::BTreeMap::new();
         for b in [&released, &failed, &attached] {
-            let vol = c
-                .ec2
-                .create_volume()
-                .availability_zone(format!("{region}a"))
-                .size(1)
-                .tag_specifications(spec(ResourceType::Volume, b))
-                .send()
-                .await
-                .expect("volume")
-                .volume_id
-                .expect("id");
-            janitor.track(&region, crate::support::Resource::Volume(vol.clone()));
-            let snap = c
-                .ec2
-                .create_snapshot()
-                .volume_id(&vol)
-                .tag_specifications(spec(ResourceType::Snapshot, b))
-                .send()
-                .await
-                .expect("snapshot")
-                .snapshot_id
-                .expect("id");
-            janitor.track(&region, crate::support::Resource::Snapshot(snap.clone()));
-            let ami = c
-                .ec2
-                .register_image()
-                .name(unique("gcyoung-ami"))
-                .root_device_name("/dev/xvda")
-                .block_device_mappings(
-                    BlockDeviceMapping::builder()
-                        .device_name("/dev/xvda")
-                        .ebs(EbsBlockDevice::builder().snapshot_id(&snap).build())
-                        .build(),
-                )
-                .tag_specifications(spec(ResourceType::Image, b))
-                .send()
-                .await
-                .expect("image")
-                .image_id
-                .expect("id");
-            janitor.track(&region, crate::support::Resource::Image(ami.clone()));
+            let (vol, _, ami) =
+                crate::support::tagged_build_resources(&c.ec2, &janitor, &region, b, 1).await;
             made.insert(b.clone(), (vol, ami));
         }
         // A live builder host holds the attached build's volume.

@@ -323,3 +323,66 @@ pub fn assert_volume_gone_from_host(id: &str, state_dir: &std::path::Path, volum
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A volume tagged as build `build`'s, `snapshots` snapshots of it (at least one) and an AMI that
+/// maps the first, all tagged at creation and tracked by the janitor: (volume, snapshots, AMI).
+pub async fn tagged_build_resources(
+    ec2: &aws_sdk_ec2::Client,
+    janitor: &Janitor,
+    region: &str,
+    build: &str,
+    snapshots: usize,
+) -> (String, Vec<String>, String) {
+    use aws_sdk_ec2::types::{
+        BlockDeviceMapping, EbsBlockDevice, ResourceType, Tag, TagSpecification,
+    };
+    let spec = |kind: ResourceType| {
+        TagSpecification::builder()
+            .resource_type(kind)
+            .tags(Tag::builder().key("kiln:build-id").value(build).build())
+            .build()
+    };
+    let vol = ec2
+        .create_volume()
+        .availability_zone(format!("{region}a"))
+        .size(1)
+        .tag_specifications(spec(ResourceType::Volume))
+        .send()
+        .await
+        .expect("volume")
+        .volume_id
+        .expect("id");
+    janitor.track(region, Resource::Volume(vol.clone()));
+    let mut snaps = Vec::new();
+    for _ in 0..snapshots.max(1) {
+        let snap = ec2
+            .create_snapshot()
+            .volume_id(&vol)
+            .tag_specifications(spec(ResourceType::Snapshot))
+            .send()
+            .await
+            .expect("snapshot")
+            .snapshot_id
+            .expect("id");
+        janitor.track(region, Resource::Snapshot(snap.clone()));
+        snaps.push(snap);
+    }
+    let ami = ec2
+        .register_image()
+        .name(unique("gc-ami"))
+        .root_device_name("/dev/xvda")
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name("/dev/xvda")
+                .ebs(EbsBlockDevice::builder().snapshot_id(&snaps[0]).build())
+                .build(),
+        )
+        .tag_specifications(spec(ResourceType::Image))
+        .send()
+        .await
+        .expect("image")
+        .image_id
+        .expect("id");
+    janitor.track(region, Resource::Image(ami.clone()));
+    (vol, snaps, ami)
+}
