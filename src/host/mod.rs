@@ -1,10 +1,11 @@
 //! The host: block devices (loop devices, device nodes, partition names), per-device locks,
-//! mounts, processes in the chroot, commands run on the host or inside the chroot, and sparse
-//! file copies. All privileged system calls live here, over `nix`. The worker process itself is
+//! mounts, paths inside an image (resolved within its mount), processes in the chroot, commands
+//! run on the host or inside the chroot, and sparse file copies. All privileged system calls live here, over `nix`. The worker process itself is
 //! never chrooted: commands run as children `chroot DIR /bin/sh -c ...` in their own process group.
 
 pub mod command;
 pub mod devices;
+pub mod image_fs;
 pub mod lock;
 pub mod loopdev;
 pub mod mount;
@@ -70,6 +71,17 @@ pub enum HostError {
         seconds: u64,
         /// What to check.
         hint: String,
+    },
+    /// An operation on a path inside the image failed (resolved within the mount; the detail
+    /// names the links along the path).
+    #[error("{what} {} in the image: {detail}", path.display())]
+    InImage {
+        /// What kiln was doing.
+        what: &'static str,
+        /// The path inside the image.
+        path: PathBuf,
+        /// The error, and the links along the path.
+        detail: String,
     },
     /// The build was cancelled while a host operation ran.
     #[error("cancelled while {0}")]

@@ -105,6 +105,76 @@ fn mounts_with_devices(mountinfo: &str, numbers: &[String]) -> Vec<PathBuf> {
     v
 }
 
+/// The id of the mount `fd` lives on (`mnt_id` in `/proc/self/fdinfo`).
+pub fn mount_id_of(fd: &impl std::os::fd::AsFd) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let info =
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// One line of mountinfo: (id, parent id, mount point).
+fn mount_table(mountinfo: &str) -> Vec<(u64, u64, PathBuf)> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            Some((
+                f.first()?.parse().ok()?,
+                f.get(1)?.parse().ok()?,
+                PathBuf::from(unescape(f.get(4)?)),
+            ))
+        })
+        .collect()
+}
+
+/// The id of the newest mount at `path` whose parent is mount `parent`.
+pub fn child_mount_at(parent: u64, path: &Path) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mount_table(&table)
+        .into_iter()
+        .filter(|(_, p, at)| *p == parent && at == path)
+        .map(|(id, _, _)| id)
+        .next_back()
+}
+
+/// Mount `id` and every mount stacked on or below it, deepest (last mounted) first, each with
+/// its mount point now: the order to unmount them. Empty when `id` is no longer mounted.
+fn tree_of(mountinfo: &str, id: u64) -> Vec<PathBuf> {
+    let table = mount_table(mountinfo);
+    let mut ids = vec![id];
+    let mut out = Vec::new();
+    for (mid, parent, at) in &table {
+        if *mid == id || ids.contains(parent) {
+            ids.push(*mid);
+            out.push(at.clone());
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// Unmounts the mount kiln made with id `id` (and whatever a provisioner mounted on or below
+/// it), killing the chroot's processes first: exactly what kiln mounted, found by id, wherever
+/// the image's links or renames moved it. A mount no longer there is fine (safe to run twice).
+/// A mount point outside `chroot_root` is refused and named: kiln never made one there.
+pub async fn unmount_id(id: u64, chroot_root: &Path) -> Result<(), HostError> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for m in tree_of(&table, id) {
+        if !m.starts_with(chroot_root) {
+            return Err(HostError::Invalid(format!(
+                "mount {id} is now at {}, outside the image at {}: left mounted",
+                m.display(),
+                chroot_root.display()
+            )));
+        }
+        unmount(&m, chroot_root).await?;
+    }
+    Ok(())
+}
+
 /// Whether `path` is a mount point.
 pub fn is_mounted(path: &Path) -> bool {
     mount_points().iter().any(|m| m == path)
@@ -146,7 +216,7 @@ pub async fn unmount(path: &Path, chroot_root: &Path) -> Result<Vec<String>, Hos
         for p in procs::kill_in_root(chroot_root) {
             killed.push(p);
         }
-        match nix::mount::umount2(path, MntFlags::empty()) {
+        match nix::mount::umount2(path, MntFlags::UMOUNT_NOFOLLOW) {
             Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => return Ok(killed),
             Err(nix::Error::EBUSY) if attempt + 1 < UMOUNT_ATTEMPTS => {
                 tokio::time::sleep(UMOUNT_PAUSE).await;
@@ -210,6 +280,22 @@ mod tests {
     #[test]
     fn mounts_of_a_missing_device_is_empty() {
         assert!(super::mounts_of(std::path::Path::new("/dev/kiln-no-such-device")).is_empty());
+    }
+
+    /// A mount's tree is found by id and parent ids, deepest first; not by path prefix.
+    #[test]
+    fn tree_of_follows_parent_ids() {
+        let mountinfo = "\
+29 1 259:1 / / rw - ext4 /dev/root rw
+100 29 7:1 / /mnt/kiln rw - ext4 /dev/loop1 rw
+101 100 0:50 / /mnt/kiln/tmp/y rw - tmpfs kiln-x rw
+102 101 0:51 / /mnt/kiln/tmp/y/inner rw - tmpfs other rw
+103 29 0:52 / /mnt/kiln/tmp/y-not-mine rw - tmpfs other rw
+";
+        let got = super::tree_of(mountinfo, 101);
+        let got: Vec<String> = got.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(got, ["/mnt/kiln/tmp/y/inner", "/mnt/kiln/tmp/y"]);
+        assert!(super::tree_of(mountinfo, 999).is_empty());
     }
 
     #[test]

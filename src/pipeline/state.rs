@@ -50,12 +50,12 @@ pub struct SourceImage {
 /// A file `copy_files` put into the chroot, and what was there before.
 #[derive(Debug, Clone, Serialize)]
 pub struct CopiedFile {
-    /// Path inside the mount.
-    pub path: PathBuf,
+    /// Path inside the image.
+    pub path: String,
     /// A symlink that was there (restored at cleanup).
     pub replaced_link: Option<PathBuf>,
-    /// A file that was there, moved aside (restored at cleanup).
-    pub backup: Option<PathBuf>,
+    /// A file that was there, moved aside to this path inside the image (restored at cleanup).
+    pub backup: Option<String>,
 }
 
 /// An AMI in one region.
@@ -91,7 +91,7 @@ pub struct BuildState {
     /// Whether the root is mounted.
     pub mounted: bool,
     /// Extra mounts, in mount order.
-    pub extra_mounts: Vec<PathBuf>,
+    pub extra_mounts: Vec<crate::host::image_fs::ImageMount>,
     /// Files copied in.
     pub copied: Vec<CopiedFile>,
     /// The new snapshot.

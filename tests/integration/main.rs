@@ -6,6 +6,7 @@ mod checkpoint;
 mod emulator;
 mod emulator_strict;
 mod exactly_once;
+mod host_safety;
 mod lambda;
 mod pipeline;
 mod pool;

@@ -59,7 +59,7 @@ pub(crate) fn build(template: &Path, extra: &[String]) -> (bool, Value, String) 
 }
 
 /// A template directory with the busybox base template (HCL) and its files.
-pub(crate) struct Tpl(PathBuf);
+pub(crate) struct Tpl(pub(crate) PathBuf);
 
 impl Tpl {
     pub(crate) fn new() -> Self {
@@ -165,7 +165,7 @@ fn with_snapshot<T>(file: &Path, f: impl FnOnce(&Path) -> T) -> T {
 }
 
 /// Reads files from the first partition of a snapshot file.
-fn read_from_snapshot(file: &Path, paths: &[&str]) -> Vec<Option<String>> {
+pub(crate) fn read_from_snapshot(file: &Path, paths: &[&str]) -> Vec<Option<String>> {
     with_snapshot(file, |mnt| {
         paths
             .iter()
@@ -176,7 +176,7 @@ fn read_from_snapshot(file: &Path, paths: &[&str]) -> Vec<Option<String>> {
 
 /// Asserts nothing of build `id` remains: no volume, snapshot or image in either region, no mount
 /// at its mount path, no loop device on its volume file.
-async fn assert_nothing_left(id: &str, doc: &Value) {
+pub(crate) async fn assert_nothing_left(id: &str, doc: &Value) {
     let emu = Emulator::get();
     for region in [emu.region(), COPY_REGION] {
         let left = tagged(region, id).await;

@@ -1,64 +1,70 @@
-//! Step `copy-files`: each `copy_files` host path copied to the same path in the chroot. What was
-//! there is kept: a symlink (systemd's /etc/resolv.conf) or a file is restored at cleanup, so the
-//! image is left as it was. Undo (always): remove the copies, restore the originals.
+//! Step `copy-files`: each `copy_files` host path copied to the same path inside the image,
+//! resolved within the mount (a link in the image's parent directories leads elsewhere in the
+//! image, never onto the host). What was there is kept: a symlink (systemd's /etc/resolv.conf) is
+//! replaced and restored at cleanup, a file moved aside and restored, so the image is left as it
+//! was. Undo (always): remove the copies, restore the originals.
 
 use crate::host::HostError;
+use crate::host::image_fs::{Entry, ImageFs};
 use crate::pipeline::state::CopiedFile;
 use crate::pipeline::{Build, StepError};
 use std::path::Path;
 
-pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
+/// Suffix of the original a copy replaces while the build runs.
+const BACKUP_SUFFIX: &str = ".kiln-orig";
+
+fn image_of(b: &Build) -> Result<ImageFs, StepError> {
     let mp = b
         .state
         .mount_path
         .clone()
         .ok_or_else(|| super::invalid("no mount path"))?;
+    Ok(ImageFs::open(&mp)?)
+}
+
+pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
+    let image = image_of(b)?;
     for src in b.plan.config.copy_files.clone() {
-        let dst = mp.join(src.trim_start_matches('/'));
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent).map_err(HostError::io("creating", parent))?;
-        }
         let mut record = CopiedFile {
-            path: dst.clone(),
+            path: src.clone(),
             replaced_link: None,
             backup: None,
         };
-        match std::fs::symlink_metadata(&dst) {
-            Ok(m) if m.file_type().is_symlink() => {
-                record.replaced_link = Some(
-                    std::fs::read_link(&dst).map_err(HostError::io("reading the link", &dst))?,
-                );
-                std::fs::remove_file(&dst).map_err(HostError::io("removing the link", &dst))?;
+        match image.entry(&src)? {
+            Entry::Link(target) => {
+                image.remove(&src)?;
+                record.replaced_link = Some(target);
             }
-            Ok(_) => {
-                let backup = dst.with_file_name(format!(
-                    "{}.kiln-orig",
-                    dst.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default()
-                ));
-                std::fs::rename(&dst, &backup).map_err(HostError::io("moving aside", &dst))?;
+            Entry::Missing => {}
+            Entry::Directory | Entry::Other => {
+                let backup = format!("{src}{BACKUP_SUFFIX}");
+                image.rename(&src, &backup)?;
                 record.backup = Some(backup);
             }
-            Err(_) => {}
         }
         b.state.copied.push(record);
-        std::fs::copy(Path::new(&src), &dst)
-            .map_err(HostError::io("copying into the chroot", &dst))?;
+        let mut from =
+            std::fs::File::open(Path::new(&src)).map_err(HostError::io("reading", &src))?;
+        let mut to = image.create(&src, 0o644)?;
+        std::io::copy(&mut from, &mut to).map_err(HostError::io("copying into the image", &src))?;
     }
     Ok(serde_json::json!({ "copied": b.plan.config.copy_files }))
 }
 
 pub fn undo(b: &mut Build) -> Result<(), StepError> {
-    while let Some(c) = b.state.copied.pop() {
-        let _ = std::fs::remove_file(&c.path);
+    if b.state.copied.is_empty() {
+        return Ok(());
+    }
+    let image = image_of(b)?;
+    while let Some(c) = b.state.copied.last().cloned() {
+        image.remove(&c.path)?;
         if let Some(target) = &c.replaced_link {
-            std::os::unix::fs::symlink(target, &c.path)
-                .map_err(HostError::io("restoring the link", &c.path))?;
+            image.symlink(&c.path, target)?;
         }
         if let Some(backup) = &c.backup {
-            std::fs::rename(backup, &c.path).map_err(HostError::io("restoring", &c.path))?;
+            image.rename(backup, &c.path)?;
         }
+        b.state.copied.pop();
     }
     Ok(())
 }

@@ -251,12 +251,12 @@ pub fn inventory_of(step: StepId, b: &Build) -> Vec<String> {
         MountExtra => v.extend(
             s.extra_mounts
                 .iter()
-                .map(|m| format!("mount {}", m.display())),
+                .map(|m| format!("mount {}", m.host_path.display())),
         ),
         CopyFiles => v.extend(
             s.copied
                 .iter()
-                .map(|c| format!("copied file {}", c.path.display())),
+                .map(|c| format!("copied file {} in the image", c.path)),
         ),
         Snapshot => v.extend(
             s.snapshot_id

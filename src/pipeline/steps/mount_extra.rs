@@ -1,8 +1,10 @@
-//! Step `mount-extra`: each `chroot_mounts` entry `[fstype, source, path]` mounted at
-//! MOUNT_PATH/path (`--bind` for `bind`; a relative bind source resolves against the template's
-//! directory), each made private. Undo (always): unmount in reverse order.
+//! Step `mount-extra`: each `chroot_mounts` entry `[fstype, source, path]` mounted inside the
+//! image at `path`, resolved within the mount (a link in the image leads to another place in the
+//! image, never onto the host) and created if missing; `bind` sources are host paths (a relative
+//! one resolves against the template's directory). Each mount is made private and remembered by
+//! its kernel mount id. Undo (always): unmount exactly those mounts, in reverse order.
 
-use crate::host::command::shell_quote;
+use crate::host::image_fs::ImageFs;
 use crate::host::mount;
 use crate::pipeline::{Build, StepError};
 
@@ -12,44 +14,36 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         .mount_path
         .clone()
         .ok_or_else(|| super::invalid("no mount path"))?;
+    let image = ImageFs::open(&mp)?;
     let mut done = Vec::new();
     for [fstype, source, path] in b.plan.config.chroot_mounts.clone() {
-        let target = mp.join(path.trim_start_matches('/'));
-        std::fs::create_dir_all(&target).map_err(crate::host::HostError::io(
-            "creating the mount point",
-            &target,
-        ))?;
-        let cmd = if fstype == "bind" {
-            let src = crate::template::provisioner::resolve(&b.plan.template_dir, &source);
-            format!(
-                "mount --bind {} {}",
-                shell_quote(&src.display().to_string()),
-                shell_quote(&target.display().to_string())
-            )
+        let source = if fstype == "bind" {
+            crate::template::provisioner::resolve(&b.plan.template_dir, &source)
+                .display()
+                .to_string()
         } else {
-            format!(
-                "mount -t {} {} {}",
-                shell_quote(&fstype),
-                shell_quote(&source),
-                shell_quote(&target.display().to_string())
-            )
+            source
         };
-        match b
-            .host_command(&format!("chroot_mounts {path}"), &cmd, Vec::new())
-            .await
-        {
-            Ok(()) => {}
+        (b.sink)(
+            &format!("chroot_mounts {path}"),
+            &format!("mount {fstype} {source} on {path}"),
+        );
+        match image.mount(&fstype, &source, &path) {
+            Ok(m) => {
+                done.push(m.host_path.clone());
+                b.state.extra_mounts.push(m);
+            }
             // binfmt_misc is in Packer's defaults but absent on many hosts; a build needs it only
             // to run foreign-architecture binaries.
             Err(e) if fstype == "binfmt_misc" => {
                 tracing::warn!(error = %e, "skipping the binfmt_misc mount: this host does not offer it");
-                continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                return Err(super::invalid(format!(
+                    "chroot_mounts entry [\"{fstype}\", \"{source}\", \"{path}\"]: {e}"
+                )));
+            }
         }
-        b.state.extra_mounts.push(target.clone());
-        mount::make_private(&target)?;
-        done.push(target);
     }
     Ok(serde_json::json!({ "mounts": done }))
 }
@@ -58,10 +52,8 @@ pub async fn undo(b: &mut Build) -> Result<(), StepError> {
     let Some(mp) = b.state.mount_path.clone() else {
         return Ok(());
     };
-    while let Some(target) = b.state.extra_mounts.last().cloned() {
-        for m in mount::mounts_under(&target) {
-            mount::unmount(&m, &mp).await?;
-        }
+    while let Some(m) = b.state.extra_mounts.last() {
+        mount::unmount_id(m.mount_id, &mp).await?;
         b.state.extra_mounts.pop();
     }
     Ok(())

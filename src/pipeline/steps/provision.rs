@@ -6,10 +6,16 @@
 
 use crate::host::HostError;
 use crate::host::command::{self, ShellCommand, shell_quote};
+use crate::host::image_fs::ImageFs;
 use crate::pipeline::{Build, StepError};
 use crate::template::provisioner::{File, Kind, Provisioner, Shell, parse_duration};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Mode of a staged script (only root runs it).
+const SCRIPT_MODE: u32 = 0o700;
+/// Mode of a file written from `content` (Packer's file provisioner writes 0644).
+const FILE_MODE: u32 = 0o644;
 
 fn vars_string(b: &Build, s: &Shell) -> (String, Vec<(String, String)>) {
     let mut pairs = vec![
@@ -94,14 +100,14 @@ async fn run_shell(b: &Build, label: &str, s: &Shell, local: bool) -> Result<(),
         }
         return Ok(());
     }
-    let tmp = mp.join("tmp");
-    std::fs::create_dir_all(&tmp).map_err(HostError::io("creating", &tmp))?;
+    let image = ImageFs::open(&mp)?;
     for (what, body) in scripts_of(s)? {
         let name = format!("kiln-script-{}.sh", uuid::Uuid::new_v4().simple());
-        let host_path = tmp.join(&name);
-        std::fs::write(&host_path, &body)
-            .map_err(HostError::io("writing the script", &host_path))?;
         let inner_path = format!("/tmp/{name}");
+        // Staged inside the image: a /tmp that is a link resolves as the chroot sees it.
+        image
+            .write(&inner_path, &body, SCRIPT_MODE)
+            .map_err(|e| super::invalid(format!("{label}: staging the script: {e}")))?;
         let inner = b.render(
             &format!("{label} execute_command"),
             &s.execute_command,
@@ -130,7 +136,9 @@ async fn run_shell(b: &Build, label: &str, s: &Shell, local: bool) -> Result<(),
         };
         (b.sink)(label, &format!("$ {}", cmd.display));
         let result = command::run(&cmd, &b.sink, &b.cancel).await;
-        let _ = std::fs::remove_file(&host_path);
+        if let Err(e) = image.remove(&inner_path) {
+            tracing::warn!(error = %e, "the staged script stays in the image");
+        }
         result.map_err(map_cancel)?;
     }
     Ok(())
@@ -143,74 +151,52 @@ fn map_cancel(e: HostError) -> StepError {
     }
 }
 
-/// Copies a file, a directory (recursively, keeping symlinks and modes) or a directory's
-/// contents (source ending in `/`), as Packer's file provisioner does.
-fn copy_tree(src: &Path, dst: &Path) -> Result<(), HostError> {
-    let meta = std::fs::symlink_metadata(src).map_err(HostError::io("reading", src))?;
-    if meta.file_type().is_symlink() {
-        let target = std::fs::read_link(src).map_err(HostError::io("reading the link", src))?;
-        let _ = std::fs::remove_file(dst);
-        return std::os::unix::fs::symlink(target, dst).map_err(HostError::io("linking", dst));
-    }
-    if meta.is_dir() {
-        std::fs::create_dir_all(dst).map_err(HostError::io("creating", dst))?;
-        for e in std::fs::read_dir(src).map_err(HostError::io("listing", src))? {
-            let e = e.map_err(HostError::io("listing", src))?;
-            copy_tree(&e.path(), &dst.join(e.file_name()))?;
-        }
-        return Ok(());
-    }
-    if let Some(parent) = dst.parent() {
-        std::fs::create_dir_all(parent).map_err(HostError::io("creating", parent))?;
-    }
-    std::fs::copy(src, dst)
-        .map(|_| ())
-        .map_err(HostError::io("copying to", dst))
-}
-
-fn target_for(src: &str, dst_root: &Path, dest: &str) -> PathBuf {
-    let base = dst_root.join(dest.trim_start_matches('/'));
-    let src_path = Path::new(src.trim_end_matches('/'));
-    if src.ends_with('/') {
-        base
-    } else if dest.ends_with('/') {
-        base.join(src_path.file_name().unwrap_or_default())
+/// Where an upload of `src` goes inside the image, as Packer's file provisioner places it: a
+/// source ending in `/` puts the directory's contents at `dest`; a destination ending in `/` gets
+/// the source's name appended.
+fn target_for(src: &str, dest: &str) -> String {
+    let name = Path::new(src.trim_end_matches('/'))
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !src.ends_with('/') && dest.ends_with('/') {
+        format!("{dest}{name}")
     } else {
-        base
+        dest.to_owned()
     }
 }
 
+/// The `file` provisioner: every image path resolved within the mount ([`ImageFs`]), so a link
+/// in the image never leads kiln to a host file.
 fn run_file(b: &Build, label: &str, f: &File) -> Result<(), StepError> {
     let mp = b
         .state
         .mount_path
         .clone()
         .ok_or_else(|| super::invalid("no mount path"))?;
+    let image = ImageFs::open(&mp)?;
     if f.direction == "download" {
         for src in &f.sources {
-            let from = mp.join(src.trim_start_matches('/'));
             let to = if f.destination.ends_with('/') {
                 PathBuf::from(&f.destination).join(Path::new(src).file_name().unwrap_or_default())
             } else {
                 PathBuf::from(&f.destination)
             };
-            copy_tree(&from, &to)?;
+            image.download(src, &to)?;
             (b.sink)(label, &format!("downloaded {src} -> {}", to.display()));
         }
         return Ok(());
     }
     if let Some(content) = &f.content {
-        let to = mp.join(f.destination.trim_start_matches('/'));
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(HostError::io("creating", parent))?;
-        }
-        std::fs::write(&to, content).map_err(HostError::io("writing", &to))?;
+        image.write(&f.destination, content.as_bytes(), FILE_MODE)?;
         (b.sink)(label, &format!("uploaded content -> {}", f.destination));
         return Ok(());
     }
     for src in &f.sources {
-        let to = target_for(src, &mp, &f.destination);
-        copy_tree(Path::new(src.trim_end_matches('/')), &to)?;
+        image.upload(
+            Path::new(src.trim_end_matches('/')),
+            &target_for(src, &f.destination),
+        )?;
         (b.sink)(label, &format!("uploaded {src} -> {}", f.destination));
     }
     Ok(())
