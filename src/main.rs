@@ -125,9 +125,12 @@ struct SubmitArgs {
     /// Template variables.
     #[arg(long = "var", value_name = "NAME=VALUE")]
     vars: Vec<String>,
-    /// Only this build.
-    #[arg(long)]
+    /// Only these builds (comma-separated or repeated; globs), as Packer's -only.
+    #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// All builds but these (comma-separated or repeated; globs), as Packer's -except.
+    #[arg(long, value_delimiter = ',')]
+    except: Vec<String>,
     /// The build id (idempotency key); generated when absent.
     #[arg(long)]
     build_id: Option<String>,
@@ -259,9 +262,12 @@ struct TemplateArgs {
     /// Read variables from a file (JSON, or .pkrvars.hcl for HCL2 templates; repeatable).
     #[arg(long = "var-file", value_name = "FILE")]
     var_files: Vec<PathBuf>,
-    /// Only the named builds (comma-separated or repeated), as Packer's -only.
+    /// Only the named builds (comma-separated or repeated; globs), as Packer's -only.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// All builds but these (comma-separated or repeated; globs), as Packer's -except.
+    #[arg(long, value_delimiter = ',')]
+    except: Vec<String>,
     /// The template: a Packer JSON file, a .pkr.hcl/.pkr.json file, or a directory of .pkr.hcl files.
     template: PathBuf,
 }
@@ -277,6 +283,7 @@ impl TemplateArgs {
         }
         inputs.var_files = self.var_files.clone();
         inputs.only = self.only.clone();
+        inputs.except = self.except.clone();
         if !self.template.exists() {
             bail!("{}: no such file or directory", self.template.display());
         }
@@ -285,7 +292,7 @@ impl TemplateArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cli::packer_style_args(std::env::args_os()));
     let verbosity =
         i8::try_from(cli.verbose).unwrap_or(i8::MAX) - i8::try_from(cli.quiet).unwrap_or(i8::MAX);
     observe::init(cli.log_format, verbosity);

@@ -72,6 +72,9 @@ pub struct BuildRequest {
     /// Build only these (as `--only`).
     #[serde(default)]
     pub only: Vec<String>,
+    /// Skip these builds (as `--except`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<String>,
     /// Build again even if this build id finished before.
     #[serde(default)]
     pub force: bool,

@@ -13,6 +13,7 @@ pub(crate) async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
         bucket,
         vars,
         only,
+        except,
         build_id,
         force,
         wait,
@@ -83,6 +84,7 @@ pub(crate) async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
         template: location,
         variables,
         only: only.to_vec(),
+        except: except.to_vec(),
         force,
         bake: None,
     };

@@ -160,7 +160,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// An integer: `30` or `"30"` (and templates rendering to a number).
+    /// An integer: `30` or `"30"` (and templates rendering to a number); `""` is unset.
     pub fn int(&mut self, key: &str) -> Option<i64> {
         let node = self.raw(key)?;
         match &node.value {
@@ -173,6 +173,9 @@ impl<'a> Fields<'a> {
                 let s = self.scalar_string(key, node, &[])?;
                 match s.trim().parse::<i64>() {
                     Ok(v) => Some(v),
+                    // Packer's weak decoder reads "" as the zero value, which means "unset"
+                    // for every number of the builder ("{{user `size`}}" with no size).
+                    Err(_) if s.trim().is_empty() => None,
                     Err(_) => {
                         self.error(key, format!("expected a whole number, got \"{s}\""));
                         None

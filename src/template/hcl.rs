@@ -865,16 +865,7 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
             ));
             continue;
         };
-        if kind != "amazon-chroot" {
-            diags.push(Diagnostic::error(
-                &b.loc,
-                &format!("source.{kind}.{name}"),
-                format!(
-                    "builder type `{kind}` is not supported: kiln runs `amazon-chroot` sources only"
-                ),
-            ));
-            continue;
-        }
+        // Sources of other builder types are an error only when a selected build uses them.
         if sources.insert(format!("{kind}.{name}"), b).is_some() {
             diags.push(Diagnostic::error(
                 &b.loc,
@@ -898,6 +889,8 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
     }
     let mut plans = Vec::new();
     let mut seen_names = BTreeSet::new();
+    // Selected builds of other builder types: (where, type, name), reported once all are known.
+    let mut unsupported: Vec<(Loc, String, String)> = Vec::new();
     for build in builds {
         let build_name = build
             .attr("name")
@@ -982,10 +975,20 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
                 .and_then(|a| eval(&a.expr, &ctx, &a.loc).ok())
                 .and_then(|n| n.as_str().map(str::to_owned))
                 .unwrap_or(src_name.clone());
+            let kind = key.split_once('.').map(|(k, _)| k).unwrap_or_default();
             let full = match &build_name {
-                Some(b) => format!("{b}.amazon-chroot.{local_name}"),
-                None => format!("amazon-chroot.{local_name}"),
+                Some(b) => format!("{b}.{kind}.{local_name}"),
+                None => format!("{kind}.{local_name}"),
             };
+            out.all_builds.push(full.clone());
+            // -only/-except pick builds before anything is validated, as in Packer.
+            if !inputs.selects(&full) {
+                continue;
+            }
+            if kind != "amazon-chroot" {
+                unsupported.push((loc.clone(), kind.to_owned(), full));
+                continue;
+            }
             if !seen_names.insert(full.clone()) {
                 diags.push(Diagnostic::error(
                     &loc,
@@ -1072,6 +1075,19 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
                 sensitive: sensitive.clone(),
             });
         }
+    }
+    let chroot_builds: Vec<String> = out
+        .all_builds
+        .iter()
+        .filter(|n| n.contains("amazon-chroot."))
+        .cloned()
+        .collect();
+    for (loc, kind, name) in unsupported {
+        diags.push(Diagnostic::error(
+            &loc,
+            "build.sources",
+            inputs.unsupported(&kind, &name, &chroot_builds),
+        ));
     }
     for s in sensitive_locals {
         out.masker.add(&s);

@@ -92,12 +92,39 @@ pub struct Inputs {
     pub vars: Vec<(String, String)>,
     /// `--var-file` paths, in order (later wins; `--var` beats them).
     pub var_files: Vec<PathBuf>,
-    /// `--only` build names.
+    /// `--only` build names (globs allowed).
     pub only: Vec<String>,
+    /// `--except` build names (globs allowed).
+    pub except: Vec<String>,
     /// The environment (`PKR_VAR_*` for HCL2, `env` in variables).
     pub env: BTreeMap<String, String>,
     /// The build's start time.
     pub now: OffsetDateTime,
+}
+
+impl Inputs {
+    /// Whether `--only`/`--except` select build `name` (Packer's rule: selected builds are the
+    /// only ones validated and run; others, of any builder type, are skipped).
+    pub fn selects(&self, name: &str) -> bool {
+        (self.only.is_empty() || self.only.iter().any(|o| only_matches(o, name)))
+            && !self.except.iter().any(|e| only_matches(e, name))
+    }
+
+    /// The message for a selected build of a builder type kiln does not run, naming the
+    /// `--only` that selects the template's chroot builds.
+    pub fn unsupported(&self, kind: &str, name: &str, chroot_builds: &[String]) -> String {
+        let hint = if chroot_builds.is_empty() {
+            "the template has no amazon-chroot build".to_owned()
+        } else {
+            format!(
+                "select its amazon-chroot builds with --only={}",
+                chroot_builds.join(",")
+            )
+        };
+        format!(
+            "build `{name}` uses builder type `{kind}`, which kiln does not run (kiln runs `amazon-chroot` builds only): {hint}"
+        )
+    }
 }
 
 impl Default for Inputs {
@@ -106,6 +133,7 @@ impl Default for Inputs {
             vars: Vec::new(),
             var_files: Vec::new(),
             only: Vec::new(),
+            except: Vec::new(),
             env: std::env::vars().collect(),
             now: OffsetDateTime::now_utc(),
         }
@@ -135,8 +163,10 @@ pub struct Plan {
 /// A loaded template: its builds and every diagnostic.
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
-    /// The builds (after `--only`). Empty when errors prevented resolving them.
+    /// The builds (after `--only`/`--except`). Empty when errors prevented resolving them.
     pub plans: Vec<Plan>,
+    /// The name of every build the template declares, of any builder type, selected or not.
+    pub all_builds: Vec<String>,
     /// Errors and warnings, in file order.
     pub diagnostics: Vec<Diagnostic>,
     /// Masks sensitive values in anything printed or stored.
@@ -233,24 +263,29 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
             }
         }
     }
-    if !inputs.only.is_empty() && !loaded.has_errors() {
-        let all: Vec<String> = loaded.plans.iter().map(|p| p.name.clone()).collect();
-        loaded
-            .plans
-            .retain(|p| inputs.only.iter().any(|o| only_matches(o, &p.name)));
-        if loaded.plans.is_empty() {
-            loaded.diagnostics.push(Diagnostic {
-                severity: Severity::Error,
-                file: name,
-                line: 0,
-                field: "--only".into(),
-                message: format!(
-                    "no build matches --only {}: the template has {}",
-                    inputs.only.join(","),
-                    all.join(", ")
-                ),
-            });
-        }
+    let selecting = !inputs.only.is_empty() || !inputs.except.is_empty();
+    if selecting && loaded.plans.is_empty() && !loaded.has_errors() {
+        let flags: Vec<String> = [("--only", &inputs.only), ("--except", &inputs.except)]
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(f, v)| format!("{f} {}", v.join(",")))
+            .collect();
+        loaded.diagnostics.push(Diagnostic {
+            severity: Severity::Error,
+            file: name,
+            line: 0,
+            field: if inputs.only.is_empty() {
+                "--except"
+            } else {
+                "--only"
+            }
+            .into(),
+            message: format!(
+                "no build is selected by {}: the template has {}",
+                flags.join(" "),
+                loaded.all_builds.join(", ")
+            ),
+        });
     }
     loaded
 }

@@ -64,12 +64,13 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
             return out;
         }
     };
+    // Packer refuses a template with a key twice in one object, at any depth.
     for d in dups {
-        out.diagnostics.push(Diagnostic::warning(
+        out.diagnostics.push(Diagnostic::error(
             &Loc::new(&file, d.line),
             &d.key,
             format!(
-                "duplicate key \"{}\": the last value wins (as in Packer)",
+                "template has duplicate field: {} (remove one of them)",
                 d.key
             ),
         ));
@@ -138,6 +139,20 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
     }
     let mut names = BTreeSet::new();
     let mut plans = Vec::new();
+    let name_of = |b: &Node| {
+        let kind = b.get("type").and_then(Node::as_str).unwrap_or("");
+        b.get("name")
+            .and_then(Node::as_str)
+            .unwrap_or(kind)
+            .to_owned()
+    };
+    out.all_builds = builders.iter().map(name_of).collect();
+    let chroot_builds: Vec<String> = builders
+        .iter()
+        .filter(|b| b.get("type").and_then(Node::as_str) == Some("amazon-chroot"))
+        .map(name_of)
+        .collect();
+    let diags = &mut out.diagnostics;
     for (i, b) in builders.iter().enumerate() {
         let kind = b.get("type").and_then(Node::as_str).unwrap_or("");
         let name = b
@@ -154,8 +169,16 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
             ));
             continue;
         }
+        // -only/-except pick builds before anything is validated, as in Packer.
+        if !inputs.selects(&name) {
+            continue;
+        }
         if kind != "amazon-chroot" {
-            diags.push(Diagnostic::error(&b.loc, &format!("{path}.type"), format!("builder type `{kind}` is not supported: kiln runs `amazon-chroot` builders only")));
+            diags.push(Diagnostic::error(
+                &b.loc,
+                &format!("{path}.type"),
+                inputs.unsupported(kind, &name, &chroot_builds),
+            ));
             continue;
         }
         if !names.insert(name.clone()) {
@@ -316,10 +339,13 @@ fn resolve_variables(
                 for item in items {
                     match item.as_str() {
                         Some(n) if declared.contains(n) => sensitive.push(n.to_owned()),
-                        Some(n) => diags.push(Diagnostic::error(
+                        // Packer ignores names it has no variable for.
+                        Some(n) => diags.push(Diagnostic::warning(
                             &item.loc,
                             "sensitive-variables",
-                            format!("sensitive variable `{n}` is not declared in `variables`"),
+                            format!(
+                                "sensitive variable `{n}` is not declared in `variables`: ignored"
+                            ),
                         )),
                         None => diags.push(Diagnostic::error(
                             &item.loc,

@@ -297,6 +297,7 @@ async fn uploaded(
         },
         variables: BTreeMap::new(),
         only: Vec::new(),
+        except: Vec::new(),
         force: false,
         bake,
     };
@@ -497,6 +498,7 @@ async fn nightly(
             },
             variables: n.variables.clone(),
             only: Vec::new(),
+            except: Vec::new(),
             force: n.force,
             bake: Some(bake),
         };

@@ -321,6 +321,7 @@ async fn run_request(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         only: req.only.clone(),
+        except: req.except.clone(),
         ..Inputs::default()
     };
     // A file of a directory template names the whole directory.

@@ -391,7 +391,6 @@ fn json_quirks_real_templates_use() {
   "builders": [{
     "_comment": "inside a builder",
     "type": "amazon-chroot",
-    "ami_name": "first",
     "ami_name": "{{ user `name` | clean_resource_name }}-{{timestamp | clean_resource_name}}",
     "ami_description": "{{clean_ami_name `a:b`}} from {{user `undeclared`}}",
     "source_ami": "ami-1",
@@ -409,10 +408,7 @@ fn json_quirks_real_templates_use() {
     let l = template::load(&p, &i);
     assert!(errors(&l).is_empty(), "{:?}", errors(&l));
     let c = &l.plans[0].config;
-    assert_eq!(
-        c.ami_name, "My App- v1-1709622489",
-        "duplicate key: the last wins; pipes"
-    );
+    assert_eq!(c.ami_name, "My App- v1-1709622489", "pipes");
     assert_eq!(c.region.as_deref(), Some("eu-west-1"));
     assert_eq!(
         c.pre_mount_commands[0], "mkfs.ext4 -L root {{.Device}}1",
@@ -423,7 +419,6 @@ fn json_quirks_real_templates_use() {
     assert_eq!(c.tags["Source"], "{{.SourceAMI}}");
     assert_eq!(c.ami_description.as_deref(), Some("a-b from "));
     let w = warnings(&l).join("\n");
-    assert!(w.contains("duplicate key \"ami_name\""), "{w}");
     assert!(w.contains("`clean_ami_name` is deprecated"), "{w}");
     assert!(
         w.contains("variable `undeclared` is used but not declared"),
@@ -469,7 +464,7 @@ fn json_structure_errors_name_what_and_where() {
         ),
         (
             r#"{"builders": [{"type": "amazon-ebs", "ami_name": "x"}]}"#,
-            "builder type `amazon-ebs` is not supported: kiln runs `amazon-chroot` builders only",
+            "build `amazon-ebs` uses builder type `amazon-ebs`, which kiln does not run (kiln runs `amazon-chroot` builds only): the template has no amazon-chroot build",
         ),
         (
             r#"{"builderz": []}"#,
@@ -616,8 +611,123 @@ fn provisioners_only_except_override_and_post_processors() {
     assert!(
         errors(&l)
             .join("\n")
-            .contains("no build matches --only c: the template has a, b")
+            .contains("no build is selected by --only c: the template has a, b")
     );
+}
+
+/// `-only`/`-except` select builds before anything is validated, with Packer's names and globs:
+/// builds of other builder types are then not errors; a selected one names the `--only` that
+/// picks the chroot builds. (Compared with `packer validate` 1.6.6 on the same templates.)
+#[test]
+fn only_and_except_select_builds_before_validation() {
+    let json = r#"{
+  "builders": [
+    {"type": "amazon-ebs", "name": "ebs", "source_ami": "ami-1", "instance_type": "t3.micro", "ami_name": "a"},
+    {"type": "amazon-chroot", "source_ami": "ami-12345678", "ami_name": "chroot-{{timestamp}}"},
+    {"type": "amazon-chroot", "name": "broken", "source_ami": "ami-12345678", "ami_name": "x"}
+  ]
+}"#;
+    let names = |l: &Loaded| l.plans.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+    let mut i = inputs();
+    let l = load_file("multi.json", json, &i);
+    let e = errors(&l).join("\n");
+    assert!(
+        e.contains("build `ebs` uses builder type `amazon-ebs`, which kiln does not run")
+            && e.contains("select its amazon-chroot builds with --only=amazon-chroot,broken"),
+        "{e}"
+    );
+    for (only, except, want) in [
+        (vec!["amazon-chroot"], vec![], vec!["amazon-chroot"]),
+        (vec!["amazon-*"], vec![], vec!["amazon-chroot"]),
+        (vec![], vec!["ebs", "broken"], vec!["amazon-chroot"]),
+    ] {
+        i.only = only.iter().map(|s| s.to_string()).collect();
+        i.except = except.iter().map(|s| s.to_string()).collect();
+        let l = load_file("multi.json", json, &i);
+        assert!(
+            errors(&l).is_empty(),
+            "{only:?} {except:?}: {:?}",
+            errors(&l)
+        );
+        assert_eq!(names(&l), want, "{only:?} {except:?}");
+    }
+    // The unselected broken build is not validated; selected, it is.
+    i.only = vec!["broken".into()];
+    i.except = vec![];
+    let l = load_file("multi.json", json, &i);
+    assert!(
+        errors(&l)
+            .join("\n")
+            .contains("ami_name must be between 3 and 128")
+    );
+
+    let hcl = r#"
+source "amazon-ebs" "web" {
+  ami_name = "x"
+}
+source "amazon-chroot" "web" {
+  source_ami = "ami-12345678"
+  ami_name   = "chroot-web"
+}
+build {
+  name    = "app"
+  sources = ["source.amazon-ebs.web", "source.amazon-chroot.web"]
+}
+"#;
+    let mut i = inputs();
+    let e = errors(&load_file("m.pkr.hcl", hcl, &i)).join("\n");
+    assert!(
+        e.contains("build `app.amazon-ebs.web` uses builder type `amazon-ebs`")
+            && e.contains("--only=app.amazon-chroot.web"),
+        "{e}"
+    );
+    for only in [
+        "app.amazon-chroot.web",
+        "amazon-chroot.web",
+        "amazon-chroot.*",
+        "app.*chroot*",
+    ] {
+        i.only = vec![only.into()];
+        let l = load_file("m.pkr.hcl", hcl, &i);
+        assert!(errors(&l).is_empty(), "{only}: {:?}", errors(&l));
+        assert_eq!(names(&l), vec!["app.amazon-chroot.web"], "{only}");
+    }
+    i.only = vec![];
+    i.except = vec!["app.amazon-ebs.web".into()];
+    assert_eq!(
+        names(&load_file("m.pkr.hcl", hcl, &i)),
+        vec!["app.amazon-chroot.web"]
+    );
+}
+
+/// Packer's JSON decoder: a key twice in one object is an error naming it and its line; an empty
+/// string for a number is unset; undeclared `sensitive-variables` are ignored (a warning here).
+#[test]
+fn json_duplicates_empty_numbers_and_unknown_sensitive_names() {
+    let l = load_file(
+        "dup.json",
+        "{\n  \"builders\": [{\"type\": \"amazon-chroot\", \"source_ami\": \"ami-12345678\",\n    \"ami_name\": \"abc\", \"ami_name\": \"abcd\"}]\n}",
+        &inputs(),
+    );
+    let e = errors(&l).join("\n");
+    assert!(
+        e.contains("dup.json:3: ami_name: template has duplicate field: ami_name"),
+        "{e}"
+    );
+    let l = load_file(
+        "empty.json",
+        r#"{"variables": {"size": ""}, "sensitive-variables": ["nope"],
+            "builders": [{"type": "amazon-chroot", "source_ami": "ami-12345678", "ami_name": "abc",
+                          "root_volume_size": "{{user `size`}}", "force_deregister": ""}]}"#,
+        &inputs(),
+    );
+    assert!(errors(&l).is_empty(), "{:?}", errors(&l));
+    assert_eq!(
+        l.plans[0].config.root_volume_size, None,
+        "the source's size"
+    );
+    assert!(!l.plans[0].config.force_deregister);
+    assert!(warnings(&l).join("\n").contains("`nope` is not declared"));
 }
 
 #[test]
@@ -967,8 +1077,8 @@ fn hcl_errors_name_what_and_where() {
             "the template has no build block",
         ),
         (
-            "source \"amazon-ebs\" \"x\" {\n  ami_name = \"abc\"\n}\n",
-            "builder type `amazon-ebs` is not supported",
+            "source \"amazon-ebs\" \"x\" {\n  ami_name = \"abc\"\n}\nbuild {\n  sources = [\"source.amazon-ebs.x\"]\n}\n",
+            "f.pkr.hcl:5: build.sources: build `amazon-ebs.x` uses builder type `amazon-ebs`, which kiln does not run",
         ),
         (
             "source \"amazon-chroot\" \"x\" {\n  ami_name = \"abc\"\n  source_ami = \"ami-1\"\n  instance_type = \"t3.micro\"\n}\nbuild {\n  sources = [\"source.amazon-chroot.x\"]\n}\n",
