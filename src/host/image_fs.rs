@@ -241,6 +241,16 @@ impl ImageFs {
         }
     }
 
+    /// Removes `path` and everything below it (never following links). Missing is fine.
+    pub fn remove_all(&self, path: &str) -> Result<(), HostError> {
+        let p = in_image(path);
+        match self.root.remove_all(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(err("removing", &p)(e)),
+        }
+    }
+
     /// Renames `from` to `to`, both inside the image.
     pub fn rename(&self, from: &str, to: &str) -> Result<(), HostError> {
         let (f, t) = (in_image(from), in_image(to));

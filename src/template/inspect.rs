@@ -204,6 +204,29 @@ pub fn render(plan: &Plan, masker: &Masker) -> String {
                 };
                 let _ = writeln!(o, "       {}: {from} -> {}", f.direction, f.destination);
             }
+            Kind::Ansible(a) => {
+                let _ = writeln!(
+                    o,
+                    "       {} {} (chroot connection, host {})",
+                    a.command,
+                    a.playbook_file.display(),
+                    a.host_alias
+                );
+                if !a.extra_arguments.is_empty() {
+                    let _ = writeln!(o, "       arguments: {}", a.extra_arguments.join(" "));
+                }
+            }
+            Kind::AnsibleLocal(a) => {
+                for pb in &a.playbook_files {
+                    let _ = writeln!(
+                        o,
+                        "       {} {} (in the image, staged in {})",
+                        a.command,
+                        pb.display(),
+                        a.staging_directory
+                    );
+                }
+            }
         }
     }
     if !plan.post_processors.is_empty() {

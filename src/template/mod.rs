@@ -3,6 +3,7 @@
 //! validated [`Plan`] that the pipeline runs. Nothing here touches AWS or the host: loading a
 //! template reads the template's files (and `file()`/scripts it names) and nothing else.
 
+pub mod ansible;
 pub mod config;
 pub mod decode;
 pub mod functions;

@@ -1,5 +1,6 @@
-//! Provisioners and post-processors: what runs inside the chroot (`shell`, `file`) or on the host
-//! (`shell-local`), decoded and validated with Packer's field names, defaults and messages.
+//! Provisioners and post-processors: what runs inside the chroot (`shell`, `file`,
+//! `ansible-local`) or on the host (`shell-local`, `ansible` against the chroot), decoded and
+//! validated with Packer's field names, defaults and messages (ansible's in `ansible.rs`).
 
 use super::decode::Fields;
 use super::node::{Node, Value};
@@ -13,18 +14,6 @@ pub const DEFAULT_EXECUTE_COMMAND: &str = "chmod +x {{.Path}}; {{.Vars}} {{.Path
 pub const DEFAULT_SHEBANG: &str = "/bin/sh -e";
 /// Packer's default shell-local `execute_command` (Linux).
 pub const DEFAULT_LOCAL_EXECUTE_COMMAND: &str = "/bin/sh -c {{.Vars}} {{.Script}}";
-
-/// Provisioner types kiln does not run yet, with what to do instead.
-const LATER: &[(&str, &str)] = &[
-    (
-        "ansible",
-        "kiln does not run the ansible provisioner yet; run ansible-playbook from a shell-local provisioner with `--connection=chroot` and the mount path, or use shell",
-    ),
-    (
-        "ansible-local",
-        "kiln does not run the ansible-local provisioner yet; install ansible in the image and call ansible-playbook from a shell provisioner",
-    ),
-];
 
 /// One provisioner with its common options.
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +55,10 @@ pub enum Kind {
     File(File),
     /// `shell-local`: commands on the host.
     ShellLocal(Shell),
+    /// `ansible`: ansible-playbook on the host against the chroot.
+    Ansible(super::ansible::Ansible),
+    /// `ansible-local`: ansible-playbook inside the image.
+    AnsibleLocal(super::ansible::AnsibleLocal),
 }
 
 /// `shell` and `shell-local`.
@@ -365,17 +358,23 @@ pub fn decode(
             p.kind = Kind::File(file);
             Some(p)
         }
+        "ansible" => {
+            let mut p = common(f, kind_name, name, &loc);
+            p.kind = Kind::Ansible(super::ansible::decode(f, template_dir));
+            Some(p)
+        }
+        "ansible-local" => {
+            let mut p = common(f, kind_name, name, &loc);
+            p.kind = Kind::AnsibleLocal(super::ansible::decode_local(f, template_dir));
+            Some(p)
+        }
         other => {
-            if let Some((_, why)) = LATER.iter().find(|(k, _)| *k == other) {
-                f.error("type", format!("provisioner `{other}`: {why}"));
-            } else {
-                f.error(
-                    "type",
-                    format!(
-                        "unknown provisioner type `{other}`: kiln runs shell, file and shell-local"
-                    ),
-                );
-            }
+            f.error(
+                "type",
+                format!(
+                    "unknown provisioner type `{other}`: kiln runs shell, file, shell-local, ansible and ansible-local"
+                ),
+            );
             None
         }
     }

@@ -2,7 +2,9 @@
 //! They run against the emulator started by `scripts/emulator up` and, where they need it, real
 //! loop devices and mounts (as root). Every test uses its own names and cleans up after itself.
 
+mod ansible;
 mod checkpoint;
+mod debian;
 mod emulator;
 mod emulator_strict;
 mod exactly_once;

@@ -49,9 +49,20 @@ fn kiln_command(template: &Path, extra: &[String]) -> Command {
 
 /// Runs `kiln build`; returns (success, result document, stderr).
 pub(crate) fn build(template: &Path, extra: &[String]) -> (bool, Value, String) {
-    let out = kiln_command(template, extra)
-        .output()
-        .expect("run kiln build");
+    build_env(template, extra, &[])
+}
+
+/// [`build`] with extra environment for `kiln build`.
+pub(crate) fn build_env(
+    template: &Path,
+    extra: &[String],
+    env: &[(&str, String)],
+) -> (bool, Value, String) {
+    let mut c = kiln_command(template, extra);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().expect("run kiln build");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let doc: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("kiln build printed no result ({e}); stderr:\n{stderr}"));

@@ -475,13 +475,13 @@ fn json_structure_errors_name_what_and_where() {
             &format!(
                 r#"{{"builders": [{{"type": "amazon-chroot", {BASE}}}], "provisioners": [{{"type": "ansible", "playbook_file": "x.yml"}}]}}"#
             ),
-            "provisioner `ansible`: kiln does not run the ansible provisioner yet",
+            "provisioners[0].playbook_file: playbook_file: x.yml is invalid: stat x.yml: no such file or directory",
         ),
         (
             &format!(
                 r#"{{"builders": [{{"type": "amazon-chroot", {BASE}}}], "provisioners": [{{"type": "ansible-local"}}]}}"#
             ),
-            "provisioner `ansible-local`",
+            "provisioners[0].playbook_file: Either playbook_file or playbook_files must be specified",
         ),
         (
             &format!(
@@ -1086,7 +1086,7 @@ fn hcl_errors_name_what_and_where() {
         ),
         (
             "source \"amazon-chroot\" \"x\" {\n  ami_name = \"abc\"\n  source_ami = \"ami-1\"\n}\nbuild {\n  sources = [\"source.amazon-chroot.x\"]\n  provisioner \"ansible\" {\n    playbook_file = \"x.yml\"\n  }\n}\n",
-            "f.pkr.hcl:7: build.provisioner[0] \"ansible\".type: provisioner `ansible`",
+            "f.pkr.hcl:8: build.provisioner[0] \"ansible\".playbook_file: playbook_file: x.yml is invalid: stat x.yml: no such file or directory",
         ),
         (
             "data \"amazon-secretsmanager\" \"s\" {}\n",

@@ -3,6 +3,7 @@
 //! safe to run after a partial `run` and safe to run twice.
 
 mod allocate_device;
+mod ansible;
 mod attach_volume;
 mod copy_files;
 mod copy_regions;

@@ -117,34 +117,54 @@ async fn run_shell(b: &Build, label: &str, s: &Shell, local: bool) -> Result<(),
                 ("Command", inner_path.clone()),
             ],
         )?;
-        let chroot_cmd = format!(
-            "chroot {} /bin/sh -c {}",
-            shell_quote(&mp.display().to_string()),
-            shell_quote(&inner)
-        );
-        let wrapped = b.render(
-            "command_wrapper",
-            &b.plan.config.command_wrapper,
-            &[("Command", chroot_cmd)],
-        )?;
-        let cmd = ShellCommand {
-            name: label.to_owned(),
-            display: b.masker.mask(&format!("{inner}  ({what})")),
-            script: wrapped,
-            env: Vec::new(),
-            valid_exit_codes: codes.clone(),
-        };
-        (b.sink)(label, &format!("$ {}", cmd.display));
-        let result = command::run(&cmd, &b.sink, &b.cancel).await;
+        let result = in_chroot(b, label, &inner, &format!("{inner}  ({what})"), &codes).await;
         if let Err(e) = image.remove(&inner_path) {
             tracing::warn!(error = %e, "the staged script stays in the image");
         }
-        result.map_err(map_cancel)?;
+        result?;
     }
     Ok(())
 }
 
-fn map_cancel(e: HostError) -> StepError {
+/// Runs `inner` with `/bin/sh -c` inside the chroot (`chroot MOUNT /bin/sh -c ...` through
+/// `command_wrapper`, a child in its own process group), its output under `label`; `display` is
+/// what logs show (masked). Succeeds on an exit code in `codes`.
+pub(super) async fn in_chroot(
+    b: &Build,
+    label: &str,
+    inner: &str,
+    display: &str,
+    codes: &[i32],
+) -> Result<(), StepError> {
+    let mp = b
+        .state
+        .mount_path
+        .clone()
+        .ok_or_else(|| super::invalid("no mount path"))?;
+    let chroot_cmd = format!(
+        "chroot {} /bin/sh -c {}",
+        shell_quote(&mp.display().to_string()),
+        shell_quote(inner)
+    );
+    let wrapped = b.render(
+        "command_wrapper",
+        &b.plan.config.command_wrapper,
+        &[("Command", chroot_cmd)],
+    )?;
+    let cmd = ShellCommand {
+        name: label.to_owned(),
+        display: b.masker.mask(display),
+        script: wrapped,
+        env: Vec::new(),
+        valid_exit_codes: codes.to_vec(),
+    };
+    (b.sink)(label, &format!("$ {}", cmd.display));
+    command::run(&cmd, &b.sink, &b.cancel)
+        .await
+        .map_err(map_cancel)
+}
+
+pub(super) fn map_cancel(e: HostError) -> StepError {
     match e {
         HostError::Cancelled(_) => StepError::Cancelled,
         other => StepError::Host(other),
@@ -207,6 +227,8 @@ async fn run_one(b: &Build, label: &str, p: &Provisioner) -> Result<(), StepErro
         Kind::Shell(s) => run_shell(b, label, s, false).await,
         Kind::ShellLocal(s) => run_shell(b, label, s, true).await,
         Kind::File(f) => run_file(b, label, f),
+        Kind::Ansible(a) => super::ansible::run(b, label, a).await,
+        Kind::AnsibleLocal(a) => super::ansible::run_local(b, label, a).await,
     }
 }
 

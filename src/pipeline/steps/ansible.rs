@@ -1,0 +1,322 @@
+//! The `ansible` and `ansible-local` provisioners (part of step `provision`).
+//!
+//! `ansible` runs `ansible-playbook` on the builder host against the chroot: kiln writes an
+//! inventory whose host (`host_alias`, default `default`) has `ansible_connection=chroot` and the
+//! mount path as `ansible_host`, so the playbook's tasks run inside the image. A template that
+//! passes its own inventory (`inventory_file`, or `-i` in `extra_arguments` with
+//! `--connection=chroot`, as Packer's documentation shows) runs as written.
+//!
+//! `ansible-local` stages the playbook and its files inside the image (through `ImageFs`, so paths
+//! resolve within the mount) and runs the image's own `ansible-playbook` there with a local
+//! connection, as Packer does over its communicator.
+
+use super::provision::{in_chroot, map_cancel};
+use crate::host::HostError;
+use crate::host::command::{self, ShellCommand, shell_quote};
+use crate::host::image_fs::ImageFs;
+use crate::pipeline::{Build, StepError};
+use crate::template::ansible::{Ansible, AnsibleLocal};
+use std::path::{Path, PathBuf};
+
+/// Environment kiln gives ansible unless the template's `ansible_env_vars` say otherwise: plain
+/// output for logs (no colour codes), no retry files next to the playbook, unbuffered output.
+const BASE_ENV: &[(&str, &str)] = &[
+    ("ANSIBLE_NOCOLOR", "1"),
+    ("ANSIBLE_FORCE_COLOR", "0"),
+    ("ANSIBLE_RETRY_FILES_ENABLED", "False"),
+    ("PYTHONUNBUFFERED", "1"),
+];
+
+/// The `--extra-vars` Packer passes to every playbook.
+fn packer_vars(b: &Build) -> String {
+    format!(
+        "packer_build_name={} packer_builder_type=amazon-chroot packer_http_addr=",
+        b.plan.name
+    )
+}
+
+fn quoted(args: &[String]) -> String {
+    args.iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether `extra_arguments` name an inventory of their own.
+fn names_inventory(args: &[String]) -> bool {
+    args.iter().any(|a| {
+        a.starts_with("-i") || a.starts_with("--inventory") || a.starts_with("--inventory-file")
+    })
+}
+
+/// The inventory kiln writes for `ansible`: the host reached through the chroot connection.
+fn inventory(a: &Ansible, mount: &Path) -> String {
+    let mut host = format!(
+        "{} ansible_host={} ansible_connection=chroot",
+        a.host_alias,
+        mount.display()
+    );
+    if let Some(u) = &a.user {
+        host.push_str(&format!(" ansible_user={u}"));
+    }
+    let mut text = format!("{host}\n");
+    for g in &a.groups {
+        text.push_str(&format!("[{g}]\n{}\n", a.host_alias));
+    }
+    for g in &a.empty_groups {
+        text.push_str(&format!("[{g}]\n"));
+    }
+    text
+}
+
+async fn host_command(
+    b: &Build,
+    label: &str,
+    argv: &[String],
+    env: &[(String, String)],
+) -> Result<(), StepError> {
+    let script = quoted(argv);
+    let cmd = ShellCommand {
+        name: label.to_owned(),
+        display: b.masker.mask(&script),
+        script,
+        env: env.to_vec(),
+        valid_exit_codes: vec![0],
+    };
+    (b.sink)(label, &format!("$ {}", cmd.display));
+    command::run(&cmd, &b.sink, &b.cancel)
+        .await
+        .map_err(map_cancel)
+}
+
+fn env_of(a: &Ansible) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = BASE_ENV
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    if let Some(p) = &a.roles_path {
+        env.push(("ANSIBLE_ROLES_PATH".into(), p.display().to_string()));
+    }
+    if let Some(p) = &a.collections_path {
+        env.push(("ANSIBLE_COLLECTIONS_PATH".into(), p.display().to_string()));
+    }
+    for kv in &a.ansible_env_vars {
+        if let Some((k, v)) = kv.split_once('=') {
+            env.push((k.to_owned(), v.to_owned()));
+        }
+    }
+    env
+}
+
+/// Runs the `ansible` provisioner. Side effects: whatever the playbook does inside the image; a
+/// temporary inventory on the host (kept with `keep_inventory_file`). Runs the playbook again if
+/// called twice.
+pub async fn run(b: &Build, label: &str, a: &Ansible) -> Result<(), StepError> {
+    let mp = b
+        .state
+        .mount_path
+        .clone()
+        .ok_or_else(|| super::invalid("no mount path"))?;
+    let env = env_of(a);
+    if !a.skip_version_check {
+        host_command(b, label, &[a.command.clone(), "--version".into()], &env)
+            .await
+            .map_err(|e| {
+                super::invalid(format!(
+                    "{label}: `{} --version` failed: is Ansible installed on the builder? (`pip install ansible`, or scripts/setup; set skip_version_check to skip this check): {e}",
+                    a.command
+                ))
+            })?;
+    }
+    if let Some(g) = &a.galaxy_file {
+        let mut argv = vec![
+            a.galaxy_command.clone(),
+            "install".into(),
+            "-r".into(),
+            g.display().to_string(),
+        ];
+        if let Some(p) = &a.roles_path {
+            argv.extend(["-p".into(), p.display().to_string()]);
+        }
+        if a.galaxy_force_install {
+            argv.push("--force".into());
+        }
+        host_command(b, &format!("{label} galaxy"), &argv, &env).await?;
+    }
+    let written: Option<PathBuf> = match (&a.inventory_file, names_inventory(&a.extra_arguments)) {
+        (None, false) => {
+            let dir = a
+                .inventory_directory
+                .clone()
+                .unwrap_or_else(std::env::temp_dir);
+            let path = dir.join(format!(
+                "kiln-ansible-inventory-{}",
+                uuid::Uuid::new_v4().simple()
+            ));
+            std::fs::write(&path, inventory(a, &mp))
+                .map_err(HostError::io("writing the inventory", &path))?;
+            Some(path)
+        }
+        _ => None,
+    };
+    let mut argv = vec![a.command.clone(), "--extra-vars".into(), packer_vars(b)];
+    if let Some(inv) = written.as_ref().or(a.inventory_file.as_ref()) {
+        argv.extend(["-i".into(), inv.display().to_string()]);
+    }
+    argv.extend(a.extra_arguments.iter().cloned());
+    argv.push(a.playbook_file.display().to_string());
+    let result = host_command(b, label, &argv, &env).await;
+    if let Some(inv) = written {
+        if a.keep_inventory_file {
+            (b.sink)(label, &format!("inventory kept at {}", inv.display()));
+        } else if let Err(e) = std::fs::remove_file(&inv) {
+            tracing::warn!(path = %inv.display(), error = %e, "the inventory stays");
+        }
+    }
+    result
+}
+
+/// Uploads what `ansible-local` needs into `staging` inside the image; returns the playbooks'
+/// paths relative to `staging`, and the inventory's.
+fn stage(
+    image: &ImageFs,
+    a: &AnsibleLocal,
+    staging: &str,
+) -> Result<(Vec<String>, String), StepError> {
+    image.mkdir_all(staging)?;
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    if let Some(dir) = &a.playbook_dir {
+        image.upload(dir, staging)?;
+    }
+    let mut playbooks = Vec::new();
+    for pb in &a.playbook_files {
+        let inside_dir = a
+            .playbook_dir
+            .as_ref()
+            .and_then(|d| pb.strip_prefix(d).ok())
+            .map(|r| r.display().to_string());
+        match inside_dir {
+            Some(rel) => playbooks.push(rel),
+            None => {
+                image.upload(pb, &format!("{staging}/{}", name(pb)))?;
+                playbooks.push(name(pb));
+            }
+        }
+    }
+    for r in &a.role_paths {
+        image.upload(r, &format!("{staging}/roles/{}", name(r)))?;
+    }
+    for (dir, to) in [(&a.group_vars, "group_vars"), (&a.host_vars, "host_vars")] {
+        if let Some(d) = dir {
+            image.upload(d, &format!("{staging}/{to}"))?;
+        }
+    }
+    if let Some(g) = &a.galaxy_file {
+        image.upload(g, &format!("{staging}/{}", name(g)))?;
+    }
+    let inventory = match &a.inventory_file {
+        Some(inv) => {
+            image.upload(inv, &format!("{staging}/{}", name(inv)))?;
+            name(inv)
+        }
+        None => {
+            let mut text = String::new();
+            if a.inventory_groups.is_empty() {
+                text.push_str("127.0.0.1\n");
+            }
+            for g in &a.inventory_groups {
+                text.push_str(&format!("[{g}]\n127.0.0.1\n"));
+            }
+            let inv = format!(
+                "packer-provisioner-ansible-local-{}.inventory",
+                uuid::Uuid::new_v4().simple()
+            );
+            image.write(&format!("{staging}/{inv}"), text.as_bytes(), 0o644)?;
+            inv
+        }
+    };
+    Ok((playbooks, inventory))
+}
+
+/// Runs the `ansible-local` provisioner. Side effects: the staging directory inside the image
+/// (removed with `clean_staging_directory`), and whatever the playbooks do. Runs them again if
+/// called twice.
+pub async fn run_local(b: &Build, label: &str, a: &AnsibleLocal) -> Result<(), StepError> {
+    let mp = b
+        .state
+        .mount_path
+        .clone()
+        .ok_or_else(|| super::invalid("no mount path"))?;
+    let image = ImageFs::open(&mp)?;
+    let staging = a.staging_directory.trim_end_matches('/').to_owned();
+    let (playbooks, inventory) = stage(&image, a, &staging)?;
+    let env: String = BASE_ENV
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cd = format!("cd {}", shell_quote(&staging));
+    let mut result = Ok(());
+    if let Some(g) = &a.galaxy_file {
+        let g = g
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let inner = format!(
+            "{cd} && {env} {} install -r {} -p roles",
+            a.galaxy_command,
+            shell_quote(&g)
+        );
+        result = in_chroot(b, &format!("{label} galaxy"), &inner, &inner, &[0]).await;
+    }
+    for pb in &playbooks {
+        if result.is_err() {
+            break;
+        }
+        let inner = format!(
+            "{cd} && {env} {} {} --extra-vars {} -c local -i {} {}",
+            a.command,
+            shell_quote(pb),
+            shell_quote(&packer_vars(b)),
+            shell_quote(&inventory),
+            quoted(&a.extra_arguments)
+        );
+        result = in_chroot(b, label, &inner, &inner, &[0]).await;
+    }
+    if a.clean_staging_directory
+        && let Err(e) = image.remove_all(&staging)
+    {
+        tracing::warn!(error = %e, "the staging directory stays in the image");
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inventory_has_the_chroot_host_and_groups() {
+        let a = Ansible {
+            host_alias: "default".into(),
+            groups: vec!["web".into()],
+            empty_groups: vec!["db".into()],
+            user: Some("root".into()),
+            ..Ansible::default()
+        };
+        assert_eq!(
+            inventory(&a, Path::new("/mnt/x")),
+            "default ansible_host=/mnt/x ansible_connection=chroot ansible_user=root\n[web]\ndefault\n[db]\n"
+        );
+        assert!(names_inventory(&["--inventory-file=/mnt/x,".into()]));
+        assert!(names_inventory(&["-i".into(), "x".into()]));
+        assert!(!names_inventory(&[
+            "--connection=chroot".into(),
+            "-vvv".into()
+        ]));
+    }
+}
