@@ -53,6 +53,11 @@ pub struct TemplateLocation {
     /// A specific object version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_id: Option<String>,
+    /// The prefix that stands for the working directory (`kiln submit` sets it): every file
+    /// below it is fetched, laid out as below it, and the template's relative paths resolve from
+    /// there, as from Packer's working directory. Default: the template's own directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
 }
 
 /// A build request.

@@ -14,16 +14,25 @@ pub struct ListError {
     pub retryable: bool,
 }
 
-/// The template `key`'s directory prefix (`a/b/` for `a/b/t.pkr.hcl`; `None` at the top), and the
-/// keys to fetch: the template first, then the files beside it (recursively, no folders).
+/// The template's working-directory prefix — `root` when given (`kiln submit` uploads a
+/// template with the files it references, relative to the working directory), otherwise the
+/// template `key`'s own directory (`a/b/` for `a/b/t.pkr.hcl`; `None` at the top) — and the keys
+/// to fetch: the template first, then every file below the prefix (recursively, no folders).
 ///
 /// Side effects: one ListObjectsV2. Safe to call again.
 pub async fn keys(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
+    root: Option<&str>,
 ) -> Result<(Option<String>, Vec<String>), ListError> {
-    let prefix = key.rsplit_once('/').map(|(p, _)| format!("{p}/"));
+    let prefix = match root
+        .map(|r| r.trim_end_matches('/'))
+        .filter(|r| !r.is_empty())
+    {
+        Some(r) => Some(format!("{r}/")),
+        None => key.rsplit_once('/').map(|(p, _)| format!("{p}/")),
+    };
     let mut keys = vec![key.to_owned()];
     let Some(p) = &prefix else {
         return Ok((prefix, keys));

@@ -71,7 +71,7 @@ build {
   }
 
   provisioner "file" {
-    source      = "files/busybox/issue"
+    source      = "${path.root}/files/busybox/issue"
     destination = "/etc/issue"
   }
 

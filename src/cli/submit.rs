@@ -32,30 +32,50 @@ pub(crate) async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
             bucket: b.to_owned(),
             key: k.to_owned(),
             version_id: None,
+            root: None,
         }
     } else {
         let path = std::path::Path::new(template);
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        let name = path
-            .file_name()
-            .context("the template path has no file name")?
-            .to_string_lossy()
-            .into_owned();
         // Not under the trigger's `templates/` prefix: an upload there would start a second build.
         let prefix = format!("submissions/{build_id}");
-        // The template and the files beside it (scripts, uploads), as the worker fetches them.
-        let files = kiln::worker::fetch::template_files(path).map_err(anyhow::Error::msg)?;
+        // The working directory is the root: the template and every file it references, at
+        // their paths relative to it, as the worker lays them out and resolves them.
+        let cwd = std::env::current_dir().context("reading the working directory")?;
+        let rel = |f: &std::path::Path| {
+            std::path::absolute(f)
+                .ok()
+                .and_then(|a| a.strip_prefix(&cwd).ok().map(|r| r.display().to_string()))
+        };
+        let template_rel = rel(path).with_context(|| {
+            format!(
+                "{template} is outside the working directory: run kiln submit from a directory that holds the template and its files (as you would run packer build)"
+            )
+        })?;
+        let inputs = kiln::template::Inputs {
+            vars: variables_of(vars)?.into_iter().collect(),
+            only: only.to_vec(),
+            except: except.to_vec(),
+            ..kiln::template::Inputs::default()
+        };
+        let loaded = kiln::template::load(&kiln::template::directory_of(path), &inputs);
+        let referenced: Vec<std::path::PathBuf> =
+            loaded.plans.iter().flat_map(|p| p.local_files()).collect();
+        let files =
+            kiln::worker::fetch::template_files(path, &referenced).map_err(anyhow::Error::msg)?;
         for f in files {
-            let rel = f.strip_prefix(dir).unwrap_or(&f).display().to_string();
+            let Some(key_rel) = rel(&f) else {
+                eprintln!(
+                    "kiln submit: {} is outside the working directory and is not uploaded; the worker looks for it at that path",
+                    f.display()
+                );
+                continue;
+            };
             let body = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
             clients
                 .s3
                 .put_object()
                 .bucket(bucket)
-                .key(format!("{prefix}/{rel}"))
+                .key(format!("{prefix}/{key_rel}"))
                 .body(body.into())
                 .send()
                 .await
@@ -69,15 +89,12 @@ pub(crate) async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
         }
         kiln::worker::request::TemplateLocation {
             bucket: bucket.to_owned(),
-            key: format!("{prefix}/{name}"),
+            key: format!("{prefix}/{template_rel}"),
             version_id: None,
+            root: Some(prefix.clone()),
         }
     };
-    let mut variables = std::collections::BTreeMap::new();
-    for v in vars {
-        let (k, val) = v.split_once('=').context("--var expects NAME=VALUE")?;
-        variables.insert(k.to_owned(), val.to_owned());
-    }
+    let variables = variables_of(vars)?;
     let req = kiln::worker::request::BuildRequest {
         version: kiln::worker::request::REQUEST_VERSION,
         build_id: Some(build_id.clone()),
@@ -167,4 +184,14 @@ pub(crate) async fn status(bucket: &str, build_id: &str) -> anyhow::Result<ExitC
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `--var NAME=VALUE` pairs.
+fn variables_of(vars: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut variables = std::collections::BTreeMap::new();
+    for v in vars {
+        let (k, val) = v.split_once('=').context("--var expects NAME=VALUE")?;
+        variables.insert(k.to_owned(), val.to_owned());
+    }
+    Ok(variables)
 }

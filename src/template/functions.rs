@@ -1,5 +1,5 @@
 //! The HCL2 functions Packer templates use, for `hcl::eval`. Functions are plain `fn` pointers, so
-//! the build's start time lives in a thread-local set by the loader.
+//! the build's start time and working directory live in thread-locals set by the loader.
 
 use hcl::eval::{Context, FuncArgs, FuncDef, ParamType};
 use hcl::{Map, Value};
@@ -8,11 +8,23 @@ use time::OffsetDateTime;
 
 thread_local! {
     static NOW: Cell<i64> = const { Cell::new(0) };
+    static CWD: std::cell::RefCell<std::path::PathBuf> = std::cell::RefCell::new(std::path::PathBuf::from("."));
 }
 
 /// Sets the time `timestamp()` returns for this thread's evaluations.
 pub fn set_now(now: OffsetDateTime) {
     NOW.with(|n| n.set(now.unix_timestamp()));
+}
+
+/// Sets the working directory `file()`, `fileexists()`, `fileset()`, `templatefile()` and
+/// `abspath()` resolve relative paths against, for this thread's evaluations.
+pub fn set_cwd(cwd: &std::path::Path) {
+    CWD.with(|c| *c.borrow_mut() = cwd.to_path_buf());
+}
+
+/// `p` resolved against the working directory.
+fn in_cwd(p: &str) -> std::path::PathBuf {
+    CWD.with(|c| super::provisioner::resolve(&c.borrow(), p))
 }
 
 fn now() -> OffsetDateTime {
@@ -511,14 +523,14 @@ pub fn declare(ctx: &mut Context<'_>, with_env: bool) {
         "file",
         str1(|a: FuncArgs| {
             let p = s(&a[0]);
-            std::fs::read_to_string(&p)
+            std::fs::read_to_string(in_cwd(&p))
                 .map(Value::from)
                 .map_err(|e| format!("cannot read file \"{p}\": {e}"))
         }),
     );
     ctx.declare_func(
         "fileexists",
-        str1(|a: FuncArgs| Ok(Value::from(std::path::Path::new(&s(&a[0])).is_file()))),
+        str1(|a: FuncArgs| Ok(Value::from(in_cwd(&s(&a[0])).is_file()))),
     );
     ctx.declare_func(
         "basename",
@@ -544,13 +556,7 @@ pub fn declare(ctx: &mut Context<'_>, with_env: bool) {
     );
     ctx.declare_func(
         "abspath",
-        str1(|a: FuncArgs| {
-            Ok(Value::from(
-                std::path::absolute(s(&a[0]))
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-            ))
-        }),
+        str1(|a: FuncArgs| Ok(Value::from(in_cwd(&s(&a[0])).display().to_string()))),
     );
     ctx.declare_func(
         "jsonencode",

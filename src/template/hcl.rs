@@ -431,6 +431,7 @@ fn check_type(kind: &str, n: &Node) -> Result<Node, String> {
 /// Loads an HCL2 template (one file or a directory of `*.pkr.hcl`). Never panics.
 pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
     functions::set_now(inputs.now);
+    functions::set_cwd(&inputs.cwd);
     let mut out = Loaded::default();
     let diags = &mut out.diagnostics;
     let (files, template_dir): (Vec<PathBuf>, PathBuf) = if path.is_dir() {
@@ -503,11 +504,7 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
             ),
             (
                 "cwd".to_owned(),
-                hcl::Value::from(
-                    std::env::current_dir()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
-                ),
+                hcl::Value::from(inputs.cwd.display().to_string()),
             ),
         ]
         .into_iter()
@@ -1063,7 +1060,7 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
                 .cloned();
             let config = ChrootConfig::decode_with(&mut f, data_filter);
             f.finish(FOREIGN_FIELDS);
-            let provisioners = build_provisioners(build, &full, &sctx, &gctx, &template_dir, diags);
+            let provisioners = build_provisioners(build, &full, &sctx, &gctx, &inputs.cwd, diags);
             let post_processors = build_post_processors(build, &sctx, &gctx, diags);
             plans.push(Plan {
                 name: full,
@@ -1071,6 +1068,7 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
                 provisioners,
                 post_processors,
                 template_dir: template_dir.clone(),
+                work_dir: inputs.cwd.clone(),
                 variables: strings.clone(),
                 sensitive: sensitive.clone(),
             });

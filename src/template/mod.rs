@@ -99,6 +99,10 @@ pub struct Inputs {
     pub except: Vec<String>,
     /// The environment (`PKR_VAR_*` for HCL2, `env` in variables).
     pub env: BTreeMap<String, String>,
+    /// The working directory: relative paths in the template (scripts, file sources, playbooks,
+    /// bind mounts, `file()`) resolve against it, as against Packer's working directory. The
+    /// process's own by default; a worker's is the build's work directory.
+    pub cwd: PathBuf,
     /// The build's start time.
     pub now: OffsetDateTime,
 }
@@ -136,6 +140,7 @@ impl Default for Inputs {
             only: Vec::new(),
             except: Vec::new(),
             env: std::env::vars().collect(),
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             now: OffsetDateTime::now_utc(),
         }
     }
@@ -153,12 +158,62 @@ pub struct Plan {
     pub provisioners: Vec<Provisioner>,
     /// Post-processors in order.
     pub post_processors: Vec<PostProcessor>,
-    /// The template's directory (relative paths resolve against it).
+    /// The template's directory (`{{template_dir}}`, `path.root`).
     pub template_dir: PathBuf,
+    /// The working directory relative paths resolved against ([`Inputs::cwd`]).
+    pub work_dir: PathBuf,
     /// Every variable's value (use [`Masker`] before showing them).
     pub variables: BTreeMap<String, String>,
     /// Names of sensitive variables.
     pub sensitive: Vec<String>,
+}
+
+impl Plan {
+    /// The local files and directories the build reads from the working directory: scripts,
+    /// upload sources, playbooks and their directories, inventories, galaxy files, relative bind
+    /// mount sources. What `kiln submit` uploads besides the template. No side effects.
+    pub fn local_files(&self) -> Vec<PathBuf> {
+        use provisioner::Kind;
+        let mut v: Vec<PathBuf> = Vec::new();
+        for p in &self.provisioners {
+            match &p.kind {
+                Kind::Shell(s) => v.extend(s.scripts.iter().cloned()),
+                Kind::ShellLocal(_) => {}
+                Kind::File(f) if f.direction == "upload" && !f.generated => v.extend(
+                    f.sources
+                        .iter()
+                        .map(|s| PathBuf::from(s.trim_end_matches('/'))),
+                ),
+                Kind::File(_) => {}
+                Kind::Ansible(a) => {
+                    v.push(a.playbook_file.clone());
+                    v.extend(a.inventory_file.iter().cloned());
+                    v.extend(a.galaxy_file.iter().cloned());
+                }
+                Kind::AnsibleLocal(a) => {
+                    v.extend(a.playbook_files.iter().cloned());
+                    v.extend(a.role_paths.iter().cloned());
+                    for o in [
+                        &a.playbook_dir,
+                        &a.group_vars,
+                        &a.host_vars,
+                        &a.galaxy_file,
+                        &a.inventory_file,
+                    ] {
+                        v.extend(o.iter().cloned());
+                    }
+                }
+            }
+        }
+        for [fstype, source, _] in &self.config.chroot_mounts {
+            if fstype == "bind" && !Path::new(source).is_absolute() {
+                v.push(provisioner::resolve(&self.work_dir, source));
+            }
+        }
+        v.sort();
+        v.dedup();
+        v
+    }
 }
 
 /// A loaded template: its builds and every diagnostic.

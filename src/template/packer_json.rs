@@ -198,7 +198,7 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
         let _ = f.raw("name");
         let config = ChrootConfig::decode(&mut f);
         f.finish(FOREIGN_FIELDS);
-        let provisioners = decode_provisioners(&root, &name, &template_dir, diags, &build_ctx);
+        let provisioners = decode_provisioners(&root, &name, &inputs.cwd, diags, &build_ctx);
         let post_processors = decode_post_processors(&root, diags, &build_ctx);
         plans.push(Plan {
             name,
@@ -206,6 +206,7 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
             provisioners,
             post_processors,
             template_dir: template_dir.clone(),
+            work_dir: inputs.cwd.clone(),
             variables: variables.clone(),
             sensitive: sensitive.clone(),
         });

@@ -162,7 +162,7 @@ pub fn decode(
     kind_name: &str,
     name: Option<String>,
     node: &Node,
-    template_dir: &Path,
+    cwd: &Path,
 ) -> Option<Provisioner> {
     let loc = node.loc.to_string();
     match kind_name {
@@ -275,7 +275,7 @@ pub fn decode(
                 );
             }
             for path in script.into_iter().chain(scripts.unwrap_or_default()) {
-                let resolved = resolve(template_dir, &path);
+                let resolved = resolve(cwd, &path);
                 if !resolved.is_file() {
                     f.error(
                         "script",
@@ -342,7 +342,8 @@ pub fn decode(
             }
             if file.direction == "upload" && !file.generated {
                 for (i, src) in file.sources.iter_mut().enumerate() {
-                    let resolved = resolve(template_dir, src);
+                    let src_given_dir = src.ends_with('/');
+                    let resolved = resolve(cwd, src);
                     if !resolved.exists() {
                         f.error(
                             if i == 0 { "source" } else { "sources" },
@@ -352,7 +353,11 @@ pub fn decode(
                             ),
                         );
                     }
+                    // A trailing `/` (the directory's contents) survives resolution.
                     *src = resolved.display().to_string();
+                    if src_given_dir && !src.ends_with('/') {
+                        src.push('/');
+                    }
                 }
             }
             p.kind = Kind::File(file);
@@ -360,12 +365,12 @@ pub fn decode(
         }
         "ansible" => {
             let mut p = common(f, kind_name, name, &loc);
-            p.kind = Kind::Ansible(super::ansible::decode(f, template_dir));
+            p.kind = Kind::Ansible(super::ansible::decode(f, cwd));
             Some(p)
         }
         "ansible-local" => {
             let mut p = common(f, kind_name, name, &loc);
-            p.kind = Kind::AnsibleLocal(super::ansible::decode_local(f, template_dir));
+            p.kind = Kind::AnsibleLocal(super::ansible::decode_local(f, cwd));
             Some(p)
         }
         other => {
@@ -402,14 +407,20 @@ pub fn decode_post(f: &mut Fields<'_>, kind_name: &str, node: &Node) -> Option<P
     })
 }
 
-/// Resolves a path relative to the template's directory.
-pub fn resolve(template_dir: &Path, p: &str) -> PathBuf {
+/// Resolves a template's path against the working directory `cwd` (as Packer does), without
+/// `./` noise: `./conf` in `/repo` is `/repo/conf`.
+pub fn resolve(cwd: &Path, p: &str) -> PathBuf {
     let path = Path::new(p);
     if path.is_absolute() {
-        path.to_owned()
-    } else {
-        template_dir.join(path)
+        return path.to_owned();
     }
+    let mut out = cwd.to_path_buf();
+    for c in path.components() {
+        if c != std::path::Component::CurDir {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Parses a Go duration (`1h30m`, `10s`, `500ms`, `0`) into seconds.

@@ -25,7 +25,7 @@ pub async fn list(
     bucket: &str,
     key: &str,
 ) -> Result<(Option<String>, Vec<String>), TriggerError> {
-    crate::template_store::keys(&clients.s3, bucket, key)
+    crate::template_store::keys(&clients.s3, bucket, key, None)
         .await
         .map_err(|e| {
             if e.retryable {
@@ -132,6 +132,11 @@ async fn resolve_sources(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        // The fetched template directory stands for the working directory, as on the worker.
+        cwd: template
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
         ..crate::template::Inputs::default()
     };
     let loaded = crate::template::load(&crate::template::directory_of(template), &inputs);

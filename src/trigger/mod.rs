@@ -290,6 +290,7 @@ async fn uploaded(
         version: REQUEST_VERSION,
         build_id: Some(build_id.clone()),
         template: TemplateLocation {
+            root: None,
             bucket: c.bucket.clone(),
             key: name.clone(),
             // The event's version is the named file's only when it is that file.
@@ -492,6 +493,7 @@ async fn nightly(
             version: REQUEST_VERSION,
             build_id: Some(build_id.clone()),
             template: TemplateLocation {
+                root: None,
                 bucket: settings.bucket.clone(),
                 key: t.clone(),
                 version_id: None,

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 pub use crate::request::{MAX_TEMPLATE_BYTES, MAX_TEMPLATE_FILES};
 
-/// Downloads the template and the files beside it into `dir`; returns the template's path.
+/// Downloads the template and the files beside it (or below its `root`) into `dir`, laid out as
+/// below that prefix, so `dir` is the build's working directory; returns the template's path.
 pub(super) async fn fetch_template(
     ctx: &Ctx,
     req: &BuildRequest,
@@ -16,7 +17,7 @@ pub(super) async fn fetch_template(
 ) -> Result<PathBuf, (String, bool)> {
     let t = &req.template;
     let s3 = &ctx.clients.s3;
-    let (prefix, keys) = crate::template_store::keys(s3, &t.bucket, &t.key)
+    let (prefix, keys) = crate::template_store::keys(s3, &t.bucket, &t.key, t.root.as_deref())
         .await
         .map_err(|e| (e.message, e.retryable))?;
     let mut template_path = None;
@@ -75,10 +76,11 @@ pub(super) async fn fetch_template(
 }
 
 /// The files `kiln submit` uploads for the local template `path`: the template first, then every
-/// file beside it (recursively), as a worker fetches them. Errors when there are more files or
+/// file beside it (recursively), as a worker fetches them, then the files and directories the
+/// template references elsewhere (`referenced`, e.g. `scripts/common.sh` from the repository root). Errors when there are more files or
 /// bytes than a worker fetches ([`MAX_TEMPLATE_FILES`], [`MAX_TEMPLATE_BYTES`]), naming the
 /// directory, instead of uploading a template that could never build.
-pub fn template_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn template_files(path: &Path, referenced: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -88,6 +90,20 @@ pub fn template_files(path: &Path) -> Result<Vec<PathBuf>, String> {
         .map_err(|e| format!("reading {}: {e}", path.display()))?
         .len();
     let mut stack = vec![dir.to_path_buf()];
+    let beside = |p: &Path| {
+        std::path::absolute(p)
+            .ok()
+            .zip(std::path::absolute(dir).ok())
+            .is_some_and(|(p, d)| p.starts_with(d))
+    };
+    for r in referenced.iter().filter(|r| !beside(r)) {
+        if r.is_dir() {
+            stack.push(r.clone());
+        } else if let Ok(m) = std::fs::metadata(r) {
+            bytes += m.len();
+            files.push(r.clone());
+        }
+    }
     while let Some(d) = stack.pop() {
         let entries = std::fs::read_dir(&d).map_err(|e| format!("reading {}: {e}", d.display()))?;
         for e in entries {
@@ -124,13 +140,13 @@ mod tests {
         let template = dir.join("t.pkr.hcl");
         std::fs::write(&template, "build {}").expect("template");
         std::fs::write(dir.join("scripts/a.sh"), "true").expect("script");
-        let files = template_files(&template).expect("a small directory is fine");
+        let files = template_files(&template, &[]).expect("a small directory is fine");
         assert_eq!(files[0], template, "the template comes first");
         assert_eq!(files.len(), 2);
         for i in 0..MAX_TEMPLATE_FILES {
             std::fs::write(dir.join(format!("f{i}")), "x").expect("file");
         }
-        let err = template_files(&template).expect_err("too many files");
+        let err = template_files(&template, &[]).expect_err("too many files");
         let _ = std::fs::remove_dir_all(&dir);
         assert!(err.contains("more than 200 files"), "{err}");
         assert!(err.contains(&dir.display().to_string()), "{err}");

@@ -322,6 +322,7 @@ async fn run_request(
             .collect(),
         only: req.only.clone(),
         except: req.except.clone(),
+        cwd: work.to_path_buf(),
         ..Inputs::default()
     };
     // A file of a directory template names the whole directory.

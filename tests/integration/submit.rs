@@ -8,8 +8,13 @@ use serde_json::Value;
 use std::process::{Command, Output};
 
 fn kiln(args: &[&str]) -> Output {
+    kiln_in(std::path::Path::new("."), args)
+}
+
+/// `kiln ARGS` run in `cwd`.
+fn kiln_in(cwd: &std::path::Path, args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(args);
+    c.args(args).current_dir(cwd);
     for (k, v) in &Emulator::get().vars {
         c.env(k, v);
     }
@@ -28,28 +33,40 @@ fn text(o: &Output) -> String {
 async fn submit_wait_and_status_against_a_worker() {
     with_janitor(|janitor| async move {
         let s = setup(5).await;
+        // A repository: the template in packer/, the file it uploads in files/, named relative
+        // to the repository root, where `kiln submit packer/bb.pkr.hcl` runs (as with Packer).
         let dir = std::env::temp_dir().join(unique("submit"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let template = dir.join("bb.pkr.hcl");
-        std::fs::write(&template, TEMPLATE).expect("template");
-        std::fs::write(dir.join("greeting.txt"), "hi from submit\n").expect("file");
-        let template = template.display().to_string();
+        std::fs::create_dir_all(dir.join("packer")).expect("dir");
+        std::fs::create_dir_all(dir.join("files")).expect("dir");
+        std::fs::write(
+            dir.join("packer/bb.pkr.hcl"),
+            TEMPLATE.replace(
+                "source      = \"greeting.txt\"",
+                "source      = \"files/greeting.txt\"",
+            ),
+        )
+        .expect("template");
+        std::fs::write(dir.join("files/greeting.txt"), "hi from submit\n").expect("file");
+        let template = "packer/bb.pkr.hcl".to_owned();
         let worker = start_worker(&s, &[]);
 
         // A build that takes a while: `status` shows its log while it runs.
         let slow = unique("slow");
-        let out = kiln(&[
-            "submit",
-            "--queue",
-            &s.queue,
-            "--bucket",
-            &s.bucket,
-            "--build-id",
-            &slow,
-            "--var",
-            "pause=20",
-            &template,
-        ]);
+        let out = kiln_in(
+            &dir,
+            &[
+                "submit",
+                "--queue",
+                &s.queue,
+                "--bucket",
+                &s.bucket,
+                "--build-id",
+                &slow,
+                "--var",
+                "pause=20",
+                &template,
+            ],
+        );
         assert!(out.status.success(), "{}", text(&out));
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), slow);
         wait_for_log(&s, &slow).await;
@@ -63,19 +80,22 @@ async fn submit_wait_and_status_against_a_worker() {
 
         // --wait returns once the worker published the result; exit 0 for a success.
         let quick = unique("quick");
-        let out = kiln(&[
-            "submit",
-            "--queue",
-            &s.queue,
-            "--bucket",
-            &s.bucket,
-            "--build-id",
-            &quick,
-            "--wait",
-            "--timeout",
-            "300",
-            &template,
-        ]);
+        let out = kiln_in(
+            &dir,
+            &[
+                "submit",
+                "--queue",
+                &s.queue,
+                "--bucket",
+                &s.bucket,
+                "--build-id",
+                &quick,
+                "--wait",
+                "--timeout",
+                "300",
+                &template,
+            ],
+        );
         assert!(out.status.success(), "{}", text(&out));
         for id in [&slow, &quick] {
             let out = kiln(&["status", "--bucket", &s.bucket, id]);
@@ -90,6 +110,16 @@ async fn submit_wait_and_status_against_a_worker() {
                 images.iter().map(|i| i.image_id()).collect::<Vec<_>>(),
                 vec![ami],
                 "{id}: the result names the build's one AMI"
+            );
+            let file = doc["artifacts"][Emulator::get().region()]["snapshot_files"][0]
+                .as_str()
+                .expect("snapshot file");
+            let got =
+                crate::pipeline::read_from_snapshot(std::path::Path::new(file), &["/etc/copied"]);
+            assert_eq!(
+                got[0].as_deref(),
+                Some("hi from submit\n"),
+                "{id}: the file named relative to the working directory came along"
             );
         }
         let (_, log) = stop_worker(worker);

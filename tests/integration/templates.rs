@@ -567,7 +567,14 @@ fn provisioners_only_except_override_and_post_processors() {
           "post-processors": [[{{"type": "manifest", "output": "m.json"}}]]}}"#
     );
     let p = dir.write("t.json", &t);
-    let l = template::load(&p, &inputs());
+    // Run from the template's folder (relative paths resolve against the working directory).
+    let l = template::load(
+        &p,
+        &Inputs {
+            cwd: dir.0.clone(),
+            ..inputs()
+        },
+    );
     assert!(errors(&l).is_empty(), "{:?}", errors(&l));
     let inline = |plan: &template::Plan| -> Vec<String> {
         plan.provisioners
@@ -1316,4 +1323,77 @@ mod never_panics {
             );
         }
     }
+}
+
+/// Relative paths resolve against the working directory, as in Packer: `kiln build
+/// packer/app.json` from a repository's root finds `packer/app.sh`, not `packer/packer/app.sh`;
+/// `{{template_dir}}` and HCL2's `path.root`/`path.cwd` are there for the other; no `./` noise.
+#[test]
+fn relative_paths_resolve_against_the_working_directory() {
+    let repo = TempDir::new();
+    repo.write("packer/app.sh", "echo hi\n");
+    repo.write("files/conf", "x\n");
+    let json = repo.write(
+        "packer/app.json",
+        &format!(
+            r#"{{"builders": [{{"type": "amazon-chroot", {BASE}}}],
+  "provisioners": [{{"type": "shell", "script": "packer/app.sh"}},
+    {{"type": "file", "source": "./files/conf", "destination": "/etc/conf"}},
+    {{"type": "shell", "script": "{{{{template_dir}}}}/app.sh"}}]}}"#
+        ),
+    );
+    let from_root = Inputs {
+        cwd: repo.0.clone(),
+        ..inputs()
+    };
+    let l = template::load(&json, &from_root);
+    assert!(errors(&l).is_empty(), "{:?}", errors(&l));
+    let files = l.plans[0].local_files();
+    assert!(files.contains(&repo.0.join("packer/app.sh")), "{files:?}");
+    assert!(
+        files.contains(&repo.0.join("files/conf")),
+        "no ./ noise: {files:?}"
+    );
+    // The same template run from its own folder does not find packer/app.sh there.
+    let from_packer = Inputs {
+        cwd: repo.0.join("packer"),
+        ..inputs()
+    };
+    let e = errors(&template::load(&json, &from_packer)).join("\n");
+    assert!(
+        e.contains(&format!(
+            "Bad script 'packer/app.sh': stat {}: no such file or directory",
+            repo.0.join("packer/packer/app.sh").display()
+        )),
+        "{e}"
+    );
+    // HCL2: path.root is the template's folder, path.cwd the working directory.
+    let hcl = repo.write(
+        "packer/app.pkr.hcl",
+        r#"source "amazon-chroot" "a" {
+  source_ami = "ami-12345678"
+  ami_name   = "abcd"
+}
+build {
+  sources = ["source.amazon-chroot.a"]
+  provisioner "shell" { script = "${path.root}/app.sh" }
+  provisioner "shell" { script = "packer/app.sh" }
+  provisioner "file" {
+    content     = "${path.cwd}|${file("files/conf")}"
+    destination = "/etc/where"
+  }
+}
+"#,
+    );
+    let l = template::load(&hcl, &from_root);
+    assert!(errors(&l).is_empty(), "{:?}", errors(&l));
+    let content = l.plans[0]
+        .provisioners
+        .iter()
+        .find_map(|p| match &p.kind {
+            template::provisioner::Kind::File(f) => f.content.clone(),
+            _ => None,
+        })
+        .expect("file content");
+    assert_eq!(content, format!("{}|x\n", repo.0.display()));
 }

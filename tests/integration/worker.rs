@@ -372,7 +372,7 @@ async fn builds_through_the_queue_and_malformed_messages() {
             ),
             (
                 request("invalid-tpl", &s.bucket, &bad_key, 0),
-                "builder type `amazon-ebs` is not supported",
+                "uses builder type `amazon-ebs`, which kiln does not run",
             ),
             (
                 request("untrusted", &s.other_bucket, "t.json", 0),

@@ -1,7 +1,7 @@
 //! Step `mount-extra`: each `chroot_mounts` entry `[fstype, source, path]` mounted inside the
 //! image at `path`, resolved within the mount (a link in the image leads to another place in the
 //! image, never onto the host) and created if missing; `bind` sources are host paths (a relative
-//! one resolves against the template's directory). Each mount is made private and remembered by
+//! one resolves against the working directory, as Packer's `mount --bind` does). Each mount is made private and remembered by
 //! its kernel mount id. Undo (always): unmount exactly those mounts, in reverse order.
 
 use crate::host::image_fs::ImageFs;
@@ -18,7 +18,7 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     let mut done = Vec::new();
     for [fstype, source, path] in b.plan.config.chroot_mounts.clone() {
         let source = if fstype == "bind" {
-            crate::template::provisioner::resolve(&b.plan.template_dir, &source)
+            crate::template::provisioner::resolve(&b.plan.work_dir, &source)
                 .display()
                 .to_string()
         } else {
