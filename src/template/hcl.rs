@@ -19,7 +19,14 @@ const DATA_PREFIX: &str = "kiln-data:amazon-ami.";
 
 /// Block types allowed at the top level.
 const TOP_BLOCKS: &[&str] = &[
-    "variable", "locals", "local", "source", "build", "data", "packer",
+    "variable",
+    "variables",
+    "locals",
+    "local",
+    "source",
+    "build",
+    "data",
+    "packer",
 ];
 
 #[derive(Debug, Clone)]
@@ -102,6 +109,61 @@ fn convert_body(
         }
     }
     (attrs, blocks)
+}
+
+/// `variables { a = "x" }` (Packer's plural form) as `variable "a" { default = "x" }` blocks.
+fn plural_variables(blocks: Vec<Blk>) -> Vec<Blk> {
+    let mut out = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        if b.kind != "variables" {
+            out.push(b);
+            continue;
+        }
+        for a in b.attrs {
+            out.push(Blk {
+                kind: "variable".into(),
+                labels: vec![a.name.clone()],
+                loc: a.loc.clone(),
+                attrs: vec![Attr {
+                    name: "default".into(),
+                    expr: a.expr,
+                    loc: a.loc,
+                }],
+                blocks: Vec::new(),
+            });
+        }
+    }
+    out
+}
+
+/// `packer { }` holds `required_version` and `required_plugins` only; anything else is an
+/// error, as in Packer (a `source` or `build` written inside it is not silently ignored).
+fn check_packer_block(b: &Blk, diags: &mut Vec<Diagnostic>) {
+    for a in b.attrs.iter().filter(|a| a.name != "required_version") {
+        diags.push(Diagnostic::error(
+            &a.loc,
+            &format!("packer.{}", a.name),
+            format!(
+                "Unsupported argument; An argument named \"{}\" is not expected here: packer {{ }} holds required_version and required_plugins",
+                a.name
+            ),
+        ));
+    }
+    for inner in b.blocks.iter().filter(|i| i.kind != "required_plugins") {
+        diags.push(Diagnostic::error(
+            &inner.loc,
+            &format!("packer.{}", inner.kind),
+            format!(
+                "Unsupported block type; Blocks of type \"{}\" are not expected here: packer {{ }} holds required_version and required_plugins{}",
+                inner.kind,
+                if ["source", "build", "variable", "locals"].contains(&inner.kind.as_str()) {
+                    format!(" (move the {} block to the top level)", inner.kind)
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+    }
 }
 
 /// Parses one HCL file into top-level blocks (and reports top-level attributes).
@@ -291,7 +353,9 @@ fn parse_json_file(path: &Path, diags: &mut Vec<Diagnostic>) -> Vec<Blk> {
 
 /// Evaluates `expr` to a `Node` at `loc`.
 fn eval(expr: &hcl::Expression, ctx: &Context<'_>, loc: &Loc) -> Result<Node, String> {
-    let v = expr.evaluate(ctx).map_err(|e| e.to_string())?;
+    let v = super::lazy::resolve(expr, ctx)
+        .evaluate(ctx)
+        .map_err(|e| e.to_string())?;
     Ok(to_node(&v, loc))
 }
 
@@ -477,6 +541,10 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
     }
     if diags.iter().any(|d| d.severity == super::Severity::Error) {
         return out;
+    }
+    let blocks = plural_variables(blocks);
+    for b in blocks.iter().filter(|b| b.kind == "packer") {
+        check_packer_block(b, diags);
     }
     for b in &blocks {
         if !TOP_BLOCKS.contains(&b.kind.as_str()) {
@@ -827,8 +895,20 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
         let before = pending.len();
         let mut still = Vec::new();
         let mut last_errors = Vec::new();
+        let waiting: Vec<String> = pending.iter().map(|(n, ..)| n.clone()).collect();
         for (name, expr, loc, sens) in pending {
-            match expr.evaluate(&ctx) {
+            // A local that names another not evaluated yet waits for it (so `try` does not
+            // take its fallback only because of the order of evaluation).
+            if super::lazy::names_any_local(&expr, &waiting, &name) {
+                last_errors.push((
+                    name.clone(),
+                    loc.clone(),
+                    "it refers to another local that cannot be evaluated (a cycle, or that local's own error)".into(),
+                ));
+                still.push((name, expr, loc, sens));
+                continue;
+            }
+            match super::lazy::resolve(&expr, &ctx).evaluate(&ctx) {
                 Ok(v) => {
                     if sens {
                         sensitive_locals.push(node_string(&to_node(&v, &loc)));

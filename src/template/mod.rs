@@ -11,6 +11,7 @@ pub mod gotmpl;
 pub mod hcl;
 pub mod inspect;
 pub mod json;
+mod lazy;
 pub mod node;
 pub mod packer_json;
 pub mod provisioner;

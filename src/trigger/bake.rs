@@ -133,10 +133,7 @@ async fn resolve_sources(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         // The fetched template directory stands for the working directory, as on the worker.
-        cwd: template
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
+        cwd: template.parent().map(Path::to_path_buf).unwrap_or_default(),
         ..crate::template::Inputs::default()
     };
     let loaded = crate::template::load(&crate::template::directory_of(template), &inputs);

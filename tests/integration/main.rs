@@ -10,6 +10,7 @@ mod emulator_strict;
 mod exactly_once;
 mod host_safety;
 mod lambda;
+mod packer_diff;
 mod pipeline;
 mod pool;
 mod submit;

@@ -1397,3 +1397,261 @@ build {
         .expect("file content");
     assert_eq!(content, format!("{}|x\n", repo.0.display()));
 }
+
+/// Every HCL2 function Packer documents, each with an example from its documentation (results
+/// compared as `jsonencode` output where they are not strings).
+#[test]
+fn hcl_functions_from_packers_documentation() {
+    let dir = TempDir::new();
+    dir.write("files/a.sh", "a");
+    dir.write("files/sub/b.sh", "b");
+    dir.write("files/c.txt", "c");
+    dir.write(
+        "hello.tpl",
+        "Hello, ${name}! %{ for a in addrs }[${a}]%{ endfor }",
+    );
+    let cases: &[(&str, &str)] = &[
+        // Numeric.
+        ("ceil(5.1)", "6"),
+        ("floor(4.9)", "4"),
+        ("log(16, 2)", "4"),
+        ("pow(3, 2)", "9"),
+        ("signum(-13)", "-1"),
+        (r#"parseint("FF", 16)"#, "255"),
+        (r#"parseint("-10", 2)"#, "-2"),
+        ("sum([10, 13, 6, 4.5])", "33.5"),
+        // Strings.
+        (
+            r#"jsonencode(formatlist("Hello, %s!", ["Valentina", "Ander"]))"#,
+            r#"["Hello, Valentina!","Hello, Ander!"]"#,
+        ),
+        (r#"indent(2, "a\nb")"#, "a\n  b"),
+        (
+            r#"jsonencode(regexall("[a-z]+", "1234abcd5678efgh9"))"#,
+            r#"["abcd","efgh"]"#,
+        ),
+        (r#"strrev("hello")"#, "olleh"),
+        // Collections.
+        (
+            r#"jsonencode(chunklist(["a", "b", "c", "d", "e"], 2))"#,
+            r#"[["a","b"],["c","d"],["e"]]"#,
+        ),
+        (
+            r#"jsonencode(coalescelist(["a", "b"], ["c", "d"]))"#,
+            r#"["a","b"]"#,
+        ),
+        (r#"index(["a", "b", "c"], "b")"#, "1"),
+        ("jsonencode(range(3))", "[0,1,2]"),
+        ("jsonencode(range(1, 8, 2))", "[1,3,5,7]"),
+        ("jsonencode(reverse([1, 2, 3]))", "[3,2,1]"),
+        (
+            r#"jsonencode(slice(["a", "b", "c", "d"], 1, 3))"#,
+            r#"["b","c"]"#,
+        ),
+        (
+            r#"jsonencode(sort(["e", "d", "a", "x"]))"#,
+            r#"["a","d","e","x"]"#,
+        ),
+        (
+            r#"jsonencode(setunion(["a", "b"], ["b", "c"]))"#,
+            r#"["a","b","c"]"#,
+        ),
+        (
+            r#"jsonencode(setintersection(["a", "b"], ["b", "c"], ["b", "d"]))"#,
+            r#"["b"]"#,
+        ),
+        (
+            r#"jsonencode(setproduct(["development", "staging"], ["app1", "app2"]))"#,
+            r#"[["development","app1"],["development","app2"],["staging","app1"],["staging","app2"]]"#,
+        ),
+        (
+            r#"jsonencode(transpose({"a" = ["1", "2"], "b" = ["2", "3"]}))"#,
+            r#"{"1":["a"],"2":["a","b"],"3":["b"]}"#,
+        ),
+        (
+            r#"jsonencode(zipmap(["a", "b"], [1, 2]))"#,
+            r#"{"a":1,"b":2}"#,
+        ),
+        (r#"alltrue(["true", true])"#, "true"),
+        ("anytrue([false, true])", "true"),
+        (r#"one(["hello"])"#, "hello"),
+        // Encoding and hashing.
+        (r#"base64encode("Hello World")"#, "SGVsbG8gV29ybGQ="),
+        (r#"base64decode("SGVsbG8gV29ybGQ=")"#, "Hello World"),
+        (
+            r#"textencodebase64("Hello World", "UTF-8")"#,
+            "SGVsbG8gV29ybGQ=",
+        ),
+        (
+            r#"textdecodebase64("SGVsbG8gV29ybGQ=", "UTF-8")"#,
+            "Hello World",
+        ),
+        (r#"jsondecode("{\"hello\": \"world\"}").hello"#, "world"),
+        (r#"yamldecode("hello: world").hello"#, "world"),
+        (r#"yamlencode({"a" = "b"})"#, "a: b\n"),
+        (
+            r#"jsonencode(csvdecode("a,b,c\n1,2,3\n4,5,6"))"#,
+            r#"[{"a":"1","b":"2","c":"3"},{"a":"4","b":"5","c":"6"}]"#,
+        ),
+        (r#"urlencode("Hello World!")"#, "Hello+World%21"),
+        (r#"md5("hello world")"#, "5eb63bbbe01eeed093cb22bb8f5acdc3"),
+        (
+            r#"sha1("hello world")"#,
+            "2aae6c35c94fcfb415dbe95f408b9ce91ee846ed",
+        ),
+        (
+            r#"sha256("hello world")"#,
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9",
+        ),
+        (
+            r#"substr(sha512("hello world"), 0, 16)"#,
+            "309ecc489c12d6eb",
+        ),
+        (
+            r#"base64sha256("hello world")"#,
+            "uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek=",
+        ),
+        (
+            r#"uuidv5("dns", "www.terraform.io")"#,
+            "a5008fae-b28c-5ba5-96cd-82b4c53552d6",
+        ),
+        // Files (relative to the working directory).
+        (r#"jsonencode(fileset("files", "*.sh"))"#, r#"["a.sh"]"#),
+        (
+            r#"jsonencode(fileset("files", "**/*.sh"))"#,
+            r#"["a.sh","sub/b.sh"]"#,
+        ),
+        (
+            r#"templatefile("hello.tpl", { name = "kiln", addrs = ["a", "b"] })"#,
+            "Hello, kiln! [a][b]",
+        ),
+        // Dates.
+        (
+            r#"timeadd("2017-11-22T00:00:00Z", "10m")"#,
+            "2017-11-22T00:10:00Z",
+        ),
+        (
+            r#"timeadd("2017-11-22T00:00:00Z", "-1h")"#,
+            "2017-11-21T23:00:00Z",
+        ),
+        (r#"legacy_isotime("2006-01-02")"#, "2024-03-05"),
+        (r#"legacy_strftime("%Y-%m-%d %H:%M")"#, "2024-03-05 07:08"),
+        // IP networks.
+        (r#"cidrhost("10.12.112.0/20", 16)"#, "10.12.112.16"),
+        (r#"cidrhost("10.12.112.0/20", 268)"#, "10.12.113.12"),
+        (r#"cidrnetmask("172.16.0.0/12")"#, "255.240.0.0"),
+        (r#"cidrsubnet("172.16.0.0/12", 4, 2)"#, "172.18.0.0/16"),
+        (r#"cidrsubnet("10.1.2.0/24", 4, 15)"#, "10.1.2.240/28"),
+        (
+            r#"jsonencode(cidrsubnets("10.1.0.0/16", 4, 4, 8, 4))"#,
+            r#"["10.1.0.0/20","10.1.16.0/20","10.1.32.0/24","10.1.48.0/20"]"#,
+        ),
+        // Type conversion and errors.
+        (r#"try(jsondecode("{").a, "fallback")"#, "fallback"),
+        (r#"can(jsondecode("{"))"#, "false"),
+        (r#"can(jsondecode("{}"))"#, "true"),
+        (
+            r#"jsonencode(convert(["a", 1], list(string)))"#,
+            r#"["a","1"]"#,
+        ),
+        (r#"convert("12", number) + 1"#, "13"),
+    ];
+    let mut failures = Vec::new();
+    for (expr, want) in cases {
+        let t = format!(
+            "locals {{\n  v = {expr}\n}}\nsource \"amazon-chroot\" \"x\" {{\n  ami_name = \"name\"\n  ami_description = local.v\n  source_ami = \"ami-1\"\n}}\nbuild {{\n  sources = [\"source.amazon-chroot.x\"]\n}}\n"
+        );
+        let p = dir.write("f.pkr.hcl", &t);
+        let l = template::load(
+            &p,
+            &Inputs {
+                cwd: dir.0.clone(),
+                ..inputs()
+            },
+        );
+        let got = l
+            .plans
+            .first()
+            .and_then(|p| p.config.ami_description.clone());
+        if !errors(&l).is_empty() || got.as_deref() != Some(*want) {
+            failures.push(format!(
+                "{expr}: want {want:?}, got {got:?} {:?}",
+                errors(&l)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // try inside a string, and locals that try each other in any order.
+    let t = r#"
+locals {
+  b = try(local.a.missing, "from-b")
+  a = { present = "x" }
+  name = "app-${try(local.a.present, "none")}"
+}
+source "amazon-chroot" "x" {
+  ami_name        = local.name
+  ami_description = local.b
+  source_ami      = "ami-1"
+}
+build {
+  sources = ["source.amazon-chroot.x"]
+}
+"#;
+    let l = load_file("f.pkr.hcl", t, &inputs());
+    assert!(errors(&l).is_empty(), "{:?}", errors(&l));
+    assert_eq!(l.plans[0].config.ami_name, "app-x");
+    assert_eq!(l.plans[0].config.ami_description.as_deref(), Some("from-b"));
+    // The two kiln refuses say why.
+    let t = "locals {\n  h = bcrypt(\"x\")\n}\nsource \"amazon-chroot\" \"x\" {\n  ami_name = local.h\n  source_ami = \"ami-1\"\n}\nbuild {\n  sources = [\"source.amazon-chroot.x\"]\n}\n";
+    let e = errors(&load_file("f.pkr.hcl", t, &inputs())).join("\n");
+    assert!(e.contains("bcrypt is not supported by kiln"), "{e}");
+}
+
+/// Packer's plural `variables { }` block declares variables with defaults; `packer { }` holds
+/// only `required_version` and `required_plugins` (a block written inside it is an error, with
+/// Packer's message, not silently dropped).
+#[test]
+fn plural_variables_and_a_strict_packer_block() {
+    let t = r#"
+packer {
+  required_version = ">= 1.7.0"
+  required_plugins {
+    amazon = {
+      version = ">= 1.0.0"
+      source  = "github.com/hashicorp/amazon"
+    }
+  }
+}
+variables {
+  name = "plural-abc"
+  size = 3
+}
+source "amazon-chroot" "y" {
+  ami_name         = var.name
+  source_ami       = "ami-12345678"
+  root_volume_size = var.size
+}
+build {
+  sources = ["source.amazon-chroot.y"]
+}
+"#;
+    let l = load_file("p.pkr.hcl", t, &inputs());
+    assert!(errors(&l).is_empty(), "{:?}", errors(&l));
+    assert_eq!(l.plans[0].config.ami_name, "plural-abc");
+    assert_eq!(l.plans[0].config.root_volume_size, Some(3));
+    let mut vars = inputs();
+    vars.vars.push(("name".into(), "from-cli".into()));
+    assert_eq!(
+        load_file("p.pkr.hcl", t, &vars).plans[0].config.ami_name,
+        "from-cli"
+    );
+    let bad = t.replace(
+        "required_version = \">= 1.7.0\"",
+        "required_version = \">= 1.7.0\"\n  build {\n    sources = []\n  }",
+    );
+    let e = errors(&load_file("p.pkr.hcl", &bad, &inputs())).join("\n");
+    assert!(
+        e.contains("Blocks of type \"build\" are not expected here") && e.contains("p.pkr.hcl:4"),
+        "{e}"
+    );
+}

@@ -1,6 +1,13 @@
 //! The HCL2 functions Packer templates use, for `hcl::eval`. Functions are plain `fn` pointers, so
 //! the build's start time and working directory live in thread-locals set by the loader.
 
+mod collections;
+mod dates;
+mod encoding;
+mod files;
+mod net;
+mod numeric;
+
 use hcl::eval::{Context, FuncArgs, FuncDef, ParamType};
 use hcl::{Map, Value};
 use std::cell::Cell;
@@ -23,15 +30,20 @@ pub fn set_cwd(cwd: &std::path::Path) {
 }
 
 /// `p` resolved against the working directory.
-fn in_cwd(p: &str) -> std::path::PathBuf {
-    CWD.with(|c| super::provisioner::resolve(&c.borrow(), p))
+pub(super) fn in_cwd(p: &str) -> std::path::PathBuf {
+    CWD.with(|c| crate::template::provisioner::resolve(&c.borrow(), p))
 }
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(NOW.with(Cell::get)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-fn s(v: &Value) -> String {
+/// The current build time (for the date functions of the submodules).
+pub(super) fn build_time() -> OffsetDateTime {
+    now()
+}
+
+pub(super) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
@@ -41,7 +53,7 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn num(v: &Value) -> Result<f64, String> {
+pub(super) fn num(v: &Value) -> Result<f64, String> {
     match v {
         Value::Number(n) => n.as_f64().ok_or_else(|| "not a number".to_string()),
         Value::String(t) => t
@@ -52,13 +64,18 @@ fn num(v: &Value) -> Result<f64, String> {
     }
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
+pub(super) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
 /// Declares every function on `ctx`. `with_env`: whether `env()` works (variable defaults only).
 pub fn declare(ctx: &mut Context<'_>, with_env: bool) {
+    collections::declare(ctx);
+    encoding::declare(ctx);
+    files::declare(ctx);
+    net::declare(ctx);
+    numeric::declare(ctx);
     let str1 = |f| FuncDef::builder().param(ParamType::String).build(f);
     ctx.declare_func(
         "timestamp",
@@ -113,7 +130,11 @@ pub fn declare(ctx: &mut Context<'_>, with_env: bool) {
     );
     ctx.declare_func(
         "clean_resource_name",
-        str1(|a: FuncArgs| Ok(Value::from(super::gotmpl::clean_ami_name(&s(&a[0]))))),
+        str1(|a: FuncArgs| {
+            Ok(Value::from(crate::template::gotmpl::clean_ami_name(&s(
+                &a[0]
+            ))))
+        }),
     );
     ctx.declare_func(
         "replace",
@@ -584,7 +605,7 @@ fn go_to_regex_replacement(s: &str) -> String {
 }
 
 /// Terraform's `format`: `%s`, `%d`, `%v`, `%q`, `%%`, `%f`.
-fn format(spec: &str, args: &[Value]) -> Result<Value, String> {
+pub(super) fn format(spec: &str, args: &[Value]) -> Result<Value, String> {
     let mut out = String::new();
     let mut it = args.iter();
     let mut chars = spec.chars().peekable();
@@ -626,7 +647,7 @@ fn formatdate(a: FuncArgs) -> Result<Value, String> {
     let ts = s(&a[1]);
     let t = OffsetDateTime::parse(&ts, &time::format_description::well_known::Rfc3339)
         .map_err(|_| format!("\"{ts}\" is not an RFC 3339 timestamp"))?;
-    use super::gotmpl::{DAYS, MONTHS};
+    use crate::template::gotmpl::{DAYS, MONTHS};
     let m = u8::from(t.month()) as usize;
     let d = t.weekday().number_days_from_monday() as usize;
     let h12 = match t.hour() % 12 {

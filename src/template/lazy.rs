@@ -1,0 +1,163 @@
+//! HCL2's `try`, `can` and `convert`, which need their arguments unevaluated (an error in an
+//! argument is their input, and `convert`'s second argument is a type, not a value): a pass over
+//! an expression that replaces each such call by its value before `hcl-rs` evaluates the rest.
+
+use hcl::Expression as E;
+use hcl::Value;
+use hcl::eval::{Context, Evaluate};
+
+fn mentions_lazy(text: &str) -> bool {
+    ["try(", "can(", "convert("]
+        .iter()
+        .any(|f| text.contains(f))
+}
+
+fn is_lazy(f: &hcl::expr::FuncCall) -> bool {
+    f.name.namespace.is_empty() && matches!(f.name.name.as_str(), "try" | "can" | "convert")
+}
+
+/// `expr` with every `try(...)`, `can(...)` and `convert(...)` replaced by its value (calls that
+/// cannot be decided are kept, so evaluating them reports the error). Other expressions are
+/// rebuilt around their resolved parts.
+pub(super) fn resolve(expr: &E, ctx: &Context<'_>) -> E {
+    match expr {
+        E::FuncCall(f) if is_lazy(f) => {
+            let args: Vec<E> = f.args.iter().map(|a| resolve(a, ctx)).collect();
+            match f.name.name.as_str() {
+                "try" => args
+                    .iter()
+                    .find_map(|a| a.evaluate(ctx).ok())
+                    .map(E::from)
+                    .unwrap_or_else(|| {
+                        // Nothing succeeded: evaluating the first argument reports why.
+                        args.first().cloned().unwrap_or(E::Null)
+                    }),
+                "can" => E::Bool(args.first().is_some_and(|a| a.evaluate(ctx).is_ok())),
+                _ => match (args.first(), f.args.get(1)) {
+                    (Some(v), Some(t)) => match v.evaluate(ctx) {
+                        Ok(value) => match convert(value, t) {
+                            Ok(v) => E::from(v),
+                            Err(_) => expr.clone(),
+                        },
+                        Err(_) => v.clone(),
+                    },
+                    _ => expr.clone(),
+                },
+            }
+        }
+        E::FuncCall(f) => {
+            let mut call = (**f).clone();
+            call.args = f.args.iter().map(|a| resolve(a, ctx)).collect();
+            E::FuncCall(Box::new(call))
+        }
+        E::Array(items) => E::Array(items.iter().map(|a| resolve(a, ctx)).collect()),
+        E::Object(o) => E::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), resolve(v, ctx)))
+                .collect(),
+        ),
+        E::Parenthesis(e) => E::Parenthesis(Box::new(resolve(e, ctx))),
+        // "${try(var.x, "d")}": resolve inside the template's interpolations.
+        E::TemplateExpr(t) if mentions_lazy(&t.to_string()) => {
+            let Ok(mut template) = hcl::Template::from_expr(t) else {
+                return expr.clone();
+            };
+            for el in template.elements_mut() {
+                if let hcl::template::Element::Interpolation(i) = el {
+                    i.expr = resolve(&i.expr, ctx);
+                }
+            }
+            E::TemplateExpr(Box::new(hcl::expr::TemplateExpr::QuotedString(
+                template.to_string(),
+            )))
+        }
+        E::Conditional(c) => {
+            let mut c2 = (**c).clone();
+            c2.cond_expr = resolve(&c.cond_expr, ctx);
+            c2.true_expr = resolve(&c.true_expr, ctx);
+            c2.false_expr = resolve(&c.false_expr, ctx);
+            E::Conditional(Box::new(c2))
+        }
+        E::Operation(op) => {
+            let op2 = match &**op {
+                hcl::expr::Operation::Unary(u) => {
+                    let mut u2 = u.clone();
+                    u2.expr = resolve(&u.expr, ctx);
+                    hcl::expr::Operation::Unary(u2)
+                }
+                hcl::expr::Operation::Binary(b) => {
+                    let mut b2 = b.clone();
+                    b2.lhs_expr = resolve(&b.lhs_expr, ctx);
+                    b2.rhs_expr = resolve(&b.rhs_expr, ctx);
+                    hcl::expr::Operation::Binary(b2)
+                }
+            };
+            E::Operation(Box::new(op2))
+        }
+        other => other.clone(),
+    }
+}
+
+/// `value` converted to the type expression `ty` (`string`, `number`, `bool`, `list(T)`,
+/// `set(T)`, `map(T)`, `any`), as HCL2's `convert`.
+fn convert(value: Value, ty: &E) -> Result<Value, String> {
+    let (name, inner) = match ty {
+        E::Variable(v) => (v.as_str().to_owned(), None),
+        E::FuncCall(f) => (f.name.name.as_str().to_owned(), f.args.first()),
+        other => return Err(format!("not a type: {other:?}")),
+    };
+    match (name.as_str(), value) {
+        ("any", v) => Ok(v),
+        ("string", Value::String(s)) => Ok(Value::String(s)),
+        ("string", Value::Number(n)) => Ok(Value::String(n.to_string())),
+        ("string", Value::Bool(b)) => Ok(Value::String(b.to_string())),
+        ("number", Value::Number(n)) => Ok(Value::Number(n)),
+        ("number", Value::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(hcl::Number::from_f64)
+            .map(Value::Number)
+            .ok_or_else(|| format!("\"{s}\" is not a number")),
+        ("bool", Value::Bool(b)) => Ok(Value::Bool(b)),
+        ("bool", Value::String(s)) if s == "true" || s == "false" => Ok(Value::Bool(s == "true")),
+        ("list" | "set" | "tuple", Value::Array(items)) => {
+            let mut out = Vec::new();
+            for v in items {
+                let v = match inner {
+                    Some(t) => convert(v, t)?,
+                    None => v,
+                };
+                if name != "set" || !out.contains(&v) {
+                    out.push(v);
+                }
+            }
+            Ok(Value::Array(out))
+        }
+        ("map" | "object", Value::Object(m)) => {
+            let mut out = hcl::Map::new();
+            for (k, v) in m {
+                out.insert(
+                    k,
+                    match inner {
+                        Some(t) => convert(v, t)?,
+                        None => v,
+                    },
+                );
+            }
+            Ok(Value::Object(out))
+        }
+        (t, v) => Err(format!("cannot convert {v} to {t}")),
+    }
+}
+
+/// Whether `expr` names `local.N` for some `N` in `waiting` other than `me`.
+pub(super) fn names_any_local(expr: &E, waiting: &[String], me: &str) -> bool {
+    let text = hcl::format::to_string(expr).unwrap_or_default();
+    waiting.iter().filter(|n| n.as_str() != me).any(|n| {
+        text.match_indices(&format!("local.{n}")).any(|(i, m)| {
+            let after = text[i + m.len()..].chars().next();
+            !after.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '-')
+        })
+    })
+}
