@@ -49,26 +49,8 @@ enum Command {
     Build {
         #[command(flatten)]
         template: TemplateArgs,
-        /// Where volume data lives: real EBS attachments, or sparse files on loop devices (local).
-        #[arg(long, value_enum, default_value = "ebs", env = "KILN_BACKEND")]
-        backend: BackendKind,
-        /// The loop backend's directory for volume and snapshot files.
-        #[arg(long, default_value = "/var/lib/kiln", env = "KILN_STATE_DIR")]
-        state_dir: PathBuf,
-        /// On failure: undo everything (cleanup) or leave it in place and list it (abort).
-        #[arg(long, value_enum, default_value = "cleanup")]
-        on_error: OnError,
-        /// The build id (idempotency key); generated when absent.
-        #[arg(long)]
-        build_id: Option<String>,
-        /// Keep a checkpoint journal in this bucket (`checkpoints/<build-id>.json`), as a worker
-        /// does: a run with the same --build-id after a crash resumes the build, and a second run
-        /// while the first holds the lease refuses to start.
-        #[arg(long, env = "KILN_CHECKPOINT_BUCKET")]
-        checkpoint_bucket: Option<String>,
-        /// Print the result document as JSON on stdout.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        flags: BuildFlags,
     },
     /// Run builds from an SQS queue (on builder instances); publishes results to S3 and a queue.
     Worker(WorkerArgs),
@@ -291,6 +273,35 @@ impl TemplateArgs {
     }
 }
 
+/// `kiln build`'s options besides the template.
+#[derive(Debug, clap::Args)]
+struct BuildFlags {
+    /// Where volume data lives: real EBS attachments, or sparse files on loop devices (local).
+    #[arg(long, value_enum, default_value = "ebs", env = "KILN_BACKEND")]
+    backend: BackendKind,
+    /// The loop backend's directory for volume and snapshot files.
+    #[arg(long, default_value = "/var/lib/kiln", env = "KILN_STATE_DIR")]
+    state_dir: PathBuf,
+    /// On failure: undo everything (cleanup) or leave it in place and list it (abort).
+    #[arg(long, value_enum, default_value = "cleanup")]
+    on_error: OnError,
+    /// The build id (idempotency key); generated when absent.
+    #[arg(long)]
+    build_id: Option<String>,
+    /// Keep a checkpoint journal in this bucket (`checkpoints/<build-id>.json`), as a worker
+    /// does: a run with the same --build-id after a crash resumes the build, and a second run
+    /// while the first holds the lease refuses to start.
+    #[arg(long, env = "KILN_CHECKPOINT_BUCKET")]
+    checkpoint_bucket: Option<String>,
+    /// Boot the new image before registering it (the template's `boot_test` block, or its
+    /// defaults: a login prompt within 5 minutes).
+    #[arg(long)]
+    boot_test: bool,
+    /// Print the result document as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse_from(cli::packer_style_args(std::env::args_os()));
     let verbosity =
@@ -306,26 +317,7 @@ fn main() -> ExitCode {
             Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
             Ok(rt) => rt.block_on(async {
                 match other {
-                    Command::Build {
-                        template,
-                        backend,
-                        state_dir,
-                        on_error,
-                        build_id,
-                        checkpoint_bucket,
-                        json,
-                    } => {
-                        cli::build::build(
-                            template,
-                            *backend,
-                            state_dir,
-                            *on_error,
-                            build_id.clone(),
-                            checkpoint_bucket.as_deref(),
-                            *json,
-                        )
-                        .await
-                    }
+                    Command::Build { template, flags } => cli::build::build(template, flags).await,
                     Command::Worker(args) => cli::worker::worker(args).await,
                     Command::Submit(args) => cli::submit::submit(args).await,
                     Command::Status { bucket, build_id } => {

@@ -2,12 +2,12 @@
 //! journal (`--checkpoint-bucket`) and cancellation on SIGINT/SIGTERM.
 
 use super::template::{print_errors, print_warnings};
-use super::{BackendKind, TemplateArgs};
+use super::{BackendKind, BuildFlags, TemplateArgs};
 use anyhow::{Context as _, bail};
 use kiln::aws::{AwsSettings, Clients};
 use kiln::backend::Backend;
 use kiln::checkpoint;
-use kiln::pipeline::{self, BuildOptions, OnError, result::Status, state::MemoryRecorder};
+use kiln::pipeline::{self, BuildOptions, result::Status, state::MemoryRecorder};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -76,16 +76,24 @@ pub(crate) fn cancel_on_signals(token: CancellationToken) {
     });
 }
 
-pub(crate) async fn build(
-    args: &TemplateArgs,
-    backend: BackendKind,
-    state_dir: &std::path::Path,
-    on_error: OnError,
-    build_id: Option<String>,
-    checkpoint_bucket: Option<&str>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let loaded = args.load()?;
+pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Result<ExitCode> {
+    let BuildFlags {
+        backend,
+        state_dir,
+        on_error,
+        build_id,
+        checkpoint_bucket,
+        boot_test,
+        json,
+    } = flags;
+    let (backend, on_error, json) = (*backend, *on_error, *json);
+    let (build_id, checkpoint_bucket) = (build_id.clone(), checkpoint_bucket.as_deref());
+    let mut loaded = args.load()?;
+    if *boot_test {
+        for p in &mut loaded.plans {
+            p.config.boot_test.get_or_insert_with(Default::default);
+        }
+    }
     print_warnings(&loaded);
     if loaded.has_errors() {
         print_errors(&loaded);

@@ -7,7 +7,7 @@ pub(crate) mod submit;
 pub(crate) mod template;
 pub(crate) mod worker;
 
-pub(crate) use super::{BackendKind, SubmitArgs, TemplateArgs, WorkerArgs};
+pub(crate) use super::{BackendKind, BuildFlags, SubmitArgs, TemplateArgs, WorkerArgs};
 
 /// Packer's single-dash flags (`-only=amazon-chroot`, `-var 'k=v'`, `-var-file=f`, `-except`,
 /// `-on-error=abort`) as kiln's double-dash ones, so commands from a repository's

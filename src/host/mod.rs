@@ -11,6 +11,7 @@ pub mod loopdev;
 pub mod mount;
 pub mod procs;
 pub mod sparse;
+pub mod vm;
 
 use std::path::PathBuf;
 
@@ -82,6 +83,14 @@ pub enum HostError {
         path: PathBuf,
         /// The error, and the links along the path.
         detail: String,
+    },
+    /// The boot test failed: the image did not reach its marker.
+    #[error("the boot test failed: {message}\nlast console lines:\n{tail}")]
+    Boot {
+        /// What happened.
+        message: String,
+        /// The console's last lines.
+        tail: String,
     },
     /// The build was cancelled while a host operation ran.
     #[error("cancelled while {0}")]

@@ -304,6 +304,8 @@ pub struct ChrootConfig {
     pub ami_architecture: String,
     /// Boot mode of the new AMI.
     pub boot_mode: Option<String>,
+    /// kiln's boot test: boot the snapshot before registering it (`boot_test` block).
+    pub boot_test: Option<super::boot_test::BootTest>,
     /// UEFI variable store.
     pub uefi_data: Option<String>,
     /// `v2.0` for NitroTPM.
@@ -399,6 +401,7 @@ impl ChrootConfig {
         c.aws_polling = decode_polling(f);
         c.source_ami_filter = decode_filter(f).or(data_filter);
         c.ami_block_device_mappings = decode_mappings(f);
+        c.boot_test = super::boot_test::decode(f);
         let copy_files_set = f.has("copy_files");
         c.copy_files = f.string_list("copy_files", &[]).unwrap_or_default();
         let mounts_set = f.has("chroot_mounts");

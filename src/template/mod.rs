@@ -4,6 +4,7 @@
 //! template reads the template's files (and `file()`/scripts it names) and nothing else.
 
 pub mod ansible;
+pub mod boot_test;
 pub mod config;
 pub mod decode;
 pub mod functions;

@@ -1,4 +1,9 @@
-# A minimal Debian image from scratch with debootstrap (needs the network and `debootstrap`).
+# A minimal bootable Debian image from scratch with debootstrap (needs the network, `debootstrap`,
+# `mkfs.vfat` and `mcopy`): GPT with an EFI system partition, the cloud kernel, a standalone GRUB
+# at the removable-media path (no NVRAM entry needed, as on EC2) that finds the root file system by
+# its label, a serial console, DHCP on every Ethernet interface. The EFI partition is written with
+# mtools, so the builder's kernel needs no FAT support. `kiln build --backend loop --boot-test templates/debian` proves it boots
+# under UEFI (OVMF) before the AMI is registered.
 
 source "amazon-chroot" "debian" {
   from_scratch            = true
@@ -45,9 +50,28 @@ build {
     environment_vars = ["DEBIAN_FRONTEND=noninteractive"]
     inline = [
       "apt-get update -q",
-      "apt-get install -y -q --no-install-recommends linux-image-cloud-${local.deb_arch} systemd-sysv openssh-server",
-      "echo 'LABEL=root / ext4 defaults 0 1' > /etc/fstab",
+      "apt-get install -y -q --no-install-recommends linux-image-cloud-${local.deb_arch} systemd-sysv udev openssh-server grub-efi-${local.deb_arch}-bin grub2-common",
+      "printf 'LABEL=root / ext4 defaults 0 1\\nLABEL=ESP /boot/efi vfat umask=0077,nofail 0 2\\n' > /etc/fstab",
+      "echo debian > /etc/hostname",
+      "printf '[Match]\\nName=en* eth*\\n\\n[Network]\\nDHCP=yes\\n' > /etc/systemd/network/80-dhcp.network",
+      "systemctl enable systemd-networkd",
+      "mkdir -p /etc/default/grub.d",
+      "printf 'GRUB_TIMEOUT=1\\nGRUB_CMDLINE_LINUX=\"console=tty0 console=ttyS0,115200\"\\nGRUB_TERMINAL=\"console serial\"\\n' > /etc/default/grub.d/kiln.cfg",
+      "mkdir -p /boot/grub",
+      "update-grub",
+      "printf 'search --no-floppy --label root --set=root\\nset prefix=($root)/boot/grub\\nconfigfile ($root)/boot/grub/grub.cfg\\n' > /tmp/grub-embed.cfg",
+      "mkdir -p /boot/efi/EFI/BOOT",
+      "grub-mkstandalone -O ${local.grub_target} -o /boot/efi/EFI/BOOT/${local.efi_binary} 'boot/grub/grub.cfg=/tmp/grub-embed.cfg'",
+      "rm /tmp/grub-embed.cfg",
       "apt-get clean",
+    ]
+  }
+
+  # The EFI system partition, written from the host without mounting it.
+  provisioner "shell-local" {
+    inline = [
+      "mmd -i {{.Device}}1 ::/EFI ::/EFI/BOOT",
+      "mcopy -i {{.Device}}1 {{.MountPath}}/boot/efi/EFI/BOOT/${local.efi_binary} ::/EFI/BOOT/",
     ]
   }
 }

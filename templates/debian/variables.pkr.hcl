@@ -25,5 +25,7 @@ variable "architecture" {
 }
 
 locals {
-  deb_arch = lookup({ x86_64 = "amd64", arm64 = "arm64" }, var.architecture, "amd64")
+  deb_arch    = lookup({ x86_64 = "amd64", arm64 = "arm64" }, var.architecture, "amd64")
+  grub_target = lookup({ x86_64 = "x86_64-efi", arm64 = "arm64-efi" }, var.architecture, "x86_64-efi")
+  efi_binary  = lookup({ x86_64 = "BOOTX64.EFI", arm64 = "BOOTAA64.EFI" }, var.architecture, "BOOTX64.EFI")
 }

@@ -3,6 +3,7 @@
 //! loop devices and mounts (as root). Every test uses its own names and cleans up after itself.
 
 mod ansible;
+mod boot;
 mod checkpoint;
 mod debian;
 mod emulator;

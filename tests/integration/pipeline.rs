@@ -29,7 +29,7 @@ fn state_dir() -> &'static Path {
     })
 }
 
-fn kiln_command(template: &Path, extra: &[String]) -> Command {
+pub(crate) fn kiln_command(template: &Path, extra: &[String]) -> Command {
     let emu = Emulator::get();
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
     c.arg("build")

@@ -5,6 +5,7 @@
 mod allocate_device;
 mod ansible;
 mod attach_volume;
+mod boot_test;
 mod copy_files;
 mod copy_regions;
 mod create_volume;
@@ -58,6 +59,8 @@ pub enum StepId {
     EarlyCleanup,
     /// The snapshot of the volume.
     Snapshot,
+    /// `boot_test`: the snapshot booted in QEMU.
+    BootTest,
     /// `force_deregister`: same-named AMIs removed.
     Deregister,
     /// The AMI registered.
@@ -87,6 +90,7 @@ impl StepId {
             StepId::Provision => "provision",
             StepId::EarlyCleanup => "early-cleanup",
             StepId::Snapshot => "snapshot",
+            StepId::BootTest => "boot-test",
             StepId::Deregister => "deregister",
             StepId::RegisterImage => "register-image",
             StepId::CopyRegions => "copy-regions",
@@ -112,6 +116,7 @@ impl StepId {
             StepId::Provision => "Provisioning inside the chroot",
             StepId::EarlyCleanup => "Unmounting and detaching before the snapshot",
             StepId::Snapshot => "Creating a snapshot",
+            StepId::BootTest => "Booting the new image to test it",
             StepId::Deregister => "Deregistering AMIs of the same name (force_deregister)",
             StepId::RegisterImage => "Registering the AMI",
             StepId::CopyRegions => "Copying the AMI to other regions",
@@ -141,6 +146,9 @@ pub fn plan_steps(c: &ChrootConfig) -> Vec<StepId> {
         EarlyCleanup,
         Snapshot,
     ]);
+    if c.boot_test.is_some() {
+        v.push(BootTest);
+    }
     if c.force_deregister {
         v.push(Deregister);
     }
@@ -193,6 +201,7 @@ pub async fn run(step: StepId, b: &mut Build) -> Result<serde_json::Value, StepE
         Provision => provision::run(b).await,
         EarlyCleanup => early_cleanup::run(b).await,
         Snapshot => snapshot::run(b).await,
+        BootTest => boot_test::run(b).await,
         Deregister => deregister::run(b).await,
         RegisterImage => register_image::run(b).await,
         CopyRegions => copy_regions::run(b).await,

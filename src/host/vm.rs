@@ -1,0 +1,288 @@
+//! Booting a disk image in QEMU for the boot test: the image is opened with `snapshot=on` (the
+//! guest's writes go to a temporary file QEMU deletes, so the snapshot stays untouched and no
+//! overlay is left), no network, the serial console read line by line until a marker line, a
+//! timeout, the guest's exit or cancellation. QEMU runs in its own process group and is killed
+//! with it in every case.
+
+use super::HostError;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use regex::Regex;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+/// Console lines kept for the result and for errors.
+pub const CONSOLE_TAIL: usize = 30;
+/// The QEMU program for x86_64 guests.
+const QEMU: &str = "qemu-system-x86_64";
+/// UEFI firmware images QEMU can load with `-bios`, in order of preference (Debian's `ovmf`).
+const OVMF: &[&str] = &["/usr/share/ovmf/OVMF.fd", "/usr/share/qemu/OVMF.fd"];
+
+/// The firmware a guest boots with, as EC2 would start the AMI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// UEFI (OVMF), for `boot_mode` `uefi` and `uefi-preferred`.
+    Uefi,
+    /// Legacy BIOS (SeaBIOS, QEMU's default), for `legacy-bios` or no boot mode.
+    Bios,
+}
+
+/// What to boot and what counts as success.
+#[derive(Debug, Clone)]
+pub struct BootSpec {
+    /// The raw disk image (a snapshot file).
+    pub disk: PathBuf,
+    /// Firmware.
+    pub firmware: Firmware,
+    /// Guest memory, MiB.
+    pub memory_mib: i64,
+    /// How long to wait for the marker.
+    pub timeout: Duration,
+    /// The success marker, matched against each console line.
+    pub marker: Regex,
+    /// Use KVM (else TCG emulation).
+    pub kvm: bool,
+}
+
+/// A successful boot.
+#[derive(Debug, Clone)]
+pub struct Booted {
+    /// Seconds from start to the marker.
+    pub seconds: f64,
+    /// The line that matched.
+    pub line: String,
+    /// The console's last lines up to it.
+    pub tail: Vec<String>,
+    /// Whether KVM was used (else TCG emulation).
+    pub kvm: bool,
+}
+
+fn ovmf() -> Result<&'static str, HostError> {
+    OVMF.iter()
+        .copied()
+        .find(|p| Path::new(p).is_file())
+        .ok_or_else(|| {
+            HostError::Invalid(
+                "UEFI firmware (OVMF) is missing: apt-get install -y ovmf (scripts/setup does)"
+                    .into(),
+            )
+        })
+}
+
+/// Whether this host can run KVM guests (the device exists and opens).
+fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// Printable text of a console line: escape sequences and carriage returns removed.
+fn clean(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                // CSI sequences: ESC [ ... final byte in @..~
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for n in chars.by_ref() {
+                        if ('@'..='~').contains(&n) {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' => {}
+            c if c.is_control() && c != '\t' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn failed(message: String, tail: &VecDeque<String>) -> HostError {
+    HostError::Boot {
+        message,
+        tail: tail.iter().cloned().collect::<Vec<_>>().join("\n"),
+    }
+}
+
+/// Boots `spec.disk` and waits for the marker. Each console line also goes to `sink`.
+///
+/// Side effects: a QEMU process for the duration (killed before returning, whatever the
+/// outcome); nothing written to the disk image. Safe to run twice.
+pub async fn boot(
+    spec: &BootSpec,
+    sink: &super::command::Sink,
+    cancel: &CancellationToken,
+) -> Result<Booted, HostError> {
+    if spec.kvm && !kvm_usable() {
+        return Err(HostError::Invalid(
+            "boot_test asks for KVM but /dev/kvm cannot be opened here: use accelerator = \"tcg\""
+                .into(),
+        ));
+    }
+    let kvm = spec.kvm;
+    let mut cmd = tokio::process::Command::new(QEMU);
+    cmd.args([
+        "-machine",
+        if kvm {
+            "q35,accel=kvm"
+        } else {
+            "q35,accel=tcg"
+        },
+        "-m",
+        &spec.memory_mib.to_string(),
+        "-smp",
+        "2",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-nic",
+        "none",
+        "-no-reboot",
+        "-drive",
+    ])
+    .arg(format!(
+        "file={},format=raw,if=virtio,snapshot=on",
+        spec.disk.display().to_string().replace(',', ",,")
+    ));
+    if spec.firmware == Firmware::Uefi {
+        cmd.args(["-bios", ovmf()?]);
+    }
+    if kvm {
+        cmd.args(["-cpu", "host"]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                HostError::Invalid(format!(
+                    "{QEMU} is missing: apt-get install -y qemu-system-x86 (scripts/setup does)"
+                ))
+            } else {
+                HostError::Io {
+                    what: "starting",
+                    path: PathBuf::from(QEMU),
+                    source: e,
+                }
+            }
+        })?;
+    let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+    let kill = || {
+        if let Some(pg) = pgid {
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+    };
+    let mut stderr = child.stderr.take();
+    let Some(stdout) = child.stdout.take() else {
+        kill();
+        return Err(HostError::Invalid("QEMU's console is not readable".into()));
+    };
+    let mut stdout = stdout;
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let mut tail: VecDeque<String> = VecDeque::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let result = loop {
+        let read = tokio::select! {
+            r = stdout.read(&mut chunk) => r,
+            _ = tokio::time::sleep_until(deadline) => {
+                break Err(failed(format!("no console line matched `{}` within {} s", spec.marker, spec.timeout.as_secs()), &tail));
+            }
+            _ = cancel.cancelled() => break Err(HostError::Cancelled("booting the image".into())),
+        };
+        let n = match read {
+            Ok(0) | Err(_) => {
+                let status = child.wait().await.ok().and_then(|s| s.code());
+                let mut err = String::new();
+                if let Some(mut e) = stderr.take() {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut err))
+                            .await;
+                }
+                break Err(failed(
+                    format!(
+                        "the guest stopped (QEMU exit code {}) before a console line matched `{}`{}",
+                        status.map_or("none".into(), |c| c.to_string()),
+                        spec.marker,
+                        if err.trim().is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", err.trim())
+                        }
+                    ),
+                    &tail,
+                ));
+            }
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&chunk[..n]);
+        // Complete lines go to the log and the tail; a prompt without a newline (`login: `) is
+        // matched while it is still pending.
+        let mut hit = None;
+        while let Some(i) = pending.iter().position(|c| *c == b'\n') {
+            let line = clean(&pending[..i]);
+            pending.drain(..=i);
+            if line.trim().is_empty() {
+                continue;
+            }
+            sink("boot-test", &line);
+            tail.push_back(line.clone());
+            while tail.len() > CONSOLE_TAIL {
+                tail.pop_front();
+            }
+            if hit.is_none() && spec.marker.is_match(&line) {
+                hit = Some(line);
+            }
+        }
+        if hit.is_none() {
+            let partial = clean(&pending);
+            if spec.marker.is_match(&partial) {
+                sink("boot-test", &partial);
+                tail.push_back(partial.clone());
+                hit = Some(partial);
+            }
+        }
+        if let Some(line) = hit {
+            break Ok(Booted {
+                seconds: started.elapsed().as_secs_f64(),
+                line,
+                tail: tail.iter().cloned().collect(),
+                kvm,
+            });
+        }
+    };
+    kill();
+    let _ = child.wait().await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn console_lines_are_cleaned() {
+        assert_eq!(
+            super::clean(b"\x1b[0;32m  OK  \x1b[0m Reached target\r\n"),
+            "  OK   Reached target"
+        );
+        assert_eq!(super::clean(b"debian login: "), "debian login: ");
+    }
+}
