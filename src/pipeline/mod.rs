@@ -167,6 +167,14 @@ impl Build {
             .map_err(|e| StepError::Invalid(format!("{field}: {e}")))
     }
 
+    /// Where the volume is mounted; an error before `attach-volume` chose it.
+    pub fn mount_path(&self) -> Result<std::path::PathBuf, StepError> {
+        self.state
+            .mount_path
+            .clone()
+            .ok_or_else(|| StepError::Invalid("no mount path".into()))
+    }
+
     /// `{{.Device}}` and `{{.MountPath}}` as far as they are known.
     pub fn device_values(&self) -> Vec<(&'static str, String)> {
         let dev = self

@@ -59,7 +59,7 @@ build {
       "printf 'GRUB_TIMEOUT=1\\nGRUB_CMDLINE_LINUX=\"console=tty0 console=ttyS0,115200\"\\nGRUB_TERMINAL=\"console serial\"\\n' > /etc/default/grub.d/kiln.cfg",
       "mkdir -p /boot/grub",
       "update-grub",
-      "printf 'search --no-floppy --label root --set=root\\nset prefix=($root)/boot/grub\\nconfigfile ($root)/boot/grub/grub.cfg\\n' > /tmp/grub-embed.cfg",
+      "printf 'insmod part_gpt\\ninsmod ext2\\nsearch --no-floppy --label root --set=root\\nconfigfile ($root)/boot/grub/grub.cfg\\n' > /tmp/grub-embed.cfg",
       "mkdir -p /boot/efi/EFI/BOOT",
       "grub-mkstandalone -O ${local.grub_target} -o /boot/efi/EFI/BOOT/${local.efi_binary} 'boot/grub/grub.cfg=/tmp/grub-embed.cfg'",
       "rm /tmp/grub-embed.cfg",

@@ -34,6 +34,21 @@ fn require_qemu() {
     );
 }
 
+/// No QEMU process still runs the build's snapshot.
+fn assert_no_qemu(doc: &Value) {
+    let snap = doc["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|s| s["outputs"]["snapshot_id"].as_str())
+        .expect("the snapshot step ran");
+    assert!(
+        qemu_with(snap).is_empty(),
+        "QEMU left: {:?}",
+        qemu_with(snap)
+    );
+}
+
 /// A busybox image has no kernel: under UEFI the firmware ends in its shell, never at a login.
 const NO_KERNEL: &str = "boot_mode = \"uefi\"\n  boot_test {\n    timeout = \"20s\"\n  }";
 
@@ -52,17 +67,7 @@ async fn an_image_that_does_not_boot_fails_with_its_console() {
         "the error carries the console's last lines: {msg}"
     );
     assert_nothing_left(&id, &doc).await;
-    let snap = doc["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find_map(|s| s["outputs"]["snapshot_id"].as_str())
-        .expect("the snapshot step ran");
-    assert!(
-        qemu_with(snap).is_empty(),
-        "QEMU left: {:?}",
-        qemu_with(snap)
-    );
+    assert_no_qemu(&doc);
 }
 
 #[tokio::test]
@@ -109,17 +114,7 @@ async fn sigterm_during_the_boot_test_stops_qemu_at_once() {
     let doc: Value = serde_json::from_slice(&out.stdout).expect("result JSON");
     assert_eq!(doc["error"]["step"], "boot-test", "{doc:#}");
     assert_nothing_left(&id, &doc).await;
-    let snap = doc["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find_map(|s| s["outputs"]["snapshot_id"].as_str())
-        .unwrap_or("kiln-no-snapshot");
-    assert!(
-        qemu_with(snap).is_empty(),
-        "QEMU left: {:?}",
-        qemu_with(snap)
-    );
+    assert_no_qemu(&doc);
 }
 
 /// The example Debian template (debootstrap from the Debian mirror, the cloud kernel, GRUB at

@@ -112,11 +112,7 @@ fn env_of(a: &Ansible) -> Vec<(String, String)> {
 /// temporary inventory on the host (kept with `keep_inventory_file`). Runs the playbook again if
 /// called twice.
 pub async fn run(b: &Build, label: &str, a: &Ansible) -> Result<(), StepError> {
-    let mp = b
-        .state
-        .mount_path
-        .clone()
-        .ok_or_else(|| super::invalid("no mount path"))?;
+    let mp = b.mount_path()?;
     let env = env_of(a);
     if !a.skip_version_check {
         host_command(b, label, &[a.command.clone(), "--version".into()], &env)
@@ -246,11 +242,7 @@ fn stage(
 /// (removed with `clean_staging_directory`), and whatever the playbooks do. Runs them again if
 /// called twice.
 pub async fn run_local(b: &Build, label: &str, a: &AnsibleLocal) -> Result<(), StepError> {
-    let mp = b
-        .state
-        .mount_path
-        .clone()
-        .ok_or_else(|| super::invalid("no mount path"))?;
+    let mp = b.mount_path()?;
     let image = ImageFs::open(&mp)?;
     let staging = a.staging_directory.trim_end_matches('/').to_owned();
     let (playbooks, inventory) = stage(&image, a, &staging)?;

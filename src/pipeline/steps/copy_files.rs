@@ -14,11 +14,7 @@ use std::path::Path;
 const BACKUP_SUFFIX: &str = ".kiln-orig";
 
 fn image_of(b: &Build) -> Result<ImageFs, StepError> {
-    let mp = b
-        .state
-        .mount_path
-        .clone()
-        .ok_or_else(|| super::invalid("no mount path"))?;
+    let mp = b.mount_path()?;
     Ok(ImageFs::open(&mp)?)
 }
 

@@ -9,11 +9,7 @@ use crate::pipeline::{Build, StepError};
 
 pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     let c = &b.plan.config;
-    let mp = b
-        .state
-        .mount_path
-        .clone()
-        .ok_or_else(|| super::invalid("no mount path"))?;
+    let mp = b.mount_path()?;
     let dev = b
         .state
         .device_path

@@ -9,11 +9,7 @@ use crate::host::mount;
 use crate::pipeline::{Build, StepError};
 
 pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
-    let mp = b
-        .state
-        .mount_path
-        .clone()
-        .ok_or_else(|| super::invalid("no mount path"))?;
+    let mp = b.mount_path()?;
     let image = ImageFs::open(&mp)?;
     let mut done = Vec::new();
     for [fstype, source, path] in b.plan.config.chroot_mounts.clone() {

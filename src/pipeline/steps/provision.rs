@@ -57,11 +57,7 @@ fn scripts_of(s: &Shell) -> Result<Vec<(String, Vec<u8>)>, HostError> {
 }
 
 async fn run_shell(b: &Build, label: &str, s: &Shell, local: bool) -> Result<(), StepError> {
-    let mp = b
-        .state
-        .mount_path
-        .clone()
-        .ok_or_else(|| super::invalid("no mount path"))?;
+    let mp = b.mount_path()?;
     let (vars, env) = vars_string(b, s);
     let codes: Vec<i32> = s.valid_exit_codes.iter().map(|c| *c as i32).collect();
     if local {
@@ -136,11 +132,7 @@ pub(super) async fn in_chroot(
     display: &str,
     codes: &[i32],
 ) -> Result<(), StepError> {
-    let mp = b
-        .state
-        .mount_path
-        .clone()
-        .ok_or_else(|| super::invalid("no mount path"))?;
+    let mp = b.mount_path()?;
     let chroot_cmd = format!(
         "chroot {} /bin/sh -c {}",
         shell_quote(&mp.display().to_string()),
@@ -189,11 +181,7 @@ fn target_for(src: &str, dest: &str) -> String {
 /// The `file` provisioner: every image path resolved within the mount ([`ImageFs`]), so a link
 /// in the image never leads kiln to a host file.
 fn run_file(b: &Build, label: &str, f: &File) -> Result<(), StepError> {
-    let mp = b
-        .state
-        .mount_path
-        .clone()
-        .ok_or_else(|| super::invalid("no mount path"))?;
+    let mp = b.mount_path()?;
     let image = ImageFs::open(&mp)?;
     if f.direction == "download" {
         for src in &f.sources {
