@@ -56,7 +56,7 @@ build {
       "printf '[Match]\\nName=en* eth*\\n\\n[Network]\\nDHCP=yes\\n' > /etc/systemd/network/80-dhcp.network",
       "systemctl enable systemd-networkd",
       "mkdir -p /etc/default/grub.d",
-      "printf 'GRUB_TIMEOUT=1\\nGRUB_CMDLINE_LINUX=\"console=tty0 console=ttyS0,115200\"\\nGRUB_TERMINAL=\"console serial\"\\n' > /etc/default/grub.d/kiln.cfg",
+      "printf 'GRUB_DEVICE=LABEL=root\\nGRUB_DISABLE_LINUX_UUID=true\\nGRUB_TIMEOUT=1\\nGRUB_CMDLINE_LINUX=\"console=tty0 console=ttyS0,115200\"\\nGRUB_TERMINAL=\"console serial\"\\n' > /etc/default/grub.d/kiln.cfg",
       "mkdir -p /boot/grub",
       "update-grub",
       "printf 'insmod part_gpt\\ninsmod ext2\\nsearch --no-floppy --label root --set=root\\nconfigfile ($root)/boot/grub/grub.cfg\\n' > /tmp/grub-embed.cfg",
