@@ -198,3 +198,126 @@ async fn a_failing_ansible_task_fails_the_build_with_its_message() {
     })
     .await;
 }
+
+/// Every field of both ansible provisioners in one template (the README lists them), building
+/// an image: what each one does is visible in the image or on the host afterwards.
+#[tokio::test]
+async fn every_field_of_both_ansible_provisioners() {
+    with_janitor(|janitor| async move {
+        let path = ansible_path();
+        let t = Tpl::new();
+        galaxy_role(&t);
+        let inv_dir = t.0.join("inventories");
+        std::fs::create_dir_all(&inv_dir).expect("inventory dir");
+        put(
+            &t,
+            "files/all.yml",
+            "- hosts: edge\n  gather_facts: false\n  roles:\n    - galaxyrole\n  tasks:\n    - copy:\n        dest: /etc/remote-fields\n        content: \"{{ inventory_hostname }} {{ lookup('env', 'KILN_TEST_ENV') }} {{ groups['spare'] | length }}\\n\"\n",
+        );
+        // ansible-local: a playbook directory (with a role tarball for the in-image galaxy), two
+        // playbooks, host_vars, its own inventory.
+        put(&t, "local/first.yml", "- hosts: box\n  connection: local\n  gather_facts: false\n  tasks:\n    - copy:\n        dest: /etc/local-first\n        content: \"{{ colour }}\\n\"\n");
+        put(&t, "local/second.yml", "- hosts: box\n  connection: local\n  gather_facts: false\n  roles:\n    - localrole\n");
+        put(&t, "local/host_vars/127.0.0.1.yml", "colour: blue\n");
+        put(&t, "local/inventory.ini", "[box]\n127.0.0.1\n");
+        put(&t, "localrole-src/localrole/tasks/main.yml", "- copy:\n    dest: /etc/local-galaxy\n    content: \"in-image galaxy\\n\"\n");
+        put(&t, "localrole-src/localrole/meta/main.yml", "galaxy_info:\n  author: kiln\n  description: t\n  license: MIT\n  min_ansible_version: '2.9'\n  platforms: []\ndependencies: []\n");
+        let ok = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(t.0.join("localrole-src"))
+            .arg("-czf")
+            .arg(t.0.join("local/localrole.tar.gz"))
+            .arg("localrole")
+            .status()
+            .expect("tar")
+            .success();
+        assert!(ok);
+        let staging = "/opt/kiln-staging";
+        put(
+            &t,
+            "local/requirements.yml",
+            &format!("- src: file://{staging}/localrole.tar.gz\n  name: localrole\n"),
+        );
+        let provs = format!(
+            r#"provisioner "ansible" {{
+    command                = "{bin}/ansible-playbook"
+    playbook_file          = "files/all.yml"
+    galaxy_file            = "files/requirements.yml"
+    galaxy_command         = "{bin}/ansible-galaxy"
+    galaxy_force_install   = true
+    roles_path             = "{roles}"
+    collections_path       = "{collections}"
+    host_alias             = "builder-image"
+    groups                 = ["edge"]
+    empty_groups           = ["spare"]
+    user                   = "root"
+    inventory_directory    = "{inv}"
+    keep_inventory_file    = true
+    ansible_env_vars       = ["KILN_TEST_ENV=from-env-vars"]
+    extra_arguments        = ["-v"]
+    skip_version_check     = false
+    use_proxy              = false
+  }}
+  provisioner "ansible-local" {{
+    command                 = "ansible-playbook"
+    playbook_files          = ["local/first.yml", "local/second.yml"]
+    playbook_dir            = "local"
+    host_vars               = "local/host_vars"
+    galaxy_file             = "local/requirements.yml"
+    galaxy_command          = "ansible-galaxy"
+    inventory_file          = "local/inventory.ini"
+    extra_arguments         = ["--diff"]
+    staging_directory       = "{staging}"
+    clean_staging_directory = true
+  }}"#,
+            bin = repo_root().join(".kiln/ansible/bin").display(),
+            roles = t.0.join("roles").display(),
+            collections = t.0.join("collections").display(),
+            inv = inv_dir.display(),
+        );
+        let tpl = t.write(
+            "fields.pkr.hcl",
+            &debian_template(&unique("ansible-fields"), "", &provs),
+        );
+        let (ok, doc, stderr) = build_env(&tpl, &[], &[path]);
+        track_result(&janitor, &doc);
+        assert!(ok, "{}\n{doc:#}\n{stderr}", doc["error"]);
+        let warnings = stderr.lines().filter(|l| l.contains("use_proxy is ignored")).count();
+        assert_eq!(warnings, 1, "the SSH-only field warns: {stderr}");
+        let kept: Vec<_> = std::fs::read_dir(&inv_dir)
+            .expect("inventory dir")
+            .flatten()
+            .collect();
+        assert_eq!(kept.len(), 1, "keep_inventory_file keeps it in inventory_directory");
+        let inventory = std::fs::read_to_string(kept[0].path()).expect("inventory");
+        assert!(
+            inventory.contains("builder-image ansible_host=")
+                && inventory.contains("ansible_user=root")
+                && inventory.contains("[edge]\nbuilder-image\n")
+                && inventory.contains("[spare]\n"),
+            "{inventory}"
+        );
+        assert!(t.0.join("roles/galaxyrole").is_dir(), "galaxy installed into roles_path");
+        let file = PathBuf::from(
+            doc["artifacts"][Emulator::get().region()]["snapshot_files"][0]
+                .as_str()
+                .expect("snapshot file"),
+        );
+        let got = read_from_snapshot(
+            &file,
+            &[
+                "/etc/remote-fields",
+                "/etc/from-galaxy-role",
+                "/etc/local-first",
+                "/etc/local-galaxy",
+                "/opt/kiln-staging/first.yml",
+            ],
+        );
+        assert_eq!(got[0].as_deref(), Some("builder-image from-env-vars 0\n"));
+        assert_eq!(got[1].as_deref(), Some("galaxy role ran\n"));
+        assert_eq!(got[2].as_deref(), Some("blue\n"), "host_vars and the template's inventory");
+        assert_eq!(got[3].as_deref(), Some("in-image galaxy\n"), "galaxy_file inside the image");
+        assert_eq!(got[4], None, "clean_staging_directory removed the staging directory");
+    })
+    .await;
+}
