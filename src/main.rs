@@ -304,8 +304,16 @@ struct BuildFlags {
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(cli::packer_style_args(std::env::args_os()));
-    let verbosity =
+    let mut verbosity =
         i8::try_from(cli.verbose).unwrap_or(i8::MAX) - i8::try_from(cli.quiet).unwrap_or(i8::MAX);
+    // `kiln build` on a terminal: the Packer-style `==>` lines are the progress view, so the log
+    // lines that repeat them wait for -v (files, pipes and JSON logs keep them).
+    if matches!(cli.command, Command::Build { .. })
+        && cli.log_format == LogFormat::Text
+        && std::io::IsTerminal::is_terminal(&std::io::stderr())
+    {
+        verbosity -= 1;
+    }
     observe::init(cli.log_format, verbosity);
     let result = match &cli.command {
         Command::Validate { template, json } => cli::template::validate(template, *json),
