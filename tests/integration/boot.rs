@@ -3,11 +3,10 @@
 //! console's last lines and leaves nothing (no AMI, snapshot or QEMU process); SIGTERM during the
 //! boot test stops QEMU at once.
 
-use crate::pipeline::{Tpl, assert_nothing_left, build, busybox, kiln_command};
+use crate::pipeline::{Tpl, assert_nothing_left, build, build_then_sigterm, busybox};
 use crate::support::{Emulator, repo_root, tagged, track_result, unique, with_janitor};
 use serde_json::Value;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// QEMU processes whose command line names `needle` (a snapshot id).
 fn qemu_with(needle: &str) -> Vec<String> {
@@ -79,36 +78,12 @@ async fn sigterm_during_the_boot_test_stops_qemu_at_once() {
         "bc.pkr.hcl",
         &busybox(&unique("bootcancel"), &NO_KERNEL.replace("20s", "10m"), ""),
     );
-    let mut child = kiln_command(&tpl, &["--build-id".into(), id.clone()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kiln");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            // The firmware is running: QEMU is up.
-            if line.contains("boot-test: BdsDxe") || line.contains("boot-test: UEFI") {
-                let _ = tx.send(());
-            }
-        }
+    // Signalled once the firmware runs: QEMU is up.
+    let (out, took) = build_then_sigterm(&tpl, &["--build-id".into(), id.clone()], |l| {
+        l.contains("boot-test: BdsDxe") || l.contains("boot-test: UEFI")
     });
-    rx.recv_timeout(Duration::from_secs(120))
-        .expect("the boot test started QEMU");
-    let signalled = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let out = child.wait_with_output().expect("wait");
     assert!(
-        signalled.elapsed() < Duration::from_secs(60),
+        took < Duration::from_secs(60),
         "the build did not stop promptly"
     );
     let doc: Value = serde_json::from_slice(&out.stdout).expect("result JSON");

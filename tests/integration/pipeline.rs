@@ -29,7 +29,7 @@ fn state_dir() -> &'static Path {
     })
 }
 
-pub(crate) fn kiln_command(template: &Path, extra: &[String]) -> Command {
+fn kiln_command(template: &Path, extra: &[String]) -> Command {
     let emu = Emulator::get();
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
     c.arg("build")
@@ -502,41 +502,10 @@ async fn cancellation_by_signal_cleans_up() {
             r#"provisioner "shell" { inline = ["echo waiting-for-signal", "sleep 120"] }"#,
         ),
     );
-    let mut child = kiln_command(&tpl, &["--build-id".into(), id.clone()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kiln");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("waiting-for-signal") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
+    let (out, took) = build_then_sigterm(&tpl, &["--build-id".into(), id.clone()], |l| {
+        l.contains("waiting-for-signal")
     });
-    let started = Instant::now();
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("the provisioner started");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "cancellation took too long"
-    );
+    assert!(took < Duration::from_secs(60), "cancellation took too long");
     assert!(!out.status.success());
     let doc: Value = serde_json::from_slice(&out.stdout).expect("result JSON");
     assert_eq!(doc["error"]["step"], "provision");
@@ -549,6 +518,43 @@ async fn cancellation_by_signal_cleans_up() {
     );
     assert_eq!(doc["error"]["retryable"], true);
     assert_nothing_left(&id, &doc).await;
+}
+
+/// Runs `kiln build`, sends SIGTERM once a stderr line satisfies `ready` (within 120 s), and
+/// returns its output and how long it took to stop after the signal.
+pub(crate) fn build_then_sigterm(
+    template: &Path,
+    extra: &[String],
+    ready: impl Fn(&str) -> bool + Send + 'static,
+) -> (std::process::Output, Duration) {
+    let mut child = kiln_command(template, extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if ready(&line) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("the build reached the point to signal it");
+    let signalled = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let out = child.wait_with_output().expect("wait");
+    (out, signalled.elapsed())
 }
 
 /// Four builds at once on one host get distinct devices and all succeed.
