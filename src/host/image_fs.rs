@@ -18,7 +18,6 @@ use nix::mount::MsFlags;
 use pathrs::flags::OpenFlags;
 use pathrs::{Handle, InodeType, Root};
 use std::fs::Permissions;
-use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -66,16 +65,8 @@ fn in_image(path: &str) -> PathBuf {
     Path::new("/").join(path.trim_start_matches('/'))
 }
 
-fn err(what: &'static str, path: &Path) -> impl FnOnce(pathrs::error::Error) -> HostError {
-    let path = path.to_owned();
-    move |e| HostError::InImage {
-        what,
-        path,
-        detail: e.to_string(),
-    }
-}
-
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HostError {
+/// Maps any error (pathrs, io, errno) of `what` on `path` in the image to [`HostError::InImage`].
+fn err<E: std::fmt::Display>(what: &'static str, path: &Path) -> impl FnOnce(E) -> HostError {
     let path = path.to_owned();
     move |e| HostError::InImage {
         what,
@@ -94,11 +85,7 @@ fn errno_of(e: &pathrs::error::Error) -> Option<i32> {
 impl ImageFs {
     /// Opens the image mounted at `mount` (a host path kiln chose). No side effects.
     pub fn open(mount: &Path) -> Result<Self, HostError> {
-        let root = Root::open(mount).map_err(|e| HostError::InImage {
-            what: "opening the image at",
-            path: mount.to_owned(),
-            detail: e.to_string(),
-        })?;
+        let root = Root::open(mount).map_err(err("opening the image at", mount))?;
         Ok(Self {
             root,
             mount: mount.to_owned(),
@@ -118,11 +105,7 @@ impl ImageFs {
             Err(e) if errno_of(&e) == Some(libc::ENOENT) => return Ok(Entry::Missing),
             Err(e) => return Err(err("looking up", &p)(e)),
         };
-        let st = nix::sys::stat::fstat(h.as_fd()).map_err(|e| HostError::InImage {
-            what: "looking up",
-            path: p.clone(),
-            detail: e.to_string(),
-        })?;
+        let st = nix::sys::stat::fstat(h.as_fd()).map_err(err("looking up", &p))?;
         Ok(match st.st_mode & libc::S_IFMT {
             libc::S_IFLNK => Entry::Link(self.root.readlink(&p).map_err(err("reading", &p))?),
             libc::S_IFDIR => Entry::Directory,
@@ -228,7 +211,7 @@ impl ImageFs {
         use std::io::Write;
         let p = in_image(path);
         let mut f = self.create(path, mode)?;
-        f.write_all(data).map_err(io_err("writing", &p))
+        f.write_all(data).map_err(err("writing", &p))
     }
 
     /// Removes the file or link at `path` (never what a link points to). Missing is fine.
@@ -301,9 +284,9 @@ impl ImageFs {
         let mode = meta.permissions().mode() & 0o7777;
         let mut from = std::fs::File::open(src).map_err(HostError::io("reading", src))?;
         let mut to = self.create(&d, mode)?;
-        std::io::copy(&mut from, &mut to).map_err(io_err("writing", dest))?;
+        std::io::copy(&mut from, &mut to).map_err(err("writing", dest))?;
         to.set_permissions(Permissions::from_mode(mode))
-            .map_err(io_err("setting the mode of", dest))?;
+            .map_err(err("setting the mode of", dest))?;
         Ok(1)
     }
 
@@ -326,11 +309,7 @@ impl ImageFs {
         dest: &Path,
         depth: usize,
     ) -> Result<u64, HostError> {
-        let st = nix::sys::stat::fstat(h.as_fd()).map_err(|e| HostError::InImage {
-            what: "reading",
-            path: p.to_owned(),
-            detail: e.to_string(),
-        })?;
+        let st = nix::sys::stat::fstat(h.as_fd()).map_err(err("reading", p))?;
         match st.st_mode & libc::S_IFMT {
             libc::S_IFLNK => {
                 let target = self.root.readlink(p).map_err(err("reading", p))?;
@@ -344,11 +323,7 @@ impl ImageFs {
                     .reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY)
                     .map_err(err("listing", p))?;
                 let mut dir =
-                    nix::dir::Dir::from_fd(OwnedFd::from(dir)).map_err(|e| HostError::InImage {
-                        what: "listing",
-                        path: p.to_owned(),
-                        detail: e.to_string(),
-                    })?;
+                    nix::dir::Dir::from_fd(OwnedFd::from(dir)).map_err(err("listing", p))?;
                 let names: Vec<String> = dir
                     .iter()
                     .flatten()
@@ -381,18 +356,6 @@ impl ImageFs {
                 detail: "not a regular file, directory or link (or nested too deep)".into(),
             }),
         }
-    }
-
-    /// Reads a small file inside the image (final link followed inside the image).
-    pub fn read(&self, path: &str) -> Result<Vec<u8>, HostError> {
-        let p = in_image(path);
-        let mut f = self
-            .root
-            .open_subpath(&p, OpenFlags::O_RDONLY)
-            .map_err(err("reading", &p))?;
-        let mut v = Vec::new();
-        f.read_to_end(&mut v).map_err(io_err("reading", &p))?;
-        Ok(v)
     }
 
     /// Mounts `source` (a host path for `bind`) of type `fstype` on directory `path` inside the
@@ -508,7 +471,10 @@ mod tests {
             Some("three".to_owned())
         );
         // Reading through a link to a host file finds nothing (the image has no such file).
-        let e = fs.read("/etc/read").unwrap_err().to_string();
+        let e = fs
+            .download("/etc/read", &t.0.join("peek"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/etc/read"), "{e}");
         let e = fs
             .download("/etc/read", &t.0.join("out"))

@@ -40,9 +40,9 @@ pub enum StepError {
     /// From EC2 or IMDS.
     #[error(transparent)]
     Ec2(#[from] Ec2Error),
-    /// From the host.
+    /// From the host (a host operation cancelled becomes [`StepError::Cancelled`]).
     #[error(transparent)]
-    Host(#[from] HostError),
+    Host(HostError),
     /// The template or the source image cannot be built as asked.
     #[error("{0}")]
     Invalid(String),
@@ -58,6 +58,15 @@ pub enum StepError {
     /// A step panicked (a bug in kiln).
     #[error("kiln bug: the step panicked: {0}")]
     Panic(String),
+}
+
+impl From<HostError> for StepError {
+    fn from(e: HostError) -> Self {
+        match e {
+            HostError::Cancelled(_) => StepError::Cancelled,
+            other => StepError::Host(other),
+        }
+    }
 }
 
 impl StepError {
@@ -225,20 +234,22 @@ impl Build {
             &self.plan.config.command_wrapper,
             &[("Command", script.to_owned())],
         )?;
-        let cmd = ShellCommand {
+        self.run_command(ShellCommand {
             name: name.to_owned(),
-            display: self.masker.mask(&wrapped),
+            display: wrapped.clone(),
             script: wrapped,
             env,
             valid_exit_codes: vec![0],
-        };
-        (self.sink)(name, &format!("$ {}", cmd.display));
-        command::run(&cmd, &self.sink, &self.cancel)
-            .await
-            .map_err(|e| match e {
-                HostError::Cancelled(_) => StepError::Cancelled,
-                other => StepError::Host(other),
-            })
+        })
+        .await
+    }
+
+    /// Runs `cmd` (a `/bin/sh -c` child in its own process group, killed on cancellation): its
+    /// masked `display` echoed as `$ ...` and its output streamed to the sink under its name.
+    pub async fn run_command(&self, mut cmd: ShellCommand) -> Result<(), StepError> {
+        cmd.display = self.masker.mask(&cmd.display);
+        (self.sink)(&cmd.name, &format!("$ {}", cmd.display));
+        Ok(command::run(&cmd, &self.sink, &self.cancel).await?)
     }
 }
 

@@ -90,12 +90,8 @@ pub fn template_files(path: &Path, referenced: &[PathBuf]) -> Result<Vec<PathBuf
         .map_err(|e| format!("reading {}: {e}", path.display()))?
         .len();
     let mut stack = vec![dir.to_path_buf()];
-    let beside = |p: &Path| {
-        std::path::absolute(p)
-            .ok()
-            .zip(std::path::absolute(dir).ok())
-            .is_some_and(|(p, d)| p.starts_with(d))
-    };
+    let abs_dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let beside = |p: &Path| std::path::absolute(p).is_ok_and(|p| p.starts_with(&abs_dir));
     for r in referenced.iter().filter(|r| !beside(r)) {
         if r.is_dir() {
             stack.push(r.clone());

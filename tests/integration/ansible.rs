@@ -5,9 +5,8 @@
 //! build with the task's message and leaves nothing, and that sensitive values stay masked.
 
 use crate::debian::debian_template;
-use crate::pipeline::{Tpl, assert_nothing_left, build_env, read_from_snapshot};
+use crate::pipeline::{Tpl, assert_nothing_left, build_env, read_from_result};
 use crate::support::{Emulator, repo_root, tagged, track_result, unique, with_janitor};
-use std::path::PathBuf;
 
 /// `PATH` with the pinned Ansible first. Panics with the command that installs it.
 fn ansible_path() -> (&'static str, String) {
@@ -33,29 +32,37 @@ fn put(t: &Tpl, rel: &str, text: &str) {
     std::fs::write(p, text).expect("write");
 }
 
-/// A role packed as a tarball and named by a galaxy requirements file (installed offline).
-fn galaxy_role(t: &Tpl) {
+/// Role `name` whose one task is `task`, packed as the tarball `tarball` (relative to the
+/// template directory), as galaxy installs it from a `file://` source.
+fn pack_role(t: &Tpl, name: &str, task: &str, tarball: &str) {
+    put(t, &format!("role-src/{name}/tasks/main.yml"), task);
     put(
         t,
-        "role-src/galaxyrole/tasks/main.yml",
-        "- name: from the galaxy role\n  copy:\n    dest: /etc/from-galaxy-role\n    content: \"galaxy role ran\\n\"\n",
-    );
-    put(
-        t,
-        "role-src/galaxyrole/meta/main.yml",
+        &format!("role-src/{name}/meta/main.yml"),
         "galaxy_info:\n  author: kiln\n  description: test\n  license: MIT\n  min_ansible_version: '2.9'\n  platforms: []\ndependencies: []\n",
     );
-    let tarball = t.0.join("files/galaxyrole.tar.gz");
+    std::fs::create_dir_all(t.0.join(tarball).parent().expect("parent")).expect("dir");
     let ok = std::process::Command::new("tar")
         .arg("-C")
         .arg(t.0.join("role-src"))
         .arg("-czf")
-        .arg(&tarball)
-        .arg("galaxyrole")
+        .arg(t.0.join(tarball))
+        .arg(name)
         .status()
         .expect("tar")
         .success();
-    assert!(ok, "packing the role");
+    assert!(ok, "packing the role {name}");
+}
+
+/// A role packed as a tarball and named by a galaxy requirements file (installed offline).
+fn galaxy_role(t: &Tpl) {
+    pack_role(
+        t,
+        "galaxyrole",
+        "- name: from the galaxy role\n  copy:\n    dest: /etc/from-galaxy-role\n    content: \"galaxy role ran\\n\"\n",
+        "files/galaxyrole.tar.gz",
+    );
+    let tarball = t.0.join("files/galaxyrole.tar.gz");
     put(
         t,
         "files/requirements.yml",
@@ -129,13 +136,8 @@ async fn ansible_and_ansible_local_provision_a_debian_image() {
             !stderr.contains("\u{1b}["),
             "colour codes in the log:\n{stderr}"
         );
-        let file = PathBuf::from(
-            doc["artifacts"][Emulator::get().region()]["snapshot_files"][0]
-                .as_str()
-                .expect("snapshot file"),
-        );
-        let got = read_from_snapshot(
-            &file,
+        let got = read_from_result(
+            &doc,
             &[
                 "/etc/from-ansible",
                 "/etc/from-galaxy-role",
@@ -220,18 +222,12 @@ async fn every_field_of_both_ansible_provisioners() {
         put(&t, "local/second.yml", "- hosts: box\n  connection: local\n  gather_facts: false\n  roles:\n    - localrole\n");
         put(&t, "local/host_vars/127.0.0.1.yml", "colour: blue\n");
         put(&t, "local/inventory.ini", "[box]\n127.0.0.1\n");
-        put(&t, "localrole-src/localrole/tasks/main.yml", "- copy:\n    dest: /etc/local-galaxy\n    content: \"in-image galaxy\\n\"\n");
-        put(&t, "localrole-src/localrole/meta/main.yml", "galaxy_info:\n  author: kiln\n  description: t\n  license: MIT\n  min_ansible_version: '2.9'\n  platforms: []\ndependencies: []\n");
-        let ok = std::process::Command::new("tar")
-            .arg("-C")
-            .arg(t.0.join("localrole-src"))
-            .arg("-czf")
-            .arg(t.0.join("local/localrole.tar.gz"))
-            .arg("localrole")
-            .status()
-            .expect("tar")
-            .success();
-        assert!(ok);
+        pack_role(
+            &t,
+            "localrole",
+            "- copy:\n    dest: /etc/local-galaxy\n    content: \"in-image galaxy\\n\"\n",
+            "local/localrole.tar.gz",
+        );
         let staging = "/opt/kiln-staging";
         put(
             &t,
@@ -298,13 +294,8 @@ async fn every_field_of_both_ansible_provisioners() {
             "{inventory}"
         );
         assert!(t.0.join("roles/galaxyrole").is_dir(), "galaxy installed into roles_path");
-        let file = PathBuf::from(
-            doc["artifacts"][Emulator::get().region()]["snapshot_files"][0]
-                .as_str()
-                .expect("snapshot file"),
-        );
-        let got = read_from_snapshot(
-            &file,
+        let got = read_from_result(
+            &doc,
             &[
                 "/etc/remote-fields",
                 "/etc/from-galaxy-role",

@@ -4,7 +4,7 @@
 //! links is built first; builds from it exercise every operation that touches an image path,
 //! while a `shell-local` provisioner checks the host during the build and the test checks after.
 
-use crate::pipeline::{Tpl, assert_nothing_left, build, busybox, read_from_snapshot};
+use crate::pipeline::{Tpl, assert_nothing_left, build, busybox, read_from_result};
 use crate::support::{Emulator, tagged, track_result, unique, with_janitor};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -189,13 +189,8 @@ async fn links_in_the_image_never_reach_the_host() {
         let vt = host.var_tmp.file_name().expect("name").to_string_lossy();
         let hs = host.name();
         let in_image = |p: &str| format!("/var/{vt}/{hs}/{p}");
-        let file = PathBuf::from(
-            doc["artifacts"][Emulator::get().region()]["snapshot_files"][0]
-                .as_str()
-                .expect("snapshot file"),
-        );
-        let got = read_from_snapshot(
-            &file,
+        let got = read_from_result(
+            &doc,
             &[
                 &in_image("evil"),
                 &in_image("dir/a.txt"),

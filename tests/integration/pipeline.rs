@@ -175,6 +175,15 @@ fn with_snapshot<T>(file: &Path, f: impl FnOnce(&Path) -> T) -> T {
     result.unwrap_or_else(|| panic!("could not mount {dev}p1 of {}", file.display()))
 }
 
+/// Reads files from the first partition of the build's own snapshot (the first snapshot file of
+/// its region in the result document `doc`).
+pub(crate) fn read_from_result(doc: &Value, paths: &[&str]) -> Vec<Option<String>> {
+    let file = doc["artifacts"][Emulator::get().region()]["snapshot_files"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("the result names no snapshot file: {doc:#}"));
+    read_from_snapshot(Path::new(file), paths)
+}
+
 /// Reads files from the first partition of a snapshot file.
 pub(crate) fn read_from_snapshot(file: &Path, paths: &[&str]) -> Vec<Option<String>> {
     with_snapshot(file, |mnt| {

@@ -111,11 +111,7 @@ async fn submit_wait_and_status_against_a_worker() {
                 vec![ami],
                 "{id}: the result names the build's one AMI"
             );
-            let file = doc["artifacts"][Emulator::get().region()]["snapshot_files"][0]
-                .as_str()
-                .expect("snapshot file");
-            let got =
-                crate::pipeline::read_from_snapshot(std::path::Path::new(file), &["/etc/copied"]);
+            let got = crate::pipeline::read_from_result(&doc, &["/etc/copied"]);
             assert_eq!(
                 got[0].as_deref(),
                 Some("hi from submit\n"),

@@ -10,9 +10,9 @@
 //! resolve within the mount) and runs the image's own `ansible-playbook` there with a local
 //! connection, as Packer does over its communicator.
 
-use super::provision::{in_chroot, map_cancel};
+use super::provision::in_chroot;
 use crate::host::HostError;
-use crate::host::command::{self, ShellCommand, shell_quote};
+use crate::host::command::{ShellCommand, shell_quote};
 use crate::host::image_fs::ImageFs;
 use crate::pipeline::{Build, StepError};
 use crate::template::ansible::{Ansible, AnsibleLocal};
@@ -76,17 +76,14 @@ async fn host_command(
     env: &[(String, String)],
 ) -> Result<(), StepError> {
     let script = quoted(argv);
-    let cmd = ShellCommand {
+    b.run_command(ShellCommand {
         name: label.to_owned(),
-        display: b.masker.mask(&script),
+        display: script.clone(),
         script,
         env: env.to_vec(),
         valid_exit_codes: vec![0],
-    };
-    (b.sink)(label, &format!("$ {}", cmd.display));
-    command::run(&cmd, &b.sink, &b.cancel)
-        .await
-        .map_err(map_cancel)
+    })
+    .await
 }
 
 fn env_of(a: &Ansible) -> Vec<(String, String)> {

@@ -5,7 +5,6 @@
 //! for any failed build. Loop backend only for now: on EC2 (`ebs`) the step says so and fails.
 //! Undo: none (QEMU is gone when the step returns; `snapshot=on` leaves no overlay).
 
-use crate::host::HostError;
 use crate::host::vm::{self, BootSpec, Firmware};
 use crate::pipeline::{Build, StepError};
 use std::time::Duration;
@@ -57,15 +56,12 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
             test.marker
         ),
     );
-    match vm::boot(&spec, &b.sink, &b.cancel).await {
-        Ok(booted) => Ok(serde_json::json!({
-            "booted_in_s": booted.seconds,
-            "firmware": if firmware == Firmware::Uefi { "uefi" } else { "bios" },
-            "kvm": booted.kvm,
-            "marker_line": booted.line,
-            "console_tail": booted.tail,
-        })),
-        Err(HostError::Cancelled(_)) => Err(StepError::Cancelled),
-        Err(e) => Err(StepError::Host(e)),
-    }
+    let booted = vm::boot(&spec, &b.sink, &b.cancel).await?;
+    Ok(serde_json::json!({
+        "booted_in_s": booted.seconds,
+        "firmware": if firmware == Firmware::Uefi { "uefi" } else { "bios" },
+        "kvm": booted.kvm,
+        "marker_line": booted.line,
+        "console_tail": booted.tail,
+    }))
 }

@@ -5,7 +5,7 @@
 //! code and the last lines of output.
 
 use crate::host::HostError;
-use crate::host::command::{self, ShellCommand, shell_quote};
+use crate::host::command::{ShellCommand, shell_quote};
 use crate::host::image_fs::ImageFs;
 use crate::pipeline::{Build, StepError};
 use crate::template::provisioner::{File, Kind, Provisioner, Shell, parse_duration};
@@ -82,17 +82,14 @@ async fn run_shell(b: &Build, label: &str, s: &Shell, local: bool) -> Result<(),
             texts.push(format!("/bin/sh {}", shell_quote(&p.display().to_string())));
         }
         for t in texts {
-            let cmd = ShellCommand {
+            b.run_command(ShellCommand {
                 name: label.to_owned(),
-                display: b.masker.mask(&t),
+                display: t.clone(),
                 script: t,
                 env: env.clone(),
                 valid_exit_codes: codes.clone(),
-            };
-            (b.sink)(label, &format!("$ {}", cmd.display));
-            command::run(&cmd, &b.sink, &b.cancel)
-                .await
-                .map_err(map_cancel)?;
+            })
+            .await?;
         }
         return Ok(());
     }
@@ -143,24 +140,14 @@ pub(super) async fn in_chroot(
         &b.plan.config.command_wrapper,
         &[("Command", chroot_cmd)],
     )?;
-    let cmd = ShellCommand {
+    b.run_command(ShellCommand {
         name: label.to_owned(),
-        display: b.masker.mask(display),
+        display: display.to_owned(),
         script: wrapped,
         env: Vec::new(),
         valid_exit_codes: codes.to_vec(),
-    };
-    (b.sink)(label, &format!("$ {}", cmd.display));
-    command::run(&cmd, &b.sink, &b.cancel)
-        .await
-        .map_err(map_cancel)
-}
-
-pub(super) fn map_cancel(e: HostError) -> StepError {
-    match e {
-        HostError::Cancelled(_) => StepError::Cancelled,
-        other => StepError::Host(other),
-    }
+    })
+    .await
 }
 
 /// Where an upload of `src` goes inside the image, as Packer's file provisioner places it: a

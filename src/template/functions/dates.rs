@@ -1,7 +1,7 @@
 //! Packer's date functions kiln adds: `timeadd`, `legacy_isotime` (Go layouts, as `{{isotime}}`),
 //! `legacy_strftime` (C `strftime` codes).
 
-use super::{build_time, rfc3339, s};
+use super::{now, rfc3339, s};
 use hcl::Value;
 use hcl::eval::{Context, FuncDef, ParamType};
 use time::OffsetDateTime;
@@ -74,7 +74,7 @@ pub(super) fn declare(ctx: &mut Context<'_>) {
         "legacy_isotime",
         FuncDef::builder().param(ParamType::String).build(|a| {
             Ok(Value::from(crate::template::gotmpl::go_time_format(
-                build_time(),
+                now(),
                 &s(&a[0]),
             )))
         }),
@@ -83,6 +83,6 @@ pub(super) fn declare(ctx: &mut Context<'_>) {
         "legacy_strftime",
         FuncDef::builder()
             .param(ParamType::String)
-            .build(|a| strftime(build_time(), &s(&a[0])).map(Value::from)),
+            .build(|a| strftime(now(), &s(&a[0])).map(Value::from)),
     );
 }

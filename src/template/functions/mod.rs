@@ -34,13 +34,9 @@ pub(super) fn in_cwd(p: &str) -> std::path::PathBuf {
     CWD.with(|c| crate::template::provisioner::resolve(&c.borrow(), p))
 }
 
-fn now() -> OffsetDateTime {
+/// The build's start time (what `timestamp()` returns).
+pub(super) fn now() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(NOW.with(Cell::get)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-/// The current build time (for the date functions of the submodules).
-pub(super) fn build_time() -> OffsetDateTime {
-    now()
 }
 
 pub(super) fn s(v: &Value) -> String {
