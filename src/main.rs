@@ -54,8 +54,9 @@ enum Command {
     },
     /// Run builds from an SQS queue (on builder instances); publishes results to S3 and a queue.
     Worker(WorkerArgs),
-    /// Send a build request: uploads a local template (with the files beside it) or names an
-    /// s3:// one; prints the build id; --wait prints the result.
+    /// Send a build request: uploads a local template (with the files beside it and those it
+    /// references, relative to the working directory) or names an s3:// one; prints the build id;
+    /// --wait prints the result.
     Submit(SubmitArgs),
     /// Remove what finished, failed or abandoned builds left (found by the kiln:build-id tag).
     Gc {
