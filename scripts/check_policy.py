@@ -1,7 +1,8 @@
 """Checks that the stack's IAM roles allow every AWS call kiln makes, and name which statement
 allows each: the builder role (infra/kiln.yaml, BuilderRole) for the worker's calls, the trigger
 role for kiln-trigger's. The calls are read from kiln's sources: every `.operation()` of the AWS
-SDK for Rust (the operations are the SDK crates' own `src/operation/` modules).
+SDK for Rust (the operations are the SDK crates' own `src/operation/` modules), in a role's own
+files and in the library functions they call (with the functions of the same file those call).
 
     python scripts/check_policy.py [TEMPLATE]      exit 1 when a call has no statement
 """
@@ -36,7 +37,7 @@ def sdk_operations() -> dict[str, set[str]]:
     lock = open(os.path.join(ROOT, "Cargo.lock"), encoding="utf-8").read()
     home = os.environ.get("CARGO_HOME", os.path.expanduser("~/.cargo"))
     ops: dict[str, set[str]] = {}
-    for svc in ("ec2", "s3", "sqs", "autoscaling"):
+    for svc in ("ec2", "s3", "sqs", "autoscaling", "ssm", "secretsmanager"):
         m = re.search(rf'name = "aws-sdk-{svc}"\nversion = "([^"]+)"', lock)
         if not m:
             sys.exit(f"check_policy: aws-sdk-{svc} is not in Cargo.lock")
@@ -99,9 +100,17 @@ def library_functions(accept) -> list[tuple[str, str]]:
                 if not os.path.exists(full) or accept(candidate):
                     continue
                 text = re.sub(r"//[^\n]*", "", open(full, encoding="utf-8").read())
-                f = re.search(rf"\bfn {m.group(2)}\b.*?\n}}\n", text, re.S)
-                if f:
-                    out.append((f"{candidate}:{m.group(2)}", f.group(0)))
+                # The function and, transitively, the functions of its file it calls.
+                bodies = {f.group(1): f.group(0) for f in
+                          re.finditer(r"\bfn ([a-z_][a-z0-9_]*)\b.*?\n}\n", text, re.S)}
+                todo, seen = [m.group(2)], set()
+                while todo:
+                    name = todo.pop()
+                    if name in seen or name not in bodies:
+                        continue
+                    seen.add(name)
+                    out.append((f"{candidate}:{name}", bodies[name]))
+                    todo.extend(c for c in re.findall(r"\b([a-z_][a-z0-9_]*)\(", bodies[name]) if c in bodies)
     return out
 
 

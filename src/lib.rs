@@ -13,6 +13,7 @@ pub mod aws;
 pub mod backend;
 #[cfg(feature = "builder")]
 pub mod checkpoint;
+pub mod data_sources;
 pub mod ec2;
 #[cfg(feature = "builder")]
 pub mod gc;

@@ -257,6 +257,11 @@ struct TemplateArgs {
 
 impl TemplateArgs {
     fn load(&self) -> anyhow::Result<Loaded> {
+        Ok(template::load(&self.template, &self.inputs()?))
+    }
+
+    /// The load's inputs: variables, var files, `--only`/`--except`; checks the template exists.
+    fn inputs(&self) -> anyhow::Result<Inputs> {
         let mut inputs = Inputs::default();
         for v in &self.vars {
             let Some((k, val)) = v.split_once('=') else {
@@ -270,7 +275,7 @@ impl TemplateArgs {
         if !self.template.exists() {
             bail!("{}: no such file or directory", self.template.display());
         }
-        Ok(template::load(&self.template, &inputs))
+        Ok(inputs)
     }
 }
 

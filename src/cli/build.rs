@@ -8,6 +8,7 @@ use kiln::aws::{AwsSettings, Clients};
 use kiln::backend::Backend;
 use kiln::checkpoint;
 use kiln::pipeline::{self, BuildOptions, result::Status, state::MemoryRecorder};
+use kiln::template;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -88,7 +89,24 @@ pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Re
     } = flags;
     let (backend, on_error, json) = (*backend, *on_error, *json);
     let (build_id, checkpoint_bucket) = (build_id.clone(), checkpoint_bucket.as_deref());
-    let mut loaded = args.load()?;
+    let inputs = args.inputs()?;
+    let mut loaded = template::load(&args.template, &inputs);
+    if !loaded.data_requests.is_empty() {
+        // Data sources are read in the builds' region unless their block names one.
+        let settings = AwsSettings {
+            region: loaded.plans.iter().find_map(|p| p.config.region.clone()),
+            ..AwsSettings::default()
+        };
+        match kiln::aws::load(&settings).await {
+            Ok(config) => {
+                loaded =
+                    kiln::data_sources::complete(&args.template, &inputs, loaded, &config).await?;
+            }
+            // The template's own errors (printed below) come before a missing region.
+            Err(_) if loaded.has_errors() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     if *boot_test {
         for p in &mut loaded.plans {
             p.config.boot_test.get_or_insert_with(Default::default);

@@ -3,7 +3,7 @@
 //! A directory is one template made of all its `*.pkr.hcl` files. Blocks are walked in file order
 //! (hcl-rs's serde path would lose provisioner order); expressions are evaluated with `hcl::eval`.
 
-use super::config::{ChrootConfig, FOREIGN_FIELDS, decode_filter_node};
+use super::config::{ChrootConfig, FOREIGN_FIELDS};
 use super::decode::Fields;
 use super::gotmpl::Ctx;
 use super::node::{Loc, Node, Value};
@@ -13,9 +13,6 @@ use hcl_edit::Span;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// What `data.amazon-ami.NAME.id` evaluates to until the pipeline resolves the data source.
-const DATA_PREFIX: &str = "kiln-data:amazon-ami.";
 
 /// Block types allowed at the top level.
 const TOP_BLOCKS: &[&str] = &[
@@ -823,10 +820,16 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
         }
     }
 
-    // Data sources (resolved at build time).
-    let mut data_filters: BTreeMap<String, super::config::AmiFilter> = BTreeMap::new();
-    let mut data_obj = hcl::Map::new();
-    let mut ami_obj = hcl::Map::new();
+    // Data sources: amazon-ami resolved at build time, the others fetched before this load.
+    let mut data = super::data::DataSources::default();
+    let data_ctx = Ctx {
+        user: BTreeMap::new(),
+        env_allowed: false,
+        now: inputs.now,
+        build_name: String::new(),
+        template_dir: template_dir.display().to_string(),
+        placeholders: BTreeMap::new(),
+    };
     for b in blocks.iter().filter(|b| b.kind == "data") {
         let (Some(kind), Some(name)) = (b.labels.first(), b.labels.get(1)) else {
             diags.push(Diagnostic::error(
@@ -836,42 +839,11 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
             ));
             continue;
         };
-        if kind != "amazon-ami" {
-            diags.push(Diagnostic::error(
-                &b.loc,
-                &format!("data.{kind}.{name}"),
-                format!(
-                    "data source `{kind}` is not supported: kiln resolves `amazon-ami` data sources"
-                ),
-            ));
-            continue;
-        }
         let node = eval_body(b, &ctx, &format!("data.{kind}.{name}"), diags);
-        let c = Ctx {
-            user: BTreeMap::new(),
-            env_allowed: false,
-            now: inputs.now,
-            build_name: String::new(),
-            template_dir: template_dir.display().to_string(),
-            placeholders: BTreeMap::new(),
-        };
-        let filter = decode_filter_node(&node, format!("data.{kind}.{name}"), diags, &c);
-        data_filters.insert(name.clone(), filter);
-        let sentinel = format!("{DATA_PREFIX}{name}");
-        ami_obj.insert(
-            name.clone(),
-            hcl::Value::Object(
-                [
-                    ("id".to_owned(), hcl::Value::from(sentinel.clone())),
-                    ("name".to_owned(), hcl::Value::from(sentinel)),
-                ]
-                .into_iter()
-                .collect(),
-            ),
-        );
+        data.declare(kind, name, &node, inputs, &data_ctx, diags);
     }
-    data_obj.insert("amazon-ami".into(), hcl::Value::Object(ami_obj));
-    ctx.declare_var("data", hcl::Value::Object(data_obj));
+    ctx.declare_var("data", data.value());
+    let data_placeholders = data.placeholders(inputs);
 
     // Locals, in dependency order: evaluate what can be evaluated until nothing changes.
     let mut pending: Vec<(String, hcl::Expression, Loc, bool)> = Vec::new();
@@ -914,6 +886,20 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
                         sensitive_locals.push(node_string(&to_node(&v, &loc)));
                     }
                     locals.insert(name, v);
+                }
+                // Offline (validate), a local computed from a fetched data source's placeholder
+                // (`jsondecode(data.amazon-secretsmanager.x.secret_string)["k"]`) is unknown, as
+                // in `packer validate`: it takes a placeholder instead of failing.
+                Err(_)
+                    if data_placeholders
+                        && super::data::mentions_fetched(
+                            &hcl::format::to_string(&expr).unwrap_or_default(),
+                        ) =>
+                {
+                    locals.insert(
+                        name.clone(),
+                        hcl::Value::from(super::data::placeholder("local", &name)),
+                    );
                 }
                 Err(e) => {
                     last_errors.push((name.clone(), loc.clone(), e.to_string()));
@@ -1118,7 +1104,7 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
             if let Some(id) = node
                 .get("source_ami")
                 .and_then(Node::as_str)
-                .and_then(|s| s.strip_prefix(DATA_PREFIX))
+                .and_then(|s| s.strip_prefix(super::data::AMI_PREFIX))
                 .map(str::to_owned)
                 && let Value::Object(entries) = &mut node.value
             {
@@ -1136,7 +1122,7 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
             let mut f = Fields::new(&node, path.clone(), diags, &gctx);
             let data_filter = data_note
                 .as_ref()
-                .and_then(|d| data_filters.get(d))
+                .and_then(|d| data.filters.get(d))
                 .cloned();
             let config = ChrootConfig::decode_with(&mut f, data_filter);
             f.finish(FOREIGN_FIELDS);
@@ -1171,6 +1157,7 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
         out.masker.add(&s);
     }
     out.plans = plans;
+    out.data_requests = data.requests;
     out
 }
 

@@ -67,9 +67,24 @@ pub(super) fn resolve(expr: &E, ctx: &Context<'_>) -> E {
                     i.expr = resolve(&i.expr, ctx);
                 }
             }
-            E::TemplateExpr(Box::new(hcl::expr::TemplateExpr::QuotedString(
-                template.to_string(),
-            )))
+            let text = template.to_string();
+            E::TemplateExpr(Box::new(match &**t {
+                hcl::expr::TemplateExpr::Heredoc(h) => {
+                    hcl::expr::TemplateExpr::Heredoc(hcl::expr::Heredoc {
+                        delimiter: h.delimiter.clone(),
+                        template: text,
+                        strip: h.strip,
+                    })
+                }
+                hcl::expr::TemplateExpr::QuotedString(_) => {
+                    hcl::expr::TemplateExpr::QuotedString(text)
+                }
+            }))
+        }
+        // `[for x in xs : try(x.a, "d")]`: the calls depend on the loop's variables, so the loop
+        // is run here, each element resolved in a context holding them.
+        E::ForExpr(f) if mentions_lazy(&hcl::format::to_string(expr).unwrap_or_default()) => {
+            run_for(f, ctx).map(E::from).unwrap_or_else(|| expr.clone())
         }
         E::Conditional(c) => {
             let mut c2 = (**c).clone();
@@ -96,6 +111,61 @@ pub(super) fn resolve(expr: &E, ctx: &Context<'_>) -> E {
         }
         other => other.clone(),
     }
+}
+
+/// The value of a `for` expression whose parts use `try`/`can`/`convert`; `None` when any part
+/// fails (evaluating the expression as it is then reports why).
+fn run_for(f: &hcl::expr::ForExpr, ctx: &Context<'_>) -> Option<Value> {
+    let items: Vec<(Value, Value)> = match resolve(&f.collection_expr, ctx).evaluate(ctx).ok()? {
+        Value::Array(a) => a
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (Value::from(i as u64), v))
+            .collect(),
+        Value::Object(o) => o.into_iter().map(|(k, v)| (Value::String(k), v)).collect(),
+        _ => return None,
+    };
+    let mut list = Vec::new();
+    let mut object: hcl::Map<String, Value> = hcl::Map::new();
+    for (k, v) in items {
+        let mut c = ctx.clone();
+        if let Some(kv) = &f.key_var {
+            c.declare_var(kv.clone(), k);
+        }
+        c.declare_var(f.value_var.clone(), v);
+        if let Some(cond) = &f.cond_expr {
+            match resolve(cond, &c).evaluate(&c).ok()? {
+                Value::Bool(true) => {}
+                Value::Bool(false) => continue,
+                _ => return None,
+            }
+        }
+        let value = resolve(&f.value_expr, &c).evaluate(&c).ok()?;
+        let Some(key_expr) = &f.key_expr else {
+            list.push(value);
+            continue;
+        };
+        let key = match resolve(key_expr, &c).evaluate(&c).ok()? {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        if f.grouping {
+            match object
+                .entry(key)
+                .or_insert_with(|| Value::Array(Vec::new()))
+            {
+                Value::Array(group) => group.push(value),
+                _ => return None,
+            }
+        } else {
+            object.insert(key, value);
+        }
+    }
+    Some(if f.key_expr.is_some() {
+        Value::Object(object)
+    } else {
+        Value::Array(list)
+    })
 }
 
 /// `value` converted to the type expression `ty` (`string`, `number`, `bool`, `list(T)`,

@@ -6,6 +6,7 @@
 pub mod ansible;
 pub mod boot_test;
 pub mod config;
+pub mod data;
 pub mod decode;
 pub mod functions;
 pub mod gotmpl;
@@ -107,6 +108,9 @@ pub struct Inputs {
     pub cwd: PathBuf,
     /// The build's start time.
     pub now: OffsetDateTime,
+    /// Values fetched for the template's `amazon-parameterstore` and `amazon-secretsmanager`
+    /// data sources (`crate::data_sources`); `None` gives them placeholders (offline).
+    pub data: Option<data::DataValues>,
 }
 
 impl Inputs {
@@ -144,6 +148,7 @@ impl Default for Inputs {
             env: std::env::vars().collect(),
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             now: OffsetDateTime::now_utc(),
+            data: None,
         }
     }
 }
@@ -229,6 +234,9 @@ pub struct Loaded {
     pub diagnostics: Vec<Diagnostic>,
     /// Masks sensitive values in anything printed or stored.
     pub masker: Masker,
+    /// The data sources whose values are fetched from AWS before a build's load (HCL2's
+    /// `amazon-parameterstore` and `amazon-secretsmanager`), in file order.
+    pub data_requests: Vec<data::DataRequest>,
 }
 
 impl Loaded {
@@ -279,9 +287,6 @@ impl Masker {
     }
 }
 
-/// Loads the template at `path`: a Packer JSON file, an HCL2 file (`.pkr.hcl`, `.pkr.json`), or a
-/// directory whose `*.pkr.hcl` files form one template. Never panics; every problem is a
-/// diagnostic. Side effects: reads files only.
 /// What to load for a template named by `file`: its folder when `file` is one of several
 /// `*.pkr.hcl` files there (a directory template, loaded together as `packer build .` does),
 /// otherwise `file` itself. Reads the folder's listing; changes nothing.
@@ -303,6 +308,11 @@ pub fn directory_of(file: &Path) -> std::path::PathBuf {
     }
 }
 
+/// Loads the template at `path`: a Packer JSON file, an HCL2 file (`.pkr.hcl`, `.pkr.json`), or a
+/// directory whose `*.pkr.hcl` files form one template. Never panics; every problem is a
+/// diagnostic. Side effects: reads files only.
+/// Data sources fetched from AWS (`Loaded::data_requests`) have placeholders unless
+/// `inputs.data` holds their values: `crate::data_sources::complete` does the second pass.
 pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
     let name = path.display().to_string();
     let is_hcl = path.is_dir()
@@ -314,6 +324,11 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
     } else {
         packer_json::load(path, inputs)
     };
+    if let Some(data) = &inputs.data {
+        for secret in &data.secrets {
+            loaded.masker.add(secret);
+        }
+    }
     for plan in &loaded.plans {
         for name in &plan.sensitive {
             if let Some(v) = plan.variables.get(name) {

@@ -136,7 +136,16 @@ async fn resolve_sources(
         cwd: template.parent().map(Path::to_path_buf).unwrap_or_default(),
         ..crate::template::Inputs::default()
     };
-    let loaded = crate::template::load(&crate::template::directory_of(template), &inputs);
+    let dir = crate::template::directory_of(template);
+    let loaded = crate::template::load(&dir, &inputs);
+    // A source image often comes from a Parameter Store parameter (AWS's public "latest AMI"
+    // parameters): the bake key must follow it.
+    let loaded = crate::data_sources::complete(&dir, &inputs, loaded, clients.config())
+        .await
+        .map_err(|e| TriggerError::Aws {
+            what: "reading the template's data sources".into(),
+            message: e.to_string(),
+        })?;
     if loaded.has_errors() {
         let dir = template
             .parent()

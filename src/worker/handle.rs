@@ -326,7 +326,13 @@ async fn run_request(
         ..Inputs::default()
     };
     // A file of a directory template names the whole directory.
-    let loaded = template::load(&template::directory_of(&path), &inputs);
+    let dir = template::directory_of(&path);
+    let loaded = template::load(&dir, &inputs);
+    let loaded =
+        match crate::data_sources::complete(&dir, &inputs, loaded, ctx.clients.config()).await {
+            Ok(l) => l,
+            Err(e) => return early_failure(build_id, "validate", e.to_string(), e.is_retryable()),
+        };
     if loaded.has_errors() {
         let errors: Vec<String> = loaded
             .errors()

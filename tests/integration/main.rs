@@ -5,6 +5,7 @@
 mod ansible;
 mod boot;
 mod checkpoint;
+mod data_sources;
 mod debian;
 mod emulator;
 mod emulator_strict;

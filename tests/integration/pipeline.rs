@@ -47,6 +47,13 @@ fn kiln_command(template: &Path, extra: &[String]) -> Command {
     c
 }
 
+/// Runs `kiln build` and returns its output as it is (for builds that stop before a result).
+pub(crate) fn build_output(template: &Path, extra: &[String]) -> std::process::Output {
+    kiln_command(template, extra)
+        .output()
+        .expect("run kiln build")
+}
+
 /// Runs `kiln build`; returns (success, result document, stderr).
 pub(crate) fn build(template: &Path, extra: &[String]) -> (bool, Value, String) {
     build_env(template, extra, &[])

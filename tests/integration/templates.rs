@@ -1097,7 +1097,11 @@ fn hcl_errors_name_what_and_where() {
         ),
         (
             "data \"amazon-secretsmanager\" \"s\" {}\n",
-            "data source `amazon-secretsmanager` is not supported",
+            "f.pkr.hcl:1: data.amazon-secretsmanager.s.name: a 'name' must be provided",
+        ),
+        (
+            "data \"aws-thing\" \"s\" {}\n",
+            "data source `aws-thing` is not supported",
         ),
         (
             "varible \"x\" {}\n",
@@ -1601,6 +1605,33 @@ build {
     assert!(errors(&l).is_empty(), "{:?}", errors(&l));
     assert_eq!(l.plans[0].config.ami_name, "app-x");
     assert_eq!(l.plans[0].config.ami_description.as_deref(), Some("from-b"));
+    // try in a for expression (per element, with the loop's variables, a filter and a grouped
+    // object) and in a heredoc.
+    let t = r#"
+locals {
+  users = [{ name = "a", shell = "/bin/zsh" }, { name = "b" }, { name = "c", skip = true }]
+  shells = [for u in local.users : try(u.shell, "/bin/sh") if !try(u.skip, false)]
+  by_shell = { for i, u in local.users : try(u.shell, "none") => "${i}-${u.name}"... }
+  doc = <<-EOT
+    shell=${try(local.users[1].shell, "default")}
+    EOT
+}
+source "amazon-chroot" "x" {
+  ami_name        = "app ${join(" ", local.shells)} ${join(" ", local.by_shell["none"])}"
+  ami_description = trimspace(local.doc)
+  source_ami      = "ami-1"
+}
+build {
+  sources = ["source.amazon-chroot.x"]
+}
+"#;
+    let l = load_file("f.pkr.hcl", t, &inputs());
+    assert!(errors(&l).is_empty(), "{:?}", errors(&l));
+    assert_eq!(l.plans[0].config.ami_name, "app /bin/zsh /bin/sh 1-b 2-c");
+    assert_eq!(
+        l.plans[0].config.ami_description.as_deref(),
+        Some("shell=default")
+    );
     // The two kiln refuses say why.
     let t = "locals {\n  h = bcrypt(\"x\")\n}\nsource \"amazon-chroot\" \"x\" {\n  ami_name = local.h\n  source_ami = \"ami-1\"\n}\nbuild {\n  sources = [\"source.amazon-chroot.x\"]\n}\n";
     let e = errors(&load_file("f.pkr.hcl", t, &inputs())).join("\n");

@@ -1,7 +1,7 @@
 //! `kiln-trigger`, the real process behind a local Lambda Runtime API, against the emulator: an
 //! upload is built by a worker, a duplicate event names the same build, the nightly run skips an
-//! unchanged template and rebuilds a changed one or one whose base image has a newer version,
-//! and bad input gets a clear answer.
+//! unchanged template and rebuilds a changed one or one whose base image has a newer version (or
+//! whose source image parameter names another), and bad input gets a clear answer.
 
 use crate::lambda::{Lambda, fixture};
 use crate::support::{Emulator, Resource, tagged, track_result, unique, with_janitor};
@@ -248,6 +248,84 @@ build {{
         assert_eq!(
             names(&newer, "enqueued"),
             vec![(key.as_str(), format!("source AMI {base1} → {base2}").as_str())],
+            "{newer:#}"
+        );
+    })
+    .await;
+}
+
+/// A source image taken from a Parameter Store parameter (as AWS publishes its "latest AMI"
+/// parameters): the nightly run follows the parameter, rebuilding when it names a new image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nightly_follows_a_source_image_parameter() {
+    with_janitor(|_janitor| async move {
+        let s = setup(5).await;
+        let lambda = lambda_for(&s).await;
+        let emu = Emulator::get();
+        let ssm = aws_sdk_ssm::Client::new(&emu.sdk_config(emu.region()).await);
+        let param = format!("/kiln-test/{}/base-ami", unique("param"));
+        let put = |value: &'static str| {
+            let (ssm, param) = (ssm.clone(), param.clone());
+            async move {
+                ssm.put_parameter()
+                    .name(param)
+                    .value(value)
+                    .r#type(aws_sdk_ssm::types::ParameterType::String)
+                    .overwrite(true)
+                    .send()
+                    .await
+                    .expect("PutParameter");
+            }
+        };
+        put("ami-0123456789abcdef0").await;
+        let key = format!("templates/{}/app.pkr.hcl", unique("app"));
+        let template = format!(
+            r#"
+data "amazon-parameterstore" "base" {{
+  name = "{param}"
+}}
+source "amazon-chroot" "app" {{
+  ami_name   = "app-{{{{timestamp}}}}"
+  source_ami = data.amazon-parameterstore.base.value
+}}
+build {{
+  sources = ["source.amazon-chroot.app"]
+}}
+"#
+        );
+        put_text(&s, &key, &template).await;
+        let only = json!({"nightly": {"templates": [key]}});
+        let first = lambda.invoke(only.clone()).await.expect("nightly");
+        let msg = s
+            .sqs
+            .receive_message()
+            .queue_url(&s.queue)
+            .wait_time_seconds(5)
+            .send()
+            .await
+            .expect("receive");
+        let req: Value = serde_json::from_str(
+            msg.messages().first().and_then(|m| m.body()).expect("a request"),
+        )
+        .unwrap_or_else(|e| panic!("{e}: {first:#}\n{}", lambda.log()));
+        assert_eq!(req["bake"]["source_amis"], json!(["ami-0123456789abcdef0"]), "{req:#}");
+        put_text(
+            &s,
+            &format!("index/{key}.json"),
+            &json!({"template": key, "build_id": req["build_id"], "finished_at": "2026-11-26T02:00:00Z", "bake": req["bake"]}).to_string(),
+        )
+        .await;
+        let same = lambda.invoke(only.clone()).await.expect("nightly");
+        assert_eq!(same["enqueued"], json!([]), "{same:#}");
+        put("ami-0fedcba9876543210").await;
+        let newer = lambda.invoke(only).await.expect("nightly");
+        let _ = ssm.delete_parameter().name(&param).send().await;
+        assert_eq!(
+            names(&newer, "enqueued"),
+            vec![(
+                key.as_str(),
+                "source AMI ami-0123456789abcdef0 → ami-0fedcba9876543210"
+            )],
             "{newer:#}"
         );
     })
