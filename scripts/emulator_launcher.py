@@ -18,6 +18,8 @@ as AWS documents, so kiln's own code needs no emulator workaround:
    serving instance-id, placement, the identity document. More hosts can be added at run time.
 7. Conditional PutObject (`If-None-Match: *`, `If-Match`) is atomic, as on AWS: moto checks, then
    writes, so two concurrent creates could both succeed.
+11. RunInstances of an image whose root snapshot has a loop-backend data file boots it in QEMU;
+   GetConsoleOutput serves its serial console; TerminateInstances stops it (see the patch).
 6. Optional delays per region: volumes stay `creating`, attachments `attaching`, snapshots `pending`
    and images `pending` for a configured number of seconds.
 
@@ -29,11 +31,15 @@ POST /_kiln/hosts {"name": ...}, POST /_kiln/delays {"region": ..., "volume": s,
 from __future__ import annotations
 
 import argparse
+import base64
+import glob
 import io
 import json
 import os
 import re
 import secrets
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -683,6 +689,144 @@ AutoScalingResponse.record_lifecycle_action_heartbeat = _lifecycle_call(
 )
 
 
+# ---------------------------------------------------------------------------------------------------
+# 11. Instances boot: RunInstances of an image whose root snapshot has a data file (the loop backend's
+#     `snapshots/<id>.img`) boots that file in QEMU (copy-on-write, no network, the firmware the
+#     image's BootMode asks for), GetConsoleOutput serves its serial console (base64, the last 64 KiB,
+#     as AWS does), and TerminateInstances stops QEMU. Other instances behave as moto's.
+# ---------------------------------------------------------------------------------------------------
+from moto.core.utils import utcnow  # noqa: E402
+from moto.ec2.responses.general import General  # noqa: E402
+from moto.ec2.responses.instances import InstanceResponse  # noqa: E402
+
+# Where snapshot data files are looked for, `{id}` being the snapshot id: kiln's default state
+# directory and the tests' (`$TMPDIR/kiln-test-state-PID`). KILN_EMULATOR_DISKS overrides
+# (colon-separated glob patterns).
+DISK_PATTERNS = os.environ.get(
+    "KILN_EMULATOR_DISKS",
+    "/var/lib/kiln/snapshots/{id}.img:/tmp/kiln-test-state-*/snapshots/{id}.img",
+).split(":")
+OVMF = ["/usr/share/ovmf/OVMF.fd", "/usr/share/qemu/OVMF.fd"]
+# AWS keeps the last 64 KiB of an instance's console output.
+CONSOLE_BYTES = 64 * 1024
+VM_DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"kiln-emulator-vms-{os.getpid()}")
+VMS: dict[str, dict] = {}
+
+
+def _disk_of(backend, image_id: str) -> tuple[str, str] | None:
+    """(data file, boot mode) of the image's root snapshot, if it has a data file."""
+    image = backend.amis.get(image_id)
+    if image is None:
+        return None
+    root = getattr(image, "root_device_name", None)
+    for m in image.block_device_mappings or []:
+        if not isinstance(m, dict) or (root and m.get("DeviceName") != root):
+            continue
+        snap = (m.get("Ebs") or {}).get("SnapshotId")
+        for pattern in DISK_PATTERNS if snap else []:
+            hits = glob.glob(pattern.format(id=snap))
+            if hits:
+                return hits[0], getattr(image, "boot_mode", None) or ""
+    return None
+
+
+def _boot(instance_id: str, disk: str, boot_mode: str) -> None:
+    os.makedirs(VM_DIR, exist_ok=True)
+    log = os.path.join(VM_DIR, f"{instance_id}.log")
+    cmd = [
+        "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-m", "1024", "-smp", "2",
+        "-display", "none", "-monitor", "none", "-serial", f"file:{log}", "-nic", "none",
+        "-no-reboot", "-drive", f"file={disk.replace(',', ',,')},format=raw,if=virtio,snapshot=on",
+    ]
+    if boot_mode in ("uefi", "uefi-preferred"):
+        firmware = next((f for f in OVMF if os.path.exists(f)), None)
+        if firmware is None:
+            raise EC2ClientError("KilnEmulatorNoFirmware", "UEFI firmware is missing: apt-get install -y ovmf")
+        cmd += ["-bios", firmware]
+    try:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise EC2ClientError(
+            "KilnEmulatorNoQemu", "qemu-system-x86_64 is missing: apt-get install -y qemu-system-x86"
+        ) from None
+    VMS[instance_id] = {"proc": proc, "log": log, "disk": disk}
+
+
+def _stop_vm(instance_id: str) -> None:
+    vm = VMS.pop(instance_id, None)
+    if vm is None:
+        return
+    try:
+        os.killpg(vm["proc"].pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    vm["proc"].wait()
+    try:
+        os.remove(vm["log"])
+    except FileNotFoundError:
+        pass
+
+
+def stop_all_vms() -> None:
+    for instance_id in list(VMS):
+        _stop_vm(instance_id)
+
+
+_orig_run_instances = InstanceResponse.run_instances
+
+
+def _run_instances(self) -> ActionResult:
+    result = _orig_run_instances(self)
+    reservation = getattr(result, "result", None)
+    with LOCK:
+        for instance in getattr(reservation, "instances", []):
+            found = _disk_of(self.ec2_backend, instance.image_id)
+            if found:
+                _boot(instance.id, *found)
+    return result
+
+
+InstanceResponse.run_instances = _run_instances
+_orig_terminate = InstanceResponse.terminate_instances
+
+
+def _terminate_instances(self) -> ActionResult:
+    result = _orig_terminate(self)
+    with LOCK:
+        for instance_id in self._get_param("InstanceIds", []):
+            _stop_vm(instance_id)
+    return result
+
+
+InstanceResponse.terminate_instances = _terminate_instances
+_orig_console = General.get_console_output
+
+
+def _get_console_output(self) -> ActionResult:
+    instance_id = self._get_param("InstanceId")
+    vm = VMS.get(instance_id)
+    if vm is None:
+        return _orig_console(self)
+    instance = self.ec2_backend.get_instance(instance_id)
+    try:
+        with open(vm["log"], "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - CONSOLE_BYTES))
+            data = f.read()
+    except FileNotFoundError:
+        data = b""
+    result = {"InstanceId": instance.id, "Timestamp": utcnow()}
+    if data:
+        result["Output"] = base64.b64encode(data).decode()
+    return ActionResult(result)
+
+
+General.get_console_output = _get_console_output
+
+
 def public_state() -> dict:
     return {
         "lifecycle_calls": LIFECYCLE_CALLS,
@@ -701,6 +845,7 @@ def reset() -> None:
         DELAYS.clear()
         FAULTS.clear()
         LIFECYCLE_CALLS.clear()
+        stop_all_vms()
         for host in HOSTS.values():
             host["extra"] = {}
             _launch_host_instance(host)
@@ -889,10 +1034,18 @@ def main() -> None:
         json.dump(state, f, indent=2)
     os.replace(tmp, args.state_file)
     print(f"kiln emulator on {state['endpoint']}", flush=True)
+    # `scripts/emulator down` sends SIGTERM: no QEMU of an emulated instance outlives the emulator.
+    def _terminate(signum, frame):
+        stop_all_vms()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+    finally:
+        stop_all_vms()
 
 
 if __name__ == "__main__":

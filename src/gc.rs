@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 /// What gc did (or would do, with `dry_run`) to one resource.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Action {
-    /// `volume`, `snapshot`, `image` or `journal`.
+    /// `volume`, `snapshot`, `image`, `instance` (a boot test's) or `journal`.
     pub kind: &'static str,
     /// Its id or key.
     pub id: String,
@@ -157,6 +157,37 @@ async fn live_instances(
     )
 }
 
+/// The instances carrying kiln's tag (boot tests) that are not terminated: (id, build, launch).
+async fn test_instances(
+    ec2: &aws_sdk_ec2::Client,
+    exists: &Filter,
+) -> Result<Vec<(String, String, Option<aws_sdk_ec2::primitives::DateTime>)>, String> {
+    let out = ec2
+        .describe_instances()
+        .filters(exists.clone())
+        .send()
+        .await
+        .map_err(|e| format!("DescribeInstances: {}", DisplayErrorContext(&e)))?;
+    Ok(out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| {
+            !matches!(
+                i.state().and_then(|s| s.name()),
+                Some(aws_sdk_ec2::types::InstanceStateName::Terminated)
+            )
+        })
+        .filter_map(|i| {
+            Some((
+                i.instance_id()?.to_owned(),
+                tag_of(i.tags(), TAG_BUILD_ID)?,
+                i.launch_time().cloned(),
+            ))
+        })
+        .collect())
+}
+
 /// Runs gc over the build region and `regions`, for the builds whose id matches `build_ids` (a
 /// pattern with `*` and `?`; `*` for all). Side effects: deletes (unless `dry_run`). Safe to run
 /// twice and alongside running builds (their live leases, and `older_than` for builds without a
@@ -216,8 +247,9 @@ pub async fn run(
                     .map(|o| o.volumes.unwrap_or_default())
                     .map_err(|e| format!("DescribeVolumes: {}", DisplayErrorContext(&e)))
             },
+            test_instances(&ec2, &exists),
         );
-        let (imgs, snaps, vols) = match listed {
+        let (imgs, snaps, vols, insts) = match listed {
             Ok(l) => l,
             Err(e) => {
                 actions.push(Action {
@@ -334,6 +366,22 @@ pub async fn run(
                 }
             };
             act("volume", id, build, why, r);
+        }
+        // Boot-test instances of builds that are over (a crash during the test); their root
+        // volumes, attached to them above, go with them (deleted on termination).
+        for (id, build, launched) in insts {
+            let (f, why) = fate(clients, bucket, &build, older_than, &mut cache).await;
+            if f == Fate::Keep || !old_enough(launched.as_ref()) {
+                continue;
+            }
+            let r = if dry_run {
+                Ok(())
+            } else {
+                crate::ec2::instances::terminate(&ec2, &region, &id, &polling)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            act("instance", id, build, why, r);
         }
     }
     // Journals of finished builds. The pattern's literal head narrows the listing.

@@ -228,6 +228,18 @@ pub async fn remove(ec2: &Client, region: &str, id: &str) -> Result<Vec<String>,
     Ok(snaps)
 }
 
+/// Deregisters an image and keeps its snapshots (an image registered only to test a snapshot
+/// another image maps). A missing image counts as deregistered (safe to run twice).
+pub async fn deregister(ec2: &Client, region: &str, id: &str) -> Result<(), Ec2Error> {
+    match ec2.deregister_image().image_id(id).send().await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let err = api("DeregisterImage", id, region)(e);
+            if err.is_not_found() { Ok(()) } else { Err(err) }
+        }
+    }
+}
+
 /// DeleteSnapshot; a missing snapshot counts as deleted (safe to run twice).
 pub async fn delete_snapshot(ec2: &Client, region: &str, id: &str) -> Result<(), Ec2Error> {
     match ec2.delete_snapshot().snapshot_id(id).send().await {

@@ -1,9 +1,10 @@
 //! The EC2 control plane: instance identity from IMDS, volumes, attachments, snapshots, images
-//! and their copies, and the one generic wait for eventual consistency. Only this module calls
-//! EC2; the pipeline's steps call it.
+//! and their copies, the boot test's instances, and the one generic wait for eventual
+//! consistency. Only this module calls EC2; the pipeline's steps call it.
 
 pub mod identity;
 pub mod images;
+pub mod instances;
 pub mod volumes;
 pub mod wait;
 

@@ -83,7 +83,7 @@ fn kvm_usable() -> bool {
 }
 
 /// Printable text of a console line: escape sequences and carriage returns removed.
-fn clean(raw: &[u8]) -> String {
+pub fn clean(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();

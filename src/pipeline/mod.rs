@@ -46,6 +46,14 @@ pub enum StepError {
     /// The template or the source image cannot be built as asked.
     #[error("{0}")]
     Invalid(String),
+    /// The boot test's instance did not show the marker (its console's last lines in `tail`).
+    #[error("the boot test failed: {message}\nlast console lines:\n{tail}")]
+    Boot {
+        /// What happened (instance id, state, time waited).
+        message: String,
+        /// The console's last lines.
+        tail: String,
+    },
     /// The build was cancelled (SIGINT/SIGTERM or the worker's drain deadline).
     #[error("the build was cancelled")]
     Cancelled,
@@ -76,7 +84,10 @@ impl StepError {
             StepError::Ec2(e) => e.is_retryable(),
             StepError::Host(e) => e.is_retryable(),
             StepError::Cancelled => true,
-            StepError::HandedOver | StepError::Invalid(_) | StepError::Panic(_) => false,
+            StepError::HandedOver
+            | StepError::Invalid(_)
+            | StepError::Panic(_)
+            | StepError::Boot { .. } => false,
         }
     }
 }

@@ -100,6 +100,17 @@ pub struct BuildState {
     pub images: BTreeMap<String, ImageRecord>,
     /// When resuming: a completed snapshot of an earlier attempt, so the volume steps are skipped.
     pub reused_snapshot: bool,
+    /// The boot test's instance method: its private image and its instance, while they exist.
+    pub boot_test: BootTestResources,
+}
+
+/// What the boot test's instance method has made and not removed yet.
+#[derive(Debug, Default, Clone)]
+pub struct BootTestResources {
+    /// The image registered for the test (deregistered after it; the snapshot stays).
+    pub image_id: Option<String>,
+    /// The test instance (terminated after the test).
+    pub instance_id: Option<String>,
 }
 
 /// Receives each step's outputs as the step completes (the worker's checkpoint journal in S3;

@@ -8,6 +8,9 @@
 //!   timeout = "5m"
 //!   memory  = 1024       # MiB
 //!   accelerator = "tcg"  # or "kvm" where /dev/kvm works (bare metal)
+//!   method  = "qemu"     # or "instance": launch the AMI on EC2 (default on the ebs backend)
+//!   instance_type = "t3.micro"   # instance method: the test instance (t4g.micro for arm64)
+//!   subnet_id     = "subnet-..." # instance method: default the builder's subnet
 //! }
 //! ```
 
@@ -23,6 +26,21 @@ pub const DEFAULT_MARKER: &str = r"login:|Reached target .*Multi-User";
 pub const DEFAULT_TIMEOUT_S: f64 = 300.0;
 /// Default guest memory in MiB: enough for a systemd distribution's initramfs to unpack.
 pub const DEFAULT_MEMORY_MIB: i64 = 1024;
+/// Default test instance for x86_64 images: the smallest current burstable type with a Nitro
+/// serial console (1 GiB, like the QEMU default), in every region.
+pub const DEFAULT_INSTANCE_TYPE: &str = "t3.micro";
+/// Default test instance for arm64 images (Graviton).
+pub const DEFAULT_INSTANCE_TYPE_ARM64: &str = "t4g.micro";
+
+/// How the image is booted.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BootMethod {
+    /// The snapshot's data file in QEMU on the builder (loop backend).
+    Qemu,
+    /// The image launched on an EC2 instance, its serial console read with GetConsoleOutput.
+    Instance,
+}
 
 /// The boot test's settings.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -36,6 +54,13 @@ pub struct BootTest {
     /// Use KVM (`accelerator = "kvm"`) instead of QEMU's emulation (TCG, the default: KVM is
     /// missing on virtualised builders, and nested KVM is not reliable there).
     pub kvm: bool,
+    /// `method`; `None` picks by backend: `qemu` on loop, `instance` on ebs (where the
+    /// snapshot's data is on EBS, not on the builder).
+    pub method: Option<BootMethod>,
+    /// `instance_type` for the instance method (default by architecture).
+    pub instance_type: Option<String>,
+    /// `subnet_id` for the instance method (default: the builder's subnet).
+    pub subnet_id: Option<String>,
 }
 
 impl Default for BootTest {
@@ -45,6 +70,9 @@ impl Default for BootTest {
             timeout_s: DEFAULT_TIMEOUT_S,
             memory_mib: DEFAULT_MEMORY_MIB,
             kvm: false,
+            method: None,
+            instance_type: None,
+            subnet_id: None,
         }
     }
 }
@@ -88,6 +116,27 @@ pub fn decode(f: &mut Fields<'_>) -> Option<BootTest> {
             "accelerator",
             format!("accelerator must be \"tcg\" or \"kvm\", got \"{other}\""),
         ),
+    }
+    match g.string("method", &[]).as_deref() {
+        None => {}
+        Some("qemu") => b.method = Some(BootMethod::Qemu),
+        Some("instance") => b.method = Some(BootMethod::Instance),
+        Some(other) => g.error(
+            "method",
+            format!("method must be \"qemu\" or \"instance\", got \"{other}\""),
+        ),
+    }
+    b.instance_type = g.string("instance_type", &[]).filter(|t| !t.is_empty());
+    b.subnet_id = g.string("subnet_id", &[]).filter(|t| !t.is_empty());
+    if b.method == Some(BootMethod::Qemu) {
+        for k in ["instance_type", "subnet_id"] {
+            if g.has(k) {
+                g.warn(
+                    k,
+                    format!("{k} is for method = \"instance\"; ignored with qemu"),
+                );
+            }
+        }
     }
     g.finish(&[]);
     f.diags.append(&mut diags);

@@ -1,7 +1,10 @@
 //! The boot test (`boot_test` / `kiln build --boot-test`): the example Debian image boots under
 //! UEFI (OVMF) before it is registered; an image that does not boot fails the build with the
 //! console's last lines and leaves nothing (no AMI, snapshot or QEMU process); SIGTERM during the
-//! boot test stops QEMU at once.
+//! boot test stops QEMU at once. The `instance` method (EC2's path) runs against the emulator,
+//! whose RunInstances boots the snapshot's data file: the image is launched, its console read with
+//! GetConsoleOutput, the instance terminated and the test image deregistered, also on failure and
+//! on SIGTERM.
 
 use crate::pipeline::{Tpl, assert_nothing_left, build, build_then_sigterm, busybox};
 use crate::support::{Emulator, repo_root, tagged, track_result, unique, with_janitor};
@@ -135,4 +138,165 @@ async fn the_debian_example_boots_under_uefi() {
         assert!(vols.is_empty(), "{vols:?}");
     })
     .await;
+}
+
+/// The instance method's block: a busybox image under UEFI reaches the firmware's shell (a
+/// success when the marker asks for it, a failure with the default marker).
+fn instance_method(marker: Option<&str>, timeout: &str) -> String {
+    let marker = marker
+        .map(|m| format!("\n    marker = \"{m}\""))
+        .unwrap_or_default();
+    format!(
+        "boot_mode = \"uefi\"\n  boot_test {{\n    method = \"instance\"\n    timeout = \"{timeout}\"{marker}\n  }}"
+    )
+}
+
+/// No instance of build `id` is still running, and no test image of it is registered.
+async fn assert_no_test_instance(id: &str) {
+    let emu = Emulator::get();
+    let ec2 = emu.clients(emu.region()).await.ec2;
+    let left = kiln::ec2::instances::of_build(&ec2, emu.region(), id)
+        .await
+        .expect("DescribeInstances");
+    assert!(left.is_empty(), "{id}: test instances left: {left:?}");
+    let images = ec2
+        .describe_images()
+        .owners("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:kiln:step")
+                .values("boot-test")
+                .build(),
+        )
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:kiln:build-id")
+                .values(id)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeImages");
+    assert!(
+        images.images().is_empty(),
+        "{id}: test images left: {:?}",
+        images.images()
+    );
+}
+
+#[tokio::test]
+async fn the_instance_method_launches_the_image_and_cleans_up() {
+    require_qemu();
+    with_janitor(|janitor| async move {
+        let t = Tpl::new();
+        // Passes: the marker is the firmware's shell, which the emulated instance reaches.
+        let id = unique("instboot");
+        let tpl = t.write(
+            "ok.pkr.hcl",
+            &busybox(
+                &unique("instboot"),
+                &instance_method(Some("UEFI Interactive Shell"), "2m"),
+                "",
+            ),
+        );
+        let (ok, doc, stderr) = build(&tpl, &["--build-id".into(), id.clone()]);
+        track_result(&janitor, &doc);
+        assert!(ok, "{doc:#}\n{stderr}");
+        let boot = doc["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == "boot-test")
+            .cloned()
+            .expect("a boot-test step");
+        let out = &boot["outputs"];
+        assert_eq!(out["method"], "instance", "{boot:#}");
+        let instance = out["instance_id"].as_str().unwrap_or_default();
+        assert!(instance.starts_with("i-"), "{boot:#}");
+        assert!(
+            out["marker_line"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("UEFI Interactive Shell"),
+            "{boot:#}"
+        );
+        // The instance is terminated, the test image gone; the AMI maps the build's snapshot.
+        let emu = Emulator::get();
+        let ec2 = emu.clients(emu.region()).await.ec2;
+        let state = kiln::ec2::instances::state(&ec2, emu.region(), instance)
+            .await
+            .expect("DescribeInstances");
+        assert!(
+            matches!(
+                state,
+                None | Some((aws_sdk_ec2::types::InstanceStateName::Terminated, _))
+            ),
+            "{instance}: {state:?}"
+        );
+        assert_no_test_instance(&id).await;
+        let ami = doc["artifacts"][emu.region()]["ami_id"]
+            .as_str()
+            .expect("an AMI");
+        assert_ne!(Some(ami), out["test_image_id"].as_str());
+        let snap = doc["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|s| s["outputs"]["snapshot_id"].as_str())
+            .expect("snapshot");
+        let image = kiln::ec2::images::describe(&ec2, emu.region(), ami)
+            .await
+            .expect("DescribeImages")
+            .expect("the AMI");
+        assert_eq!(
+            kiln::ec2::images::snapshots_of(&image),
+            vec![snap.to_owned()]
+        );
+        assert_no_qemu(&doc);
+
+        // Fails: the default marker never appears; the console's lines are in the error and
+        // nothing is left.
+        let id = unique("instnoboot");
+        let tpl = t.write(
+            "bad.pkr.hcl",
+            &busybox(&unique("instnoboot"), &instance_method(None, "20s"), ""),
+        );
+        let (ok, doc, stderr) = build(&tpl, &["--build-id".into(), id.clone()]);
+        track_result(&janitor, &doc);
+        assert!(!ok, "{doc:#}\n{stderr}");
+        assert_eq!(doc["error"]["step"], "boot-test", "{doc:#}");
+        let msg = doc["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("matched") && msg.contains("UEFI Interactive Shell"),
+            "the error carries the console's last lines: {msg}"
+        );
+        assert_nothing_left(&id, &doc).await;
+        assert_no_test_instance(&id).await;
+        assert_no_qemu(&doc);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_during_the_instance_boot_test_terminates_the_instance() {
+    require_qemu();
+    let t = Tpl::new();
+    let id = unique("instcancel");
+    let tpl = t.write(
+        "ic.pkr.hcl",
+        &busybox(&unique("instcancel"), &instance_method(None, "10m"), ""),
+    );
+    // Signalled once the instance's console shows the firmware.
+    let (out, took) = build_then_sigterm(&tpl, &["--build-id".into(), id.clone()], |l| {
+        l.contains("boot-test: BdsDxe") || l.contains("boot-test: UEFI")
+    });
+    assert!(
+        took < Duration::from_secs(60),
+        "the build did not stop promptly"
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("result JSON");
+    assert_eq!(doc["error"]["step"], "boot-test", "{doc:#}");
+    assert_nothing_left(&id, &doc).await;
+    assert_no_test_instance(&id).await;
+    assert_no_qemu(&doc);
 }

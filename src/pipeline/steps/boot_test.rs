@@ -1,12 +1,15 @@
 //! Step `boot-test` (kiln's `boot_test` block, or `kiln build --boot-test`): before the image is
-//! registered, its snapshot is booted in QEMU with the firmware its `boot_mode` asks for (OVMF for
-//! `uefi`/`uefi-preferred`, SeaBIOS otherwise), and the build fails unless the console shows the
+//! registered, the new snapshot is booted and the build fails unless its console shows the
 //! marker in time; the failure carries the console's last lines, and the snapshot is removed as
-//! for any failed build. Loop backend only for now: on EC2 (`ebs`) the step says so and fails.
-//! Undo: none (QEMU is gone when the step returns; `snapshot=on` leaves no overlay).
+//! for any failed build. Two methods: `qemu` boots the snapshot's data file on the builder (loop
+//! backend; OVMF for `uefi`/`uefi-preferred`, SeaBIOS otherwise), `instance` launches it on EC2
+//! (`boot_instance.rs`; the default on the ebs backend, where the data is not on the builder).
+//! Undo: the instance method's instance terminated and its private image deregistered (QEMU is
+//! gone when the step returns; `snapshot=on` leaves no overlay).
 
 use crate::host::vm::{self, BootSpec, Firmware};
 use crate::pipeline::{Build, StepError};
+use crate::template::boot_test::{BootMethod, BootTest};
 use std::time::Duration;
 
 pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
@@ -18,14 +21,35 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         .snapshot_id
         .clone()
         .ok_or_else(|| super::invalid("no snapshot"))?;
-    let Some(disk) = b.backend.snapshot_file(&snapshot) else {
-        return Err(super::invalid(
-            "boot_test runs with the loop backend (kiln build --backend loop); booting the AMI on an EC2 instance is not built yet: remove boot_test for EC2 builds",
-        ));
-    };
+    let disk = b.backend.snapshot_file(&snapshot);
+    let method = test.method.unwrap_or(if disk.is_some() {
+        BootMethod::Qemu
+    } else {
+        BootMethod::Instance
+    });
+    match (method, disk) {
+        (BootMethod::Instance, _) => super::boot_instance::run(b, &test, &snapshot).await,
+        (BootMethod::Qemu, Some(disk)) => qemu(b, &test, &snapshot, disk).await,
+        (BootMethod::Qemu, None) => Err(super::invalid(
+            "boot_test method \"qemu\" boots the snapshot's data file, which only the loop backend has: use method = \"instance\" (the default on EC2)",
+        )),
+    }
+}
+
+/// Undo: what the instance method left (safe to run twice).
+pub async fn undo(b: &mut Build) -> Result<(), StepError> {
+    super::boot_instance::remove(b).await
+}
+
+async fn qemu(
+    b: &mut Build,
+    test: &BootTest,
+    snapshot: &str,
+    disk: std::path::PathBuf,
+) -> Result<serde_json::Value, StepError> {
     if b.plan.config.ami_architecture == "arm64" {
         return Err(super::invalid(
-            "boot_test boots x86_64 images; arm64 images are not supported yet: remove boot_test",
+            "boot_test boots x86_64 images in QEMU; arm64 images are not supported there yet: use method = \"instance\" or remove boot_test",
         ));
     }
     let firmware = match b.plan.config.boot_mode.as_deref() {
@@ -58,6 +82,7 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     );
     let booted = vm::boot(&spec, &b.sink, &b.cancel).await?;
     Ok(serde_json::json!({
+        "method": "qemu",
         "booted_in_s": booted.seconds,
         "firmware": if firmware == Firmware::Uefi { "uefi" } else { "bios" },
         "kvm": booted.kvm,

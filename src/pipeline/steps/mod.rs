@@ -5,6 +5,7 @@
 mod allocate_device;
 mod ansible;
 mod attach_volume;
+mod boot_instance;
 mod boot_test;
 mod copy_files;
 mod copy_regions;
@@ -59,7 +60,7 @@ pub enum StepId {
     EarlyCleanup,
     /// The snapshot of the volume.
     Snapshot,
-    /// `boot_test`: the snapshot booted in QEMU.
+    /// `boot_test`: the snapshot booted in QEMU, or on a test instance.
     BootTest,
     /// `force_deregister`: same-named AMIs removed.
     Deregister,
@@ -176,7 +177,8 @@ pub fn skipped(step: StepId, b: &Build) -> bool {
 pub fn undo_applies(step: StepId, failed: bool) -> bool {
     use StepId::*;
     match step {
-        AllocateDevice | CreateVolume | AttachVolume | MountDevice | MountExtra | CopyFiles => true,
+        AllocateDevice | CreateVolume | AttachVolume | MountDevice | MountExtra | CopyFiles
+        | BootTest => true,
         Reclaim | Snapshot | RegisterImage | CopyRegions => failed,
         _ => false,
     }
@@ -221,6 +223,7 @@ pub async fn undo(step: StepId, b: &mut Build) -> Result<(), StepError> {
         MountExtra => mount_extra::undo(b).await,
         CopyFiles => copy_files::undo(b),
         Snapshot => snapshot::undo(b).await,
+        BootTest => boot_test::undo(b).await,
         RegisterImage => register_image::undo(b).await,
         CopyRegions => copy_regions::undo(b).await,
         _ => Ok(()),
@@ -268,6 +271,20 @@ pub fn inventory_of(step: StepId, b: &Build) -> Vec<String> {
                 .iter()
                 .map(|c| format!("copied file {} in the image", c.path)),
         ),
+        BootTest => {
+            v.extend(
+                s.boot_test
+                    .instance_id
+                    .as_ref()
+                    .map(|id| format!("test instance {id} in {}", b.region)),
+            );
+            v.extend(
+                s.boot_test
+                    .image_id
+                    .as_ref()
+                    .map(|id| format!("test image {id} in {}", b.region)),
+            );
+        }
         Snapshot => v.extend(
             s.snapshot_id
                 .as_ref()

@@ -1,9 +1,10 @@
 //! Step `reclaim` (only when resuming a build an earlier attempt started): whatever that attempt
-//! left is found by the build's tag and removed (mounts and loop devices on this host, then the
-//! volume: detached from whichever instance holds it, and deleted); a snapshot it finished is
+//! left is found by the build's tag and removed (a boot test's instance, terminated, and its
+//! private image; mounts and loop devices on this host, then the volume: detached from whichever
+//! instance holds it, and deleted); a snapshot it finished is
 //! reused, so the volume steps are skipped. Undo (on failure): delete the reused snapshot.
 
-use crate::ec2::{TAG_BUILD_ID, TAG_STEP, api, images, volumes};
+use crate::ec2::{TAG_BUILD_ID, TAG_STEP, api, images, instances, volumes};
 use crate::host::{loopdev, mount};
 use crate::pipeline::{Build, StepError};
 use aws_sdk_ec2::types::{Filter, SnapshotState};
@@ -18,6 +19,23 @@ fn tag(key: &str, value: &str) -> Filter {
 pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     let ec2 = b.clients.ec2.clone();
     let region = b.region.clone();
+    // A boot test's instance first: its root volume carries the build's tag too.
+    let mut test_instances = Vec::new();
+    for id in instances::of_build(&ec2, &region, &b.id).await? {
+        instances::terminate(&ec2, &region, &id, &b.polling).await?;
+        test_instances.push(id);
+    }
+    let test_images = ec2
+        .describe_images()
+        .owners("self")
+        .filters(tag(TAG_BUILD_ID, &b.id))
+        .filters(tag(TAG_STEP, "boot-test"))
+        .send()
+        .await
+        .map_err(api("DescribeImages", b.id.clone(), &region))?;
+    for id in test_images.images().iter().filter_map(|i| i.image_id()) {
+        images::deregister(&ec2, &region, id).await?;
+    }
     let out = ec2
         .describe_volumes()
         .filters(tag(TAG_BUILD_ID, &b.id))
@@ -69,7 +87,7 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         b.state.reused_snapshot = true;
     }
     Ok(
-        serde_json::json!({ "attempt": b.attempt, "reclaimed_volumes": reclaimed, "reused_snapshot": reused }),
+        serde_json::json!({ "attempt": b.attempt, "reclaimed_volumes": reclaimed, "terminated_instances": test_instances, "reused_snapshot": reused }),
     )
 }
 

@@ -115,33 +115,29 @@ async fn registered_before(b: &Build) -> Result<Option<String>, StepError> {
         .find_map(|i| i.image_id().map(str::to_owned)))
 }
 
-pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
-    if let Some(ami) = registered_before(b).await? {
-        let image =
-            images::wait_available(&b.clients.ec2, &b.region, &ami, &b.polling, &b.cancel).await?;
-        let snaps = images::snapshots_of(&image);
-        b.state.images.insert(
-            b.region.clone(),
-            ImageRecord {
-                ami_id: ami.clone(),
-                snapshot_ids: snaps,
-            },
-        );
-        return Ok(serde_json::json!({ "ami_id": ami, "region": b.region, "reused": true }));
-    }
-    let c = b.plan.config.clone();
-    let snapshot = b
-        .state
-        .snapshot_id
-        .clone()
-        .ok_or_else(|| super::invalid("no snapshot"))?;
-    let source = b.state.source.clone();
-    let root = c
+/// The new image's root device: the template's `root_device_name`, else the source image's.
+pub(super) fn root_device(b: &Build) -> String {
+    b.plan
+        .config
         .root_device_name
         .clone()
-        .or_else(|| source.as_ref().map(|s| s.root_device_name.clone()))
-        .unwrap_or_else(|| "/dev/xvda".into());
-    let name = b.render("ami_name", &c.ami_name, &b.source_values())?;
+        .or_else(|| b.state.source.as_ref().map(|s| s.root_device_name.clone()))
+        .unwrap_or_else(|| "/dev/xvda".into())
+}
+
+/// The RegisterImage call for `snapshot` as the template asks (everything but the name and the
+/// step in kiln's tags): `register-image` sends it for the AMI, the boot test's instance method
+/// for a private image it launches and deregisters.
+pub(super) fn request(
+    b: &Build,
+    snapshot: &str,
+    name: &str,
+    step: &str,
+) -> Result<aws_sdk_ec2::operation::register_image::builders::RegisterImageFluentBuilder, StepError>
+{
+    let c = &b.plan.config;
+    let source = b.state.source.clone();
+    let root = root_device(b);
     let description = match &c.ami_description {
         Some(d) => Some(b.render("ami_description", d, &b.source_values())?),
         None => None,
@@ -164,12 +160,12 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         .clients
         .ec2
         .register_image()
-        .name(&name)
+        .name(name)
         .set_description(description)
         .root_device_name(&root)
         .set_architecture(arch.as_deref().map(ArchitectureValues::from))
         .set_virtualization_type(virt.clone())
-        .set_block_device_mappings(Some(mappings(b, &snapshot, &root)))
+        .set_block_device_mappings(Some(mappings(b, snapshot, &root)))
         .set_ena_support(
             c.ena_support
                 .or_else(|| source.as_ref().and_then(|s| s.ena_support)),
@@ -194,10 +190,7 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
                 .filter(|t| !t.is_empty())
                 .map(ImdsSupportValues::from),
         )
-        .tag_specifications(tag_spec(
-            ResourceType::Image,
-            &image_tags(b, "register-image")?,
-        ));
+        .tag_specifications(tag_spec(ResourceType::Image, &image_tags(b, step)?));
     if c.sriov_support {
         req = req.sriov_net_support("simple");
     } else if let Some(s) = source.as_ref().and_then(|s| s.sriov_net_support.clone()) {
@@ -208,6 +201,30 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
             .set_kernel_id(src.kernel_id.clone())
             .set_ramdisk_id(src.ramdisk_id.clone());
     }
+    Ok(req)
+}
+
+pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
+    if let Some(ami) = registered_before(b).await? {
+        let image =
+            images::wait_available(&b.clients.ec2, &b.region, &ami, &b.polling, &b.cancel).await?;
+        let snaps = images::snapshots_of(&image);
+        b.state.images.insert(
+            b.region.clone(),
+            ImageRecord {
+                ami_id: ami.clone(),
+                snapshot_ids: snaps,
+            },
+        );
+        return Ok(serde_json::json!({ "ami_id": ami, "region": b.region, "reused": true }));
+    }
+    let snapshot = b
+        .state
+        .snapshot_id
+        .clone()
+        .ok_or_else(|| super::invalid("no snapshot"))?;
+    let name = b.render("ami_name", &b.plan.config.ami_name, &b.source_values())?;
+    let req = request(b, &snapshot, &name, "register-image")?;
     let out = req
         .send()
         .await
