@@ -20,6 +20,8 @@ as AWS documents, so kiln's own code needs no emulator workaround:
    writes, so two concurrent creates could both succeed.
 11. RunInstances of an image whose root snapshot has a loop-backend data file boots it in QEMU;
    GetConsoleOutput serves its serial console; TerminateInstances stops it (see the patch).
+12. On request, a share of EC2 calls answer RequestLimitExceeded (POST /_kiln/throttle).
+13. HTTP/1.1 keep-alive, as AWS's endpoints.
 6. Optional delays per region: volumes stay `creating`, attachments `attaching`, snapshots `pending`
    and images `pending` for a configured number of seconds.
 
@@ -36,8 +38,10 @@ import glob
 import io
 import json
 import os
+import random
 import re
 import secrets
+import selectors
 import signal
 import subprocess
 import sys
@@ -65,6 +69,7 @@ from moto.moto_server.werkzeug_app import (  # noqa: E402
     MotoRequestHandler,
     create_backend_app,
 )
+import werkzeug.serving  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
 ACCOUNT_ID = "123456789012"
@@ -834,6 +839,7 @@ def public_state() -> dict:
             n: {k: v for k, v in h.items() if k != "extra"} for n, h in HOSTS.items()
         },
         "delays": DELAYS,
+        "throttle": THROTTLE,
     }
 
 
@@ -845,6 +851,7 @@ def reset() -> None:
         DELAYS.clear()
         FAULTS.clear()
         LIFECYCLE_CALLS.clear()
+        THROTTLE.update({"share": 0.0, "actions": [], "body": ""})
         stop_all_vms()
         for host in HOSTS.values():
             host["extra"] = {}
@@ -898,6 +905,25 @@ def _untagged_creation(body: bytes) -> str | None:
     return action
 
 
+# 12. Throttling on request: a share of the EC2 calls with the given actions (all when none are
+#     given) and, if given, a substring of the body (a resource id: one test's calls only) answer
+#     503 RequestLimitExceeded, as EC2 does when an account calls too fast.
+THROTTLE: dict = {"share": 0.0, "actions": [], "body": ""}
+
+
+def _throttled(body: bytes) -> bool:
+    share = THROTTLE["share"]
+    if share <= 0 or not (body.startswith(b"Action=") or b"&Action=" in body):
+        return False
+    m = re.search(rb"(?:^|&)Action=([A-Za-z]+)", body)
+    action = m.group(1).decode() if m else ""
+    if THROTTLE["actions"] and action not in THROTTLE["actions"]:
+        return False
+    if THROTTLE["body"] and THROTTLE["body"].encode() not in body:
+        return False
+    return random.random() < share
+
+
 def _fault_reply(fault: dict, ec2: bool) -> bytes:
     code = fault["code"]
     message = fault.get("message", "injected by the kiln emulator")
@@ -920,11 +946,19 @@ class KilnControl:
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
+        # The whole body is read before anything answers (keep-alive needs it drained).
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            body = environ["wsgi.input"].read()
+            environ["CONTENT_LENGTH"] = str(len(body))
+        else:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
         if not path.startswith("/_kiln/"):
             from_kiln = KILN_AGENT.search(
                 environ.get("HTTP_USER_AGENT", "") + " " + environ.get("HTTP_X_AMZ_USER_AGENT", "")
             )
-            if not FAULTS and not from_kiln:
+            if not FAULTS and not from_kiln and THROTTLE["share"] <= 0:
                 return self.app(environ, start_response)
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length) if length else b""
@@ -941,6 +975,15 @@ class KilnControl:
                 )
                 start_response(
                     "400 Bad Request",
+                    [("Content-Type", "application/xml"), ("Content-Length", str(len(data)))],
+                )
+                return [data]
+            if _throttled(body):
+                data = _fault_reply(
+                    {"code": "RequestLimitExceeded", "message": "Request limit exceeded."}, True
+                )
+                start_response(
+                    "503 Service Unavailable",
                     [("Content-Type", "application/xml"), ("Content-Length", str(len(data)))],
                 )
                 return [data]
@@ -996,6 +1039,15 @@ class KilnControl:
             with LOCK:
                 FAULTS.append(fault)
             return {"faults": FAULTS}
+        if path == "/_kiln/throttle":
+            share = float(body["share"])
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"share must be within 0..1, got {share}")
+            with LOCK:
+                THROTTLE["share"] = share
+                THROTTLE["actions"] = [str(a) for a in body.get("actions", [])]
+                THROTTLE["body"] = str(body.get("body", ""))
+            return public_state()
         if path == "/_kiln/metadata":
             with LOCK:
                 extra = HOSTS[body["host"]]["extra"]
@@ -1017,8 +1069,37 @@ def main() -> None:
     args = parser.parse_args()
 
     app = KilnControl(DomainDispatcherApplication(create_backend_app))
+
+    # 13. Keep-alive: HTTP/1.1 connections stay open between requests, as AWS's endpoints keep them
+    #     (the SDK reuses them); werkzeug's default HTTP/1.0 closes each after one request.
+    #     werkzeug always answers `Connection: close` because it cannot drain an unread request
+    #     body (after each response it reads whatever the socket holds, which on a kept-alive
+    #     connection is the next request); KilnControl reads every body first, so the header and
+    #     that drain (werkzeug.serving's only use of `selectors`) go.
+    class _NoDrain:
+        EVENT_READ = selectors.EVENT_READ
+
+        class DefaultSelector:
+            def register(self, *args):
+                pass
+
+            def select(self, timeout=None):
+                return []
+
+            def close(self):
+                pass
+
+    werkzeug.serving.selectors = _NoDrain
+    class KeepAliveHandler(MotoRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def send_header(self, keyword, value):
+            if keyword.lower() == "connection" and value.lower() == "close":
+                return
+            super().send_header(keyword, value)
+
     server = make_server(
-        "127.0.0.1", args.port, app, threaded=True, request_handler=MotoRequestHandler
+        "127.0.0.1", args.port, app, threaded=True, request_handler=KeepAliveHandler
     )
     port = server.server_port
     os.environ["MOTO_PORT"] = str(port)

@@ -11,8 +11,8 @@ use aws_sdk_ec2::types::{
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Poll interval for snapshots: Packer polls every 15 s; snapshots take minutes, and a shorter
-/// interval only shows progress sooner.
+/// The longest pause of a snapshot wait before its progress predicts the end (Packer polls every
+/// 15 s; the prediction then decides, see `schedule.rs`).
 pub const SNAPSHOT_POLL: Duration = Duration::from_secs(5);
 /// Give up on a snapshot after Packer's 120 tries at 15 s.
 pub const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(1800);
@@ -154,11 +154,18 @@ pub async fn wait_snapshot(
                 Some(SnapshotState::Error) => {
                     Probe::Terminal("error".into(), s.state_message.unwrap_or_default())
                 }
-                st => Probe::Pending(format!(
-                    "{} {}",
-                    st.map(|s| s.as_str().to_owned()).unwrap_or_default(),
-                    s.progress.unwrap_or_default()
-                )),
+                st => {
+                    let progress = s.progress.unwrap_or_default();
+                    let state = format!(
+                        "{} {progress}",
+                        st.map(|s| s.as_str().to_owned()).unwrap_or_default()
+                    );
+                    // EC2 reports whole percent ("45%"): the wait predicts the end from it.
+                    match progress.trim_end_matches('%').trim().parse::<f64>() {
+                        Ok(p) => Probe::Progress(state, p / 100.0),
+                        Err(_) => Probe::Pending(state),
+                    }
+                }
             },
         })
     })

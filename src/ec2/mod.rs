@@ -5,6 +5,7 @@
 pub mod identity;
 pub mod images;
 pub mod instances;
+pub mod schedule;
 pub mod volumes;
 pub mod wait;
 

@@ -1,14 +1,14 @@
-//! The one wait for eventual consistency: poll at an interval until a probe reports ready a
-//! number of times in a row, fail fast on terminal states, give up at a deadline, stop on cancel.
+//! The one wait for eventual consistency: poll until a probe reports ready a number of times in
+//! a row, fail fast on terminal states, give up at a deadline, stop on cancel, slow down (not fail)
+//! when EC2 throttles. When to poll is `schedule.rs`'s: predicted from progress and history.
 
 use super::Ec2Error;
+use super::schedule::{self, Schedule};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// The first pause between polls; pauses double up to the wait's interval. Most resources are
-/// ready within a second (attachments, volumes from small snapshots), so a fixed multi-second
-/// first pause would dominate short builds.
-pub const FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// Error codes that mean "calling too fast" (after the SDK's own retries): the wait slows down.
+const THROTTLING: &[&str] = &["RequestLimitExceeded", "Throttling", "ThrottlingException"];
 
 /// What a probe saw.
 #[derive(Debug, Clone)]
@@ -17,6 +17,8 @@ pub enum Probe<T> {
     Ready(T),
     /// Not yet; the current state (and progress, e.g. `pending 45%`).
     Pending(String),
+    /// Not yet, with the fraction done (0..1) the resource reports (a snapshot's `Progress`).
+    Progress(String, f64),
     /// A state the resource never leaves (e.g. snapshot `error`), with AWS's reason.
     Terminal(String, String),
 }
@@ -26,8 +28,11 @@ pub enum Probe<T> {
 pub struct Wait {
     /// What is awaited, for logs and errors (e.g. `volume vol-1 to become available`).
     pub what: String,
-    /// Time between polls.
+    /// The longest pause when nothing predicts the end (the fixed interval with
+    /// [`Schedule::Fixed`]).
     pub interval: Duration,
+    /// When to poll.
+    pub schedule: Schedule,
     /// When to give up.
     pub deadline: Duration,
     /// Ready results needed in a row (more than one rides out eventual consistency).
@@ -64,10 +69,14 @@ impl Polling {
         deadline: Duration,
         successes: u32,
     ) -> Wait {
-        let interval = self
-            .delay_seconds
-            .map(Duration::from_secs)
-            .unwrap_or(interval);
+        // A delay set by the template or the environment is Packer's fixed interval.
+        let (interval, schedule) = match self.delay_seconds {
+            Some(s) => (
+                Duration::from_secs(s),
+                Schedule::Fixed(Duration::from_secs(s)),
+            ),
+            None => (interval, Schedule::Predictive { cap: interval }),
+        };
         let deadline = match self.max_attempts {
             Some(n) => interval * u32::try_from(n).unwrap_or(u32::MAX),
             None => deadline,
@@ -75,13 +84,15 @@ impl Polling {
         Wait {
             what: what.into(),
             interval,
+            schedule,
             deadline,
             successes: successes.max(1),
         }
     }
 }
 
-/// Polls `probe` as `spec` says. Returns the last ready value.
+/// Polls `probe` as `spec` says. Returns the last ready value. Remembers how long the wait took
+/// for the next wait of its kind.
 ///
 /// Side effects: only the probe's. Cancellable at every pause.
 pub async fn until<T, F, Fut>(
@@ -94,28 +105,39 @@ where
     Fut: std::future::Future<Output = Result<Probe<T>, Ec2Error>>,
 {
     let start = Instant::now();
+    let kind = schedule::kind_of(&spec.what);
+    let history = schedule::remembered(&kind);
     let mut streak = 0;
+    let mut throttled = 0;
     let mut last_state = "unknown".to_owned();
-    let mut pause = FIRST_PAUSE.min(spec.interval);
     loop {
         if cancel.is_cancelled() {
             return Err(Ec2Error::Cancelled(spec.what.clone()));
         }
-        match probe().await? {
-            Probe::Ready(v) => {
+        let seen = probe().await;
+        let elapsed = start.elapsed().as_secs_f64();
+        let mut progress = None;
+        let pause = match seen {
+            Ok(Probe::Ready(v)) => {
                 streak += 1;
                 if streak >= spec.successes {
+                    schedule::remember(&kind, elapsed);
                     return Ok(v);
                 }
+                None
             }
-            Probe::Pending(state) => {
+            Ok(Probe::Pending(state)) => {
                 streak = 0;
-                if state != last_state {
-                    tracing::info!(what = %spec.what, state = %state, "waiting");
-                }
-                last_state = state;
+                note(spec, &mut last_state, state);
+                None
             }
-            Probe::Terminal(state, detail) => {
+            Ok(Probe::Progress(state, fraction)) => {
+                streak = 0;
+                progress = Some(fraction);
+                note(spec, &mut last_state, state);
+                None
+            }
+            Ok(Probe::Terminal(state, detail)) => {
                 let detail = if detail.is_empty() {
                     String::new()
                 } else {
@@ -127,7 +149,14 @@ where
                     detail,
                 });
             }
-        }
+            Err(e) if e.code().is_some_and(|c| THROTTLING.contains(&c)) => {
+                throttled += 1;
+                let pause = schedule::throttled_pause(throttled);
+                tracing::warn!(what = %spec.what, error = %e, pause_s = pause.as_secs(), "throttled: polling more slowly");
+                Some(pause)
+            }
+            Err(e) => return Err(e),
+        };
         if start.elapsed() >= spec.deadline {
             return Err(Ec2Error::Timeout {
                 what: spec.what.clone(),
@@ -135,13 +164,27 @@ where
                 last_state,
             });
         }
-        let sleep = pause;
-        pause = (pause * 2).min(spec.interval);
+        let pause = pause.unwrap_or_else(|| {
+            throttled = 0;
+            if streak > 0 {
+                // Ready once, confirming: soon.
+                schedule::FIRST_PAUSE.min(spec.interval)
+            } else {
+                schedule::next_pause(spec.schedule, elapsed, progress, history)
+            }
+        });
         tokio::select! {
-            _ = tokio::time::sleep(sleep) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = cancel.cancelled() => return Err(Ec2Error::Cancelled(spec.what.clone())),
         }
     }
+}
+
+fn note(spec: &Wait, last_state: &mut String, state: String) {
+    if state != *last_state {
+        tracing::info!(what = %spec.what, state = %state, "waiting");
+    }
+    *last_state = state;
 }
 
 #[cfg(test)]
@@ -152,6 +195,7 @@ mod tests {
         Wait {
             what: "thing".into(),
             interval: Duration::from_millis(5),
+            schedule: Schedule::Fixed(Duration::from_millis(5)),
             deadline: Duration::from_millis(300),
             successes,
         }
@@ -202,6 +246,35 @@ mod tests {
         assert!(matches!(e, Ec2Error::Cancelled(_)));
     }
 
+    #[tokio::test]
+    async fn throttling_slows_the_wait_down_instead_of_failing_it() {
+        let cancel = CancellationToken::new();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let mut w = spec(1);
+        w.deadline = Duration::from_secs(10);
+        let v = until(&w, &cancel, || {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    Err(Ec2Error::Api {
+                        op: "DescribeSnapshots",
+                        resource: "snap-1".into(),
+                        region: "r".into(),
+                        code: "RequestLimitExceeded".into(),
+                        message: "Request limit exceeded.".into(),
+                        retryable: true,
+                    })
+                } else {
+                    Ok(Probe::Ready(7))
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(v, 7);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
     #[test]
     fn polling_overrides() {
         let p = Polling {
@@ -211,5 +284,8 @@ mod tests {
         let w = p.wait("x", Duration::from_secs(15), Duration::from_secs(3600), 1);
         assert_eq!(w.interval, Duration::from_secs(2));
         assert_eq!(w.deadline, Duration::from_secs(20));
+        assert_eq!(w.schedule, Schedule::Fixed(Duration::from_secs(2)));
+        let w = Polling::default().wait("x", Duration::from_secs(15), Duration::from_secs(3600), 1);
+        assert!(matches!(w.schedule, Schedule::Predictive { .. }));
     }
 }

@@ -187,3 +187,106 @@ async fn kilns_untagged_creations_are_refused() {
     })
     .await;
 }
+
+/// An EC2 client that does not retry (so each throttled answer is seen).
+async fn no_retry_ec2() -> aws_sdk_ec2::Client {
+    let emu = Emulator::get();
+    let config = emu.sdk_config(emu.region()).await;
+    aws_sdk_ec2::Client::from_conf(
+        aws_sdk_ec2::config::Builder::from(&config)
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build(),
+    )
+}
+
+/// Patch 12: a share of the matching calls answer RequestLimitExceeded; others never do.
+#[tokio::test]
+async fn throttling_answers_a_share_of_the_matching_calls() {
+    with_janitor(|janitor| async move {
+        let emu = Emulator::get();
+        let region = emu.region();
+        let ec2 = no_retry_ec2().await;
+        let full = emu.clients(region).await.ec2;
+        let vol = crate::emulator::volume(&full, &janitor, region).await;
+        let other = crate::emulator::volume(&full, &janitor, region).await;
+        emulator_script(&["throttle", "0.5", "DescribeVolumes", &vol]);
+        let mut throttled = 0;
+        let mut others = 0;
+        for _ in 0..40 {
+            match ec2.describe_volumes().volume_ids(&vol).send().await {
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(e.code(), Some("RequestLimitExceeded"), "{e:?}");
+                    throttled += 1;
+                }
+            }
+            if ec2
+                .describe_volumes()
+                .volume_ids(&other)
+                .send()
+                .await
+                .is_err()
+            {
+                others += 1;
+            }
+        }
+        emulator_script(&["throttle", "0"]);
+        // 40 draws at 50%: outside 5..=35 with probability below 1e-6.
+        assert!((5..=35).contains(&throttled), "{throttled} of 40 throttled");
+        assert_eq!(others, 0, "calls for another volume were throttled");
+        ec2.describe_volumes()
+            .volume_ids(&vol)
+            .send()
+            .await
+            .expect("share 0 stops it");
+    })
+    .await;
+}
+
+/// Patch 13: the emulator keeps HTTP/1.1 connections alive, as AWS's endpoints do.
+#[test]
+fn connections_are_kept_alive() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let emu = Emulator::get();
+    let addr = emu
+        .endpoint()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let stream = std::net::TcpStream::connect(&addr).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut writer = stream;
+    for i in 0..2 {
+        write!(
+            writer,
+            "GET /_kiln/state HTTP/1.1\r\nHost: {addr}\r\nConnection: keep-alive\r\n\r\n"
+        )
+        .expect("write");
+        let mut status = String::new();
+        reader.read_line(&mut status).expect("status line");
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "request {i}: {status:?}"
+        );
+        let mut length = 0;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).expect("header");
+            if h == "\r\n" {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().expect("length");
+            }
+            assert!(
+                !h.eq_ignore_ascii_case("connection: close\r\n"),
+                "request {i}: the server closes the connection"
+            );
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).expect("body");
+    }
+}
