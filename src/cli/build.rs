@@ -127,12 +127,15 @@ pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Re
     cancel_on_signals(cancel.clone());
     let masker = loaded.masker.clone();
     let sink_masker = masker.clone();
+    // On a terminal, a progress line for long steps (cli/progress.rs).
+    let progress =
+        std::io::IsTerminal::is_terminal(&std::io::stderr()).then(super::progress::Progress::start);
     let sink: kiln::host::command::Sink = Arc::new(move |source: &str, line: &str| {
         let line = sink_masker.mask(line);
-        if source == "kiln" {
-            eprintln!("{line}");
-        } else {
-            eprintln!("    {source}: {line}");
+        match (&progress, source) {
+            (Some(p), _) => p.line(source, &line),
+            (None, "kiln") => eprintln!("{line}"),
+            (None, _) => eprintln!("    {source}: {line}"),
         }
     });
     let several = loaded.plans.len() > 1;

@@ -3,6 +3,7 @@
 
 pub(crate) mod build;
 pub(crate) mod gc;
+pub(crate) mod progress;
 pub(crate) mod submit;
 pub(crate) mod template;
 pub(crate) mod worker;

@@ -134,7 +134,18 @@ pub async fn wait_snapshot(
         SNAPSHOT_DEADLINE,
         1,
     );
-    until(&spec, cancel, || async {
+    wait_snapshot_as(ec2, region, id, &spec, cancel).await
+}
+
+/// [`wait_snapshot`] polling as `spec` says (`scripts/bench waits` compares schedules with it).
+pub async fn wait_snapshot_as(
+    ec2: &Client,
+    region: &str,
+    id: &str,
+    spec: &super::wait::Wait,
+    cancel: &CancellationToken,
+) -> Result<(), Ec2Error> {
+    until(spec, cancel, || async {
         let out = ec2.describe_snapshots().snapshot_ids(id).send().await;
         let snap = match out {
             Ok(o) => o.snapshots.unwrap_or_default().pop(),
