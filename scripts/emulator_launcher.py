@@ -1090,8 +1090,12 @@ def main() -> None:
                 pass
 
     werkzeug.serving.selectors = _NoDrain
+    #     Nagle's algorithm off (as on AWS's endpoints): werkzeug writes headers and body
+    #     separately, and on a kept-alive connection the body would wait for the client's delayed
+    #     ACK (40 ms a response).
     class KeepAliveHandler(MotoRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
 
         def send_header(self, keyword, value):
             if keyword.lower() == "connection" and value.lower() == "close":
