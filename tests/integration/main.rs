@@ -18,6 +18,7 @@ mod pool;
 mod submit;
 mod support;
 mod templates;
+mod terminal;
 mod trigger;
 mod undo;
 mod worker;
