@@ -712,14 +712,15 @@ DISK_PATTERNS = os.environ.get(
     "/var/lib/kiln/snapshots/{id}.img:/tmp/kiln-test-state-*/snapshots/{id}.img",
 ).split(":")
 OVMF = ["/usr/share/ovmf/OVMF.fd", "/usr/share/qemu/OVMF.fd"]
+AAVMF = ["/usr/share/qemu-efi-aarch64/QEMU_EFI.fd", "/usr/share/AAVMF/AAVMF_CODE.fd"]
 # AWS keeps the last 64 KiB of an instance's console output.
 CONSOLE_BYTES = 64 * 1024
 VM_DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"kiln-emulator-vms-{os.getpid()}")
 VMS: dict[str, dict] = {}
 
 
-def _disk_of(backend, image_id: str) -> tuple[str, str] | None:
-    """(data file, boot mode) of the image's root snapshot, if it has a data file."""
+def _disk_of(backend, image_id: str) -> tuple[str, str, str] | None:
+    """(data file, boot mode, architecture) of the image's root snapshot, if it has a data file."""
     image = backend.amis.get(image_id)
     if image is None:
         return None
@@ -731,23 +732,35 @@ def _disk_of(backend, image_id: str) -> tuple[str, str] | None:
         for pattern in DISK_PATTERNS if snap else []:
             hits = glob.glob(pattern.format(id=snap))
             if hits:
-                return hits[0], getattr(image, "boot_mode", None) or ""
+                return (
+                    hits[0],
+                    getattr(image, "boot_mode", None) or "",
+                    getattr(image, "architecture", None) or "x86_64",
+                )
     return None
 
 
-def _boot(instance_id: str, disk: str, boot_mode: str) -> None:
+def _boot(instance_id: str, disk: str, boot_mode: str, arch: str) -> None:
     os.makedirs(VM_DIR, exist_ok=True)
     log = os.path.join(VM_DIR, f"{instance_id}.log")
-    cmd = [
-        "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-m", "1024", "-smp", "2",
-        "-display", "none", "-monitor", "none", "-serial", f"file:{log}", "-nic", "none",
-        "-no-reboot", "-drive", f"file={disk.replace(',', ',,')},format=raw,if=virtio,snapshot=on",
-    ]
-    if boot_mode in ("uefi", "uefi-preferred"):
-        firmware = next((f for f in OVMF if os.path.exists(f)), None)
-        if firmware is None:
-            raise EC2ClientError("KilnEmulatorNoFirmware", "UEFI firmware is missing: apt-get install -y ovmf")
-        cmd += ["-bios", firmware]
+    drive = f"file={disk.replace(',', ',,')},format=raw,if=virtio,snapshot=on"
+    common = ["-m", "1024", "-smp", "2", "-display", "none", "-monitor", "none",
+              "-serial", f"file:{log}", "-nic", "none", "-no-reboot", "-drive", drive]
+    if arch == "arm64":
+        # arm64 instances boot with UEFI only.
+        cmd = ["qemu-system-aarch64", "-machine", "virt,accel=tcg", "-cpu", "cortex-a72", *common]
+        firmware, package = AAVMF, "qemu-efi-aarch64"
+    else:
+        cmd = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", *common]
+        uefi = boot_mode in ("uefi", "uefi-preferred")
+        firmware, package = (OVMF if uefi else None), "ovmf"
+    if firmware is not None:
+        found = next((f for f in firmware if os.path.exists(f)), None)
+        if found is None:
+            raise EC2ClientError(
+                "KilnEmulatorNoFirmware", f"UEFI firmware is missing: apt-get install -y {package}"
+            )
+        cmd += ["-bios", found]
     try:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -755,7 +768,7 @@ def _boot(instance_id: str, disk: str, boot_mode: str) -> None:
         )
     except FileNotFoundError:
         raise EC2ClientError(
-            "KilnEmulatorNoQemu", "qemu-system-x86_64 is missing: apt-get install -y qemu-system-x86"
+            "KilnEmulatorNoQemu", f"{cmd[0]} is missing: apt-get install -y qemu-system-x86 qemu-system-arm"
         ) from None
     VMS[instance_id] = {"proc": proc, "log": log, "disk": disk}
 

@@ -19,8 +19,18 @@ use tokio_util::sync::CancellationToken;
 pub const CONSOLE_TAIL: usize = 30;
 /// The QEMU program for x86_64 guests.
 const QEMU: &str = "qemu-system-x86_64";
+/// The QEMU program for arm64 guests (Debian's `qemu-system-arm`).
+const QEMU_ARM64: &str = "qemu-system-aarch64";
 /// UEFI firmware images QEMU can load with `-bios`, in order of preference (Debian's `ovmf`).
 const OVMF: &[&str] = &["/usr/share/ovmf/OVMF.fd", "/usr/share/qemu/OVMF.fd"];
+/// arm64 UEFI firmware (Debian's `qemu-efi-aarch64`). arm64 AMIs boot only with UEFI.
+const AAVMF: &[&str] = &[
+    "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+    "/usr/share/AAVMF/AAVMF_CODE.fd",
+];
+/// The CPU QEMU emulates for arm64 guests: an Armv8.0 core every arm64 distribution supports
+/// (Graviton 1 is a Cortex-A72).
+const ARM64_CPU: &str = "cortex-a72";
 
 /// The firmware a guest boots with, as EC2 would start the AMI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,13 +41,24 @@ pub enum Firmware {
     Bios,
 }
 
+/// The guest's architecture (the AMI's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// `x86_64`: q35 with OVMF or SeaBIOS.
+    X86_64,
+    /// `arm64`: QEMU's `virt` machine with AAVMF (always UEFI, as EC2 starts arm64 AMIs).
+    Arm64,
+}
+
 /// What to boot and what counts as success.
 #[derive(Debug, Clone)]
 pub struct BootSpec {
     /// The raw disk image (a snapshot file).
     pub disk: PathBuf,
-    /// Firmware.
+    /// Firmware (ignored for arm64, which is always UEFI).
     pub firmware: Firmware,
+    /// The guest's architecture.
+    pub arch: Arch,
     /// Guest memory, MiB.
     pub memory_mib: i64,
     /// How long to wait for the marker.
@@ -61,15 +82,15 @@ pub struct Booted {
     pub kvm: bool,
 }
 
-fn ovmf() -> Result<&'static str, HostError> {
-    OVMF.iter()
+fn firmware_file(candidates: &[&'static str], package: &str) -> Result<&'static str, HostError> {
+    candidates
+        .iter()
         .copied()
         .find(|p| Path::new(p).is_file())
         .ok_or_else(|| {
-            HostError::Invalid(
-                "UEFI firmware (OVMF) is missing: apt-get install -y ovmf (scripts/setup does)"
-                    .into(),
-            )
+            HostError::Invalid(format!(
+                "UEFI firmware is missing: apt-get install -y {package} (scripts/setup does)"
+            ))
         })
 }
 
@@ -115,6 +136,44 @@ fn failed(message: String, tail: &VecDeque<String>) -> HostError {
     }
 }
 
+/// The QEMU command line for `spec`: no display, no monitor, the serial console on stdout, no
+/// network, no reboot, the disk copy-on-write (`snapshot=on`).
+fn command(spec: &BootSpec) -> Result<tokio::process::Command, HostError> {
+    let arm64 = spec.arch == Arch::Arm64;
+    let mut cmd = tokio::process::Command::new(if arm64 { QEMU_ARM64 } else { QEMU });
+    let machine = match (arm64, spec.kvm) {
+        (true, _) => "virt,accel=tcg",
+        (false, true) => "q35,accel=kvm",
+        (false, false) => "q35,accel=tcg",
+    };
+    cmd.args([
+        "-machine",
+        machine,
+        "-m",
+        &spec.memory_mib.to_string(),
+        "-smp",
+        "2",
+    ]);
+    cmd.args(["-display", "none", "-monitor", "none", "-serial", "stdio"]);
+    cmd.args(["-nic", "none", "-no-reboot", "-drive"]);
+    cmd.arg(format!(
+        "file={},format=raw,if=virtio,snapshot=on",
+        spec.disk.display().to_string().replace(',', ",,")
+    ));
+    if arm64 {
+        cmd.args(["-cpu", ARM64_CPU]);
+        cmd.args(["-bios", firmware_file(AAVMF, "qemu-efi-aarch64")?]);
+    } else {
+        if spec.firmware == Firmware::Uefi {
+            cmd.args(["-bios", firmware_file(OVMF, "ovmf")?]);
+        }
+        if spec.kvm {
+            cmd.args(["-cpu", "host"]);
+        }
+    }
+    Ok(cmd)
+}
+
 /// Boots `spec.disk` and waits for the marker. Each console line also goes to `sink`.
 ///
 /// Side effects: a QEMU process for the duration (killed before returning, whatever the
@@ -131,39 +190,11 @@ pub async fn boot(
         ));
     }
     let kvm = spec.kvm;
-    let mut cmd = tokio::process::Command::new(QEMU);
-    cmd.args([
-        "-machine",
-        if kvm {
-            "q35,accel=kvm"
-        } else {
-            "q35,accel=tcg"
-        },
-        "-m",
-        &spec.memory_mib.to_string(),
-        "-smp",
-        "2",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-serial",
-        "stdio",
-        "-nic",
-        "none",
-        "-no-reboot",
-        "-drive",
-    ])
-    .arg(format!(
-        "file={},format=raw,if=virtio,snapshot=on",
-        spec.disk.display().to_string().replace(',', ",,")
-    ));
-    if spec.firmware == Firmware::Uefi {
-        cmd.args(["-bios", ovmf()?]);
-    }
-    if kvm {
-        cmd.args(["-cpu", "host"]);
-    }
+    let (program, package) = match spec.arch {
+        Arch::X86_64 => (QEMU, "qemu-system-x86"),
+        Arch::Arm64 => (QEMU_ARM64, "qemu-system-arm"),
+    };
+    let mut cmd = command(spec)?;
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -174,12 +205,12 @@ pub async fn boot(
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 HostError::Invalid(format!(
-                    "{QEMU} is missing: apt-get install -y qemu-system-x86 (scripts/setup does)"
+                    "{program} is missing: apt-get install -y {package} (scripts/setup does)"
                 ))
             } else {
                 HostError::Io {
                     what: "starting",
-                    path: PathBuf::from(QEMU),
+                    path: PathBuf::from(program),
                     source: e,
                 }
             }

@@ -36,7 +36,7 @@ pub const DEFAULT_INSTANCE_TYPE_ARM64: &str = "t4g.micro";
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum BootMethod {
-    /// The snapshot's data file in QEMU on the builder (loop backend).
+    /// The snapshot's data file in QEMU on the builder (loop backend; x86_64 and arm64).
     Qemu,
     /// The image launched on an EC2 instance, its serial console read with GetConsoleOutput.
     Instance,

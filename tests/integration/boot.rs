@@ -300,3 +300,51 @@ async fn sigterm_during_the_instance_boot_test_terminates_the_instance() {
     assert_no_test_instance(&id).await;
     assert_no_qemu(&doc);
 }
+
+/// arm64 images boot too (with UEFI, as EC2 starts them): in qemu-system-aarch64 with AAVMF
+/// (method qemu), and through the emulator's RunInstances (method instance). A busybox image has
+/// no arm64 kernel, so the marker is the firmware reaching its shell.
+#[tokio::test]
+async fn arm64_images_boot_with_both_methods() {
+    require_qemu();
+    assert!(
+        std::path::Path::new("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd").is_file()
+            && std::process::Command::new("qemu-system-aarch64")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+        "qemu-system-aarch64 or its firmware is missing: run scripts/setup (apt-get install -y qemu-system-arm qemu-efi-aarch64)"
+    );
+    with_janitor(|janitor| async move {
+        let t = Tpl::new();
+        for method in ["qemu", "instance"] {
+            let id = unique("arm64boot");
+            let extra = format!(
+                "ami_architecture = \"arm64\"\n  boot_test {{\n    method  = \"{method}\"\n    timeout = \"3m\"\n    marker  = \"EFI Internal Shell|UEFI Interactive Shell\"\n  }}"
+            );
+            let tpl = t.write(
+                &format!("{method}.pkr.hcl"),
+                &busybox(&unique("arm64boot"), &extra, ""),
+            );
+            let (ok, doc, stderr) = build(&tpl, &["--build-id".into(), id.clone()]);
+            track_result(&janitor, &doc);
+            assert!(ok, "{method}: {doc:#}\n{stderr}");
+            let boot = doc["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["name"] == "boot-test")
+                .cloned()
+                .expect("a boot-test step");
+            assert_eq!(boot["outputs"]["method"], method, "{boot:#}");
+            if method == "qemu" {
+                assert_eq!(boot["outputs"]["architecture"], "arm64", "{boot:#}");
+                assert_eq!(boot["outputs"]["firmware"], "uefi", "{boot:#}");
+            } else {
+                assert_no_test_instance(&id).await;
+            }
+            assert_no_qemu(&doc);
+        }
+    })
+    .await;
+}

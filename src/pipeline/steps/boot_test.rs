@@ -7,7 +7,7 @@
 //! Undo: the instance method's instance terminated and its private image deregistered (QEMU is
 //! gone when the step returns; `snapshot=on` leaves no overlay).
 
-use crate::host::vm::{self, BootSpec, Firmware};
+use crate::host::vm::{self, Arch, BootSpec, Firmware};
 use crate::pipeline::{Build, StepError};
 use crate::template::boot_test::{BootMethod, BootTest};
 use std::time::Duration;
@@ -36,6 +36,19 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     }
 }
 
+/// The image's architecture: the template's for from_scratch, else the source image's.
+pub(super) fn architecture(b: &Build) -> String {
+    let c = &b.plan.config;
+    if c.from_scratch {
+        return c.ami_architecture.clone();
+    }
+    b.state
+        .source
+        .as_ref()
+        .and_then(|s| s.architecture.clone())
+        .unwrap_or_else(|| c.ami_architecture.clone())
+}
+
 /// Undo: what the instance method left (safe to run twice).
 pub async fn undo(b: &mut Build) -> Result<(), StepError> {
     super::boot_instance::remove(b).await
@@ -47,13 +60,19 @@ async fn qemu(
     snapshot: &str,
     disk: std::path::PathBuf,
 ) -> Result<serde_json::Value, StepError> {
-    if b.plan.config.ami_architecture == "arm64" {
+    let arch = if architecture(b) == "arm64" {
+        Arch::Arm64
+    } else {
+        Arch::X86_64
+    };
+    if arch == Arch::Arm64 && test.kvm {
         return Err(super::invalid(
-            "boot_test boots x86_64 images in QEMU; arm64 images are not supported there yet: use method = \"instance\" or remove boot_test",
+            "boot_test boots arm64 images in QEMU's emulation (TCG): remove accelerator = \"kvm\"",
         ));
     }
-    let firmware = match b.plan.config.boot_mode.as_deref() {
-        Some("uefi") | Some("uefi-preferred") => Firmware::Uefi,
+    // arm64 AMIs boot only with UEFI on EC2.
+    let firmware = match (arch, b.plan.config.boot_mode.as_deref()) {
+        (Arch::Arm64, _) | (_, Some("uefi") | Some("uefi-preferred")) => Firmware::Uefi,
         _ => Firmware::Bios,
     };
     let marker = regex::Regex::new(&test.marker)
@@ -61,6 +80,7 @@ async fn qemu(
     let spec = BootSpec {
         disk,
         firmware,
+        arch,
         memory_mib: test.memory_mib,
         timeout: Duration::from_secs_f64(test.timeout_s),
         marker,
@@ -69,12 +89,17 @@ async fn qemu(
     (b.sink)(
         "boot-test",
         &format!(
-            "booting {} with {} (timeout {} s), waiting for `{}`",
+            "booting {} ({}) with {} (timeout {} s), waiting for `{}`",
             snapshot,
-            if firmware == Firmware::Uefi {
-                "UEFI (OVMF)"
+            if arch == Arch::Arm64 {
+                "arm64"
             } else {
-                "BIOS"
+                "x86_64"
+            },
+            match (arch, firmware) {
+                (Arch::Arm64, _) => "UEFI (AAVMF)",
+                (_, Firmware::Uefi) => "UEFI (OVMF)",
+                _ => "BIOS",
             },
             test.timeout_s,
             test.marker
@@ -85,6 +110,7 @@ async fn qemu(
         "method": "qemu",
         "booted_in_s": booted.seconds,
         "firmware": if firmware == Firmware::Uefi { "uefi" } else { "bios" },
+        "architecture": if arch == Arch::Arm64 { "arm64" } else { "x86_64" },
         "kvm": booted.kvm,
         "marker_line": booted.line,
         "console_tail": booted.tail,
