@@ -463,7 +463,7 @@ async fn delays_make_states_observable() {
         region,
         "volume=1.5",
         "attachment=1.5",
-        "snapshot=1.5",
+        "snapshot=3",
         "image=1.5",
     ]);
     let cleared = scopeguard_delays(region);
@@ -522,14 +522,30 @@ async fn delays_make_states_observable() {
                         .await
                         .ok()
                         .and_then(|o| o.snapshots.unwrap_or_default().pop())
-                        .and_then(|s| s.state)
-                        .map(|s| s.as_str().to_owned())
+                        .map(|s| {
+                            format!(
+                                "{} {}",
+                                s.state.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                                s.progress.unwrap_or_default()
+                            )
+                        })
                 }
             },
-            "completed",
+            "completed 100%",
         )
         .await;
-        assert!(seen.contains(&"pending".to_owned()), "{seen:?}");
+        // Progress rises from 0% through several values while pending, as AWS reports it.
+        let pending: Vec<u32> = seen
+            .iter()
+            .filter_map(|s| s.strip_prefix("pending "))
+            .filter_map(|p| p.trim_end_matches('%').parse().ok())
+            .collect();
+        assert!(pending.len() >= 3, "{seen:?}");
+        assert!(pending.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        assert!(
+            pending[0] < 40 && *pending.last().unwrap_or(&0) > 60,
+            "{seen:?}"
+        );
 
         let image = ec2
             .register_image()

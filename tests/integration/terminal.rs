@@ -16,7 +16,7 @@ async fn a_terminal_gets_a_progress_line_for_long_steps() {
             &busybox(
                 &unique("tty"),
                 "",
-                r#"provisioner "shell" { inline = ["echo step-started", "sleep 3", "echo slow-step > /etc/slow"] }"#,
+                r#"provisioner "shell" { inline = ["echo step-started", "sleep 5", "echo slow-step > /etc/slow"] }"#,
             ),
         );
         let result = t.0.join("result.json");
