@@ -160,24 +160,14 @@ async fn live_instances(
 /// The instances carrying kiln's tag (boot tests) that are not terminated: (id, build, launch).
 async fn test_instances(
     ec2: &aws_sdk_ec2::Client,
+    region: &str,
     exists: &Filter,
 ) -> Result<Vec<(String, String, Option<aws_sdk_ec2::primitives::DateTime>)>, String> {
-    let out = ec2
-        .describe_instances()
-        .filters(exists.clone())
-        .send()
+    let live = crate::ec2::instances::live_matching(ec2, region, exists.clone())
         .await
-        .map_err(|e| format!("DescribeInstances: {}", DisplayErrorContext(&e)))?;
-    Ok(out
-        .reservations()
+        .map_err(|e| e.to_string())?;
+    Ok(live
         .iter()
-        .flat_map(|r| r.instances())
-        .filter(|i| {
-            !matches!(
-                i.state().and_then(|s| s.name()),
-                Some(aws_sdk_ec2::types::InstanceStateName::Terminated)
-            )
-        })
         .filter_map(|i| {
             Some((
                 i.instance_id()?.to_owned(),
@@ -247,7 +237,7 @@ pub async fn run(
                     .map(|o| o.volumes.unwrap_or_default())
                     .map_err(|e| format!("DescribeVolumes: {}", DisplayErrorContext(&e)))
             },
-            test_instances(&ec2, &exists),
+            test_instances(&ec2, &region, &exists),
         );
         let (imgs, snaps, vols, insts) = match listed {
             Ok(l) => l,

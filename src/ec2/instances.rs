@@ -184,20 +184,20 @@ pub async fn terminate(
     .await
 }
 
-/// The ids of the instances tagged with `build_id` that are not terminated (what a dead attempt's
-/// boot test left).
-pub async fn of_build(ec2: &Client, region: &str, build_id: &str) -> Result<Vec<String>, Ec2Error> {
+/// The instances matching `filter` (a `tag:` filter) that are not terminated.
+///
+/// Side effects: none.
+pub async fn live_matching(
+    ec2: &Client,
+    region: &str,
+    filter: aws_sdk_ec2::types::Filter,
+) -> Result<Vec<aws_sdk_ec2::types::Instance>, Ec2Error> {
     let out = ec2
         .describe_instances()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name(format!("tag:{}", super::TAG_BUILD_ID))
-                .values(build_id)
-                .build(),
-        )
+        .filters(filter)
         .send()
         .await
-        .map_err(api("DescribeInstances", build_id, region))?;
+        .map_err(api("DescribeInstances", "tagged instances", region))?;
     Ok(out
         .reservations()
         .iter()
@@ -208,6 +208,20 @@ pub async fn of_build(ec2: &Client, region: &str, build_id: &str) -> Result<Vec<
                 Some(InstanceStateName::Terminated)
             )
         })
-        .filter_map(|i| i.instance_id.clone())
+        .cloned()
+        .collect())
+}
+
+/// The ids of the instances tagged with `build_id` that are not terminated (what a dead attempt's
+/// boot test left).
+pub async fn of_build(ec2: &Client, region: &str, build_id: &str) -> Result<Vec<String>, Ec2Error> {
+    let filter = aws_sdk_ec2::types::Filter::builder()
+        .name(format!("tag:{}", super::TAG_BUILD_ID))
+        .values(build_id)
+        .build();
+    Ok(live_matching(ec2, region, filter)
+        .await?
+        .into_iter()
+        .filter_map(|i| i.instance_id)
         .collect())
 }

@@ -51,6 +51,33 @@ fn assert_no_qemu(doc: &Value) {
     );
 }
 
+/// Builds `tpl` as build `id`, sends SIGTERM once the boot test's console shows the firmware,
+/// and checks the build stopped promptly, at the boot test, leaving nothing; returns its result.
+async fn sigterm_once_booting(tpl: &std::path::Path, id: &str) -> Value {
+    let (out, took) = build_then_sigterm(tpl, &["--build-id".into(), id.to_owned()], |l| {
+        l.contains("boot-test: BdsDxe") || l.contains("boot-test: UEFI")
+    });
+    assert!(
+        took < Duration::from_secs(60),
+        "the build did not stop promptly"
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("result JSON");
+    assert_eq!(doc["error"]["step"], "boot-test", "{doc:#}");
+    assert_nothing_left(id, &doc).await;
+    doc
+}
+
+/// The result document's `boot-test` step.
+fn boot_step(doc: &Value) -> Value {
+    doc["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "boot-test")
+        .cloned()
+        .unwrap_or_else(|| panic!("no boot-test step in {doc:#}"))
+}
+
 /// A busybox image has no kernel: under UEFI the firmware ends in its shell, never at a login.
 const NO_KERNEL: &str = "boot_mode = \"uefi\"\n  boot_test {\n    timeout = \"20s\"\n  }";
 
@@ -82,16 +109,7 @@ async fn sigterm_during_the_boot_test_stops_qemu_at_once() {
         &busybox(&unique("bootcancel"), &NO_KERNEL.replace("20s", "10m"), ""),
     );
     // Signalled once the firmware runs: QEMU is up.
-    let (out, took) = build_then_sigterm(&tpl, &["--build-id".into(), id.clone()], |l| {
-        l.contains("boot-test: BdsDxe") || l.contains("boot-test: UEFI")
-    });
-    assert!(
-        took < Duration::from_secs(60),
-        "the build did not stop promptly"
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).expect("result JSON");
-    assert_eq!(doc["error"]["step"], "boot-test", "{doc:#}");
-    assert_nothing_left(&id, &doc).await;
+    let doc = sigterm_once_booting(&tpl, &id).await;
     assert_no_qemu(&doc);
 }
 
@@ -117,12 +135,7 @@ async fn the_debian_example_boots_under_uefi() {
             doc["error"],
             stderr.lines().rev().take(40).collect::<Vec<_>>().join("\n")
         );
-        let boot = doc["steps"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|s| s["name"] == "boot-test")
-            .expect("the boot-test step ran");
+        let boot = &boot_step(&doc);
         assert_eq!(boot["outputs"]["firmware"], "uefi", "{boot:#}");
         assert!(
             boot["outputs"]["marker_line"]
@@ -202,13 +215,7 @@ async fn the_instance_method_launches_the_image_and_cleans_up() {
         let (ok, doc, stderr) = build(&tpl, &["--build-id".into(), id.clone()]);
         track_result(&janitor, &doc);
         assert!(ok, "{doc:#}\n{stderr}");
-        let boot = doc["steps"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|s| s["name"] == "boot-test")
-            .cloned()
-            .expect("a boot-test step");
+        let boot = boot_step(&doc);
         let out = &boot["outputs"];
         assert_eq!(out["method"], "instance", "{boot:#}");
         let instance = out["instance_id"].as_str().unwrap_or_default();
@@ -287,16 +294,7 @@ async fn sigterm_during_the_instance_boot_test_terminates_the_instance() {
         &busybox(&unique("instcancel"), &instance_method(None, "10m"), ""),
     );
     // Signalled once the instance's console shows the firmware.
-    let (out, took) = build_then_sigterm(&tpl, &["--build-id".into(), id.clone()], |l| {
-        l.contains("boot-test: BdsDxe") || l.contains("boot-test: UEFI")
-    });
-    assert!(
-        took < Duration::from_secs(60),
-        "the build did not stop promptly"
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).expect("result JSON");
-    assert_eq!(doc["error"]["step"], "boot-test", "{doc:#}");
-    assert_nothing_left(&id, &doc).await;
+    let doc = sigterm_once_booting(&tpl, &id).await;
     assert_no_test_instance(&id).await;
     assert_no_qemu(&doc);
 }
@@ -329,13 +327,7 @@ async fn arm64_images_boot_with_both_methods() {
             let (ok, doc, stderr) = build(&tpl, &["--build-id".into(), id.clone()]);
             track_result(&janitor, &doc);
             assert!(ok, "{method}: {doc:#}\n{stderr}");
-            let boot = doc["steps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|s| s["name"] == "boot-test")
-                .cloned()
-                .expect("a boot-test step");
+            let boot = boot_step(&doc);
             assert_eq!(boot["outputs"]["method"], method, "{boot:#}");
             if method == "qemu" {
                 assert_eq!(boot["outputs"]["architecture"], "arm64", "{boot:#}");

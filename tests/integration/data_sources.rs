@@ -186,19 +186,10 @@ async fn missing_data_fails_before_anything_is_made() {
     // Nothing was made under the AMI name the builds would have used.
     let emu = Emulator::get();
     let ec2 = emu.clients(emu.region()).await.ec2;
-    let images = ec2
-        .describe_images()
-        .owners("self")
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("name")
-                .values(&name)
-                .build(),
-        )
-        .send()
+    let images = kiln::ec2::images::by_name(&ec2, emu.region(), &name)
         .await
         .expect("DescribeImages");
-    assert!(images.images().is_empty(), "{:?}", images.images());
+    assert!(images.is_empty(), "{images:?}");
     remove(&ssm, &sm, &[], &[&secret]).await;
 }
 

@@ -51,6 +51,25 @@ fn names<'a>(summary: &'a Value, list: &str) -> Vec<(&'a str, &'a str)> {
         .collect()
 }
 
+/// The next build request on the queue (within 5 s).
+async fn next_request(s: &Setup) -> Value {
+    let msg = s
+        .sqs
+        .receive_message()
+        .queue_url(&s.queue)
+        .wait_time_seconds(5)
+        .send()
+        .await
+        .expect("receive");
+    serde_json::from_str(
+        msg.messages()
+            .first()
+            .and_then(|m| m.body())
+            .expect("a request"),
+    )
+    .expect("JSON")
+}
+
 async fn put_text(s: &Setup, key: &str, text: &str) {
     s.s3.put_object()
         .bucket(&s.bucket)
@@ -207,18 +226,7 @@ build {{
             lambda.log()
         );
         // The request carries the resolved base image.
-        let msg = s
-            .sqs
-            .receive_message()
-            .queue_url(&s.queue)
-            .wait_time_seconds(5)
-            .send()
-            .await
-            .expect("receive");
-        let req: Value = serde_json::from_str(
-            msg.messages().first().and_then(|m| m.body()).expect("a request"),
-        )
-        .expect("JSON");
+        let req = next_request(&s).await;
         assert_eq!(req["bake"]["source_amis"], json!([base1]), "{req:#}");
         // Its build succeeded: the index a worker writes (as `record_bake` does) names its bake.
         put_text(
@@ -296,18 +304,8 @@ build {{
         put_text(&s, &key, &template).await;
         let only = json!({"nightly": {"templates": [key]}});
         let first = lambda.invoke(only.clone()).await.expect("nightly");
-        let msg = s
-            .sqs
-            .receive_message()
-            .queue_url(&s.queue)
-            .wait_time_seconds(5)
-            .send()
-            .await
-            .expect("receive");
-        let req: Value = serde_json::from_str(
-            msg.messages().first().and_then(|m| m.body()).expect("a request"),
-        )
-        .unwrap_or_else(|e| panic!("{e}: {first:#}\n{}", lambda.log()));
+        let req = next_request(&s).await;
+        assert!(req.is_object(), "{first:#}\n{}", lambda.log());
         assert_eq!(req["bake"]["source_amis"], json!(["ami-0123456789abcdef0"]), "{req:#}");
         put_text(
             &s,
