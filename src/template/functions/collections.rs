@@ -1,7 +1,8 @@
-//! Packer's collection functions kiln adds to the basic ones in `mod.rs`: `chunklist`,
-//! `coalescelist`, `index`, `range`, `reverse`, `slice`, `sort`, `setintersection`, `setunion`,
-//! `setproduct`, `transpose`, `zipmap`, `alltrue`, `anytrue`, `one`; and the string functions
-//! `formatlist`, `indent`, `regexall`, `strrev`.
+//! Packer's collection functions: the basic ones (`concat`, `merge`, `lookup`, `coalesce`,
+//! `length`, `contains`, `element`, `keys`, `values`, `compact`, `distinct`, `flatten`) and
+//! `chunklist`, `coalescelist`, `index`, `range`, `reverse`, `slice`, `sort`, `setintersection`,
+//! `setunion`, `setproduct`, `transpose`, `zipmap`, `alltrue`, `anytrue`, `one`; and the string
+//! functions that work on lists: `formatlist`, `indent`, `regexall`, `strrev`.
 
 use super::{num, s};
 use hcl::eval::{Context, FuncDef, ParamType};
@@ -345,5 +346,170 @@ pub(super) fn declare(ctx: &mut Context<'_>) {
                 }
                 Ok(Value::Array(out))
             }),
+    );
+}
+
+/// Declares the basic collection functions: `concat`, `merge`, `lookup`, `coalesce`, `length`,
+/// `contains`, `element`, `keys`, `values`, `compact`, `distinct`, `flatten`.
+pub(super) fn declare_basic(ctx: &mut Context<'_>) {
+    ctx.declare_func(
+        "concat",
+        FuncDef::builder()
+            .variadic_param(ParamType::Any)
+            .build(|a| {
+                let mut out = Vec::new();
+                for v in a.iter() {
+                    match v {
+                        Value::Array(items) => out.extend(items.iter().cloned()),
+                        other => return Err(format!("concat expects lists, got {other}")),
+                    }
+                }
+                Ok(Value::Array(out))
+            }),
+    );
+    ctx.declare_func(
+        "merge",
+        FuncDef::builder()
+            .variadic_param(ParamType::Any)
+            .build(|a| {
+                let mut out = Map::new();
+                for v in a.iter() {
+                    match v {
+                        Value::Object(o) => {
+                            out.extend(o.iter().map(|(k, v)| (k.clone(), v.clone())))
+                        }
+                        Value::Null => {}
+                        other => return Err(format!("merge expects maps, got {other}")),
+                    }
+                }
+                Ok(Value::Object(out))
+            }),
+    );
+    ctx.declare_func(
+        "lookup",
+        FuncDef::builder()
+            .params([ParamType::Any, ParamType::String])
+            .variadic_param(ParamType::Any)
+            .build(|a| {
+                let key = s(&a[1]);
+                match &a[0] {
+                    Value::Object(o) => o
+                        .get(&key)
+                        .cloned()
+                        .or_else(|| a.get(2).cloned())
+                        .ok_or_else(|| format!("lookup failed to find key \"{key}\"")),
+                    _ => Err("lookup expects a map".into()),
+                }
+            }),
+    );
+    ctx.declare_func(
+        "coalesce",
+        FuncDef::builder()
+            .variadic_param(ParamType::Any)
+            .build(|a| {
+                a.iter()
+                    .find(|v| {
+                        !matches!(v, Value::Null) && !matches!(v, Value::String(s) if s.is_empty())
+                    })
+                    .cloned()
+                    .ok_or_else(|| "no non-null, non-empty-string arguments".to_string())
+            }),
+    );
+    ctx.declare_func(
+        "length",
+        FuncDef::builder().param(ParamType::Any).build(|a| {
+            Ok(Value::from(match &a[0] {
+                Value::Array(v) => v.len() as u64,
+                Value::Object(o) => o.len() as u64,
+                Value::String(t) => t.chars().count() as u64,
+                _ => return Err("length expects a list, map or string".into()),
+            }))
+        }),
+    );
+    ctx.declare_func(
+        "contains",
+        FuncDef::builder()
+            .params([ParamType::Any, ParamType::Any])
+            .build(|a| match &a[0] {
+                Value::Array(v) => Ok(Value::from(v.contains(&a[1]))),
+                _ => Err("contains expects a list".into()),
+            }),
+    );
+    ctx.declare_func(
+        "element",
+        FuncDef::builder()
+            .params([ParamType::Any, ParamType::Number])
+            .build(|a| match &a[0] {
+                Value::Array(v) if !v.is_empty() => Ok(v[(num(&a[1])? as usize) % v.len()].clone()),
+                _ => Err("element expects a non-empty list".into()),
+            }),
+    );
+    ctx.declare_func(
+        "keys",
+        FuncDef::builder()
+            .param(ParamType::Any)
+            .build(|a| match &a[0] {
+                Value::Object(o) => Ok(Value::Array(
+                    o.keys().map(|k| Value::from(k.clone())).collect(),
+                )),
+                _ => Err("keys expects a map".into()),
+            }),
+    );
+    ctx.declare_func(
+        "values",
+        FuncDef::builder()
+            .param(ParamType::Any)
+            .build(|a| match &a[0] {
+                Value::Object(o) => Ok(Value::Array(o.values().cloned().collect())),
+                _ => Err("values expects a map".into()),
+            }),
+    );
+    ctx.declare_func(
+        "compact",
+        FuncDef::builder()
+            .param(ParamType::Any)
+            .build(|a| match &a[0] {
+                Value::Array(v) => Ok(Value::Array(
+                    v.iter()
+                        .filter(|x| {
+                            !matches!(x, Value::Null)
+                                && !matches!(x, Value::String(s) if s.is_empty())
+                        })
+                        .cloned()
+                        .collect(),
+                )),
+                _ => Err("compact expects a list".into()),
+            }),
+    );
+    ctx.declare_func(
+        "distinct",
+        FuncDef::builder()
+            .param(ParamType::Any)
+            .build(|a| match &a[0] {
+                Value::Array(v) => {
+                    let mut out: Vec<Value> = Vec::new();
+                    for x in v {
+                        if !out.contains(x) {
+                            out.push(x.clone());
+                        }
+                    }
+                    Ok(Value::Array(out))
+                }
+                _ => Err("distinct expects a list".into()),
+            }),
+    );
+    ctx.declare_func(
+        "flatten",
+        FuncDef::builder().param(ParamType::Any).build(|a| {
+            fn flat(v: &Value, out: &mut Vec<Value>) {
+                match v {
+                    Value::Array(items) => items.iter().for_each(|i| flat(i, out)),
+                    other => out.push(other.clone()),
+                }
+            }
+            let mut out = Vec::new();
+            flat(&a[0], &mut out);
+            Ok(Value::Array(out))
+        }),
     );
 }
