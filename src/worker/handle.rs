@@ -19,142 +19,22 @@ use tokio_util::sync::CancellationToken;
 
 /// Handles one message to the end: never panics the worker, never loses the message.
 pub(super) async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: CancellationToken) {
-    let message_id = msg.message_id().unwrap_or("unknown").to_owned();
-    let receive_count: u32 = msg
-        .attributes()
-        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(1);
-    // From SendMessage to now (the last delivery's wait, for a redelivered message).
-    let queue_wait_s = msg
-        .attributes()
-        .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
-        .and_then(|t| t.parse::<u64>().ok())
-        .map(|sent| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(sent);
-            now.saturating_sub(sent) as f64 / 1000.0
-        });
-    let body = msg.body().unwrap_or("");
-    let req = match request::parse(body) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(message_id, error = %e, "rejected a malformed message");
-            finish(
-                ctx,
-                &msg,
-                &early_failure(
-                    &format!("invalid-{message_id}"),
-                    "request",
-                    e.to_string(),
-                    false,
-                ),
-            )
-            .await;
-            return;
-        }
+    let Some(Accepted {
+        req,
+        build_id,
+        receive_count,
+        queue_wait_s,
+    }) = accept(ctx, &msg).await
+    else {
+        return;
     };
-    let build_id = req
-        .build_id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let span = tracing::info_span!("build", build_id = %build_id, message_id = %message_id);
+    let span = tracing::info_span!("build", build_id = %build_id, message_id = msg.message_id().unwrap_or("unknown"));
     let _enter = span.enter();
-    if !ctx.cfg.buckets.contains(&req.template.bucket) {
-        let msg_text = format!(
-            "the template bucket {} is not trusted by this worker (trusted: {}); ask its operators to add it with --bucket",
-            req.template.bucket,
-            ctx.cfg.buckets.join(", ")
-        );
-        finish(
-            ctx,
-            &msg,
-            &early_failure(&build_id, "request", msg_text, false),
-        )
-        .await;
+    if answered_before(ctx, &msg, &req, &build_id).await {
         return;
     }
-    // A build id that already finished: answer with its result instead of building again.
-    if !req.force
-        && let Ok(o) = ctx
-            .clients
-            .s3
-            .get_object()
-            .bucket(&ctx.cfg.buckets[0])
-            .key(result_key(&build_id))
-            .send()
-            .await
-        && let Ok(bytes) = o.body.collect().await
-        && let Ok(existing) = serde_json::from_slice::<serde_json::Value>(&bytes.into_bytes())
-        && existing["status"] != "running"
-    {
-        tracing::info!(build_id = %build_id, "this build id already finished; answering with its result (set force to build again)");
-        if let Some(q) = &ctx.cfg.result_queue
-            && let Err(e) = ctx
-                .clients
-                .sqs
-                .send_message()
-                .queue_url(q)
-                .message_body(existing.to_string())
-                .send()
-                .await
-        {
-            tracing::error!(build_id = %build_id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not re-publish the result");
-            release(ctx, &msg, ctx.cfg.retry_delay_s as i32).await;
-            return;
-        }
-        delete(ctx, &msg).await;
+    let Some(journal) = acquire(ctx, &msg, &req, &build_id).await else {
         return;
-    }
-    // Exactly one worker runs a build: the journal's lease decides.
-    let lease = ctx.cfg.visibility_s.max(3);
-    if req.force
-        && let Ok(Some((j, _))) =
-            checkpoint::read(&ctx.clients.s3, &ctx.cfg.buckets[0], &build_id).await
-        && j.status != "running"
-    {
-        let _ = ctx
-            .clients
-            .s3
-            .delete_object()
-            .bucket(&ctx.cfg.buckets[0])
-            .key(checkpoint::key(&build_id))
-            .send()
-            .await;
-    }
-    let journal = match checkpoint::acquire(
-        &ctx.clients.s3,
-        &ctx.cfg.buckets[0],
-        &build_id,
-        &ctx.owner,
-        lease,
-    )
-    .await
-    {
-        Ok(Acquired::Fresh(h)) => Arc::new(h),
-        Ok(Acquired::TakenOver(h)) => {
-            tracing::warn!(build_id = %build_id, attempt = h.journal().attempt, "resuming a build an earlier attempt started");
-            Arc::new(h)
-        }
-        Ok(Acquired::Held(owner, until)) => {
-            let wait = until.saturating_sub(checkpoint::now()).clamp(1, 43_200);
-            tracing::info!(build_id = %build_id, owner = ?owner, retry_in_s = wait, "another worker runs this build; looking again when its lease ends");
-            release(ctx, &msg, wait as i32).await;
-            return;
-        }
-        Ok(Acquired::Finished(status)) => {
-            tracing::info!(build_id = %build_id, status, "this build finished but its result document is missing; publishing the result its journal kept");
-            let r = result_from_journal(ctx, &build_id, &status).await;
-            finish(ctx, &msg, &r).await;
-            return;
-        }
-        Err(e) => {
-            tracing::error!(build_id = %build_id, error = %e, "cannot read or write the checkpoint; trying again later");
-            release(ctx, &msg, ctx.cfg.retry_delay_s as i32).await;
-            return;
-        }
     };
     let attempt = journal.journal().attempt;
     // Cancelled (with `cancel`) when a journal write finds that another worker took the build
@@ -171,34 +51,7 @@ pub(super) async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: 
         Arc::clone(&on_lost),
         hb_stop.clone(),
     );
-    let heartbeat = {
-        let sqs = ctx.clients.sqs.clone();
-        let queue = ctx.cfg.queue.clone();
-        let receipt = msg.receipt_handle().unwrap_or_default().to_owned();
-        let stop = hb_stop.clone();
-        let lost = handed_over.clone();
-        let id = build_id.clone();
-        tokio::spawn(async move {
-            // Once the build is lost the message is the new owner's: stop extending it.
-            while !lost.is_cancelled() {
-                if let Err(e) = sqs
-                    .change_message_visibility()
-                    .queue_url(&queue)
-                    .receipt_handle(&receipt)
-                    .visibility_timeout(visibility as i32)
-                    .send()
-                    .await
-                {
-                    tracing::warn!(build_id = %id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "heartbeat failed");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(visibility / 3)) => {}
-                    _ = stop.cancelled() => return,
-                    _ = lost.cancelled() => return,
-                }
-            }
-        })
-    };
+    let heartbeat = spawn_heartbeat(ctx, &msg, &build_id, visibility, &hb_stop, &handed_over);
     let log = Arc::new(Log::default());
     let work = ctx
         .cfg
@@ -240,33 +93,285 @@ pub(super) async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: 
         tracing::warn!(build_id = %build_id, left_behind = ?outcome.left_behind, "stopped: another worker owns this build now; its snapshot and AMIs are left to it");
         return;
     }
+    let finished = Finished {
+        req: &req,
+        build_id: &build_id,
+        receive_count,
+        queue_wait_s,
+        running,
+    };
+    conclude(ctx, &msg, &journal, outcome, &log, &work, &cancel, finished).await;
+}
+
+/// A message that is a well-formed request for a trusted bucket.
+struct Accepted {
+    req: BuildRequest,
+    build_id: String,
+    receive_count: u32,
+    queue_wait_s: Option<f64>,
+}
+
+/// Parses the message; a malformed request or an untrusted bucket is answered (a failed result,
+/// the message deleted) and gives `None`.
+async fn accept(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message) -> Option<Accepted> {
+    let message_id = msg.message_id().unwrap_or("unknown").to_owned();
+    let receive_count: u32 = msg
+        .attributes()
+        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1);
+    // From SendMessage to now (the last delivery's wait, for a redelivered message).
+    let queue_wait_s = msg
+        .attributes()
+        .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(|sent| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(sent);
+            now.saturating_sub(sent) as f64 / 1000.0
+        });
+    let body = msg.body().unwrap_or("");
+    let req = match request::parse(body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(message_id, error = %e, "rejected a malformed message");
+            finish(
+                ctx,
+                msg,
+                &early_failure(
+                    &format!("invalid-{message_id}"),
+                    "request",
+                    e.to_string(),
+                    false,
+                ),
+            )
+            .await;
+            return None;
+        }
+    };
+    let build_id = req
+        .build_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    if !ctx.cfg.buckets.contains(&req.template.bucket) {
+        let msg_text = format!(
+            "the template bucket {} is not trusted by this worker (trusted: {}); ask its operators to add it with --bucket",
+            req.template.bucket,
+            ctx.cfg.buckets.join(", ")
+        );
+        finish(
+            ctx,
+            msg,
+            &early_failure(&build_id, "request", msg_text, false),
+        )
+        .await;
+        return None;
+    }
+    Some(Accepted {
+        req,
+        build_id,
+        receive_count,
+        queue_wait_s,
+    })
+}
+
+/// Whether the build id already finished: its result is published again (unless `force`) and the
+/// message deleted, or released to try the answer again.
+async fn answered_before(
+    ctx: &Ctx,
+    msg: &aws_sdk_sqs::types::Message,
+    req: &BuildRequest,
+    build_id: &str,
+) -> bool {
+    // A build id that already finished: answer with its result instead of building again.
+    if !req.force
+        && let Ok(o) = ctx
+            .clients
+            .s3
+            .get_object()
+            .bucket(&ctx.cfg.buckets[0])
+            .key(result_key(build_id))
+            .send()
+            .await
+        && let Ok(bytes) = o.body.collect().await
+        && let Ok(existing) = serde_json::from_slice::<serde_json::Value>(&bytes.into_bytes())
+        && existing["status"] != "running"
+    {
+        tracing::info!(build_id = %build_id, "this build id already finished; answering with its result (set force to build again)");
+        if let Some(q) = &ctx.cfg.result_queue
+            && let Err(e) = ctx
+                .clients
+                .sqs
+                .send_message()
+                .queue_url(q)
+                .message_body(existing.to_string())
+                .send()
+                .await
+        {
+            tracing::error!(build_id = %build_id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not re-publish the result");
+            release(ctx, msg, ctx.cfg.retry_delay_s as i32).await;
+            return true;
+        }
+        delete(ctx, msg).await;
+        return true;
+    }
+    false
+}
+
+/// The build's journal, acquired for this worker (a forced rebuild first clears a finished one);
+/// `None` when another worker holds it or the journal cannot be read (the message is released), or
+/// the build finished (its result published from the journal).
+async fn acquire(
+    ctx: &Ctx,
+    msg: &aws_sdk_sqs::types::Message,
+    req: &BuildRequest,
+    build_id: &str,
+) -> Option<Arc<checkpoint::JournalHandle>> {
+    // Exactly one worker runs a build: the journal's lease decides.
+    let lease = ctx.cfg.visibility_s.max(3);
+    if req.force
+        && let Ok(Some((j, _))) =
+            checkpoint::read(&ctx.clients.s3, &ctx.cfg.buckets[0], build_id).await
+        && j.status != "running"
+    {
+        let _ = ctx
+            .clients
+            .s3
+            .delete_object()
+            .bucket(&ctx.cfg.buckets[0])
+            .key(checkpoint::key(build_id))
+            .send()
+            .await;
+    }
+    let journal = match checkpoint::acquire(
+        &ctx.clients.s3,
+        &ctx.cfg.buckets[0],
+        build_id,
+        &ctx.owner,
+        lease,
+    )
+    .await
+    {
+        Ok(Acquired::Fresh(h)) => Arc::new(h),
+        Ok(Acquired::TakenOver(h)) => {
+            tracing::warn!(build_id = %build_id, attempt = h.journal().attempt, "resuming a build an earlier attempt started");
+            Arc::new(h)
+        }
+        Ok(Acquired::Held(owner, until)) => {
+            let wait = until.saturating_sub(checkpoint::now()).clamp(1, 43_200);
+            tracing::info!(build_id = %build_id, owner = ?owner, retry_in_s = wait, "another worker runs this build; looking again when its lease ends");
+            release(ctx, msg, wait as i32).await;
+            return None;
+        }
+        Ok(Acquired::Finished(status)) => {
+            tracing::info!(build_id = %build_id, status, "this build finished but its result document is missing; publishing the result its journal kept");
+            let r = result_from_journal(ctx, build_id, &status).await;
+            finish(ctx, msg, &r).await;
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(build_id = %build_id, error = %e, "cannot read or write the checkpoint; trying again later");
+            release(ctx, msg, ctx.cfg.retry_delay_s as i32).await;
+            return None;
+        }
+    };
+    Some(journal)
+}
+
+/// Keeps the message invisible while the build runs (every third of the visibility timeout),
+/// until `stop`, or until the build is `lost` to another worker.
+fn spawn_heartbeat(
+    ctx: &Ctx,
+    msg: &aws_sdk_sqs::types::Message,
+    build_id: &str,
+    visibility: u64,
+    stop: &CancellationToken,
+    lost: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let sqs = ctx.clients.sqs.clone();
+    let queue = ctx.cfg.queue.clone();
+    let receipt = msg.receipt_handle().unwrap_or_default().to_owned();
+    let (stop, lost, id) = (stop.clone(), lost.clone(), build_id.to_owned());
+    tokio::spawn(async move {
+        // Once the build is lost the message is the new owner's: stop extending it.
+        while !lost.is_cancelled() {
+            if let Err(e) = sqs
+                .change_message_visibility()
+                .queue_url(&queue)
+                .receipt_handle(&receipt)
+                .visibility_timeout(visibility as i32)
+                .send()
+                .await
+            {
+                tracing::warn!(build_id = %id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "heartbeat failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(visibility / 3)) => {}
+                _ = stop.cancelled() => return,
+                _ = lost.cancelled() => return,
+            }
+        }
+    })
+}
+
+/// What [`conclude`] needs to know of the build besides its outcome.
+struct Finished<'a> {
+    req: &'a BuildRequest,
+    build_id: &'a str,
+    receive_count: u32,
+    queue_wait_s: Option<f64>,
+    running: usize,
+}
+
+/// After the build: metrics, the log, the bake index, the result published and the message
+/// deleted, released or left to the dead-letter queue, then the journal closed or released.
+#[allow(clippy::too_many_arguments)]
+async fn conclude(
+    ctx: &Ctx,
+    msg: &aws_sdk_sqs::types::Message,
+    journal: &checkpoint::JournalHandle,
+    outcome: BuildResult,
+    log: &Log,
+    work: &Path,
+    cancel: &CancellationToken,
+    f: Finished<'_>,
+) {
+    let Finished {
+        req,
+        build_id,
+        receive_count,
+        queue_wait_s,
+        running,
+    } = f;
     metrics::emit(&metrics::documents(&outcome, queue_wait_s, running));
     let retryable_failure =
         outcome.status == Status::Failed && outcome.error.as_ref().is_some_and(|e| e.retryable);
-    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(work);
     if let Err(e) = log
-        .write(&ctx.clients.s3, &ctx.cfg.buckets[0], &log_key(&build_id))
+        .write(&ctx.clients.s3, &ctx.cfg.buckets[0], &log_key(build_id))
         .await
     {
         tracing::error!(build_id = %build_id, error = %e, "could not write the log");
     }
     let retryable = outcome.error.as_ref().is_some_and(|e| e.retryable);
     // Before the result is published: whoever sees the result finds the index up to date.
-    record_bake(ctx, &req, &outcome).await;
+    record_bake(ctx, req, &outcome).await;
     if cancel.is_cancelled() && outcome.status == Status::Failed {
         tracing::warn!(build_id = %build_id, "build cancelled by the drain deadline; its message is visible again");
-        release(ctx, &msg, 0).await;
+        release(ctx, msg, 0).await;
     } else if outcome.status == Status::Succeeded || !retryable {
-        finish(ctx, &msg, &outcome).await;
+        finish(ctx, msg, &outcome).await;
     } else if ctx.max_receive.is_some_and(|m| receive_count >= m) {
         tracing::warn!(build_id = %build_id, receive_count, "last attempt failed; the queue moves the message to its dead-letter queue");
         if let Err(e) = publish(ctx, &outcome).await {
             tracing::error!(build_id = %build_id, error = %e, "could not publish the final failure");
         }
-        release(ctx, &msg, 0).await;
+        release(ctx, msg, 0).await;
     } else {
         tracing::warn!(build_id = %build_id, receive_count, retry_in_s = ctx.cfg.retry_delay_s, "retryable failure; the message will be tried again");
-        release(ctx, &msg, ctx.cfg.retry_delay_s as i32).await;
+        release(ctx, msg, ctx.cfg.retry_delay_s as i32).await;
     }
     // Only now, after the result is published: a duplicate that sees the journal finished
     // must find the result too.
@@ -302,68 +407,10 @@ async fn run_request(
     attempt: u32,
     generation: String,
 ) -> BuildResult {
-    if let Err(e) = std::fs::create_dir_all(work) {
-        return early_failure(
-            build_id,
-            "fetch-template",
-            format!("creating {}: {e}", work.display()),
-            true,
-        );
-    }
-    let path = match fetch_template(ctx, req, work).await {
+    let (plan, masker) = match load_plan(ctx, req, build_id, work).await {
         Ok(p) => p,
-        Err((m, retryable)) => return early_failure(build_id, "fetch-template", m, retryable),
+        Err(failed) => return *failed,
     };
-    let inputs = Inputs {
-        vars: req
-            .variables
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        only: req.only.clone(),
-        except: req.except.clone(),
-        cwd: work.to_path_buf(),
-        ..Inputs::default()
-    };
-    // A file of a directory template names the whole directory.
-    let dir = template::directory_of(&path);
-    let loaded = template::load(&dir, &inputs);
-    let loaded =
-        match crate::data_sources::complete(&dir, &inputs, loaded, ctx.clients.config()).await {
-            Ok(l) => l,
-            Err(e) => return early_failure(build_id, "validate", e.to_string(), e.is_retryable()),
-        };
-    if loaded.has_errors() {
-        let errors: Vec<String> = loaded
-            .errors()
-            .map(|d| {
-                loaded
-                    .masker
-                    .mask(&d.to_string().replace(&format!("{}/", work.display()), ""))
-            })
-            .collect();
-        return early_failure(
-            build_id,
-            "validate",
-            format!("the template is invalid:\n{}", errors.join("\n")),
-            false,
-        );
-    }
-    if loaded.plans.len() != 1 {
-        let names: Vec<&str> = loaded.plans.iter().map(|p| p.name.as_str()).collect();
-        return early_failure(
-            build_id,
-            "validate",
-            format!(
-                "the template has {} builds ({}); set `only` to pick one",
-                names.len(),
-                names.join(", ")
-            ),
-            false,
-        );
-    }
-    let plan = loaded.plans[0].clone();
-    let masker = loaded.masker.clone();
     let sink_log = Arc::clone(&log);
     let sink_masker = masker.clone();
     let sink: crate::host::command::Sink = Arc::new(move |source: &str, line: &str| {
@@ -410,4 +457,89 @@ async fn run_request(
     flush_stop.cancel();
     let _ = flusher.await;
     result
+}
+
+/// Fetches the request's template, fetches its data sources, and loads the one build it asks for;
+/// a failure is the build's result (not retryable when the template is wrong).
+async fn load_plan(
+    ctx: &Ctx,
+    req: &BuildRequest,
+    build_id: &str,
+    work: &Path,
+) -> Result<(crate::template::Plan, crate::template::Masker), Box<BuildResult>> {
+    if let Err(e) = std::fs::create_dir_all(work) {
+        return Err(Box::new(early_failure(
+            build_id,
+            "fetch-template",
+            format!("creating {}: {e}", work.display()),
+            true,
+        )));
+    }
+    let path = match fetch_template(ctx, req, work).await {
+        Ok(p) => p,
+        Err((m, retryable)) => {
+            return Err(Box::new(early_failure(
+                build_id,
+                "fetch-template",
+                m,
+                retryable,
+            )));
+        }
+    };
+    let inputs = Inputs {
+        vars: req
+            .variables
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        only: req.only.clone(),
+        except: req.except.clone(),
+        cwd: work.to_path_buf(),
+        ..Inputs::default()
+    };
+    // A file of a directory template names the whole directory.
+    let dir = template::directory_of(&path);
+    let loaded = template::load(&dir, &inputs);
+    let loaded =
+        match crate::data_sources::complete(&dir, &inputs, loaded, ctx.clients.config()).await {
+            Ok(l) => l,
+            Err(e) => {
+                return Err(Box::new(early_failure(
+                    build_id,
+                    "validate",
+                    e.to_string(),
+                    e.is_retryable(),
+                )));
+            }
+        };
+    if loaded.has_errors() {
+        let errors: Vec<String> = loaded
+            .errors()
+            .map(|d| {
+                loaded
+                    .masker
+                    .mask(&d.to_string().replace(&format!("{}/", work.display()), ""))
+            })
+            .collect();
+        return Err(Box::new(early_failure(
+            build_id,
+            "validate",
+            format!("the template is invalid:\n{}", errors.join("\n")),
+            false,
+        )));
+    }
+    if loaded.plans.len() != 1 {
+        let names: Vec<&str> = loaded.plans.iter().map(|p| p.name.as_str()).collect();
+        return Err(Box::new(early_failure(
+            build_id,
+            "validate",
+            format!(
+                "the template has {} builds ({}); set `only` to pick one",
+                names.len(),
+                names.join(", ")
+            ),
+            false,
+        )));
+    }
+    Ok((loaded.plans[0].clone(), loaded.masker.clone()))
 }
