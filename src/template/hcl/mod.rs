@@ -8,7 +8,7 @@ use super::decode::Fields;
 use super::gotmpl::Ctx;
 use super::node::{Loc, Node, Value};
 use super::{Diagnostic, Inputs, Loaded, Plan, functions, suggest};
-use hcl::eval::{Context, Evaluate};
+use hcl::eval::Context;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,12 +27,13 @@ pub(super) const TOP_BLOCKS: &[&str] = &[
 
 mod blocks;
 mod builds;
+mod locals;
 mod values;
 mod variables;
 
 use blocks::{Blk, check_packer_block, parse_file, parse_json_file, plural_variables};
 use builds::{build_post_processors, build_provisioners, source_ref, strip_source};
-use values::{base_var, eval, eval_body, node_string, to_node};
+use values::{base_var, eval, eval_body};
 use variables::Variables;
 
 pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
@@ -176,77 +177,8 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
     ctx.declare_var("data", data.value());
     let data_placeholders = data.placeholders(inputs);
 
-    // Locals, in dependency order: evaluate what can be evaluated until nothing changes.
-    let mut pending: Vec<(String, hcl::Expression, Loc, bool)> = Vec::new();
-    for b in &blocks {
-        match b.kind.as_str() {
-            "locals" => pending.extend(b.attrs.iter().map(|a| (a.name.clone(), a.expr.clone(), a.loc.clone(), false))),
-            "local" => match (b.labels.first(), b.attr("expression")) {
-                (Some(n), Some(a)) => {
-                    let sens = b.attr("sensitive").map(|s| matches!(eval(&s.expr, &ctx, &s.loc).map(|n| n.value), Ok(Value::Bool(true)))).unwrap_or(false);
-                    pending.push((n.clone(), a.expr.clone(), a.loc.clone(), sens));
-                }
-                _ => diags.push(Diagnostic::error(&b.loc, "local", "a local block needs a name and an expression: local \"NAME\" { expression = ... }")),
-            },
-            _ => {}
-        }
-    }
-    let mut locals = hcl::Map::new();
-    let mut sensitive_locals = Vec::new();
-    loop {
-        ctx.declare_var("local", hcl::Value::Object(locals.clone()));
-        let before = pending.len();
-        let mut still = Vec::new();
-        let mut last_errors = Vec::new();
-        let waiting: Vec<String> = pending.iter().map(|(n, ..)| n.clone()).collect();
-        for (name, expr, loc, sens) in pending {
-            // A local that names another not evaluated yet waits for it (so `try` does not
-            // take its fallback only because of the order of evaluation).
-            if super::lazy::names_any_local(&expr, &waiting, &name) {
-                last_errors.push((
-                    name.clone(),
-                    loc.clone(),
-                    "it refers to another local that cannot be evaluated (a cycle, or that local's own error)".into(),
-                ));
-                still.push((name, expr, loc, sens));
-                continue;
-            }
-            match super::lazy::resolve(&expr, &ctx).evaluate(&ctx) {
-                Ok(v) => {
-                    if sens {
-                        sensitive_locals.push(node_string(&to_node(&v, &loc)));
-                    }
-                    locals.insert(name, v);
-                }
-                // Offline (validate), a local computed from a fetched data source's placeholder
-                // (`jsondecode(data.amazon-secretsmanager.x.secret_string)["k"]`) is unknown, as
-                // in `packer validate`: it takes a placeholder instead of failing.
-                Err(_)
-                    if data_placeholders
-                        && super::data::mentions_fetched(
-                            &hcl::format::to_string(&expr).unwrap_or_default(),
-                        ) =>
-                {
-                    locals.insert(
-                        name.clone(),
-                        hcl::Value::from(super::data::placeholder("local", &name)),
-                    );
-                }
-                Err(e) => {
-                    last_errors.push((name.clone(), loc.clone(), e.to_string()));
-                    still.push((name, expr, loc, sens));
-                }
-            }
-        }
-        pending = still;
-        if pending.is_empty() || pending.len() == before {
-            for (name, loc, e) in last_errors {
-                diags.push(Diagnostic::error(&loc, &format!("local.{name}"), e));
-            }
-            break;
-        }
-    }
-    ctx.declare_var("local", hcl::Value::Object(locals));
+    // Locals, in dependency order.
+    let sensitive_locals = locals::evaluate(&blocks, &mut ctx, data_placeholders, diags);
 
     // Sources.
     let mut sources: BTreeMap<String, &Blk> = BTreeMap::new();
