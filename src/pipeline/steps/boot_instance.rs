@@ -13,7 +13,7 @@ use crate::host::vm;
 use crate::pipeline::{Build, StepError};
 use crate::template::boot_test::{BootTest, DEFAULT_INSTANCE_TYPE, DEFAULT_INSTANCE_TYPE_ARM64};
 use aws_sdk_ec2::types::InstanceStateName;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Pause between two reads of the console. GetConsoleOutput is a Describe-class call (shared
@@ -104,34 +104,27 @@ async fn watch(
     timeout_s: f64,
 ) -> Result<(f64, String, Vec<String>), StepError> {
     let started = Instant::now();
-    let mut seen = 0;
-    let mut tail: VecDeque<String> = VecDeque::new();
+    let mut last_printed: Option<String> = None;
     loop {
         let console = instances::console(&b.clients.ec2, &b.region, instance).await?;
-        // EC2 keeps only the last 64 KiB: lines already seen are those before the last seen one.
         let lines: Vec<String> = console
             .lines()
             .map(|l| vm::clean(l.as_bytes()))
             .filter(|l| !l.trim().is_empty())
             .collect();
-        for line in lines.iter().skip(seen.min(lines.len())) {
+        for line in &lines[unseen_from(last_printed.as_deref(), &lines)..] {
             (b.sink)("boot-test", line);
-            tail.push_back(line.clone());
-            if tail.len() > vm::CONSOLE_TAIL {
-                tail.pop_front();
-            }
-            if marker.is_match(line) {
-                return Ok((
-                    started.elapsed().as_secs_f64(),
-                    line.clone(),
-                    tail.into_iter().collect(),
-                ));
-            }
         }
-        seen = lines.len();
+        last_printed = lines.last().cloned().or(last_printed);
+        let tail = lines[lines.len().saturating_sub(vm::CONSOLE_TAIL)..].to_vec();
+        // The whole window is searched each time: EC2 keeps only the console's last 64 KiB, so
+        // counting lines cannot tell which are new once the output is longer than that.
+        if let Some(line) = lines.iter().find(|l| marker.is_match(l)) {
+            return Ok((started.elapsed().as_secs_f64(), line.clone(), tail));
+        }
         let failed = |message: String| StepError::Boot {
             message,
-            tail: tail.iter().cloned().collect::<Vec<_>>().join("\n"),
+            tail: tail.join("\n"),
         };
         match instances::state(&b.clients.ec2, &b.region, instance).await? {
             Some((
@@ -162,6 +155,14 @@ async fn watch(
             _ = b.cancel.cancelled() => return Err(StepError::Cancelled),
         }
     }
+}
+
+/// Where the lines not printed yet start in the console window `lines`: after the last
+/// occurrence of the last line printed before, else (the window moved past it) at its start.
+fn unseen_from(last_printed: Option<&str>, lines: &[String]) -> usize {
+    last_printed
+        .and_then(|last| lines.iter().rposition(|l| l == last))
+        .map_or(0, |i| i + 1)
 }
 
 /// The builder's subnet (the test instance runs next to it); `None` off EC2's VPCs.
@@ -196,4 +197,20 @@ pub async fn remove(b: &mut Build) -> Result<(), StepError> {
         b.state.boot_test.image_id = None;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unseen_from;
+
+    #[test]
+    fn only_new_console_lines_are_printed_also_when_the_window_slides() {
+        let w = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(unseen_from(None, &w(&["a", "b"])), 0);
+        assert_eq!(unseen_from(Some("b"), &w(&["a", "b", "c"])), 2);
+        // The 64 KiB window dropped "a" and "b": the same number of lines, one new.
+        assert_eq!(unseen_from(Some("c"), &w(&["b", "c", "d"])), 2);
+        // The window moved past everything printed: all of it is new.
+        assert_eq!(unseen_from(Some("c"), &w(&["x", "y"])), 0);
+    }
 }
