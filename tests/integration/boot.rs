@@ -26,6 +26,11 @@ fn qemu_with(needle: &str) -> Vec<String> {
     found
 }
 
+/// The Debian boot runs alone: TCG guests share the runner's two cores, and a Linux guest starved
+/// of CPU stalls (RCU) past its timeout while other QEMUs run. The short firmware-only boots may
+/// run together.
+static VMS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn require_qemu() {
     assert!(
         std::process::Command::new("qemu-system-x86_64")
@@ -84,6 +89,7 @@ const NO_KERNEL: &str = "boot_mode = \"uefi\"\n  boot_test {\n    timeout = \"20
 #[tokio::test]
 async fn an_image_that_does_not_boot_fails_with_its_console() {
     require_qemu();
+    let _vm = VMS.read().await;
     let t = Tpl::new();
     let id = unique("noboot");
     let tpl = t.write("nb.pkr.hcl", &busybox(&unique("noboot"), NO_KERNEL, ""));
@@ -102,6 +108,7 @@ async fn an_image_that_does_not_boot_fails_with_its_console() {
 #[tokio::test]
 async fn sigterm_during_the_boot_test_stops_qemu_at_once() {
     require_qemu();
+    let _vm = VMS.read().await;
     let t = Tpl::new();
     let id = unique("bootcancel");
     let tpl = t.write(
@@ -119,6 +126,7 @@ async fn sigterm_during_the_boot_test_stops_qemu_at_once() {
 #[tokio::test]
 async fn the_debian_example_boots_under_uefi() {
     require_qemu();
+    let _alone = VMS.write().await;
     with_janitor(|janitor| async move {
         let (ok, doc, stderr) = build(
             &repo_root().join("templates/debian"),
@@ -200,6 +208,7 @@ async fn assert_no_test_instance(id: &str) {
 #[tokio::test]
 async fn the_instance_method_launches_the_image_and_cleans_up() {
     require_qemu();
+    let _vm = VMS.read().await;
     with_janitor(|janitor| async move {
         let t = Tpl::new();
         // Passes: the marker is the firmware's shell, which the emulated instance reaches.
@@ -287,6 +296,7 @@ async fn the_instance_method_launches_the_image_and_cleans_up() {
 #[tokio::test]
 async fn sigterm_during_the_instance_boot_test_terminates_the_instance() {
     require_qemu();
+    let _vm = VMS.read().await;
     let t = Tpl::new();
     let id = unique("instcancel");
     let tpl = t.write(
@@ -305,6 +315,7 @@ async fn sigterm_during_the_instance_boot_test_terminates_the_instance() {
 #[tokio::test]
 async fn arm64_images_boot_with_both_methods() {
     require_qemu();
+    let _vm = VMS.read().await;
     assert!(
         std::path::Path::new("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd").is_file()
             && std::process::Command::new("qemu-system-aarch64")
