@@ -93,15 +93,11 @@ pub async fn fetch(
                 version_id,
                 version_stage,
             } => {
-                let version = version_id.as_deref().unwrap_or(version_stage);
-                secret(config, &region, name, key.as_deref(), version_id, version_stage)
-                    .await
-                    .map_err(|f| match f {
-                        Failure::Permanent(m) if m == NOT_FOUND => Failure::Permanent(format!(
-                            "Secrets Manager Secret \"{name}\" Version \"{version}\" not found (region {region})"
-                        )),
-                        other => other,
-                    })
+                let version = match version_id {
+                    Some(id) => Version::Id(id),
+                    None => Version::Stage(version_stage),
+                };
+                secret(config, &region, name, key.as_deref(), version).await
             }
         };
         match got {
@@ -146,9 +142,6 @@ enum Failure {
     },
 }
 
-/// Marks a not-found failure whose message the caller words.
-const NOT_FOUND: &str = "not found";
-
 /// Error codes a later attempt may not hit.
 const RETRYABLE_CODES: &[&str] = &[
     "ThrottlingException",
@@ -160,9 +153,14 @@ const RETRYABLE_CODES: &[&str] = &[
     "ServiceUnavailable",
 ];
 
-/// Classifies an SDK error: not-found codes, other permanent refusals (with what to do), or
-/// transient failures.
-fn failure<E, R>(op: &'static str, err: SdkError<E, R>, not_found: &[&str], action: &str) -> Failure
+/// Classifies an SDK error: one of the `not_found` codes (answered with `missing`, Packer's
+/// words), other permanent refusals (with what to do), or transient failures.
+fn failure<E, R>(
+    op: &'static str,
+    err: SdkError<E, R>,
+    (not_found, missing): (&[&str], String),
+    action: &str,
+) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug,
@@ -172,7 +170,7 @@ where
             let code = s.err().code().unwrap_or("Unknown").to_owned();
             let message = s.err().message().unwrap_or("").to_owned();
             if not_found.contains(&code.as_str()) {
-                Failure::Permanent(NOT_FOUND.to_owned())
+                Failure::Permanent(missing)
             } else if RETRYABLE_CODES.contains(&code.as_str()) {
                 Failure::Transient { op, code, message }
             } else if code.contains("AccessDenied") {
@@ -207,17 +205,13 @@ async fn parameter(
         .send()
         .await
         .map_err(|e| {
-            match failure(
+            let missing = format!("The parameter name \"{name}\" not found (region {region})");
+            failure(
                 "GetParameter",
                 e,
-                &["ParameterNotFound"],
+                (&["ParameterNotFound"], missing),
                 "ssm:GetParameter",
-            ) {
-                Failure::Permanent(m) if m == NOT_FOUND => Failure::Permanent(format!(
-                    "The parameter name \"{name}\" not found (region {region})"
-                )),
-                other => other,
-            }
+            )
         })?;
     let Some(p) = out.parameter else {
         return Err(Failure::Permanent(format!(
@@ -239,13 +233,18 @@ async fn parameter(
     })
 }
 
+/// Which version of a secret: by id (overrides the stage), or by stage.
+enum Version<'a> {
+    Id(&'a str),
+    Stage(&'a str),
+}
+
 async fn secret(
     config: &SdkConfig,
     region: &str,
     name: &str,
     key: Option<&str>,
-    version_id: &Option<String>,
-    version_stage: &str,
+    version: Version<'_>,
 ) -> Result<Fetched, Failure> {
     let conf = aws_sdk_secretsmanager::config::Builder::from(config)
         .region(Region::new(region.to_owned()))
@@ -253,15 +252,24 @@ async fn secret(
     let mut call = aws_sdk_secretsmanager::Client::from_conf(conf)
         .get_secret_value()
         .secret_id(name);
-    call = match version_id {
-        Some(id) => call.version_id(id),
-        None => call.version_stage(version_stage),
+    let label = match version {
+        Version::Id(id) => {
+            call = call.version_id(id);
+            id
+        }
+        Version::Stage(stage) => {
+            call = call.version_stage(stage);
+            stage
+        }
     };
     let out = call.send().await.map_err(|e| {
+        let missing = format!(
+            "Secrets Manager Secret \"{name}\" Version \"{label}\" not found (region {region})"
+        );
         failure(
             "GetSecretValue",
             e,
-            &["ResourceNotFoundException"],
+            (&["ResourceNotFoundException"], missing),
             "secretsmanager:GetSecretValue",
         )
     })?;

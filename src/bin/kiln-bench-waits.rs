@@ -17,11 +17,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Counts the requests a client sends (retries included).
-#[derive(Debug, Default)]
-struct Counter(AtomicU32);
-
-#[derive(Debug, Clone)]
-struct Counting(Arc<Counter>);
+#[derive(Debug, Clone, Default)]
+struct Counting(Arc<AtomicU32>);
 
 impl Intercept for Counting {
     fn name(&self) -> &'static str {
@@ -33,7 +30,7 @@ impl Intercept for Counting {
         _: &RuntimeComponents,
         _: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        self.0.0.fetch_add(1, Ordering::SeqCst);
+        self.0.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -57,10 +54,10 @@ async fn one(
         ..AwsSettings::default()
     })
     .await?;
-    let counter = Arc::new(Counter::default());
+    let counter = Counting::default();
     let ec2 = aws_sdk_ec2::Client::from_conf(
         aws_sdk_ec2::config::Builder::from(&config)
-            .interceptor(Counting(counter.clone()))
+            .interceptor(counter.clone())
             .build(),
     );
     let build = BuildRef {

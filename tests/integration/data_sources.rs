@@ -16,7 +16,7 @@ async fn clients() -> (aws_sdk_ssm::Client, aws_sdk_secretsmanager::Client) {
     )
 }
 
-/// Creates parameter `name` (type `kind`) and returns a guard-free name list for cleanup.
+/// Creates (or overwrites) parameter `name`: a `SecureString` when `secure`, else a `String`.
 async fn put_parameter(ssm: &aws_sdk_ssm::Client, name: &str, value: &str, secure: bool) {
     ssm.put_parameter()
         .name(name)

@@ -70,6 +70,17 @@ async fn next_request(s: &Setup) -> Value {
     .expect("JSON")
 }
 
+/// The index entry a worker writes when request `req` for template `key` succeeded (as
+/// `record_bake` does), so the nightly run sees its bake.
+async fn record_built(s: &Setup, key: &str, req: &Value) {
+    put_text(
+        s,
+        &format!("index/{key}.json"),
+        &json!({"template": key, "build_id": req["build_id"], "finished_at": "2026-11-26T02:00:00Z", "bake": req["bake"]}).to_string(),
+    )
+    .await;
+}
+
 async fn put_text(s: &Setup, key: &str, text: &str) {
     s.s3.put_object()
         .bucket(&s.bucket)
@@ -229,12 +240,7 @@ build {{
         let req = next_request(&s).await;
         assert_eq!(req["bake"]["source_amis"], json!([base1]), "{req:#}");
         // Its build succeeded: the index a worker writes (as `record_bake` does) names its bake.
-        put_text(
-            &s,
-            &format!("index/{key}.json"),
-            &json!({"template": key, "build_id": req["build_id"], "finished_at": "2026-11-26T02:00:00Z", "bake": req["bake"]}).to_string(),
-        )
-        .await;
+        record_built(&s, &key, &req).await;
         let same = lambda.invoke(only.clone()).await.expect("nightly");
         assert_eq!(same["enqueued"], json!([]), "{same:#}");
         // A newer base image (CreationDate has one-second resolution: register it in a later
@@ -255,7 +261,10 @@ build {{
         let newer = lambda.invoke(only).await.expect("nightly");
         assert_eq!(
             names(&newer, "enqueued"),
-            vec![(key.as_str(), format!("source AMI {base1} → {base2}").as_str())],
+            vec![(
+                key.as_str(),
+                format!("source AMI {base1} → {base2}").as_str()
+            )],
             "{newer:#}"
         );
     })
@@ -306,13 +315,12 @@ build {{
         let first = lambda.invoke(only.clone()).await.expect("nightly");
         let req = next_request(&s).await;
         assert!(req.is_object(), "{first:#}\n{}", lambda.log());
-        assert_eq!(req["bake"]["source_amis"], json!(["ami-0123456789abcdef0"]), "{req:#}");
-        put_text(
-            &s,
-            &format!("index/{key}.json"),
-            &json!({"template": key, "build_id": req["build_id"], "finished_at": "2026-11-26T02:00:00Z", "bake": req["bake"]}).to_string(),
-        )
-        .await;
+        assert_eq!(
+            req["bake"]["source_amis"],
+            json!(["ami-0123456789abcdef0"]),
+            "{req:#}"
+        );
+        record_built(&s, &key, &req).await;
         let same = lambda.invoke(only.clone()).await.expect("nightly");
         assert_eq!(same["enqueued"], json!([]), "{same:#}");
         put("ami-0fedcba9876543210").await;

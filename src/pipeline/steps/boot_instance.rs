@@ -55,7 +55,7 @@ pub async fn run(
         None => builder_subnet(b).await?,
     };
     let instance_type = test.instance_type.clone().unwrap_or_else(|| {
-        if super::boot_test::architecture(b) == "arm64" {
+        if super::register_image::architecture(b) == "arm64" {
             DEFAULT_INSTANCE_TYPE_ARM64.into()
         } else {
             DEFAULT_INSTANCE_TYPE.into()

@@ -36,19 +36,6 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     }
 }
 
-/// The image's architecture: the template's for from_scratch, else the source image's.
-pub(super) fn architecture(b: &Build) -> String {
-    let c = &b.plan.config;
-    if c.from_scratch {
-        return c.ami_architecture.clone();
-    }
-    b.state
-        .source
-        .as_ref()
-        .and_then(|s| s.architecture.clone())
-        .unwrap_or_else(|| c.ami_architecture.clone())
-}
-
 /// Undo: what the instance method left (safe to run twice).
 pub async fn undo(b: &mut Build) -> Result<(), StepError> {
     super::boot_instance::remove(b).await
@@ -60,7 +47,7 @@ async fn qemu(
     snapshot: &str,
     disk: std::path::PathBuf,
 ) -> Result<serde_json::Value, StepError> {
-    let arch = if architecture(b) == "arm64" {
+    let arch = if super::register_image::architecture(b) == "arm64" {
         Arch::Arm64
     } else {
         Arch::X86_64

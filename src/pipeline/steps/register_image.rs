@@ -125,6 +125,20 @@ pub(super) fn root_device(b: &Build) -> String {
         .unwrap_or_else(|| "/dev/xvda".into())
 }
 
+/// The new image's architecture: the template's for from_scratch, else the source image's (the
+/// template's when the source reports none).
+pub(super) fn architecture(b: &Build) -> String {
+    let c = &b.plan.config;
+    if c.from_scratch {
+        return c.ami_architecture.clone();
+    }
+    b.state
+        .source
+        .as_ref()
+        .and_then(|s| s.architecture.clone())
+        .unwrap_or_else(|| c.ami_architecture.clone())
+}
+
 /// The RegisterImage call for `snapshot` as the template asks (everything but the name and the
 /// step in kiln's tags): `register-image` sends it for the AMI, the boot test's instance method
 /// for a private image it launches and deregisters.
@@ -142,14 +156,7 @@ pub(super) fn request(
         Some(d) => Some(b.render("ami_description", d, &b.source_values())?),
         None => None,
     };
-    let arch = if c.from_scratch {
-        Some(c.ami_architecture.clone())
-    } else {
-        source
-            .as_ref()
-            .and_then(|s| s.architecture.clone())
-            .or(Some(c.ami_architecture.clone()))
-    };
+    let arch = architecture(b);
     let virt = c
         .ami_virtualization_type
         .clone()
@@ -163,7 +170,7 @@ pub(super) fn request(
         .name(name)
         .set_description(description)
         .root_device_name(&root)
-        .set_architecture(arch.as_deref().map(ArchitectureValues::from))
+        .architecture(ArchitectureValues::from(arch.as_str()))
         .set_virtualization_type(virt.clone())
         .set_block_device_mappings(Some(mappings(b, snapshot, &root)))
         .set_ena_support(
