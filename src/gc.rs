@@ -6,12 +6,20 @@
 //! removed) keeps its AMIs and loses the rest. The AMIs of succeeded builds and the snapshots they
 //! map are never touched. Nothing younger than `--older-than` (by its creation time, or for a
 //! journal its last write) and no volume attached to a live instance is touched.
+//!
+//! The journal speaks for one generation only (its `generation`; see `ec2::BuildRef`): a resource
+//! is judged by the journal when its `kiln:generation` tag names the journal's generation (both
+//! absent counts as equal: a journal and resources from before generations). A resource of another
+//! generation (an earlier build under the same id, whose journal a forced rebuild replaced, or a
+//! `kiln build` run) is kept whatever the journal says, with the reason logged: nothing durable
+//! says how that generation ended. Once gc has collected the newer journal, such resources are
+//! judged as a build without a journal (its AMIs stay).
 
 use crate::aws::Clients;
 use crate::checkpoint;
-use crate::ec2::{TAG_BUILD_ID, images, volumes};
+use crate::ec2::{TAG_BUILD_ID, TAG_GENERATION, images, volumes};
 use aws_sdk_ec2::error::DisplayErrorContext;
-use aws_sdk_ec2::types::Filter;
+use aws_sdk_ec2::types::{Filter, Image, Snapshot, Tag, Volume};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +50,52 @@ enum Fate {
     Gone,
     /// No journal: its AMIs (and the snapshots they map) stay, volumes and other snapshots go.
     NoJournal,
+    /// Made by another generation than the journal's: the journal says nothing about it, so it
+    /// stays (as with `Keep`), and gc logs why.
+    OtherGeneration,
+}
+
+impl Fate {
+    /// Whether nothing of the build (of this generation) may go.
+    fn keeps_all(self) -> bool {
+        matches!(self, Fate::Keep | Fate::OtherGeneration)
+    }
+}
+
+/// A build's journal as gc read it: the verdict on the journal's own generation, and which
+/// generation that is (`None` without a readable journal: then there is nothing to compare, and
+/// the verdict holds for every resource of the build).
+#[derive(Debug, Clone)]
+struct Journaled {
+    fate: Fate,
+    why: String,
+    generation: Option<String>,
+}
+
+/// The verdict on one resource of a build whose journal reads `journal`, made by `generation`
+/// (its `kiln:generation` tag, `""` without one): the journal's verdict when the generations are
+/// the same, else [`Fate::OtherGeneration`] with a reason naming both. No side effects.
+fn verdict(journal: &Journaled, generation: &str) -> (Fate, String) {
+    let name = |g: &str| {
+        if g.is_empty() {
+            "no generation (made before generations existed)".to_owned()
+        } else {
+            format!("generation {g}")
+        }
+    };
+    match &journal.generation {
+        Some(current) if current != generation => (
+            Fate::OtherGeneration,
+            format!(
+                "kept: made by {}, but the journal is {}'s ({}); another run under this build id \
+                 made it and nothing durable says how that run ended",
+                name(generation),
+                name(current),
+                journal.why
+            ),
+        ),
+        _ => (journal.fate, journal.why.clone()),
+    }
 }
 
 /// Whether `text` matches `pattern`, where `*` matches any run of characters and `?` any one
@@ -74,49 +128,63 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-fn tag_of(tags: &[aws_sdk_ec2::types::Tag], key: &str) -> Option<String> {
+fn tag_of(tags: &[Tag], key: &str) -> Option<String> {
     tags.iter()
         .find(|t| t.key() == Some(key))
         .and_then(|t| t.value().map(str::to_owned))
 }
 
-async fn fate(
+/// Who made a resource, by its id and tags: (id, build id, generation; `""` without a generation
+/// tag). `None` without an id or a build id.
+fn made(id: Option<&str>, tags: &[Tag]) -> Option<(String, String, String)> {
+    Some((
+        id?.to_owned(),
+        tag_of(tags, TAG_BUILD_ID)?,
+        tag_of(tags, TAG_GENERATION).unwrap_or_default(),
+    ))
+}
+
+/// Reads build `build_id`'s journal and judges the journal's own generation: succeeded, failed,
+/// abandoned (no owner heard of for `older_than`), running, or no journal. Side effects: reads S3.
+async fn read_journal(
     clients: &Clients,
     bucket: &str,
     build_id: &str,
     older_than: Duration,
-    cache: &mut BTreeMap<String, (Fate, String)>,
-) -> (Fate, String) {
-    if let Some(f) = cache.get(build_id) {
-        return f.clone();
-    }
+) -> Journaled {
     let now = checkpoint::now();
     let age = older_than.as_secs();
-    let f = match checkpoint::read_dated(&clients.s3, bucket, build_id).await {
-        Ok(Some((j, ..))) if j.status == "succeeded" => {
-            (Fate::Succeeded, "the build succeeded".to_owned())
-        }
-        Ok(Some((j, ..))) if j.status == "failed" => (Fate::Gone, "the build failed".to_owned()),
-        // Abandoned: no owner heard of for `older_than`, counted from the lease's end or the
-        // journal's last write, whichever is later (a released lease is 0: a drained or retried
-        // build whose next attempt has not started yet is not abandoned).
-        Ok(Some((j, _, written))) if j.lease_expires.max(written.unwrap_or(0)) + age <= now => {
+    let (fate, why, generation) = match checkpoint::read_dated(&clients.s3, bucket, build_id).await
+    {
+        Ok(Some((j, _, written))) => {
+            // Abandoned: no owner heard of for `older_than`, counted from the lease's end or the
+            // journal's last write, whichever is later (a released lease is 0: a drained or
+            // retried build whose next attempt has not started yet is not abandoned).
             let since = j.lease_expires.max(written.unwrap_or(0));
-            (
-                Fate::Gone,
-                format!("no owner heard of for {} s", now.saturating_sub(since)),
-            )
+            let (fate, why) = match j.status.as_str() {
+                "succeeded" => (Fate::Succeeded, "the build succeeded".to_owned()),
+                "failed" => (Fate::Gone, "the build failed".to_owned()),
+                _ if since + age <= now => (
+                    Fate::Gone,
+                    format!("no owner heard of for {} s", now.saturating_sub(since)),
+                ),
+                _ => (Fate::Keep, "the build is running".to_owned()),
+            };
+            (fate, why, Some(j.generation))
         }
-        Ok(Some(_)) => (Fate::Keep, "the build is running".to_owned()),
         Ok(None) => (
             Fate::NoJournal,
             "no journal (a `kiln build` run, or a finished build's journal already collected)"
                 .to_owned(),
+            None,
         ),
-        Err(e) => (Fate::Keep, format!("journal unreadable: {e}")),
+        Err(e) => (Fate::Keep, format!("journal unreadable: {e}"), None),
     };
-    cache.insert(build_id.to_owned(), f.clone());
-    f
+    Journaled {
+        fate,
+        why,
+        generation,
+    }
 }
 
 /// The instances among those `vols` are attached to that are not terminated or shutting down;
@@ -157,175 +225,254 @@ async fn live_instances(
     )
 }
 
-/// The instances carrying kiln's tag (boot tests) that are not terminated: (id, build, launch).
+/// A boot test's instance that is not terminated: (id, build id, generation, launch time).
+type TestInstance = (
+    String,
+    String,
+    String,
+    Option<aws_sdk_ec2::primitives::DateTime>,
+);
+
+/// The instances carrying kiln's tag (boot tests) that are not terminated.
 async fn test_instances(
     ec2: &aws_sdk_ec2::Client,
     region: &str,
     exists: &Filter,
-) -> Result<Vec<(String, String, Option<aws_sdk_ec2::primitives::DateTime>)>, String> {
+) -> Result<Vec<TestInstance>, String> {
     let live = crate::ec2::instances::live_matching(ec2, region, exists.clone())
         .await
         .map_err(|e| e.to_string())?;
     Ok(live
         .iter()
         .filter_map(|i| {
-            Some((
-                i.instance_id()?.to_owned(),
-                tag_of(i.tags(), TAG_BUILD_ID)?,
-                i.launch_time().cloned(),
-            ))
+            let (id, build, generation) = made(i.instance_id(), i.tags())?;
+            Some((id, build, generation, i.launch_time().cloned()))
         })
         .collect())
 }
 
-/// Runs gc over the build region and `regions`, for the builds whose id matches `build_ids` (a
-/// pattern with `*` and `?`; `*` for all). Side effects: deletes (unless `dry_run`). Safe to run
-/// twice and alongside running builds (their live leases, and `older_than` for builds without a
-/// journal, protect them). A listing that fails is reported as an action with its error.
-pub async fn run(
-    clients: &Clients,
-    bucket: &str,
-    regions: &[String],
-    build_ids: &str,
+/// What carries kiln's tag in one region.
+struct Listed {
+    images: Vec<Image>,
+    snapshots: Vec<Snapshot>,
+    volumes: Vec<Volume>,
+    instances: Vec<TestInstance>,
+}
+
+/// Lists, at once, what carries kiln's tag (matching `exists`) in `region`; the first failed
+/// listing is the error. Side effects: none (describe calls only).
+async fn list_region(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    exists: &Filter,
+) -> Result<Listed, String> {
+    let (images, snapshots, volumes, instances) = tokio::try_join!(
+        async {
+            let o = ec2.describe_images().owners("self").filters(exists.clone());
+            o.send()
+                .await
+                .map(|o| o.images.unwrap_or_default())
+                .map_err(|e| format!("DescribeImages: {}", DisplayErrorContext(&e)))
+        },
+        async {
+            let o = ec2
+                .describe_snapshots()
+                .owner_ids("self")
+                .filters(exists.clone());
+            o.send()
+                .await
+                .map(|o| o.snapshots.unwrap_or_default())
+                .map_err(|e| format!("DescribeSnapshots: {}", DisplayErrorContext(&e)))
+        },
+        async {
+            let o = ec2.describe_volumes().filters(exists.clone());
+            o.send()
+                .await
+                .map(|o| o.volumes.unwrap_or_default())
+                .map_err(|e| format!("DescribeVolumes: {}", DisplayErrorContext(&e)))
+        },
+        test_instances(ec2, region, exists),
+    )?;
+    Ok(Listed {
+        images,
+        snapshots,
+        volumes,
+        instances,
+    })
+}
+
+/// Deregisters image `id` and deletes the snapshots it maps (`snaps`) except those a kept image
+/// maps (`kept`). A missing image or snapshot counts as removed (safe to run twice).
+async fn remove_image(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    id: &str,
+    snaps: &[String],
+    kept: &[String],
+) -> Result<(), String> {
+    images::deregister(ec2, region, id)
+        .await
+        .map_err(|e| e.to_string())?;
+    for s in snaps.iter().filter(|s| !kept.contains(s)) {
+        images::delete_snapshot(ec2, region, s)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// One gc run: its settings, the journals read so far (once per build) and what it did.
+struct Run<'a> {
+    clients: &'a Clients,
+    bucket: &'a str,
     older_than: Duration,
     dry_run: bool,
-) -> Vec<Action> {
-    let mut actions = Vec::new();
-    let mut cache = BTreeMap::new();
-    let cancel = CancellationToken::new();
-    let polling = crate::ec2::wait::Polling::default();
-    let exists = Filter::builder()
-        .name(format!("tag:{TAG_BUILD_ID}"))
-        .values(build_ids)
-        .build();
-    let age_s = older_than.as_secs();
-    let old_enough = |created: Option<&aws_sdk_ec2::primitives::DateTime>| {
-        created.is_none_or(|t| checkpoint::now() as i64 - t.secs() >= age_s as i64)
-    };
-    let mut all_regions = vec![clients.region().to_owned()];
-    all_regions.extend(
-        regions
-            .iter()
-            .filter(|r| r.as_str() != clients.region())
-            .cloned(),
-    );
-    for region in all_regions {
-        let ec2 = clients.ec2_in(&region);
-        // What carries the tag here, listed at once; a failed listing skips the region.
-        let listed = tokio::try_join!(
-            async {
-                let o = ec2.describe_images().owners("self").filters(exists.clone());
-                o.send()
-                    .await
-                    .map(|o| o.images.unwrap_or_default())
-                    .map_err(|e| format!("DescribeImages: {}", DisplayErrorContext(&e)))
-            },
-            async {
-                let o = ec2
-                    .describe_snapshots()
-                    .owner_ids("self")
-                    .filters(exists.clone());
-                o.send()
-                    .await
-                    .map(|o| o.snapshots.unwrap_or_default())
-                    .map_err(|e| format!("DescribeSnapshots: {}", DisplayErrorContext(&e)))
-            },
-            async {
-                let o = ec2.describe_volumes().filters(exists.clone());
-                o.send()
-                    .await
-                    .map(|o| o.volumes.unwrap_or_default())
-                    .map_err(|e| format!("DescribeVolumes: {}", DisplayErrorContext(&e)))
-            },
-            test_instances(&ec2, &region, &exists),
-        );
-        let (imgs, snaps, vols, insts) = match listed {
-            Ok(l) => l,
-            Err(e) => {
-                actions.push(Action {
-                    kind: "listing",
-                    id: region.clone(),
-                    build_id: build_ids.to_owned(),
-                    reason: "could not list what kiln made there".to_owned(),
-                    outcome: e,
-                });
-                continue;
-            }
+    journals: BTreeMap<String, Journaled>,
+    actions: Vec<Action>,
+}
+
+impl Run<'_> {
+    /// Build `build`'s journal as read (once per run). Side effects: reads S3 the first time.
+    async fn journal(&mut self, build: &str) -> &Journaled {
+        if !self.journals.contains_key(build) {
+            let j = read_journal(self.clients, self.bucket, build, self.older_than).await;
+            self.journals.insert(build.to_owned(), j);
+        }
+        &self.journals[build]
+    }
+
+    /// The verdict on resource `id` (a `kind`) of `build`, made by `generation` (see [`verdict`]).
+    /// Side effects: reads the journal (once per build); logs a resource kept for being another
+    /// generation's, in dry runs too.
+    async fn judge(
+        &mut self,
+        kind: &str,
+        id: &str,
+        build: &str,
+        generation: &str,
+    ) -> (Fate, String) {
+        let (fate, why) = verdict(self.journal(build).await, generation);
+        if fate == Fate::OtherGeneration {
+            tracing::info!(kind, id, build_id = build, reason = %why, "kept");
+        }
+        (fate, why)
+    }
+
+    /// Whether something created at `created` (Unix seconds; unknown counts as old) is at least
+    /// `older_than` old.
+    fn old_enough(&self, created: Option<i64>) -> bool {
+        created.is_none_or(|t| checkpoint::now() as i64 - t >= self.older_than.as_secs() as i64)
+    }
+
+    /// Records what was done to one resource: `result` of the deletion, or `would delete` in a
+    /// dry run.
+    fn record(
+        &mut self,
+        kind: &'static str,
+        id: String,
+        build: String,
+        reason: String,
+        result: Result<(), String>,
+    ) {
+        let outcome = if self.dry_run {
+            "would delete".to_owned()
+        } else {
+            result.map(|_| "deleted".to_owned()).unwrap_or_else(|e| e)
         };
-        let mut act = |kind: &'static str,
-                       id: String,
-                       build_id: String,
-                       reason: String,
-                       result: Result<(), String>| {
-            let outcome = if dry_run {
-                "would delete".to_owned()
-            } else {
-                result.map(|_| "deleted".to_owned()).unwrap_or_else(|e| e)
-            };
-            actions.push(Action {
-                kind,
-                id,
-                build_id,
-                reason,
-                outcome,
-            });
-        };
-        // Images of failed or abandoned builds (and their snapshots).
-        let mut kept_snapshots = Vec::new();
+        self.actions.push(Action {
+            kind,
+            id,
+            build_id: build,
+            reason,
+            outcome,
+        });
+    }
+
+    /// Collects one region's images, snapshots, volumes and boot-test instances.
+    /// Side effects: deletes (unless `dry_run`).
+    async fn region(&mut self, ec2: &aws_sdk_ec2::Client, region: &str, listed: Listed) {
+        let kept = self.images(ec2, region, listed.images).await;
+        self.snapshots(ec2, region, listed.snapshots, &kept).await;
+        self.volumes(ec2, region, listed.volumes).await;
+        self.instances(ec2, region, listed.instances).await;
+    }
+
+    /// Removes the images of failed or abandoned generations (and the snapshots they map that no
+    /// kept image maps); returns the snapshots the kept images map. Every image is judged before
+    /// any goes. Side effects: deregisters and deletes (unless `dry_run`).
+    async fn images(
+        &mut self,
+        ec2: &aws_sdk_ec2::Client,
+        region: &str,
+        imgs: Vec<Image>,
+    ) -> Vec<String> {
+        let mut kept = Vec::new();
+        let mut doomed = Vec::new();
         for img in imgs {
-            let (Some(id), Some(build)) = (
-                img.image_id().map(str::to_owned),
-                tag_of(img.tags(), TAG_BUILD_ID),
-            ) else {
+            let Some((id, build, generation)) = made(img.image_id(), img.tags()) else {
                 continue;
             };
-            let (f, why) = fate(clients, bucket, &build, older_than, &mut cache).await;
+            let (f, why) = self.judge("image", &id, &build, &generation).await;
             let created = img.creation_date().and_then(|d| {
                 time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339).ok()
             });
-            let young = created
-                .is_some_and(|t| checkpoint::now() as i64 - t.unix_timestamp() < age_s as i64);
-            if f != Fate::Gone || young {
-                kept_snapshots.extend(images::snapshots_of(&img));
-                continue;
+            if f != Fate::Gone || !self.old_enough(created.map(|t| t.unix_timestamp())) {
+                kept.extend(images::snapshots_of(&img));
+            } else {
+                doomed.push((id, build, why, images::snapshots_of(&img)));
             }
-            let r = if dry_run {
+        }
+        for (id, build, why, snaps) in doomed {
+            let r = if self.dry_run {
                 Ok(())
             } else {
-                images::remove(&ec2, &region, &id)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                remove_image(ec2, region, &id, &snaps, &kept).await
             };
-            act("image", id, build, why, r);
+            self.record("image", id, build, why, r);
         }
-        // Snapshots no kept image maps, of builds that are over (a crashed attempt's leftovers).
+        kept
+    }
+
+    /// Deletes the snapshots no kept image maps, of generations that are over (a crashed
+    /// attempt's leftovers). Side effects: deletes (unless `dry_run`).
+    async fn snapshots(
+        &mut self,
+        ec2: &aws_sdk_ec2::Client,
+        region: &str,
+        snaps: Vec<Snapshot>,
+        kept: &[String],
+    ) {
         for s in snaps {
-            let (Some(id), Some(build)) = (
-                s.snapshot_id().map(str::to_owned),
-                tag_of(s.tags(), TAG_BUILD_ID),
-            ) else {
+            let Some((id, build, generation)) = made(s.snapshot_id(), s.tags()) else {
                 continue;
             };
-            if kept_snapshots.contains(&id) {
+            if kept.contains(&id) {
                 continue;
             }
-            let (f, why) = fate(clients, bucket, &build, older_than, &mut cache).await;
-            if f == Fate::Keep || !old_enough(s.start_time()) {
+            let (f, why) = self.judge("snapshot", &id, &build, &generation).await;
+            if f.keeps_all() || !self.old_enough(s.start_time().map(|t| t.secs())) {
                 continue;
             }
-            let r = if dry_run {
+            let r = if self.dry_run {
                 Ok(())
             } else {
-                images::delete_snapshot(&ec2, &region, &id)
+                images::delete_snapshot(ec2, region, &id)
                     .await
                     .map_err(|e| e.to_string())
             };
-            act("snapshot", id, build, why, r);
+            self.record("snapshot", id, build, why, r);
         }
-        // Volumes: a finished or abandoned build keeps none; but one attached to a live instance
-        // is in use (a `kiln build` without a journal, or a build gc cannot judge): untouched.
-        let live = live_instances(&ec2, &vols).await;
+    }
+
+    /// Deletes the volumes of generations that are over or abandoned (they keep none); one
+    /// attached to a live instance is in use (a `kiln build` without a journal, or a build gc
+    /// cannot judge) and stays. Side effects: detaches and deletes (unless `dry_run`).
+    async fn volumes(&mut self, ec2: &aws_sdk_ec2::Client, region: &str, vols: Vec<Volume>) {
+        let live = live_instances(ec2, &vols).await;
+        let (polling, cancel) = (
+            crate::ec2::wait::Polling::default(),
+            CancellationToken::new(),
+        );
         for v in vols {
             let attached_to_live = v
                 .attachments()
@@ -335,117 +482,217 @@ pub async fn run(
             if attached_to_live {
                 continue;
             }
-            let (Some(id), Some(build)) = (
-                v.volume_id().map(str::to_owned),
-                tag_of(v.tags(), TAG_BUILD_ID),
-            ) else {
+            let Some((id, build, generation)) = made(v.volume_id(), v.tags()) else {
                 continue;
             };
-            let (f, why) = fate(clients, bucket, &build, older_than, &mut cache).await;
-            if f == Fate::Keep || !old_enough(v.create_time()) {
+            let (f, why) = self.judge("volume", &id, &build, &generation).await;
+            if f.keeps_all() || !self.old_enough(v.create_time().map(|t| t.secs())) {
                 continue;
             }
-            let r = if dry_run {
+            let r = if self.dry_run {
                 Ok(())
             } else {
-                match volumes::detach(&ec2, &region, &id, &polling, &cancel).await {
-                    Ok(()) => volumes::delete(&ec2, &region, &id)
+                match volumes::detach(ec2, region, &id, &polling, &cancel).await {
+                    Ok(()) => volumes::delete(ec2, region, &id)
                         .await
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 }
             };
-            act("volume", id, build, why, r);
+            self.record("volume", id, build, why, r);
         }
-        // Boot-test instances of builds that are over (a crash during the test); their root
-        // volumes, attached to them above, go with them (deleted on termination).
-        for (id, build, launched) in insts {
-            let (f, why) = fate(clients, bucket, &build, older_than, &mut cache).await;
-            if f == Fate::Keep || !old_enough(launched.as_ref()) {
+    }
+
+    /// Terminates the boot-test instances of generations that are over (a crash during the
+    /// test); their root volumes go with them (deleted on termination). Side effects: terminates
+    /// (unless `dry_run`).
+    async fn instances(
+        &mut self,
+        ec2: &aws_sdk_ec2::Client,
+        region: &str,
+        insts: Vec<TestInstance>,
+    ) {
+        let polling = crate::ec2::wait::Polling::default();
+        for (id, build, generation, launched) in insts {
+            let (f, why) = self.judge("instance", &id, &build, &generation).await;
+            if f.keeps_all() || !self.old_enough(launched.map(|t| t.secs())) {
                 continue;
             }
-            let r = if dry_run {
+            let r = if self.dry_run {
                 Ok(())
             } else {
-                crate::ec2::instances::terminate(&ec2, &region, &id, &polling)
+                crate::ec2::instances::terminate(ec2, region, &id, &polling)
                     .await
                     .map_err(|e| e.to_string())
             };
-            act("instance", id, build, why, r);
+            self.record("instance", id, build, why, r);
         }
     }
-    // Journals of finished builds. The pattern's literal head narrows the listing.
-    let head = build_ids.split(['*', '?']).next().unwrap_or_default();
-    let mut pages = clients
-        .s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(format!("checkpoints/{head}"))
-        .into_paginator()
-        .send();
-    let mut journals = Vec::new();
-    while let Some(page) = pages.next().await {
-        match page {
-            Ok(p) => journals.extend(p.contents.unwrap_or_default()),
-            Err(e) => {
-                actions.push(Action {
-                    kind: "listing",
-                    id: format!("s3://{bucket}/checkpoints/"),
-                    build_id: build_ids.to_owned(),
-                    reason: "could not list the journals".to_owned(),
-                    outcome: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
-                });
-                break;
+
+    /// Deletes the journals of finished (or abandoned) builds whose id matches `build_ids`, by
+    /// the journal's own generation; the pattern's literal head narrows the listing. Side
+    /// effects: lists and deletes S3 objects (unless `dry_run`).
+    async fn journals(&mut self, build_ids: &str) {
+        let head = build_ids.split(['*', '?']).next().unwrap_or_default();
+        let mut pages = self
+            .clients
+            .s3
+            .list_objects_v2()
+            .bucket(self.bucket)
+            .prefix(format!("checkpoints/{head}"))
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            match page {
+                Ok(p) => found.extend(p.contents.unwrap_or_default()),
+                Err(e) => {
+                    self.actions.push(Action {
+                        kind: "listing",
+                        id: format!("s3://{}/checkpoints/", self.bucket),
+                        build_id: build_ids.to_owned(),
+                        reason: "could not list the journals".to_owned(),
+                        outcome: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+                    });
+                    break;
+                }
             }
         }
-    }
-    for o in journals {
-        let Some(key) = o.key().map(str::to_owned) else {
-            continue;
-        };
-        let build = key
-            .trim_start_matches("checkpoints/")
-            .trim_end_matches(".json")
-            .to_owned();
-        if !glob_match(build_ids, &build) {
-            continue;
-        }
-        let (f, why) = fate(clients, bucket, &build, older_than, &mut cache).await;
-        let old = o
-            .last_modified()
-            .is_none_or(|t| (checkpoint::now() as i64 - t.secs()) as u64 >= older_than.as_secs());
-        if f == Fate::Keep || !old {
-            continue;
-        }
-        let outcome = if dry_run {
-            "would delete".to_owned()
-        } else {
-            match clients
-                .s3
-                .delete_object()
-                .bucket(bucket)
-                .key(&key)
-                .send()
-                .await
-            {
-                Ok(_) => "deleted".to_owned(),
-                Err(e) => format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e)),
+        for o in found {
+            let Some(key) = o.key().map(str::to_owned) else {
+                continue;
+            };
+            let build = key
+                .trim_start_matches("checkpoints/")
+                .trim_end_matches(".json")
+                .to_owned();
+            if !glob_match(build_ids, &build) {
+                continue;
             }
-        };
-        actions.push(Action {
-            kind: "journal",
-            id: key,
-            build_id: build,
-            reason: why,
-            outcome,
-        });
+            let Journaled { fate, why, .. } = self.journal(&build).await.clone();
+            if fate.keeps_all() || !self.old_enough(o.last_modified().map(|t| t.secs())) {
+                continue;
+            }
+            let r = if self.dry_run {
+                Ok(())
+            } else {
+                let call = self
+                    .clients
+                    .s3
+                    .delete_object()
+                    .bucket(self.bucket)
+                    .key(&key);
+                call.send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(&e).to_string())
+            };
+            self.record("journal", key, build, why, r);
+        }
     }
-    actions
+}
+
+/// Runs gc over the build region and `regions`, for the builds whose id matches `build_ids` (a
+/// pattern with `*` and `?`; `*` for all). Side effects: deletes (unless `dry_run`); logs each
+/// resource kept for being another generation's than its build's journal. Safe to run twice and
+/// alongside running builds (their live leases, and `older_than` for builds without a journal,
+/// protect them). A listing that fails is reported as an action with its error.
+pub async fn run(
+    clients: &Clients,
+    bucket: &str,
+    regions: &[String],
+    build_ids: &str,
+    older_than: Duration,
+    dry_run: bool,
+) -> Vec<Action> {
+    let mut gc = Run {
+        clients,
+        bucket,
+        older_than,
+        dry_run,
+        journals: BTreeMap::new(),
+        actions: Vec::new(),
+    };
+    let exists = Filter::builder()
+        .name(format!("tag:{TAG_BUILD_ID}"))
+        .values(build_ids)
+        .build();
+    let mut all_regions = vec![clients.region().to_owned()];
+    all_regions.extend(
+        regions
+            .iter()
+            .filter(|r| r.as_str() != clients.region())
+            .cloned(),
+    );
+    for region in all_regions {
+        let ec2 = clients.ec2_in(&region);
+        // A failed listing skips the region.
+        match list_region(&ec2, &region, &exists).await {
+            Ok(listed) => gc.region(&ec2, &region, listed).await,
+            Err(e) => gc.actions.push(Action {
+                kind: "listing",
+                id: region.clone(),
+                build_id: build_ids.to_owned(),
+                reason: "could not list what kiln made there".to_owned(),
+                outcome: e,
+            }),
+        }
+    }
+    gc.journals(build_ids).await;
+    gc.actions
 }
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::{Fate, Journaled, glob_match, verdict};
+
+    fn journal(fate: Fate, generation: Option<&str>) -> Journaled {
+        Journaled {
+            fate,
+            why: "the build failed".to_owned(),
+            generation: generation.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_journal_judges_only_its_own_generation() {
+        let failed = journal(Fate::Gone, Some("g2"));
+        assert_eq!(verdict(&failed, "g2").0, Fate::Gone, "its own generation");
+        let (fate, why) = verdict(&failed, "g1");
+        assert_eq!(fate, Fate::OtherGeneration, "an earlier generation: {why}");
+        assert!(fate.keeps_all());
+        assert!(
+            why.contains("generation g1") && why.contains("generation g2"),
+            "the reason names both generations: {why}"
+        );
+        // Made before generations existed, judged by a journal that has one: kept.
+        assert_eq!(verdict(&failed, "").0, Fate::OtherGeneration);
+        for f in [Fate::Succeeded, Fate::Keep] {
+            assert_eq!(
+                verdict(&journal(f, Some("g2")), "g1").0,
+                Fate::OtherGeneration
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_generation_to_compare_the_journal_verdict_holds() {
+        // A journal and resources from before generations: today's verdict.
+        assert_eq!(verdict(&journal(Fate::Gone, Some("")), "").0, Fate::Gone);
+        // A journal from before generations, a resource of a run that has one: kept.
+        assert_eq!(
+            verdict(&journal(Fate::Gone, Some("")), "g1").0,
+            Fate::OtherGeneration
+        );
+        // No journal (or an unreadable one): its verdict for every generation.
+        for g in ["", "g1"] {
+            assert_eq!(
+                verdict(&journal(Fate::NoJournal, None), g).0,
+                Fate::NoJournal
+            );
+            assert_eq!(verdict(&journal(Fate::Keep, None), g).0, Fate::Keep);
+        }
+    }
 
     #[test]
     fn glob_matches_as_ec2_tag_filters_do() {

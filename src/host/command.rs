@@ -17,6 +17,19 @@ pub const TAIL_LINES: usize = 20;
 /// hold the pipe open forever, so output after this is dropped rather than waited for.
 const DRAIN_GRACE: Duration = Duration::from_millis(300);
 
+/// Variables of kiln's own environment a command inherits; everything else (`AWS_*` credentials
+/// and endpoints, `KILN_*` settings, a data source's secrets exported by a wrapper) is left out.
+/// A command's own variables (`ShellCommand::env`: the template's `environment_vars`, `PACKER_*`)
+/// come on top.
+pub const INHERITED_ENV: &[&str] = &[
+    "PATH", "HOME", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL",
+];
+
+/// Whether kiln's own variable `name` reaches a command (see [`INHERITED_ENV`]; `LC_*` too).
+pub fn inherited(name: &str) -> bool {
+    INHERITED_ENV.contains(&name) || name.starts_with("LC_")
+}
+
 /// Where command output goes: `(source, line)`.
 pub type Sink = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
@@ -54,7 +67,8 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\"'\"'"))
 }
 
-/// Runs `cmd` to completion (or cancellation), streaming output to `sink`.
+/// Runs `cmd` to completion (or cancellation), streaming output to `sink`. The command gets an
+/// allow-listed environment ([`INHERITED_ENV`]) plus its own variables.
 ///
 /// Side effects: whatever the command does. On cancellation the whole process group is killed and
 /// `HostError::Cancelled` returned. Not idempotent in general (it runs the command again).
@@ -66,6 +80,8 @@ pub async fn run(
     let mut child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(&cmd.script)
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(inherited)))
         .envs(cmd.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -201,6 +217,25 @@ mod tests {
             .args(["-f", "^sleep 30$"])
             .status();
         assert_eq!(shell_quote("it's"), "'it'\"'\"'s'");
+    }
+
+    /// kiln's own credentials and settings never reach a command; its own variables do.
+    #[tokio::test]
+    async fn environment_is_allow_listed() {
+        // SAFETY: a variable only this test reads; set before the child is spawned.
+        unsafe {
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "kiln-test-secret");
+            std::env::set_var("KILN_TEST_SETTING", "kiln-test-setting");
+        }
+        let (s, lines) = sink();
+        let mut c = ShellCommand::new("env", "env");
+        c.env = vec![("FROM_TEMPLATE".into(), "yes".into())];
+        run(&c, &s, &CancellationToken::new()).await.unwrap();
+        let out = lines.lock().unwrap().join("\n");
+        assert!(!out.contains("kiln-test-secret"), "{out}");
+        assert!(!out.contains("kiln-test-setting"), "{out}");
+        assert!(out.contains("FROM_TEMPLATE=yes"), "{out}");
+        assert!(out.contains("PATH="), "{out}");
     }
 
     /// Cancelling kills the whole process group: the shell and a background child it started

@@ -1,6 +1,11 @@
 //! Block devices: choosing a free attachment point (locked per device, checked against the
 //! instance's EC2 attachments and /dev), waiting for the device node (by volume id on NVMe), and
 //! the alias names that make `{{.Device}}N` name partition N on every kind of host.
+//!
+//! Aliases are made only for validated device names ([`is_device_name`]: `xvd[f-p]`, `sd[f-p]`)
+//! and only in [`ALIAS_DIR`]; each link is written down (path and target) in the device's record
+//! under [`ALIAS_RECORD_DIR`] before it is made, and [`remove_aliases`] removes exactly the links
+//! recorded there that still are those links: never a path built from a pattern.
 
 use super::HostError;
 use super::lock::DeviceLock;
@@ -13,10 +18,32 @@ use tokio_util::sync::CancellationToken;
 pub const LETTERS: &str = "fghijklmnop";
 /// Where kiln puts alias names for devices whose partitions do not follow `{dev}{N}`.
 pub const ALIAS_DIR: &str = "/dev/kiln";
+/// Where kiln records the alias links it made, one file per device name (`path<TAB>target` a
+/// line): what [`remove_aliases`] may remove. `/run` is a tmpfs, like the links in `/dev`.
+pub const ALIAS_RECORD_DIR: &str = "/run/kiln/aliases";
 /// Partition aliases made per device: GPT allows more, real images use a handful.
 pub const MAX_PARTITIONS: u32 = 16;
 /// How often to look for a device node after an attachment.
 const NODE_POLL: Duration = Duration::from_millis(100);
+
+/// Whether `name` is an attachment point name kiln uses (`xvdf`..`xvdp`, `sdf`..`sdp`): the
+/// only names it makes lock files and aliases for. Pure.
+pub fn is_device_name(name: &str) -> bool {
+    name.strip_prefix("xvd")
+        .or_else(|| name.strip_prefix("sd"))
+        .is_some_and(|l| l.len() == 1 && LETTERS.contains(l))
+}
+
+/// The attachment point name of `device_path` (`/dev/sdf` -> `sdf`), refused unless it is one
+/// of kiln's ([`is_device_name`]). Pure.
+pub fn device_name_of(device_path: &str) -> Result<String, HostError> {
+    match device_path.strip_prefix("/dev/") {
+        Some(n) if is_device_name(n) => Ok(n.to_owned()),
+        _ => Err(HostError::Invalid(format!(
+            "device_path {device_path:?} is not an attachment point /dev/sd[f-p] or /dev/xvd[f-p]"
+        ))),
+    }
+}
 
 /// Picks a free attachment point `xvdX`, locking it for the whole build. `in_use` holds the
 /// instance's attached device names as EC2 reports them (`/dev/sdf`, `/dev/xvdf`, ...).
@@ -100,13 +127,58 @@ pub fn partition_path(dev: &Path, n: u32) -> PathBuf {
 
 /// Makes `{ALIAS_DIR}/{name}` point at `dev` and `{name}N` at its partition N, so templates can
 /// write `{{.Device}}1` on NVMe and loop devices. Returns the alias of the whole device. Links to
-/// partitions that do not exist yet dangle until the partition table is read. Safe to run twice.
+/// partitions that do not exist yet dangle until the partition table is read.
+///
+/// Side effects: creates the links and records each (before making it) in the device's record
+/// under [`ALIAS_RECORD_DIR`]. Refuses a `name` that is not a device name kiln uses, and a path
+/// where something kiln did not record is in the way (it is left as it is). Safe to run twice:
+/// the links an earlier run recorded are removed first.
 pub fn make_aliases(name: &str, dev: &Path) -> Result<PathBuf, HostError> {
-    let dir = Path::new(ALIAS_DIR);
-    std::fs::create_dir_all(dir).map_err(HostError::io("creating", dir))?;
-    let link = |from: PathBuf, to: &Path| -> Result<(), HostError> {
-        let _ = std::fs::remove_file(&from);
-        std::os::unix::fs::symlink(to, &from).map_err(HostError::io("linking", from))
+    make_aliases_in(Path::new(ALIAS_DIR), Path::new(ALIAS_RECORD_DIR), name, dev)
+}
+
+fn make_aliases_in(
+    dir: &Path,
+    records: &Path,
+    name: &str,
+    dev: &Path,
+) -> Result<PathBuf, HostError> {
+    use std::io::Write;
+    if !is_device_name(name) {
+        return Err(HostError::Invalid(format!(
+            "{name:?} is not a device name kiln makes aliases for (xvd[f-p] or sd[f-p])"
+        )));
+    }
+    remove_aliases_in(dir, records, name);
+    for d in [dir, records] {
+        std::fs::create_dir_all(d).map_err(HostError::io("creating", d))?;
+        if !std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()) {
+            return Err(HostError::Invalid(format!(
+                "{} is not a directory",
+                d.display()
+            )));
+        }
+    }
+    let record_path = records.join(name);
+    let mut record = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&record_path)
+        .map_err(HostError::io("opening the alias record", &record_path))?;
+    let mut link = |from: PathBuf, to: &Path| -> Result<(), HostError> {
+        writeln!(record, "{}\t{}", from.display(), to.display())
+            .map_err(HostError::io("writing the alias record", &record_path))?;
+        std::os::unix::fs::symlink(to, &from).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                HostError::Invalid(format!(
+                    "{} exists and kiln did not make it (it is not in {}): left as it is; remove it if no build uses it",
+                    from.display(),
+                    record_path.display()
+                ))
+            } else {
+                HostError::io("linking", &from)(e)
+            }
+        })
     };
     let alias = dir.join(name);
     link(alias.clone(), dev)?;
@@ -116,13 +188,47 @@ pub fn make_aliases(name: &str, dev: &Path) -> Result<PathBuf, HostError> {
     Ok(alias)
 }
 
-/// Removes the aliases of `name` (safe to run twice).
+/// Removes the aliases of `name` that kiln recorded ([`make_aliases`]): each recorded path in
+/// [`ALIAS_DIR`] that is still a link to the recorded target, then the record. Anything else
+/// (another file at such a path, a name that is not a device name kiln uses) is left alone.
+/// Safe to run twice.
 pub fn remove_aliases(name: &str) {
-    let dir = Path::new(ALIAS_DIR);
-    let _ = std::fs::remove_file(dir.join(name));
-    for n in 1..=MAX_PARTITIONS {
-        let _ = std::fs::remove_file(dir.join(format!("{name}{n}")));
+    remove_aliases_in(Path::new(ALIAS_DIR), Path::new(ALIAS_RECORD_DIR), name);
+}
+
+fn remove_aliases_in(dir: &Path, records: &Path, name: &str) {
+    if !is_device_name(name) {
+        tracing::warn!(
+            name,
+            "not a device name kiln makes aliases for: nothing removed"
+        );
+        return;
     }
+    let record_path = records.join(name);
+    let Ok(text) = std::fs::read_to_string(&record_path) else {
+        return;
+    };
+    for line in text.lines() {
+        let Some((path, target)) = line.split_once('\t') else {
+            continue;
+        };
+        let path = Path::new(path);
+        if path.parent() != Some(dir) {
+            continue;
+        }
+        match std::fs::read_link(path) {
+            Ok(t) if t == Path::new(target) => {
+                if let Err(e) = std::fs::remove_file(path) {
+                    tracing::warn!(alias = %path.display(), error = %e, "could not remove an alias");
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(alias = %path.display(), "the alias now leads elsewhere: left as it is");
+            }
+            Err(_) => {}
+        }
+    }
+    let _ = std::fs::remove_file(&record_path);
 }
 
 /// Makes the kernel read `dev`'s partition table again (after pre-mount commands changed it),
@@ -148,6 +254,105 @@ pub async fn rescan_partitions(dev: &Path) -> Result<(), HostError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Dirs(PathBuf);
+    impl Dirs {
+        fn new() -> Self {
+            let d = std::env::temp_dir().join(format!(
+                "kiln-aliases-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ));
+            std::fs::create_dir_all(&d).unwrap();
+            Dirs(d)
+        }
+        fn aliases(&self) -> PathBuf {
+            self.0.join("dev-kiln")
+        }
+        fn records(&self) -> PathBuf {
+            self.0.join("records")
+        }
+    }
+    impl Drop for Dirs {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn device_names() {
+        for ok in ["xvdf", "xvdp", "sdf", "sdk"] {
+            assert!(is_device_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "xvda",
+            "sdq",
+            "xvdf1",
+            "../../../tmp/x",
+            "xvd",
+            "nvme1n1",
+            "xvdf/",
+        ] {
+            assert!(!is_device_name(bad), "{bad}");
+        }
+        assert_eq!(device_name_of("/dev/xvdg").unwrap(), "xvdg");
+        assert!(device_name_of("/dev/../../../tmp/x").is_err());
+        assert!(device_name_of("xvdg").is_err());
+    }
+
+    /// Aliases are made for device names only, and removing them removes exactly the links made:
+    /// not a file put where one was, not a file next to them, nothing for a name with `..`.
+    #[test]
+    fn aliases_remove_only_what_was_made() {
+        let d = Dirs::new();
+        let (dir, rec) = (d.aliases(), d.records());
+        let dev = Path::new("/dev/loop77");
+        let alias = make_aliases_in(&dir, &rec, "xvdf", dev).unwrap();
+        assert_eq!(std::fs::read_link(&alias).unwrap(), dev);
+        assert_eq!(
+            std::fs::read_link(dir.join("xvdf2")).unwrap(),
+            Path::new("/dev/loop77p2")
+        );
+        // Safe to run twice.
+        make_aliases_in(&dir, &rec, "xvdf", dev).unwrap();
+        // Someone else's files: one next to the aliases, one in place of an alias.
+        std::fs::write(dir.join("xvdf17"), "other").unwrap();
+        std::fs::remove_file(dir.join("xvdf3")).unwrap();
+        std::fs::write(dir.join("xvdf3"), "replaced").unwrap();
+        remove_aliases_in(&dir, &rec, "xvdf");
+        assert!(std::fs::symlink_metadata(&alias).is_err());
+        assert!(std::fs::symlink_metadata(dir.join("xvdf1")).is_err());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("xvdf17")).unwrap(),
+            "other"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("xvdf3")).unwrap(),
+            "replaced"
+        );
+        assert!(!rec.join("xvdf").exists());
+        // Something kiln did not make is in the way: refused, left as it is.
+        let e = make_aliases_in(&dir, &rec, "xvdf", dev)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xvdf3") && e.contains("did not make"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("xvdf3")).unwrap(),
+            "replaced"
+        );
+        // A name with `..`: nothing made, nothing removed.
+        let victim = d.0.join("victim");
+        std::fs::write(&victim, "host file").unwrap();
+        std::fs::write(d.0.join("victim1"), "host file").unwrap();
+        assert!(make_aliases_in(&dir, &rec, "../victim", dev).is_err());
+        remove_aliases_in(&dir, &rec, "../victim");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file");
+        assert_eq!(
+            std::fs::read_to_string(d.0.join("victim1")).unwrap(),
+            "host file"
+        );
+    }
 
     #[test]
     fn partition_names() {

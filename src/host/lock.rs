@@ -13,6 +13,11 @@ pub const KEPT: &str = "kept ";
 /// Where lock files live. `/run` is a tmpfs: locks vanish with a reboot, as attachments do.
 pub const LOCK_DIR: &str = "/run/kiln/locks";
 
+/// Whether `name` is a plain file name: not empty, no `/` or NUL, not `.` or `..`. Pure.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
 /// A held device lock; released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct DeviceLock {
@@ -23,15 +28,24 @@ pub struct DeviceLock {
 
 impl DeviceLock {
     /// Tries to lock `name` (e.g. `xvdf`) without waiting. `None` when another build holds it.
+    /// `name` must be a plain file name (no `/`, not `.` or `..`): the lock file is always
+    /// directly in `dir`.
     ///
     /// Side effects: creates the lock directory and file. Safe to call again after a release.
     pub fn try_lock(dir: &Path, name: &str) -> Result<Option<DeviceLock>, HostError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if !is_plain_name(name) {
+            return Err(HostError::Invalid(format!(
+                "{name:?} is not a device name: a lock name is a plain file name"
+            )));
+        }
         std::fs::create_dir_all(dir).map_err(HostError::io("creating the lock directory", dir))?;
         let path = dir.join(format!("{name}.lock"));
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(HostError::io("opening the lock file", &path))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -75,5 +89,30 @@ impl DeviceLock {
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name with `/` or `..` never makes a lock file outside the lock directory.
+    #[test]
+    fn lock_names_stay_in_the_directory() {
+        let d = std::env::temp_dir().join(format!(
+            "kiln-locks-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let locks = d.join("locks");
+        for bad in ["../x", "..", ".", "", "a/b", "/tmp/x"] {
+            assert!(DeviceLock::try_lock(&locks, bad).is_err(), "{bad:?}");
+        }
+        assert!(!d.join("x.lock").exists());
+        let l = DeviceLock::try_lock(&locks, "xvdf").unwrap().unwrap();
+        assert_eq!(l.path(), locks.join("xvdf.lock"));
+        assert!(DeviceLock::try_lock(&locks, "xvdf").unwrap().is_none());
+        drop(l);
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

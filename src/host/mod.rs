@@ -10,6 +10,7 @@ pub mod lock;
 pub mod loopdev;
 pub mod mount;
 pub mod procs;
+pub mod sandbox;
 pub mod sparse;
 pub mod vm;
 
@@ -98,16 +99,22 @@ pub enum HostError {
     /// Invalid input for a host operation.
     #[error("{0}")]
     Invalid(String),
+    /// The build's sandbox could not be made, used or removed.
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::SandboxError),
 }
 
 impl HostError {
     /// Whether retrying the build could succeed (a busy device or a timeout may pass; a failed
     /// command or bad input will not).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            HostError::NoDevice(_) | HostError::DeviceTimeout { .. } | HostError::Busy { .. }
-        )
+        match self {
+            HostError::Sandbox(e) => e.is_retryable(),
+            other => matches!(
+                other,
+                HostError::NoDevice(_) | HostError::DeviceTimeout { .. } | HostError::Busy { .. }
+            ),
+        }
     }
 
     pub(crate) fn io(

@@ -1,8 +1,16 @@
-//! Mounts: which paths are mounted, private propagation for everything kiln mounts under a build's
-//! mount path, and unmounting that finds and kills what holds a busy mount.
+//! Mounts: which paths are mounted, private propagation and `nodev,nosuid` for everything kiln
+//! mounts under a build's mount path, and unmounting that finds and kills what holds a busy mount.
+//!
+//! What kiln mounted is identified by its kernel mount id (mountinfo field 1), recorded when kiln
+//! made it, and unmounted by that id only: never "everything under a path", which would take a
+//! mount someone else made there (and kill the processes in it).
 
 use super::{HostError, procs};
+use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::Mode;
+use nix::sys::statvfs::FsFlags;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -142,27 +150,186 @@ pub fn child_mount_at(parent: u64, path: &Path) -> Option<u64> {
 
 /// Mount `id` and every mount stacked on or below it, deepest (last mounted) first, each with
 /// its mount point now: the order to unmount them. Empty when `id` is no longer mounted.
-fn tree_of(mountinfo: &str, id: u64) -> Vec<PathBuf> {
+fn tree_of(mountinfo: &str, id: u64) -> Vec<(u64, PathBuf)> {
     let table = mount_table(mountinfo);
     let mut ids = vec![id];
     let mut out = Vec::new();
     for (mid, parent, at) in &table {
         if *mid == id || ids.contains(parent) {
             ids.push(*mid);
-            out.push(at.clone());
+            out.push((*mid, at.clone()));
         }
     }
     out.reverse();
     out
 }
 
+/// Opens directory `path` on the host as an `O_PATH` handle, without following a final link.
+/// No side effects.
+pub fn open_dir(path: &Path) -> Result<OwnedFd, HostError> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(HostError::sys("opening the directory", path))
+}
+
+/// The id of the mount directory `path` is on now (at a mount point: the topmost mount there).
+/// `None` when it cannot be opened. No side effects.
+pub fn mount_id_at(path: &Path) -> Option<u64> {
+    open_dir(path).ok().and_then(|fd| mount_id_of(&fd))
+}
+
+/// Whether something is mounted on directory `path`: its mount is not its parent's. Found by
+/// mount ids, not by comparing paths, so a bind mount of the same file system counts too.
+/// No side effects.
+pub fn is_mount_root(path: &Path) -> bool {
+    let Ok(fd) = open_dir(path) else {
+        return false;
+    };
+    let Ok(parent) = nix::fcntl::openat(
+        &fd,
+        "..",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    matches!((mount_id_of(&fd), mount_id_of(&parent)), (Some(a), Some(b)) if a != b)
+}
+
+fn proc_fd(fd: &impl AsFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
+}
+
+/// Makes the mount whose root `fd` is private (see [`make_private`]); `path` is for messages.
+/// Safe to run twice.
+pub fn make_private_at(fd: &impl AsFd, path: &Path) -> Result<(), HostError> {
+    nix::mount::mount(
+        None::<&str>,
+        proc_fd(fd).as_str(),
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(HostError::sys("making the mount private", path))
+}
+
+/// Makes the mount whose root `fd` is `nodev,nosuid`, keeping its other per-mount flags
+/// (read-only, noexec, atime): a bind remount, which changes no file system option. `path` is
+/// for messages. Safe to run twice.
+pub fn restrict_at(fd: &impl AsFd, path: &Path) -> Result<(), HostError> {
+    let st = nix::sys::statvfs::fstatvfs(fd.as_fd())
+        .map_err(HostError::sys("reading the mount flags of", path))?;
+    let have = st.flags();
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    for (st_flag, ms_flag) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if have.contains(st_flag) {
+            flags |= ms_flag;
+        }
+    }
+    if !have.intersects(FsFlags::ST_NOATIME | FsFlags::ST_RELATIME) {
+        flags |= MsFlags::MS_STRICTATIME;
+    }
+    nix::mount::mount(
+        None::<&str>,
+        proc_fd(fd).as_str(),
+        None::<&str>,
+        flags,
+        None::<&str>,
+    )
+    .map_err(HostError::sys("remounting nodev,nosuid", path))
+}
+
+/// Checks that the mount whose root `fd` is carries `nodev` and `nosuid`. No side effects.
+pub fn ensure_restricted(fd: &impl AsFd, path: &Path) -> Result<(), HostError> {
+    let st = nix::sys::statvfs::fstatvfs(fd.as_fd())
+        .map_err(HostError::sys("reading the mount flags of", path))?;
+    if st.flags().contains(FsFlags::ST_NODEV | FsFlags::ST_NOSUID) {
+        Ok(())
+    } else {
+        Err(HostError::Invalid(format!(
+            "{} is mounted without nodev,nosuid: kiln mounts every image nodev,nosuid so that device nodes and setuid files in it stay inert",
+            path.display()
+        )))
+    }
+}
+
+/// Takes over mount `id` at kiln's own directory `path` (the mount a `mount` command just made):
+/// checks that it is the mount at `path` and makes it private.
+///
+/// Side effects: changes that mount's propagation. Safe to run twice.
+pub fn seal(id: u64, path: &Path) -> Result<(), HostError> {
+    let fd = owned_mount(id, path)?;
+    make_private_at(&fd, path)
+}
+
+/// Makes kiln's mount `id` at `path` `nodev,nosuid` and checks that it is. Runs once the host's
+/// own `post_mount_commands` are done (debootstrap makes device nodes in the image and checks
+/// that it can), before kiln's first file operation in the image or its first process there.
+///
+/// Side effects: changes that mount's flags (not the file system's). Safe to run twice.
+pub fn restrict(id: u64, path: &Path) -> Result<(), HostError> {
+    let fd = owned_mount(id, path)?;
+    restrict_at(&fd, path)?;
+    ensure_restricted(&fd, path)
+}
+
+/// A handle on the root of mount `id`, which must be the mount at `path`.
+fn owned_mount(id: u64, path: &Path) -> Result<OwnedFd, HostError> {
+    let fd = open_dir(path)?;
+    if mount_id_of(&fd) != Some(id) {
+        return Err(HostError::Invalid(format!(
+            "mount {id} is no longer the mount at {}",
+            path.display()
+        )));
+    }
+    Ok(fd)
+}
+
+/// Lazily detaches mount `id` at `path` if it is still the mount there (cleanup after a mount
+/// kiln just made could not be set up). Best effort: failures are logged.
+pub fn detach_id(id: u64, path: &Path) {
+    if mount_id_at(path) != Some(id) {
+        return;
+    }
+    if let Err(e) = nix::mount::umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+        tracing::warn!(mount = id, path = %path.display(), error = %e, "could not detach a mount kiln just made");
+    }
+}
+
+/// The mount whose mount point is exactly `chroot_root` (the image's root mount), when `id` is
+/// that mount or one on or below it, and it is not the host's own root mount: the processes
+/// rooted on it are the chroot's. `None` otherwise (never the mount a plain directory is on).
+fn image_root_mount(mountinfo: &str, chroot_root: &Path, id: u64) -> Option<u64> {
+    let root = mount_id_at(chroot_root)?;
+    let at_root = mount_table(mountinfo)
+        .iter()
+        .any(|(i, _, at)| *i == root && at == chroot_root);
+    let holds_id = tree_of(mountinfo, root).iter().any(|(i, _)| *i == id);
+    (at_root && holds_id && Some(root) != mount_id_at(Path::new("/"))).then_some(root)
+}
+
 /// Unmounts the mount kiln made with id `id` (and whatever a provisioner mounted on or below
-/// it), killing the chroot's processes first: exactly what kiln mounted, found by id, wherever
-/// the image's links or renames moved it. A mount no longer there is fine (safe to run twice).
-/// A mount point outside `chroot_root` is refused and named: kiln never made one there.
+/// it), killing the processes rooted in the image first: exactly what kiln mounted, found by id,
+/// wherever the image's links or renames moved it. A mount no longer there is fine (safe to run
+/// twice). A mount point outside `chroot_root` is refused and named: kiln never made one there.
+///
+/// The processes killed are those whose root directory is on mount `id`, a mount on or below
+/// it, or the image's root mount at `chroot_root` (see [`image_root_mount`]), found by mount id:
+/// never a process in a mount someone else made at the same path, nor one rooted on the host's
+/// own root mount.
 pub async fn unmount_id(id: u64, chroot_root: &Path) -> Result<(), HostError> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for m in tree_of(&table, id) {
+    let tree = tree_of(&table, id);
+    for (_, m) in &tree {
         if !m.starts_with(chroot_root) {
             return Err(HostError::Invalid(format!(
                 "mount {id} is now at {}, outside the image at {}: left mounted",
@@ -170,9 +337,62 @@ pub async fn unmount_id(id: u64, chroot_root: &Path) -> Result<(), HostError> {
                 chroot_root.display()
             )));
         }
-        unmount(&m, chroot_root).await?;
+    }
+    let mut kill: Vec<u64> = tree.iter().map(|(i, _)| *i).collect();
+    if let Some(root) = image_root_mount(&table, chroot_root, id) {
+        kill.push(root);
+    }
+    for (mid, m) in &tree {
+        unmount_exact(*mid, m, &kill).await?;
     }
     Ok(())
+}
+
+/// Unmounts mount `id` at `path`, after checking that it is the mount there, killing the
+/// processes rooted on mounts `kill` first and retrying while busy.
+async fn unmount_exact(id: u64, path: &Path, kill: &[u64]) -> Result<(), HostError> {
+    for attempt in 0..UMOUNT_ATTEMPTS {
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if !mount_table(&table).iter().any(|(i, _, _)| *i == id) {
+            return Ok(());
+        }
+        // The handle this opens is closed again before the unmount (it would keep it busy).
+        if mount_id_at(path) != Some(id) {
+            return Err(HostError::Invalid(format!(
+                "mount {id} is no longer the mount at {}: left mounted",
+                path.display()
+            )));
+        }
+        procs::kill_rooted_on(kill);
+        match nix::mount::umount2(path, MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => return Ok(()),
+            Err(nix::Error::EBUSY) if attempt + 1 < UMOUNT_ATTEMPTS => {
+                tokio::time::sleep(UMOUNT_PAUSE).await;
+            }
+            Err(nix::Error::EBUSY) => return Err(busy(path)),
+            Err(e) => {
+                return Err(HostError::Sys {
+                    what: "unmounting",
+                    path: path.to_owned(),
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn busy(path: &Path) -> HostError {
+    let holders = procs::holders(path);
+    let holders = if holders.is_empty() {
+        "unknown (check `fuser -vm` on the path)".to_owned()
+    } else {
+        holders.join(", ")
+    };
+    HostError::Busy {
+        path: path.to_owned(),
+        holders,
+    }
 }
 
 /// Whether `path` is a mount point.
@@ -205,7 +425,8 @@ pub fn make_private(path: &Path) -> Result<(), HostError> {
 }
 
 /// Unmounts `path`: kills every process whose root is inside `chroot_root` first, retries while
-/// busy, and names the holders when it gives up. Unmounting a path that is not mounted succeeds
+/// busy, and names the holders when it gives up. By path: only for mounts found by what they
+/// are (a dead build's device, [`mounts_of`]); a build's own mounts go through [`unmount_id`]. Unmounting a path that is not mounted succeeds
 /// (safe to run twice). Returns the processes it killed.
 pub async fn unmount(path: &Path, chroot_root: &Path) -> Result<Vec<String>, HostError> {
     let mut killed = Vec::new();
@@ -221,18 +442,7 @@ pub async fn unmount(path: &Path, chroot_root: &Path) -> Result<Vec<String>, Hos
             Err(nix::Error::EBUSY) if attempt + 1 < UMOUNT_ATTEMPTS => {
                 tokio::time::sleep(UMOUNT_PAUSE).await;
             }
-            Err(nix::Error::EBUSY) => {
-                let holders = procs::holders(path);
-                let holders = if holders.is_empty() {
-                    "unknown (check `fuser -vm` on the path)".to_owned()
-                } else {
-                    holders.join(", ")
-                };
-                return Err(HostError::Busy {
-                    path: path.to_owned(),
-                    holders,
-                });
-            }
+            Err(nix::Error::EBUSY) => return Err(busy(path)),
             Err(e) => {
                 return Err(HostError::Sys {
                     what: "unmounting",
@@ -293,8 +503,11 @@ mod tests {
 103 29 0:52 / /mnt/kiln/tmp/y-not-mine rw - tmpfs other rw
 ";
         let got = super::tree_of(mountinfo, 101);
-        let got: Vec<String> = got.iter().map(|p| p.display().to_string()).collect();
-        assert_eq!(got, ["/mnt/kiln/tmp/y/inner", "/mnt/kiln/tmp/y"]);
+        let got: Vec<String> = got
+            .iter()
+            .map(|(id, p)| format!("{id} {}", p.display()))
+            .collect();
+        assert_eq!(got, ["102 /mnt/kiln/tmp/y/inner", "101 /mnt/kiln/tmp/y"]);
         assert!(super::tree_of(mountinfo, 999).is_empty());
     }
 

@@ -1,5 +1,6 @@
-//! Processes: those running inside a chroot (found by their root directory), and those holding a
-//! path (cwd, root, open files), for killing before an unmount and for naming in errors.
+//! Processes: those running inside a chroot (found by their root directory: by the mount it is on,
+//! or by its path), and those holding a path (cwd, root, open files), for killing before an
+//! unmount and for naming in errors.
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -44,6 +45,52 @@ pub fn kill_in_root(root: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// Kills (SIGKILL) every process whose root directory is on one of the mounts `mount_ids`
+/// (found by opening `/proc/PID/root` and reading its mount id, never by comparing paths, so a
+/// process in a mount someone else made at the same path is left alone). Returns `pid (comm)`
+/// of each. Safe to run twice.
+pub fn kill_rooted_on(mount_ids: &[u64]) -> Vec<String> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    // Never the mounts the host's own processes live on: kiln's root, and init's.
+    let host: Vec<u64> = ["/proc/self/root", "/proc/1/root"]
+        .iter()
+        .filter_map(|p| root_mount_id(p))
+        .collect();
+    let mount_ids: Vec<u64> = mount_ids
+        .iter()
+        .copied()
+        .filter(|id| !host.contains(id))
+        .collect();
+    if mount_ids.is_empty() {
+        return out;
+    }
+    for pid in pids().into_iter().filter(|p| *p != me) {
+        let on =
+            root_mount_id(&format!("/proc/{pid}/root")).is_some_and(|id| mount_ids.contains(&id));
+        if on {
+            let name = comm(pid);
+            if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                tracing::warn!(pid, process = %name, "killed a process left running in the image");
+                out.push(format!("{pid} ({name})"));
+            }
+        }
+    }
+    out
+}
+
+/// The mount id of the root directory a `/proc/PID/root` link leads to (following the magic link
+/// gives the directory itself).
+fn root_mount_id(link: &str) -> Option<u64> {
+    let root = nix::fcntl::open(
+        link,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    super::mount::mount_id_of(&root)
 }
 
 /// `pid (comm)` of processes whose cwd, root, executable or an open file is under `path`.

@@ -111,6 +111,8 @@ pub async fn run(
             .instrument(span)
             .await;
         let outcome = outcome.unwrap_or_else(|p| Err(StepError::Panic(panic_message(p))));
+        // Nothing a step started in the image outlives it (daemons a postinst started).
+        steps::after_step(&b).await;
         ran.push(step);
         match outcome {
             Ok(outputs) => {

@@ -90,6 +90,11 @@ pub struct BuildState {
     pub mount_path: Option<PathBuf>,
     /// Whether the root is mounted.
     pub mounted: bool,
+    /// The kernel mount id of the root mount `mount-device` made: what its undo unmounts (and
+    /// nothing else; `None` when it made none, e.g. refused because the path was taken).
+    pub root_mount_id: Option<u64>,
+    /// Whether `mount-device` created the mount path directory (its undo removes it then only).
+    pub mount_dir_created: bool,
     /// Extra mounts, in mount order.
     pub extra_mounts: Vec<crate::host::image_fs::ImageMount>,
     /// Files copied in.
@@ -102,6 +107,8 @@ pub struct BuildState {
     pub reused_snapshot: bool,
     /// The boot test's instance method: its private image and its instance, while they exist.
     pub boot_test: BootTestResources,
+    /// The build's sandbox (step `sandbox` to `early-cleanup`).
+    pub sandbox: Option<crate::host::sandbox::Sandbox>,
 }
 
 /// What the boot test's instance method has made and not removed yet.

@@ -6,7 +6,14 @@
 //! every action that names a placeholder is kept verbatim; at build time the pipeline renders the
 //! kept actions with the placeholder values. An unknown function or placeholder is an error in the
 //! first phase.
+//!
+//! What a string can grow to is bounded ([`limits::MAX_STRING_BYTES`]): `replace` with an empty
+//! pattern, and a field that repeats a large variable, are errors before they are built.
 
+mod parse;
+
+use crate::template::functions::limits;
+use parse::parse;
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 
@@ -141,6 +148,8 @@ pub fn render(s: &str, ctx: &Ctx) -> Result<Rendered, String> {
                     continue;
                 }
                 let v = eval_pipeline(&pipeline, ctx, &mut out.warnings)?;
+                // `{{user `big`}}` a million times must not add up past one string's limit.
+                limits::string_len("template", out.text.len().saturating_add(v.len()))?;
                 out.text.push_str(&v);
             }
         }
@@ -258,7 +267,8 @@ fn call(
             if !ctx.env_allowed {
                 return Err("`env` can only be used in the `variables` section (as in Packer): declare a variable with {{env `X`}} as its default and use {{user `name`}} here".into());
             }
-            Ok(std::env::var(&args[0]).unwrap_or_default())
+            // The load's environment when the loader set one (a worker's allow-listed one).
+            Ok(crate::template::functions::env_var(&args[0]))
         }
         "timestamp" => {
             arity(name, args, 0)?;
@@ -286,18 +296,7 @@ fn call(
         "build_type" => Ok("amazon-chroot".into()),
         "lower" => arity(name, args, 1).map(|_| args[0].to_lowercase()),
         "upper" => arity(name, args, 1).map(|_| args[0].to_uppercase()),
-        "replace" => {
-            arity(name, args, 4)?;
-            let n: i64 = args[2]
-                .parse()
-                .map_err(|_| "replace: the count must be a number".to_string())?;
-            if n < 0 {
-                Ok(args[3].replace(&args[0], &args[1]))
-            } else {
-                Ok(args[3].replacen(&args[0], &args[1], n as usize))
-            }
-        }
-        "replace_all" => arity(name, args, 3).map(|_| args[2].replace(&args[0], &args[1])),
+        "replace" | "replace_all" => replace(name, args),
         "split" => {
             arity(name, args, 3)?;
             let i: usize = args[2]
@@ -316,6 +315,25 @@ fn call(
             .unwrap_or_default()),
         other => Err(unknown_function(other)),
     }
+}
+
+/// `replace old new n s` (the first `n` matches, all when negative) and `replace_all old new s`,
+/// checked first: an empty pattern matches between every two characters, and a pipeline of such
+/// replacements would grow exponentially.
+fn replace(name: &str, args: &[String]) -> Result<String, String> {
+    let (n, s) = if name == "replace" {
+        arity(name, args, 4)?;
+        let n: i64 = args[2]
+            .parse()
+            .map_err(|_| "replace: the count must be a number".to_string())?;
+        (n, &args[3])
+    } else {
+        arity(name, args, 3)?;
+        (-1, &args[2])
+    };
+    let max = usize::try_from(n).unwrap_or(usize::MAX);
+    limits::replacement(name, s, &args[0], &args[1], max)?;
+    Ok(s.replacen(&args[0], &args[1], max))
 }
 
 /// Replaces every character an AMI name may not contain with `-` (Packer's `clean_resource_name`
@@ -454,199 +472,6 @@ pub fn go_time_format(t: OffsetDateTime, layout: &str) -> String {
     out
 }
 
-/// Parses a template string into text and actions.
-fn parse(s: &str) -> Result<Vec<Seg>, String> {
-    let mut segs = Vec::new();
-    let mut rest = s;
-    while let Some(start) = rest.find("{{") {
-        let mut text = rest[..start].to_owned();
-        let after = &rest[start + 2..];
-        let end = find_close(after).ok_or_else(|| {
-            format!(
-                "unclosed action: `{}` has no matching `}}}}`",
-                truncate(&rest[start..])
-            )
-        })?;
-        let mut inner = &after[..end];
-        let source = format!("{{{{{inner}}}}}");
-        let mut next = &after[end + 2..];
-        if let Some(i) = inner.strip_prefix("- ") {
-            text = text.trim_end().to_owned();
-            inner = i;
-        }
-        if let Some(i) = inner.strip_suffix(" -") {
-            next = next.trim_start();
-            inner = i;
-        }
-        if !text.is_empty() {
-            segs.push(Seg::Text(text));
-        }
-        let inner_trim = inner.trim();
-        if inner_trim.starts_with("/*") && inner_trim.ends_with("*/") {
-            rest = next;
-            continue;
-        }
-        let pipeline =
-            parse_pipeline(inner_trim).map_err(|e| format!("in `{}`: {e}", truncate(&source)))?;
-        segs.push(Seg::Action { pipeline, source });
-        rest = next;
-    }
-    if !rest.is_empty() {
-        segs.push(Seg::Text(rest.to_owned()));
-    }
-    Ok(segs)
-}
-
-fn truncate(s: &str) -> String {
-    if s.chars().count() > 60 {
-        format!("{}...", s.chars().take(60).collect::<String>())
-    } else {
-        s.to_owned()
-    }
-}
-
-/// Finds the `}}` that closes an action, skipping quoted strings.
-fn find_close(s: &str) -> Option<usize> {
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'`' => {
-                i += 1;
-                while i < b.len() && b[i] != b'`' {
-                    i += 1;
-                }
-            }
-            b'"' => {
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    if b[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-            }
-            b'}' if b.get(i + 1) == Some(&b'}') => return Some(i),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
-
-fn parse_pipeline(s: &str) -> Result<Vec<Cmd>, String> {
-    if s.is_empty() {
-        return Err("empty action".into());
-    }
-    let tokens = tokenize(s)?;
-    let mut cmds = Vec::new();
-    for part in tokens.split(|t| matches!(t, Tok::Pipe)) {
-        let Some((first, args)) = part.split_first() else {
-            return Err("empty command in pipeline".into());
-        };
-        let cmd = match first {
-            Tok::Ident(name) => Cmd::Func(
-                name.clone(),
-                args.iter()
-                    .map(|a| match a {
-                        Tok::Str(s) => Ok(Arg::Str(s.clone())),
-                        Tok::Field(f) => Ok(Arg::Field(f.clone())),
-                        Tok::Number(n) => Ok(Arg::Number(n.clone())),
-                        Tok::Ident(i) => Err(format!("unexpected `{i}` as an argument")),
-                        Tok::Pipe => Err("unexpected `|`".into()),
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            Tok::Field(f) if args.is_empty() => Cmd::Field(f.clone()),
-            Tok::Str(s) if args.is_empty() => Cmd::Literal(s.clone()),
-            Tok::Number(n) if args.is_empty() => Cmd::Literal(n.clone()),
-            _ => return Err("unexpected arguments".into()),
-        };
-        cmds.push(cmd);
-    }
-    Ok(cmds)
-}
-
-#[derive(Debug, Clone)]
-enum Tok {
-    Ident(String),
-    Field(String),
-    Str(String),
-    Number(String),
-    Pipe,
-}
-
-fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
-    let chars: Vec<char> = s.chars().collect();
-    let mut i = 0;
-    let mut out = Vec::new();
-    while i < chars.len() {
-        let c = chars[i];
-        if c.is_whitespace() {
-            i += 1;
-        } else if c == '|' {
-            out.push(Tok::Pipe);
-            i += 1;
-        } else if c == '`' {
-            let start = i + 1;
-            i = start;
-            while i < chars.len() && chars[i] != '`' {
-                i += 1;
-            }
-            if i >= chars.len() {
-                return Err("unterminated raw string".into());
-            }
-            out.push(Tok::Str(chars[start..i].iter().collect()));
-            i += 1;
-        } else if c == '"' {
-            let mut v = String::new();
-            i += 1;
-            loop {
-                match chars.get(i) {
-                    None => return Err("unterminated quoted string".into()),
-                    Some('"') => break,
-                    Some('\\') => {
-                        i += 1;
-                        match chars.get(i) {
-                            Some('n') => v.push('\n'),
-                            Some('t') => v.push('\t'),
-                            Some(&c) => v.push(c),
-                            None => return Err("unterminated quoted string".into()),
-                        }
-                    }
-                    Some(&c) => v.push(c),
-                }
-                i += 1;
-            }
-            i += 1;
-            out.push(Tok::Str(v));
-        } else if c == '.' {
-            let start = i + 1;
-            i = start;
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                i += 1;
-            }
-            out.push(Tok::Field(chars[start..i].iter().collect()));
-        } else if c.is_ascii_digit() || c == '-' {
-            let start = i;
-            i += 1;
-            while i < chars.len() && chars[i].is_ascii_digit() {
-                i += 1;
-            }
-            out.push(Tok::Number(chars[start..i].iter().collect()));
-        } else if c.is_alphabetic() || c == '_' {
-            let start = i;
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                i += 1;
-            }
-            out.push(Tok::Ident(chars[start..i].iter().collect()));
-        } else {
-            return Err(format!("unexpected character `{c}`"));
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -708,6 +533,31 @@ mod tests {
                 _ => panic!("{input}: want {want:?}, got {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn growing_replacements_are_errors_before_they_are_built() {
+        let mut c = ctx();
+        c.user.insert("big".into(), "x".repeat(1 << 20));
+        // Each `replace_all ""` multiplies the length by the replacement's: 2^20 × 33 is over.
+        let e = render(
+            "{{user `big` | replace_all \"\" \"yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\"}}",
+            &c,
+        )
+        .expect_err("over the limit");
+        assert!(e.contains("replace_all") && e.contains("16 MiB"), "{e}");
+        let e = render(
+            "{{user `big` | replace \"\" \"yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\" -1}}",
+            &c,
+        )
+        .expect_err("over the limit");
+        assert!(e.contains("replace"), "{e}");
+        let e = render(&"{{user `big`}}".repeat(17), &c).expect_err("17 MiB");
+        assert!(e.contains("16 MiB"), "{e}");
+        assert_eq!(
+            render("{{replace \"a\" \"bb\" 1 \"aaa\"}}", &c).map(|r| r.text),
+            Ok("bbaa".into())
+        );
     }
 
     #[test]

@@ -5,6 +5,41 @@
 use hcl::Expression as E;
 use hcl::Value;
 use hcl::eval::{Context, Evaluate};
+use std::panic::AssertUnwindSafe;
+
+/// The text of a caught panic.
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// `f()`, or an error when it panics. hcl-rs's evaluator panics on some integer arithmetic
+/// (`5 % 0`, and an overflowing `+` or `*` in a debug build): one template's expression must fail,
+/// not end the process that hosts other builds.
+fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+        format!(
+            "the expression cannot be evaluated: {} (kiln's evaluator failed on it)",
+            panic_message(p)
+        )
+    })
+}
+
+/// `expr` evaluated in `ctx` as [`guard`] does, or its error.
+fn eval_guarded(expr: &E, ctx: &Context<'_>) -> Result<Value, String> {
+    guard(|| expr.evaluate(ctx).map_err(|e| e.to_string()))?
+}
+
+/// Evaluates `expr` (its `try`, `can` and `convert` calls first): a panic inside the evaluator
+/// is an error, and so is a value past [`crate::template::functions::limits::MAX_VALUE_BYTES`]
+/// (so locals that double one another stop at the first one too large).
+pub(super) fn evaluate(expr: &E, ctx: &Context<'_>) -> Result<Value, String> {
+    let v = guard(|| resolve(expr, ctx)).and_then(|e| eval_guarded(&e, ctx))?;
+    crate::template::functions::limits::value(&v)?;
+    Ok(v)
+}
 
 fn mentions_lazy(text: &str) -> bool {
     ["try(", "can(", "convert("]
@@ -26,15 +61,15 @@ pub(super) fn resolve(expr: &E, ctx: &Context<'_>) -> E {
             match f.name.name.as_str() {
                 "try" => args
                     .iter()
-                    .find_map(|a| a.evaluate(ctx).ok())
+                    .find_map(|a| eval_guarded(a, ctx).ok())
                     .map(E::from)
                     .unwrap_or_else(|| {
                         // Nothing succeeded: evaluating the first argument reports why.
                         args.first().cloned().unwrap_or(E::Null)
                     }),
-                "can" => E::Bool(args.first().is_some_and(|a| a.evaluate(ctx).is_ok())),
+                "can" => E::Bool(args.first().is_some_and(|a| eval_guarded(a, ctx).is_ok())),
                 _ => match (args.first(), f.args.get(1)) {
-                    (Some(v), Some(t)) => match v.evaluate(ctx) {
+                    (Some(v), Some(t)) => match eval_guarded(v, ctx) {
                         Ok(value) => match convert(value, t) {
                             Ok(v) => E::from(v),
                             Err(_) => expr.clone(),
@@ -116,15 +151,16 @@ pub(super) fn resolve(expr: &E, ctx: &Context<'_>) -> E {
 /// The value of a `for` expression whose parts use `try`/`can`/`convert`; `None` when any part
 /// fails (evaluating the expression as it is then reports why).
 fn run_for(f: &hcl::expr::ForExpr, ctx: &Context<'_>) -> Option<Value> {
-    let items: Vec<(Value, Value)> = match resolve(&f.collection_expr, ctx).evaluate(ctx).ok()? {
-        Value::Array(a) => a
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| (Value::from(i as u64), v))
-            .collect(),
-        Value::Object(o) => o.into_iter().map(|(k, v)| (Value::String(k), v)).collect(),
-        _ => return None,
-    };
+    let items: Vec<(Value, Value)> =
+        match eval_guarded(&resolve(&f.collection_expr, ctx), ctx).ok()? {
+            Value::Array(a) => a
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (Value::from(i as u64), v))
+                .collect(),
+            Value::Object(o) => o.into_iter().map(|(k, v)| (Value::String(k), v)).collect(),
+            _ => return None,
+        };
     let mut list = Vec::new();
     let mut object: hcl::Map<String, Value> = hcl::Map::new();
     for (k, v) in items {
@@ -134,18 +170,18 @@ fn run_for(f: &hcl::expr::ForExpr, ctx: &Context<'_>) -> Option<Value> {
         }
         c.declare_var(f.value_var.clone(), v);
         if let Some(cond) = &f.cond_expr {
-            match resolve(cond, &c).evaluate(&c).ok()? {
+            match eval_guarded(&resolve(cond, &c), &c).ok()? {
                 Value::Bool(true) => {}
                 Value::Bool(false) => continue,
                 _ => return None,
             }
         }
-        let value = resolve(&f.value_expr, &c).evaluate(&c).ok()?;
+        let value = eval_guarded(&resolve(&f.value_expr, &c), &c).ok()?;
         let Some(key_expr) = &f.key_expr else {
             list.push(value);
             continue;
         };
-        let key = match resolve(key_expr, &c).evaluate(&c).ok()? {
+        let key = match eval_guarded(&resolve(key_expr, &c), &c).ok()? {
             Value::String(s) => s,
             other => other.to_string(),
         };
@@ -230,4 +266,49 @@ pub(super) fn names_any_local(expr: &E, waiting: &[String], me: &str) -> bool {
             !after.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '-')
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Context<'static> {
+        let mut c = Context::new();
+        crate::template::functions::declare(&mut c, false);
+        c
+    }
+
+    fn expr(text: &str) -> E {
+        E::from(hcl_edit::parser::parse_expr(text).expect("expression"))
+    }
+
+    #[test]
+    fn evaluator_panics_are_errors() {
+        // hcl-rs computes `u64 % 0`: a panic in any build profile.
+        let e = evaluate(&expr("5 % 0"), &ctx()).expect_err("division by zero");
+        assert!(
+            e.contains("cannot be evaluated") && e.contains("remainder"),
+            "{e}"
+        );
+        // Inside `try` and `can`, the panic is a failed argument like any other.
+        assert_eq!(
+            evaluate(&expr(r#"try(5 % 0, "fallback")"#), &ctx()),
+            Ok(Value::from("fallback"))
+        );
+        assert_eq!(
+            evaluate(&expr("can(5 % 0)"), &ctx()),
+            Ok(Value::from(false))
+        );
+        assert_eq!(evaluate(&expr("7 % 4"), &ctx()), Ok(Value::from(3)));
+    }
+
+    #[test]
+    fn a_value_too_large_is_an_error() {
+        let mut c = ctx();
+        c.declare_var("s", Value::from("x".repeat(16 << 20)));
+        let many = format!("\"{}\"", "${s}".repeat(9));
+        let e = evaluate(&expr(&many), &c).expect_err("144 MiB");
+        assert!(e.contains("128 MiB"), "{e}");
+        assert!(evaluate(&expr("\"${s}${s}\""), &c).is_ok());
+    }
 }

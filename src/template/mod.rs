@@ -17,6 +17,7 @@ mod lazy;
 pub mod node;
 pub mod packer_json;
 pub mod provisioner;
+pub mod sandbox;
 
 use config::ChrootConfig;
 use provisioner::{PostProcessor, Provisioner};

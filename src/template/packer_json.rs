@@ -33,6 +33,8 @@ pub fn read(path: &Path, file: &Arc<str>) -> Result<String, Diagnostic> {
 
 /// Loads a Packer JSON template. Never panics.
 pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
+    // `{{env}}` sees the build's allow-listed environment, never the process's own.
+    super::functions::set_env(&inputs.env);
     let file: Arc<str> = Arc::from(path.display().to_string());
     let mut out = Loaded::default();
     let text = match read(path, &file) {

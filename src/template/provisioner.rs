@@ -458,8 +458,14 @@ pub fn parse_duration(s: &str) -> Option<f64> {
         total += n * factor;
         rest = &rest[unit_end..];
     }
-    Some(total)
+    // Every caller turns the result into a `Duration`, which panics past u64 seconds: a
+    // duration beyond any build's life is a bad value, not a reason to crash.
+    (total.is_finite() && total <= MAX_DURATION_S).then_some(total)
 }
+
+/// The longest duration a template may give (10 years): far beyond any build, far below what
+/// `std::time::Duration` can hold.
+pub const MAX_DURATION_S: f64 = 10.0 * 365.0 * 86_400.0;
 
 #[cfg(test)]
 mod tests {
@@ -468,6 +474,8 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("1h30m"), Some(5400.0));
+        assert_eq!(parse_duration("99999999999999999h"), None);
+        assert_eq!(parse_duration("87600h"), Some(87600.0 * 3600.0));
         assert_eq!(parse_duration("10s"), Some(10.0));
         assert_eq!(parse_duration("500ms"), Some(0.5));
         assert_eq!(parse_duration("10"), None);

@@ -2,6 +2,12 @@
 //! a finished build id from its result (or journal), take the build's checkpoint journal, keep the
 //! message and the lease alive while the pipeline runs, stream the log, then publish the result and
 //! delete the message, or make it visible again for a retry, a drain or the dead-letter queue.
+//!
+//! A panic anywhere in a build (its template's load, its pipeline outside the steps, which the
+//! engine contains itself) fails that build with the panic's message, like any other failure: the
+//! heartbeat and the lease stop, the result is published, and the worker goes on with its other
+//! builds. A template is evaluated with an allow-listed environment
+//! ([`contain::TEMPLATE_ENV`]), never the worker's own (`AWS_*`, `KILN_*`).
 
 use super::fetch::fetch_template;
 use super::publish::{Log, delete, finish, publish, record_bake, release, result_from_journal};
@@ -16,6 +22,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+mod contain;
+
+use contain::{caught, panic_if_asked, panic_message, panicked, template_env};
 
 /// Handles one message to the end: never panics the worker, never loses the message.
 pub(super) async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: CancellationToken) {
@@ -43,6 +53,8 @@ pub(super) async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: 
     let handed_over = CancellationToken::new();
     // Heartbeat: renew the lease and keep the message invisible while the build runs.
     let hb_stop = CancellationToken::new();
+    // Stops the heartbeat and the lease renewal even if this function unwinds.
+    let _hb_guard = hb_stop.clone().drop_guard();
     let visibility = ctx.cfg.visibility_s.max(3);
     let on_lost = checkpoint::hand_over(&build_id, handed_over.clone(), cancel.clone());
     let renewal = checkpoint::spawn_renewal(
@@ -61,7 +73,7 @@ pub(super) async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: 
     let recorder = Arc::new(JournalRecorder::new(Arc::clone(&journal), on_lost));
     ctx.in_flight
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let outcome = run_request(
+    let outcome = caught(run_request(
         ctx,
         &req,
         &build_id,
@@ -72,8 +84,9 @@ pub(super) async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: 
         Arc::clone(&recorder) as Arc<dyn crate::pipeline::state::Recorder>,
         attempt,
         journal.journal().generation,
-    )
-    .await;
+    ))
+    .await
+    .unwrap_or_else(|p| panicked(&build_id, "build", &p));
     // Builds running when this one ended, itself included.
     let running = ctx
         .in_flight
@@ -407,9 +420,10 @@ async fn run_request(
     attempt: u32,
     generation: String,
 ) -> BuildResult {
-    let (plan, masker) = match load_plan(ctx, req, build_id, work).await {
-        Ok(p) => p,
-        Err(failed) => return *failed,
+    let (plan, masker) = match caught(load_plan(ctx, req, build_id, work)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(failed)) => return *failed,
+        Err(p) => return panicked(build_id, "validate", &p),
     };
     let sink_log = Arc::clone(&log);
     let sink_masker = masker.clone();
@@ -424,6 +438,8 @@ async fn run_request(
     });
     // Stream the log to S3 while the build runs.
     let flush_stop = CancellationToken::new();
+    // Stops the flusher even if the pipeline unwinds.
+    let _flush_guard = flush_stop.clone().drop_guard();
     let flusher = {
         let s3 = ctx.clients.s3.clone();
         let bucket = ctx.cfg.buckets[0].clone();
@@ -457,6 +473,35 @@ async fn run_request(
     flush_stop.cancel();
     let _ = flusher.await;
     result
+}
+
+/// Loads the template at `dir` off the async threads (evaluation is CPU work, bounded but not
+/// instant); a panic in it is the build's failure.
+async fn load_blocking(
+    build_id: &str,
+    dir: &Path,
+    inputs: &Inputs,
+) -> Result<template::Loaded, Box<BuildResult>> {
+    let (dir, inputs) = (dir.to_path_buf(), inputs.clone());
+    let load = move || {
+        // For `{{env}}` in JSON templates too (HCL's loader sets it itself).
+        template::functions::set_env(&inputs.env);
+        template::load(&dir, &inputs)
+    };
+    match tokio::task::spawn_blocking(load).await {
+        Ok(l) => Ok(l),
+        Err(e) if e.is_panic() => Err(Box::new(panicked(
+            build_id,
+            "validate",
+            &panic_message(e.into_panic()),
+        ))),
+        Err(e) => Err(Box::new(early_failure(
+            build_id,
+            "validate",
+            e.to_string(),
+            true,
+        ))),
+    }
 }
 
 /// Fetches the request's template, fetches its data sources, and loads the one build it asks for;
@@ -495,11 +540,13 @@ async fn load_plan(
         only: req.only.clone(),
         except: req.except.clone(),
         cwd: work.to_path_buf(),
+        env: template_env(),
         ..Inputs::default()
     };
     // A file of a directory template names the whole directory.
     let dir = template::directory_of(&path);
-    let loaded = template::load(&dir, &inputs);
+    panic_if_asked();
+    let loaded = load_blocking(build_id, &dir, &inputs).await?;
     let loaded =
         match crate::data_sources::complete(&dir, &inputs, loaded, ctx.clients.config()).await {
             Ok(l) => l,

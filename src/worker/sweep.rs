@@ -79,8 +79,9 @@ fn device_holds(dev: &Path, volume: &str) -> bool {
 }
 
 /// Cleans up what builds of dead workers left on this host, before taking new work: for every
-/// device lock no live build holds whose note names a volume its device still holds, the mounts of
-/// that device (processes inside are killed first), its loop device, and the aliases. Volumes stay:
+/// device lock no live build holds: its sandbox (processes, cgroup, network; named after the
+/// lock), and if its note names a volume its device still holds, the mounts of that device
+/// (processes inside are killed first), its loop device, and the aliases. Volumes stay:
 /// the build's next attempt reclaims them.
 pub async fn sweep_host(lock_dir: &Path) -> Vec<String> {
     let mut done = Vec::new();
@@ -106,6 +107,18 @@ pub async fn sweep_host(lock_dir: &Path) -> Vec<String> {
         let Ok(Some(lock)) = crate::host::lock::DeviceLock::try_lock(lock_dir, name) else {
             continue;
         };
+        // The dead build's sandbox first: its processes may hold the mounts.
+        let sandbox = crate::host::sandbox::id_for_lock(name);
+        match crate::host::sandbox::remove_leftovers(&sandbox) {
+            Ok(found) => done.extend(
+                found
+                    .into_iter()
+                    .map(|f| format!("removed {f} (sandbox {sandbox})")),
+            ),
+            Err(err) => {
+                tracing::error!(sandbox, error = %err, "could not remove a dead build's sandbox")
+            }
+        }
         let mut parts = note.split_whitespace();
         if let (Some(volume), Some(dev)) = (parts.next(), parts.next()) {
             let dev = PathBuf::from(dev);

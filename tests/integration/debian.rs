@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 /// so `python3-cffi-backend` is named for ansible-core's cryptography) and mirror.
 const SUITE: &str = "bookworm";
 const VARIANT: &str = "minbase";
-const INCLUDE: &str = "python3,python3-cffi-backend,ansible-core";
+const INCLUDE: &str = "python3,python3-cffi-backend,ansible-core,sudo";
 const MIRROR: &str = "http://deb.debian.org/debian";
 /// Where fixtures are cached between runs (outside the clone; nothing depends on it being warm).
 const CACHE_DIR: &str = "/var/tmp/kiln-cache";

@@ -488,7 +488,8 @@ async fn failures_at_each_step_leave_nothing_behind() {
     );
 }
 
-/// A process left running by a provisioner is killed before unmounting, and the build succeeds.
+/// A process left running by a provisioner is killed (it dies with the sandbox's PID namespace
+/// when its command ends, or with the build's cgroup after the step), and the build succeeds.
 #[tokio::test]
 async fn a_process_left_running_is_killed_and_the_build_succeeds() {
     with_janitor(|janitor| async move {
@@ -498,7 +499,6 @@ async fn a_process_left_running_is_killed_and_the_build_succeeds() {
         let (ok, doc, stderr) = build(&tpl, &["--build-id".into(), id.clone()]);
         track_result(&janitor, &doc);
         assert!(ok, "{doc:#}\n{stderr}");
-        assert!(stderr.contains("killed a process left running in the chroot"), "{stderr}");
         let out = Command::new("pgrep").args(["-f", "^sleep 601$"]).output().expect("pgrep");
         assert!(out.stdout.is_empty());
     })

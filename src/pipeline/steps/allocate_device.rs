@@ -1,6 +1,8 @@
 //! Step `allocate-device`: a free attachment point, locked for the whole build (one lock per
 //! device, not one per host), checked against the instance's EC2 attachments and /dev. Its
-//! DescribeInstances also confirms that the builder instance exists.
+//! DescribeInstances also confirms that the builder instance exists. A template's `device_path`
+//! must be an attachment point `/dev/(sd|xvd)[f-p]`. Undo (always): the aliases kiln recorded for
+//! the device removed (only those), the lock's note cleared and the lock released.
 
 use crate::ec2::volumes;
 use crate::host::{devices, lock::DeviceLock};
@@ -16,7 +18,8 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         volumes::instance_devices(&b.clients.ec2, &b.region, &instance.instance_id).await?;
     let (name, lock) = match &b.plan.config.device_path {
         Some(p) => {
-            let name = p.trim_start_matches("/dev/").to_owned();
+            // Validated with the template; checked again: the name makes lock and alias paths.
+            let name = devices::device_name_of(p)?;
             let lock = DeviceLock::try_lock(&b.lock_dir, &name)?.ok_or_else(|| {
                 super::invalid(format!(
                     "Device is in use: {p} (another build on this host holds it)"

@@ -4,7 +4,9 @@
 //! inventory whose host (`host_alias`, default `default`) has `ansible_connection=chroot` and the
 //! mount path as `ansible_host`, so the playbook's tasks run inside the image. A template that
 //! passes its own inventory (`inventory_file`, or `-i` in `extra_arguments` with
-//! `--connection=chroot`, as Packer's documentation shows) runs as written.
+//! `--connection=chroot`, as Packer's documentation shows) runs as written. Either way the chroot
+//! connection runs its commands through the build's sandbox (`ansible_chroot_exe` as an extra
+//! variable, which nothing in a template overrides).
 //!
 //! `ansible-local` stages the playbook and its files inside the image (through `ImageFs`, so paths
 //! resolve within the mount) and runs the image's own `ansible-playbook` there with a local
@@ -153,6 +155,16 @@ pub async fn run(b: &Build, label: &str, a: &Ansible) -> Result<(), StepError> {
         _ => None,
     };
     let mut argv = vec![a.command.clone(), "--extra-vars".into(), packer_vars(b)];
+    // The chroot connection's commands run through the build's sandbox, whatever inventory the
+    // template brings: extra vars take precedence over every inventory and play variable.
+    let sandbox =
+        b.state.sandbox.as_ref().ok_or_else(|| {
+            super::invalid(format!("{label}: the build has no sandbox to run in"))
+        })?;
+    argv.extend([
+        "--extra-vars".into(),
+        format!("ansible_chroot_exe={}", sandbox.chroot_exe().display()),
+    ]);
     if let Some(inv) = written.as_ref().or(a.inventory_file.as_ref()) {
         argv.extend(["-i".into(), inv.display().to_string()]);
     }

@@ -1,11 +1,13 @@
 //! Step `copy-files`: each `copy_files` host path copied to the same path inside the image,
 //! resolved within the mount (a link in the image's parent directories leads elsewhere in the
 //! image, never onto the host). What was there is kept: a symlink (systemd's /etc/resolv.conf) is
-//! replaced and restored at cleanup, a file moved aside and restored, so the image is left as it
-//! was. Undo (always): remove the copies, restore the originals.
+//! replaced and restored at cleanup, anything else (a file, and equally a device node or FIFO,
+//! which kiln never opens) moved aside and restored, so the image is left as it was; the copy is
+//! a new regular file. The host source must be a regular file. Undo (always): remove the copies,
+//! restore the originals.
 
 use crate::host::HostError;
-use crate::host::image_fs::{Entry, ImageFs};
+use crate::host::image_fs::{self, Entry, ImageFs};
 use crate::pipeline::state::CopiedFile;
 use crate::pipeline::{Build, StepError};
 use std::path::Path;
@@ -39,8 +41,8 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
             }
         }
         b.state.copied.push(record);
-        let mut from =
-            std::fs::File::open(Path::new(&src)).map_err(HostError::io("reading", &src))?;
+        let mut from = image_fs::open_host_source(Path::new(&src))?;
+        // Created anew (`O_EXCL`, never opening what is there): the original was moved aside.
         let mut to = image.create(&src, 0o644)?;
         std::io::copy(&mut from, &mut to).map_err(HostError::io("copying into the image", &src))?;
     }

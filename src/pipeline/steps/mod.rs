@@ -21,6 +21,7 @@ mod pre_validate;
 mod provision;
 mod reclaim;
 mod register_image;
+mod sandbox;
 mod snapshot;
 mod source_image;
 
@@ -52,6 +53,8 @@ pub enum StepId {
     PostMountCommands,
     /// `chroot_mounts`.
     MountExtra,
+    /// The build's sandbox (cgroup, network namespace, launcher).
+    Sandbox,
     /// `copy_files`.
     CopyFiles,
     /// The provisioners.
@@ -87,6 +90,7 @@ impl StepId {
             StepId::MountDevice => "mount-device",
             StepId::PostMountCommands => "post-mount-commands",
             StepId::MountExtra => "mount-extra",
+            StepId::Sandbox => "sandbox",
             StepId::CopyFiles => "copy-files",
             StepId::Provision => "provision",
             StepId::EarlyCleanup => "early-cleanup",
@@ -113,6 +117,7 @@ impl StepId {
             StepId::MountDevice => "Mounting the root device",
             StepId::PostMountCommands => "Running post-mount commands",
             StepId::MountExtra => "Mounting additional paths within the chroot",
+            StepId::Sandbox => "Preparing the build's sandbox",
             StepId::CopyFiles => "Copying files from host to chroot",
             StepId::Provision => "Provisioning inside the chroot",
             StepId::EarlyCleanup => "Unmounting and detaching before the snapshot",
@@ -142,6 +147,7 @@ pub fn plan_steps(c: &ChrootConfig) -> Vec<StepId> {
         MountDevice,
         PostMountCommands,
         MountExtra,
+        Sandbox,
         CopyFiles,
         Provision,
         EarlyCleanup,
@@ -164,9 +170,8 @@ pub fn skipped(step: StepId, b: &Build) -> bool {
     match step {
         Reclaim => b.attempt <= 1,
         AllocateDevice | CreateVolume | AttachVolume | PreMountCommands | MountDevice
-        | PostMountCommands | MountExtra | CopyFiles | Provision | EarlyCleanup | Snapshot => {
-            b.state.reused_snapshot
-        }
+        | PostMountCommands | MountExtra | Sandbox | CopyFiles | Provision | EarlyCleanup
+        | Snapshot => b.state.reused_snapshot,
         _ => false,
     }
 }
@@ -177,8 +182,8 @@ pub fn skipped(step: StepId, b: &Build) -> bool {
 pub fn undo_applies(step: StepId, failed: bool) -> bool {
     use StepId::*;
     match step {
-        AllocateDevice | CreateVolume | AttachVolume | MountDevice | MountExtra | CopyFiles
-        | BootTest => true,
+        AllocateDevice | CreateVolume | AttachVolume | MountDevice | MountExtra | Sandbox
+        | CopyFiles | BootTest => true,
         Reclaim | Snapshot | RegisterImage | CopyRegions => failed,
         _ => false,
     }
@@ -199,6 +204,7 @@ pub async fn run(step: StepId, b: &mut Build) -> Result<serde_json::Value, StepE
         MountDevice => mount_device::run(b).await,
         PostMountCommands => mount_commands::run_post(b).await,
         MountExtra => mount_extra::run(b).await,
+        Sandbox => sandbox::run(b).await,
         CopyFiles => copy_files::run(b).await,
         Provision => provision::run(b).await,
         EarlyCleanup => early_cleanup::run(b).await,
@@ -221,6 +227,7 @@ pub async fn undo(step: StepId, b: &mut Build) -> Result<(), StepError> {
         AttachVolume => attach_volume::undo(b).await,
         MountDevice => mount_device::undo(b).await,
         MountExtra => mount_extra::undo(b).await,
+        Sandbox => sandbox::undo(b).await,
         CopyFiles => copy_files::undo(b),
         Snapshot => snapshot::undo(b).await,
         BootTest => boot_test::undo(b).await,
@@ -266,6 +273,14 @@ pub fn inventory_of(step: StepId, b: &Build) -> Vec<String> {
                 .iter()
                 .map(|m| format!("mount {}", m.host_path.display())),
         ),
+        Sandbox => v.extend(s.sandbox.as_ref().map(|sb| {
+            format!(
+                "sandbox {} (cgroup {:?}, network namespace {})",
+                sb.id(),
+                sb.cgroup().dirs(),
+                sb.net().map(|n| n.ns.as_str()).unwrap_or("none")
+            )
+        })),
         CopyFiles => v.extend(
             s.copied
                 .iter()
@@ -312,6 +327,7 @@ pub fn inventory(b: &Build) -> Vec<String> {
         AttachVolume,
         MountDevice,
         MountExtra,
+        Sandbox,
         CopyFiles,
         Snapshot,
         RegisterImage,
@@ -320,6 +336,11 @@ pub fn inventory(b: &Build) -> Vec<String> {
     }
     v.dedup();
     v
+}
+
+/// After each step: kills whatever the build left running in its cgroup.
+pub async fn after_step(b: &Build) {
+    sandbox::kill_leftovers(b).await;
 }
 
 /// Shorthand for an `Invalid` error.

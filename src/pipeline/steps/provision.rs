@@ -1,6 +1,6 @@
 //! Step `provision`: the template's provisioners in order. `shell` and `file` work inside the
-//! chroot (commands run as `chroot MOUNT /bin/sh -c ...` children through `command_wrapper`, never
-//! by chrooting kiln); `shell-local` runs on the host with the build's device and mount path.
+//! build's sandbox (commands run as `LAUNCHER /bin/sh -c ...` children through `command_wrapper`,
+//! see `crate::host::sandbox`); `shell-local` runs on the host with the build's device and mount path.
 //! Output is streamed under the provisioner's name; a failure names the provisioner, the exit
 //! code and the last lines of output.
 
@@ -119,7 +119,7 @@ async fn run_shell(b: &Build, label: &str, s: &Shell, local: bool) -> Result<(),
     Ok(())
 }
 
-/// Runs `inner` with `/bin/sh -c` inside the chroot (`chroot MOUNT /bin/sh -c ...` through
+/// Runs `inner` with `/bin/sh -c` inside the build's sandbox (its launcher, through
 /// `command_wrapper`, a child in its own process group), its output under `label`; `display` is
 /// what logs show (masked). Succeeds on an exit code in `codes`.
 pub(super) async fn in_chroot(
@@ -129,12 +129,11 @@ pub(super) async fn in_chroot(
     display: &str,
     codes: &[i32],
 ) -> Result<(), StepError> {
-    let mp = b.mount_path()?;
-    let chroot_cmd = format!(
-        "chroot {} /bin/sh -c {}",
-        shell_quote(&mp.display().to_string()),
-        shell_quote(inner)
-    );
+    let sandbox =
+        b.state.sandbox.as_ref().ok_or_else(|| {
+            super::invalid(format!("{label}: the build has no sandbox to run in"))
+        })?;
+    let chroot_cmd = sandbox.shell(inner);
     let wrapped = b.render(
         "command_wrapper",
         &b.plan.config.command_wrapper,

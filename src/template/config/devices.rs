@@ -1,5 +1,7 @@
 //! `ami_block_device_mappings`: EBS volume types and their IOPS and throughput ranges, and each
-//! mapping's fields and checks, as Packer's chroot builder has them.
+//! mapping's fields and checks, as Packer's chroot builder has them; and the checks of the fields
+//! that name host paths (`device_path`, `nvme_device_path`, `mount_path`), which kiln's own file
+//! operations act on as root and so must never lead elsewhere on the host.
 
 use crate::template::decode::Fields;
 use serde::Serialize;
@@ -15,6 +17,60 @@ pub const GP3_THROUGHPUT: (i64, i64) = (125, 1000);
 pub const IO1_IOPS: (i64, i64) = (100, 64000);
 /// io2 IOPS range (EBS documentation, io2 Block Express).
 pub const IO2_IOPS: (i64, i64) = (100, 256000);
+
+/// Where kiln mounts build volumes: every `mount_path` (Packer's default
+/// `/mnt/packer-amazon-chroot-volumes/{{.Device}}` included) is a directory below it.
+pub const MOUNT_ROOT: &str = "/mnt";
+
+/// Attachment-point letters a `device_path` may use (Packer's `/dev/xvdf` .. `/dev/xvdp`).
+pub const DEVICE_LETTERS: &str = "fghijklmnop";
+
+/// Why `path` is not a `device_path` kiln accepts (`/dev/sd[f-p]` or `/dev/xvd[f-p]`: the device
+/// the volume is attached as, which also names kiln's lock and alias files), or `None`. Pure.
+pub fn device_path_problem(path: &str) -> Option<String> {
+    let ok = path
+        .strip_prefix("/dev/")
+        .and_then(|n| n.strip_prefix("xvd").or_else(|| n.strip_prefix("sd")))
+        .is_some_and(|l| l.len() == 1 && DEVICE_LETTERS.contains(l));
+    (!ok).then(|| {
+        format!(
+            "device_path must be an attachment point /dev/sd[f-p] or /dev/xvd[f-p], such as /dev/sdf (got {path:?}): it names the device the volume is attached as; leave it unset to let kiln choose a free one"
+        )
+    })
+}
+
+/// Why `path` is not an `nvme_device_path` kiln accepts (an NVMe node directly in `/dev`, such as
+/// `/dev/nvme1n1`: lowercase letters and digits after `nvme`, no `/` or `..`), or `None`. Pure.
+pub fn nvme_device_path_problem(path: &str) -> Option<String> {
+    let ok = path.strip_prefix("/dev/nvme").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    });
+    (!ok).then(|| {
+        format!(
+            "nvme_device_path must be an NVMe device node directly in /dev, such as /dev/nvme1n1 (got {path:?}): it names the node the attached volume appears as; leave it unset to let kiln find the volume's node by its id"
+        )
+    })
+}
+
+/// Why `path` (a `mount_path` with `{{.Device}}` rendered) is not a directory kiln may mount the
+/// volume on: it must be absolute, below [`MOUNT_ROOT`], without `.` or `..` components or
+/// control characters. `None` when it is fine. Pure.
+pub fn mount_path_problem(path: &str) -> Option<String> {
+    let below_root = path
+        .strip_prefix(MOUNT_ROOT)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|rest| rest.split('/').any(|c| !c.is_empty()));
+    let dots = path.split('/').any(|c| c == "." || c == "..");
+    let control = path.chars().any(char::is_control);
+    (!below_root || dots || control).then(|| {
+        format!(
+            "mount_path must be a directory below {MOUNT_ROOT} without \".\" or \"..\" components, such as {MOUNT_ROOT}/packer-amazon-chroot-volumes/{{{{.Device}}}} (got {path:?}): kiln mounts the volume there as root and unmounts only what it mounted"
+        )
+    })
+}
 
 /// An EBS block device mapping (`ami_block_device_mappings`).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -158,5 +214,90 @@ pub(super) fn validate_mapping(b: &BlockDevice, g: &mut Fields<'_>) {
             "volume_size",
             format!("volume_size must be a positive number of GiB (got {s})"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_path_is_an_attachment_point() {
+        for ok in ["/dev/sdf", "/dev/xvdf", "/dev/xvdp", "/dev/sdk"] {
+            assert_eq!(device_path_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "/dev/../../../tmp/x",
+            "/dev/xvda",
+            "/dev/sde",
+            "/dev/xvdq",
+            "/dev/xvdf1",
+            "/dev/xvdff",
+            "/dev/nvme1n1",
+            "/tmp/x",
+            "xvdf",
+            "/dev/kiln/xvdf",
+            "/dev/xvd/",
+            "",
+        ] {
+            let e = device_path_problem(bad).unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.starts_with("device_path must be"), "{e}");
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn nvme_device_path_is_a_plain_node_name() {
+        for ok in ["/dev/nvme1n1", "/dev/nvme0n1p", "/dev/nvme12n3"] {
+            assert_eq!(nvme_device_path_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "/dev/nvme",
+            "/dev/nvme1n1/../../tmp/x",
+            "/dev/nvme/../sda",
+            "/dev/nvme..",
+            "/dev/sda",
+            "/dev/disk/by-id/nvme-x",
+            "/dev/nvme1N1",
+            "nvme1n1",
+        ] {
+            let e = nvme_device_path_problem(bad).unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.starts_with("nvme_device_path must be"), "{e}");
+        }
+    }
+
+    #[test]
+    fn mount_path_stays_below_the_mount_root() {
+        for ok in [
+            "/mnt/packer-amazon-chroot-volumes/xvdf",
+            "/mnt/chroot",
+            "/mnt/chroot/",
+            "/mnt/a//b",
+            "/mnt/kiln-test-x-1-2",
+        ] {
+            assert_eq!(mount_path_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "/mnt",
+            "/mnt/",
+            "/mnt//",
+            "/mntx/a",
+            "/mnt/../etc",
+            "/mnt/a/../../tmp",
+            "/mnt/./a",
+            "/mnt/a/.",
+            "/tmp/x",
+            "/",
+            "mnt/a",
+            "relative",
+            "/mnt/a\nb",
+            "",
+        ] {
+            let e = mount_path_problem(bad).unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(
+                e.starts_with("mount_path must be a directory below /mnt"),
+                "{e}"
+            );
+        }
     }
 }

@@ -5,7 +5,10 @@ mod devices;
 mod filters;
 mod foreign;
 
-pub use devices::{BlockDevice, GP3_IOPS, GP3_THROUGHPUT, IO1_IOPS, IO2_IOPS, VOLUME_TYPES};
+pub use devices::{
+    BlockDevice, DEVICE_LETTERS, GP3_IOPS, GP3_THROUGHPUT, IO1_IOPS, IO2_IOPS, MOUNT_ROOT,
+    VOLUME_TYPES, device_path_problem, mount_path_problem, nvme_device_path_problem,
+};
 pub use filters::{AmiFilter, decode_filter_node};
 pub use foreign::FOREIGN_FIELDS;
 
@@ -177,6 +180,8 @@ pub struct ChrootConfig {
     pub boot_mode: Option<String>,
     /// kiln's boot test: boot the snapshot before registering it (`boot_test` block).
     pub boot_test: Option<super::boot_test::BootTest>,
+    /// kiln's build sandbox: network and limits the template asks for (`sandbox` block).
+    pub sandbox: super::sandbox::SandboxConfig,
     /// UEFI variable store.
     pub uefi_data: Option<String>,
     /// `v2.0` for NitroTPM.
@@ -236,8 +241,9 @@ impl ChrootConfig {
             deregistration_protection: f.raw("deregistration_protection").map(|n| n.to_json()),
             assume_role: f.raw("assume_role").map(|n| n.to_json()),
             command_wrapper: f.string("command_wrapper", ph::COMMAND).unwrap_or_default(),
-            device_path: f.string("device_path", &[]),
-            nvme_device_path: f.string("nvme_device_path", &[]),
+            // Packer's weak decoding: "" is unset.
+            device_path: f.string("device_path", &[]).filter(|s| !s.is_empty()),
+            nvme_device_path: f.string("nvme_device_path", &[]).filter(|s| !s.is_empty()),
             from_scratch: f.bool("from_scratch").unwrap_or(false),
             mount_options: f.string_list("mount_options", &[]).unwrap_or_default(),
             mount_partition: f.string("mount_partition", &[]).unwrap_or_default(),
@@ -273,6 +279,7 @@ impl ChrootConfig {
         c.source_ami_filter = decode_filter(f).or(data_filter);
         c.ami_block_device_mappings = decode_mappings(f);
         c.boot_test = super::boot_test::decode(f);
+        c.sandbox = super::sandbox::decode(f);
         let copy_files_set = f.has("copy_files");
         c.copy_files = f.string_list("copy_files", &[]).unwrap_or_default();
         let mounts_set = f.has("chroot_mounts");
@@ -429,6 +436,7 @@ impl ChrootConfig {
                 );
             }
         }
+        self.validate_host_paths(f);
         if !self.command_wrapper.contains("{{.Command}}") {
             f.warn(
                 "command_wrapper",
@@ -515,6 +523,43 @@ impl ChrootConfig {
     }
 }
 
+impl ChrootConfig {
+    /// `device_path`, `nvme_device_path` and `mount_path` name host paths that kiln locks, links,
+    /// mounts and unmounts as root: each must be what Packer documents it to be (see
+    /// [`device_path_problem`], [`nvme_device_path_problem`], [`mount_path_problem`]).
+    fn validate_host_paths(&self, f: &mut Fields<'_>) {
+        if let Some(p) = &self.device_path
+            && let Some(e) = device_path_problem(p)
+        {
+            f.error("device_path", e);
+        }
+        if let Some(p) = &self.nvme_device_path
+            && let Some(e) = nvme_device_path_problem(p)
+        {
+            f.error("nvme_device_path", e);
+        }
+        match self.sample_mount_path(f.ctx) {
+            Ok(p) => {
+                if let Some(e) = mount_path_problem(&p) {
+                    f.error("mount_path", e);
+                }
+            }
+            Err(e) => f.error("mount_path", e),
+        }
+    }
+
+    /// `mount_path` as a build renders it, with `{{.Device}}` standing for an attachment point
+    /// (`xvdf`; a device name is always one plain path component).
+    fn sample_mount_path(&self, ctx: &super::gotmpl::Ctx) -> Result<String, String> {
+        if !super::gotmpl::has_actions(&self.mount_path) {
+            return Ok(self.mount_path.clone());
+        }
+        let mut ctx = ctx.clone();
+        ctx.placeholders = [("Device".to_owned(), Some("xvdf".to_owned()))].into();
+        super::gotmpl::render(&self.mount_path, &ctx).map(|r| r.text)
+    }
+}
+
 fn decode_polling(f: &mut Fields<'_>) -> Option<AwsPolling> {
     let node = f.raw("aws_polling")?;
     let node = match &node.value {
@@ -570,4 +615,62 @@ fn decode_mounts(f: &mut Fields<'_>) -> Vec<[String; 3]> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// Loads a JSON template with one chroot builder made of `fields`; returns its errors.
+    fn errors_of(fields: &str) -> Vec<String> {
+        let dir = std::env::temp_dir().join(format!(
+            "kiln-config-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let p = dir.join("t.json");
+        std::fs::write(
+            &p,
+            format!(
+                r#"{{"builders": [{{"type": "amazon-chroot", "ami_name": "kiln-ami", "source_ami": "ami-12345678"{fields}}}]}}"#
+            ),
+        )
+        .expect("write");
+        let inputs = crate::template::Inputs {
+            cwd: dir.clone(),
+            ..Default::default()
+        };
+        let l = crate::template::load(&p, &inputs);
+        let _ = std::fs::remove_dir_all(&dir);
+        l.errors().map(ToString::to_string).collect()
+    }
+
+    /// The fields that name host paths are checked at validation, each error naming its field.
+    #[test]
+    fn host_path_fields_are_validated() {
+        assert_eq!(errors_of(""), Vec::<String>::new());
+        assert_eq!(
+            errors_of(
+                r#", "device_path": "/dev/xvdg", "nvme_device_path": "/dev/nvme1n1", "mount_path": "/mnt/chroot-{{.Device}}""#
+            ),
+            Vec::<String>::new()
+        );
+        // "" is unset, as in Packer's weak decoding.
+        assert_eq!(errors_of(r#", "device_path": """#), Vec::<String>::new());
+        for (fields, field) in [
+            (r#", "device_path": "/dev/../../../tmp/x""#, "device_path"),
+            (
+                r#", "nvme_device_path": "/dev/nvme1n1/../../sda""#,
+                "nvme_device_path",
+            ),
+            (r#", "mount_path": "/mnt/../tmp/{{.Device}}""#, "mount_path"),
+            (r#", "mount_path": "/tmp/{{.Device}}""#, "mount_path"),
+            (r#", "mount_path": "/mnt/{{.MountPath}}""#, "mount_path"),
+        ] {
+            let e = errors_of(fields);
+            assert_eq!(e.len(), 1, "{fields}: {e:?}");
+            assert!(e[0].contains(field), "{fields}: {e:?}");
+        }
+        let e = errors_of(r#", "device_path": "/dev/../../../tmp/x""#).join("\n");
+        assert!(e.contains("/dev/sd[f-p] or /dev/xvd[f-p]"), "{e}");
+    }
 }

@@ -1,36 +1,22 @@
 //! Packer's collection functions: the basic ones (`concat`, `merge`, `lookup`, `coalesce`,
-//! `length`, `contains`, `element`, `keys`, `values`, `compact`, `distinct`, `flatten`) and
-//! `chunklist`, `coalescelist`, `index`, `range`, `reverse`, `slice`, `sort`, `setintersection`,
-//! `setunion`, `setproduct`, `transpose`, `zipmap`, `alltrue`, `anytrue`, `one`; and the string
-//! functions that work on lists: `formatlist`, `indent`, `regexall`, `strrev`.
+//! `length`, `contains`, `element`, `keys`, `values`, `compact`, `flatten`) and `chunklist`,
+//! `coalescelist`, `index`, `range`, `reverse`, `slice`, `sort`, `transpose`, `zipmap`,
+//! `alltrue`, `anytrue`, `one` (the set functions and `distinct` are in `sets`). Indexes and
+//! counts are checked whole numbers; results are bounded by [`super::limits`].
 
+use super::limits::{self, charge};
 use super::{num, s};
 use hcl::eval::{Context, FuncDef, ParamType};
 use hcl::{Map, Value};
+
+/// The most elements `range` builds: Terraform's own limit.
+pub const MAX_RANGE: usize = 1024;
 
 fn list<'a>(f: &str, v: &'a Value) -> Result<&'a Vec<Value>, String> {
     match v {
         Value::Array(a) => Ok(a),
         other => Err(format!("{f}: expected a list, got {other}")),
     }
-}
-
-fn unique(items: impl IntoIterator<Item = Value>) -> Vec<Value> {
-    let mut out: Vec<Value> = Vec::new();
-    for v in items {
-        if !out.contains(&v) {
-            out.push(v);
-        }
-    }
-    out
-}
-
-fn index_arg(f: &str, v: &Value) -> Result<usize, String> {
-    let n = num(v)?;
-    if n < 0.0 || n.fract() != 0.0 {
-        return Err(format!("{f}: {n} is not a valid index"));
-    }
-    Ok(n as usize)
 }
 
 /// Declares the functions on `ctx`.
@@ -42,16 +28,19 @@ pub(super) fn declare(ctx: &mut Context<'_>) {
             .params([ParamType::Any, ParamType::Number])
             .build(|a| {
                 let items = list("chunklist", &a[0])?;
-                let size = index_arg("chunklist", &a[1])?;
+                let size = limits::count("chunklist", &a[1], usize::MAX)?;
                 if size == 0 {
                     return Ok(Value::Array(vec![Value::Array(items.clone())]));
                 }
-                Ok(Value::Array(
-                    items
-                        .chunks(size)
-                        .map(|c| Value::Array(c.to_vec()))
-                        .collect(),
-                ))
+                charge(
+                    "chunklist",
+                    Value::Array(
+                        items
+                            .chunks(size)
+                            .map(|c| Value::Array(c.to_vec()))
+                            .collect(),
+                    ),
+                )
             }),
     );
     ctx.declare_func(
@@ -85,29 +74,12 @@ pub(super) fn declare(ctx: &mut Context<'_>) {
             .variadic_param(ParamType::Number)
             .build(|a| {
                 let n: Vec<f64> = a.iter().map(num).collect::<Result<_, _>>()?;
-                let (start, end, step) = match n.as_slice() {
-                    [e] => (0.0, *e, 1.0),
-                    [s, e] => (*s, *e, if s <= e { 1.0 } else { -1.0 }),
-                    [s, e, st] => (*s, *e, *st),
-                    _ => return Err("range: takes one to three numbers".into()),
-                };
-                if step == 0.0 || (step > 0.0) != (end >= start) && start != end {
-                    return Err("range: the step must move from start toward the limit".into());
+                match n.as_slice() {
+                    [e] => range(0.0, *e, 1.0),
+                    [s, e] => range(*s, *e, if s <= e { 1.0 } else { -1.0 }),
+                    [s, e, st] => range(*s, *e, *st),
+                    _ => Err("range: takes one to three numbers".into()),
                 }
-                let mut out = Vec::new();
-                let mut x = start;
-                while (step > 0.0 && x < end) || (step < 0.0 && x > end) {
-                    out.push(
-                        hcl::Number::from_f64(x)
-                            .map(Value::Number)
-                            .unwrap_or(Value::Null),
-                    );
-                    x += step;
-                    if out.len() > 1024 {
-                        return Err("range: more than 1024 elements".into());
-                    }
-                }
-                Ok(Value::Array(out))
             }),
     );
     ctx.declare_func(
@@ -124,7 +96,10 @@ pub(super) fn declare(ctx: &mut Context<'_>) {
             .params([ParamType::Any, ParamType::Number, ParamType::Number])
             .build(|a| {
                 let v = list("slice", &a[0])?;
-                let (from, to) = (index_arg("slice", &a[1])?, index_arg("slice", &a[2])?);
+                let (from, to) = (
+                    limits::count("slice", &a[1], usize::MAX)?,
+                    limits::count("slice", &a[2], usize::MAX)?,
+                );
                 if from > to || to > v.len() {
                     return Err(format!(
                         "slice: indexes {from}..{to} out of range for a list of {}",
@@ -141,56 +116,6 @@ pub(super) fn declare(ctx: &mut Context<'_>) {
             v.sort();
             Ok(Value::Array(v.into_iter().map(Value::from).collect()))
         }),
-    );
-    ctx.declare_func(
-        "setunion",
-        FuncDef::builder()
-            .variadic_param(ParamType::Any)
-            .build(|a| {
-                let mut all = Vec::new();
-                for v in a.iter() {
-                    all.extend(list("setunion", v)?.iter().cloned());
-                }
-                Ok(Value::Array(unique(all)))
-            }),
-    );
-    ctx.declare_func(
-        "setintersection",
-        FuncDef::builder()
-            .variadic_param(ParamType::Any)
-            .build(|a| {
-                let Some(first) = a.first() else {
-                    return Ok(Value::Array(Vec::new()));
-                };
-                let mut keep = unique(list("setintersection", first)?.iter().cloned());
-                for v in a.iter().skip(1) {
-                    let other = list("setintersection", v)?;
-                    keep.retain(|x| other.contains(x));
-                }
-                Ok(Value::Array(keep))
-            }),
-    );
-    ctx.declare_func(
-        "setproduct",
-        FuncDef::builder()
-            .variadic_param(ParamType::Any)
-            .build(|a| {
-                let mut out: Vec<Vec<Value>> = vec![Vec::new()];
-                for v in a.iter() {
-                    let items = list("setproduct", v)?;
-                    out = out
-                        .into_iter()
-                        .flat_map(|prefix| {
-                            items.iter().map(move |x| {
-                                let mut p = prefix.clone();
-                                p.push(x.clone());
-                                p
-                            })
-                        })
-                        .collect();
-                }
-                Ok(Value::Array(out.into_iter().map(Value::Array).collect()))
-            }),
     );
     ctx.declare_func(
         "transpose",
@@ -262,109 +187,31 @@ pub(super) fn declare(ctx: &mut Context<'_>) {
             )),
         }),
     );
-    ctx.declare_func(
-        "strrev",
-        FuncDef::builder()
-            .param(ParamType::String)
-            .build(|a| Ok(Value::from(s(&a[0]).chars().rev().collect::<String>()))),
-    );
-    ctx.declare_func(
-        "indent",
-        FuncDef::builder()
-            .params([ParamType::Number, ParamType::String])
-            .build(|a| {
-                let pad = " ".repeat(index_arg("indent", &a[0])?);
-                let text = s(&a[1]);
-                Ok(Value::from(text.replace('\n', &format!("\n{pad}"))))
-            }),
-    );
-    ctx.declare_func(
-        "regexall",
-        FuncDef::builder()
-            .params([ParamType::String, ParamType::String])
-            .build(|a| {
-                let re = regex::Regex::new(&s(&a[0])).map_err(|e| format!("regexall: {e}"))?;
-                let text = s(&a[1]);
-                let names: Vec<Option<&str>> = re.capture_names().collect();
-                let out = re
-                    .captures_iter(&text)
-                    .map(|c| {
-                        if names.iter().skip(1).any(Option::is_some) {
-                            Value::Object(
-                                names
-                                    .iter()
-                                    .flatten()
-                                    .map(|n| {
-                                        (
-                                            (*n).to_owned(),
-                                            Value::from(c.name(n).map_or("", |m| m.as_str())),
-                                        )
-                                    })
-                                    .collect(),
-                            )
-                        } else if c.len() > 1 {
-                            Value::Array(
-                                c.iter()
-                                    .skip(1)
-                                    .map(|m| Value::from(m.map_or("", |m| m.as_str())))
-                                    .collect(),
-                            )
-                        } else {
-                            Value::from(c.get(0).map_or("", |m| m.as_str()))
-                        }
-                    })
-                    .collect();
-                Ok(Value::Array(out))
-            }),
-    );
-    ctx.declare_func(
-        "formatlist",
-        FuncDef::builder()
-            .param(ParamType::String)
-            .variadic_param(ParamType::Any)
-            .build(|a| {
-                let spec = s(&a[0]);
-                let args: Vec<&Value> = a.iter().skip(1).collect();
-                let n = args
-                    .iter()
-                    .filter_map(|v| match v {
-                        Value::Array(x) => Some(x.len()),
-                        _ => None,
-                    })
-                    .max()
-                    .unwrap_or(1);
-                let mut out = Vec::new();
-                for i in 0..n {
-                    let row: Vec<Value> = args
-                        .iter()
-                        .map(|v| match v {
-                            Value::Array(x) => x.get(i).cloned().unwrap_or(Value::Null),
-                            other => (*other).clone(),
-                        })
-                        .collect();
-                    out.push(super::format(&spec, &row)?);
-                }
-                Ok(Value::Array(out))
-            }),
-    );
 }
 
 /// Declares the basic collection functions: `concat`, `merge`, `lookup`, `coalesce`, `length`,
-/// `contains`, `element`, `keys`, `values`, `compact`, `distinct`, `flatten`.
+/// `contains`, `element`, `keys`, `values`, `compact`, `flatten`.
 pub(super) fn declare_basic(ctx: &mut Context<'_>) {
     ctx.declare_func(
         "concat",
         FuncDef::builder()
             .variadic_param(ParamType::Any)
             .build(|a| {
-                let mut out = Vec::new();
+                let mut n = 0usize;
                 for v in a.iter() {
                     match v {
-                        Value::Array(items) => out.extend(items.iter().cloned()),
+                        Value::Array(items) => n = limits::add("concat", n, items.len())?,
                         other => return Err(format!("concat expects lists, got {other}")),
                     }
                 }
-                Ok(Value::Array(out))
+                limits::elements("concat", n)?;
+                let mut out = Vec::with_capacity(n);
+                for v in a.iter() {
+                    if let Value::Array(items) = v {
+                        out.extend(items.iter().cloned());
+                    }
+                }
+                charge("concat", Value::Array(out))
             }),
     );
     ctx.declare_func(
@@ -440,7 +287,11 @@ pub(super) fn declare_basic(ctx: &mut Context<'_>) {
         FuncDef::builder()
             .params([ParamType::Any, ParamType::Number])
             .build(|a| match &a[0] {
-                Value::Array(v) if !v.is_empty() => Ok(v[(num(&a[1])? as usize) % v.len()].clone()),
+                Value::Array(v) if !v.is_empty() => {
+                    // As Terraform: the index wraps around; a negative one is an error.
+                    let i = limits::count("element", &a[1], usize::MAX)?;
+                    Ok(v[i % v.len()].clone())
+                }
                 _ => Err("element expects a non-empty list".into()),
             }),
     );
@@ -482,23 +333,6 @@ pub(super) fn declare_basic(ctx: &mut Context<'_>) {
             }),
     );
     ctx.declare_func(
-        "distinct",
-        FuncDef::builder()
-            .param(ParamType::Any)
-            .build(|a| match &a[0] {
-                Value::Array(v) => {
-                    let mut out: Vec<Value> = Vec::new();
-                    for x in v {
-                        if !out.contains(x) {
-                            out.push(x.clone());
-                        }
-                    }
-                    Ok(Value::Array(out))
-                }
-                _ => Err("distinct expects a list".into()),
-            }),
-    );
-    ctx.declare_func(
         "flatten",
         FuncDef::builder().param(ParamType::Any).build(|a| {
             fn flat(v: &Value, out: &mut Vec<Value>) {
@@ -509,7 +343,88 @@ pub(super) fn declare_basic(ctx: &mut Context<'_>) {
             }
             let mut out = Vec::new();
             flat(&a[0], &mut out);
-            Ok(Value::Array(out))
+            charge("flatten", Value::Array(out))
         }),
     );
+}
+
+/// Terraform's `range(start, limit, step)`: at most [`MAX_RANGE`] numbers, counted before any is
+/// built (a step too small to move `start`, or NaN, is an error rather than a loop).
+fn range(start: f64, end: f64, step: f64) -> Result<Value, String> {
+    if !(start.is_finite() && end.is_finite() && step.is_finite()) {
+        return Err("range: start, limit and step must be finite numbers".into());
+    }
+    if step == 0.0 || (step > 0.0) != (end >= start) && start != end {
+        return Err("range: the step must move from start toward the limit".into());
+    }
+    let steps = ((end - start) / step).ceil();
+    // Rounding may count one too many; the loop below holds the exact limit.
+    if steps > MAX_RANGE as f64 + 1.0 {
+        return Err(format!(
+            "range: more than {MAX_RANGE} elements (Terraform's limit); use a larger step"
+        ));
+    }
+    let mut out = Vec::new();
+    let mut x = start;
+    while (step > 0.0 && x < end) || (step < 0.0 && x > end) {
+        if out.len() >= MAX_RANGE {
+            return Err(format!(
+                "range: more than {MAX_RANGE} elements (Terraform's limit); use a larger step"
+            ));
+        }
+        out.push(
+            hcl::Number::from_f64(x)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+        );
+        x += step;
+    }
+    Ok(Value::Array(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::eval;
+    use hcl::Value;
+
+    #[test]
+    fn range_counts_before_it_builds() {
+        let t = std::time::Instant::now();
+        for expr in [
+            "range(1e300)",
+            "range(0, 1, 1e-300)",
+            "range(1e15, 1e15 + 1e6, 1)",
+        ] {
+            let e = eval(expr).expect_err(expr);
+            assert!(e.contains("range") && e.contains("1024"), "{expr}: {e}");
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(eval("length(range(1024))"), Ok(Value::from(1024u64)));
+        assert!(eval(r#"range("nan")"#).is_err());
+    }
+
+    #[test]
+    fn indexes_are_checked_whole_numbers() {
+        assert_eq!(eval(r#"element(["a", "b"], 3)"#), Ok(Value::from("b")));
+        assert_eq!(eval(r#"element(["a", "b"], 1e15)"#), Ok(Value::from("a")));
+        for expr in [
+            r#"element(["a"], -1)"#,
+            r#"element(["a"], 1e21)"#,
+            r#"slice(["a", "b"], 1, 1e21)"#,
+            r#"slice(["a", "b"], -1, 1)"#,
+            r#"chunklist(["a"], 1e300)"#,
+            r#"chunklist(["a"], 0.5)"#,
+        ] {
+            assert!(eval(expr).is_err(), "{expr}");
+        }
+    }
+
+    #[test]
+    fn concat_counts_before_it_copies() {
+        let part = "setproduct(range(500), range(600))";
+        let e = eval(&format!("concat({part}, {part}, {part}, {part})")).expect_err("1.2M");
+        assert!(e.contains("concat") && e.contains("1000000"), "{e}");
+        let e = eval("concat(range(1000), range(1000))").map(|v| v.as_array().map(Vec::len));
+        assert_eq!(e, Ok(Some(2000)));
+    }
 }

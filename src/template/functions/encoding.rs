@@ -1,8 +1,10 @@
 //! Packer's encoding and hashing functions: `base64encode`/`base64decode`,
 //! `textencodebase64`/`textdecodebase64` (UTF-8), `jsondecode`, `yamlencode`/`yamldecode`,
 //! `csvdecode`, `urlencode`, `md5`, `sha1`, `sha256`, `sha512`, `base64sha256`,
-//! `base64sha512`, `uuidv5`; and `bcrypt` and `rsadecrypt`, which kiln refuses by name.
+//! `base64sha512`, `uuidv5`; and `bcrypt` and `rsadecrypt`, which kiln refuses by name. What they
+//! build grows at most a few times their input; it is charged to the evaluation's budget.
 
+use super::limits::charge;
 use super::s;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -82,7 +84,7 @@ pub(super) fn declare(ctx: &mut Context<'_>) {
     let str1 = |f| FuncDef::builder().param(ParamType::String).build(f);
     ctx.declare_func(
         "base64encode",
-        str1(|a| Ok(Value::from(B64.encode(s(&a[0]))))),
+        str1(|a| charge("base64encode", Value::from(B64.encode(s(&a[0]))))),
     );
     ctx.declare_func(
         "base64decode",
@@ -107,7 +109,7 @@ pub(super) fn declare(ctx: &mut Context<'_>) {
                         s(&a[1])
                     ));
                 }
-                Ok(Value::from(B64.encode(s(&a[0]))))
+                charge("textencodebase64", Value::from(B64.encode(s(&a[0]))))
             }),
     );
     ctx.declare_func(
@@ -129,6 +131,7 @@ pub(super) fn declare(ctx: &mut Context<'_>) {
             serde_json::from_str::<serde_json::Value>(&s(&a[0]))
                 .map(from_json)
                 .map_err(|e| format!("jsondecode: {e}"))
+                .and_then(|v| charge("jsondecode", v))
         }),
     );
     ctx.declare_func(
@@ -137,6 +140,7 @@ pub(super) fn declare(ctx: &mut Context<'_>) {
             serde_yaml_ng::from_str::<serde_json::Value>(&s(&a[0]))
                 .map(from_json)
                 .map_err(|e| format!("yamldecode: {e}"))
+                .and_then(|v| charge("yamldecode", v))
         }),
     );
     ctx.declare_func(
@@ -146,24 +150,31 @@ pub(super) fn declare(ctx: &mut Context<'_>) {
             serde_yaml_ng::to_string(&json)
                 .map(Value::from)
                 .map_err(|e| format!("yamlencode: {e}"))
+                .and_then(|v| charge("yamlencode", v))
         }),
     );
-    ctx.declare_func("csvdecode", str1(|a| csv(&s(&a[0]))));
+    ctx.declare_func(
+        "csvdecode",
+        str1(|a| csv(&s(&a[0])).and_then(|v| charge("csvdecode", v))),
+    );
     ctx.declare_func(
         "urlencode",
         str1(|a| {
-            Ok(Value::from(
-                percent_encoding::utf8_percent_encode(
-                    &s(&a[0]),
-                    percent_encoding::NON_ALPHANUMERIC,
-                )
-                .to_string()
-                .replace("%2D", "-")
-                .replace("%2E", ".")
-                .replace("%5F", "_")
-                .replace("%7E", "~")
-                .replace("%20", "+"),
-            ))
+            charge(
+                "urlencode",
+                Value::from(
+                    percent_encoding::utf8_percent_encode(
+                        &s(&a[0]),
+                        percent_encoding::NON_ALPHANUMERIC,
+                    )
+                    .to_string()
+                    .replace("%2D", "-")
+                    .replace("%2E", ".")
+                    .replace("%5F", "_")
+                    .replace("%7E", "~")
+                    .replace("%20", "+"),
+                ),
+            )
         }),
     );
     ctx.declare_func(

@@ -1,12 +1,21 @@
 //! The HCL2 functions Packer templates use, for `hcl::eval`. Functions are plain `fn` pointers, so
-//! the build's start time and working directory live in thread-locals set by the loader.
+//! the build's start time, working directory, environment and evaluation budget live in
+//! thread-locals set by the loader.
+//!
+//! Templates are untrusted (a worker evaluates other teams' templates in its own process): every
+//! function checks the sizes it builds against [`limits`] before allocating, checks its arithmetic
+//! and indexes, and reads only regular files, never under `/proc`, `/sys` or `/dev`
+//! (the `files` module's reader). An error names the function and the limit; nothing panics.
 
 mod collections;
 mod dates;
 mod encoding;
 mod files;
+mod format;
+pub mod limits;
 mod net;
 mod numeric;
+mod sets;
 mod strings;
 
 use hcl::Value;
@@ -17,6 +26,8 @@ use time::OffsetDateTime;
 thread_local! {
     static NOW: Cell<i64> = const { Cell::new(0) };
     static CWD: std::cell::RefCell<std::path::PathBuf> = std::cell::RefCell::new(std::path::PathBuf::from("."));
+    static ENV: std::cell::RefCell<Option<std::collections::BTreeMap<String, String>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Sets the time `timestamp()` returns for this thread's evaluations.
@@ -28,6 +39,22 @@ pub fn set_now(now: OffsetDateTime) {
 /// `abspath()` resolve relative paths against, for this thread's evaluations.
 pub fn set_cwd(cwd: &std::path::Path) {
     CWD.with(|c| *c.borrow_mut() = cwd.to_path_buf());
+}
+
+/// Sets the environment `env()` reads (in variable defaults) for this thread's evaluations: the
+/// load's `Inputs::env`, so a worker decides what of its own environment a template sees. Until it
+/// is set, `env()` reads the process's.
+pub fn set_env(env: &std::collections::BTreeMap<String, String>) {
+    ENV.with(|e| *e.borrow_mut() = Some(env.clone()));
+}
+
+/// The value of environment variable `name` for `env()` and `{{env}}`: from [`set_env`]'s
+/// environment once set on this thread, else the process's; empty when unset.
+pub fn env_var(name: &str) -> String {
+    ENV.with(|e| match &*e.borrow() {
+        Some(env) => env.get(name).cloned().unwrap_or_default(),
+        None => std::env::var(name).unwrap_or_default(),
+    })
 }
 
 /// `p` resolved against the working directory.
@@ -82,14 +109,9 @@ pub fn declare(ctx: &mut Context<'_>, with_env: bool) {
         "uuidv4",
         FuncDef::builder().build(|_| Ok(Value::from(uuid::Uuid::new_v4().to_string()))),
     );
-    ctx.declare_func(
-        "formatdate",
-        FuncDef::builder()
-            .params([ParamType::String, ParamType::String])
-            .build(formatdate),
-    );
     strings::declare(ctx);
     collections::declare_basic(ctx);
+    sets::declare(ctx);
     ctx.declare_func(
         "tostring",
         FuncDef::builder()
@@ -167,15 +189,6 @@ pub fn declare(ctx: &mut Context<'_>, with_env: bool) {
         }),
     );
     ctx.declare_func(
-        "file",
-        str1(|a: FuncArgs| {
-            let p = s(&a[0]);
-            std::fs::read_to_string(in_cwd(&p))
-                .map(Value::from)
-                .map_err(|e| format!("cannot read file \"{p}\": {e}"))
-        }),
-    );
-    ctx.declare_func(
         "fileexists",
         str1(|a: FuncArgs| Ok(Value::from(in_cwd(&s(&a[0])).is_file()))),
     );
@@ -211,12 +224,13 @@ pub fn declare(ctx: &mut Context<'_>, with_env: bool) {
             serde_json::to_string(&a[0])
                 .map(Value::from)
                 .map_err(|e| e.to_string())
+                .and_then(|v| limits::charge("jsonencode", v))
         }),
     );
     if with_env {
         ctx.declare_func(
             "env",
-            str1(|a: FuncArgs| Ok(Value::from(std::env::var(s(&a[0])).unwrap_or_default()))),
+            str1(|a: FuncArgs| Ok(Value::from(env_var(&s(&a[0]))))),
         );
     } else {
         ctx.declare_func("env", FuncDef::builder().variadic_param(ParamType::Any).build(|_| {
@@ -230,120 +244,14 @@ fn go_to_regex_replacement(s: &str) -> String {
     s.to_owned()
 }
 
-/// Terraform's `format`: `%s`, `%d`, `%v`, `%q`, `%%`, `%f`.
-pub(super) fn format(spec: &str, args: &[Value]) -> Result<Value, String> {
-    let mut out = String::new();
-    let mut it = args.iter();
-    let mut chars = spec.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        let mut verb = String::new();
-        while let Some(&n) = chars.peek() {
-            chars.next();
-            if n.is_ascii_alphabetic() || n == '%' {
-                verb.push(n);
-                break;
-            }
-            verb.push(n);
-        }
-        if verb == "%" {
-            out.push('%');
-            continue;
-        }
-        let v = it
-            .next()
-            .ok_or_else(|| format!("not enough arguments for format \"{spec}\""))?;
-        match verb.chars().last() {
-            Some('s' | 'v') => out.push_str(&s(v)),
-            Some('d') => out.push_str(&format!("{}", num(v)? as i64)),
-            Some('f') => out.push_str(&format!("{:.6}", num(v)?)),
-            Some('q') => out.push_str(&format!("{:?}", s(v))),
-            _ => return Err(format!("unsupported format verb %{verb}")),
-        }
-    }
-    Ok(Value::from(out))
-}
-
-/// Terraform's `formatdate(spec, timestamp)`.
-fn formatdate(a: FuncArgs) -> Result<Value, String> {
-    let spec = s(&a[0]);
-    let ts = s(&a[1]);
-    let t = OffsetDateTime::parse(&ts, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| format!("\"{ts}\" is not an RFC 3339 timestamp"))?;
-    use crate::template::gotmpl::{DAYS, MONTHS};
-    let m = u8::from(t.month()) as usize;
-    let d = t.weekday().number_days_from_monday() as usize;
-    let h12 = match t.hour() % 12 {
-        0 => 12,
-        h => h,
-    };
-    let tokens: Vec<(&str, String)> = vec![
-        ("YYYY", format!("{:04}", t.year())),
-        ("YY", format!("{:02}", t.year() % 100)),
-        ("MMMM", MONTHS[m - 1].into()),
-        ("MMM", MONTHS[m - 1][..3].into()),
-        ("MM", format!("{m:02}")),
-        ("M", format!("{m}")),
-        ("DD", format!("{:02}", t.day())),
-        ("D", format!("{}", t.day())),
-        ("EEEE", DAYS[d].into()),
-        ("EEE", DAYS[d][..3].into()),
-        ("hh", format!("{:02}", t.hour())),
-        ("h", format!("{}", t.hour())),
-        ("HH", format!("{h12:02}")),
-        ("H", format!("{h12}")),
-        ("mm", format!("{:02}", t.minute())),
-        ("m", format!("{}", t.minute())),
-        ("ss", format!("{:02}", t.second())),
-        ("s", format!("{}", t.second())),
-        (
-            "AA",
-            if t.hour() >= 12 {
-                "PM".into()
-            } else {
-                "AM".into()
-            },
-        ),
-        (
-            "aa",
-            if t.hour() >= 12 {
-                "pm".into()
-            } else {
-                "am".into()
-            },
-        ),
-        ("ZZZZZ", "+00:00".into()),
-        ("ZZZZ", "+0000".into()),
-        ("ZZZ", "UTC".into()),
-        ("Z", "Z".into()),
-    ];
-    let mut out = String::new();
-    let mut rest = spec.as_str();
-    'outer: while !rest.is_empty() {
-        if let Some(r) = rest.strip_prefix('\'') {
-            let end = r
-                .find('\'')
-                .ok_or("unterminated literal in formatdate spec")?;
-            out.push_str(&r[..end]);
-            rest = &r[end + 1..];
-            continue;
-        }
-        for (tok, val) in &tokens {
-            if let Some(r) = rest.strip_prefix(tok) {
-                out.push_str(val);
-                rest = r;
-                continue 'outer;
-            }
-        }
-        let c = rest.chars().next().unwrap_or(' ');
-        if c.is_ascii_alphabetic() {
-            return Err(format!("invalid date format verb `{c}` in \"{spec}\""));
-        }
-        out.push(c);
-        rest = &rest[c.len_utf8()..];
-    }
-    Ok(Value::from(out))
+/// Test support: `expr` (HCL expression syntax) evaluated with every function declared.
+#[cfg(test)]
+pub(super) fn eval(expr: &str) -> Result<Value, String> {
+    use hcl::eval::Evaluate;
+    let parsed = hcl_edit::parser::parse_expr(expr).map_err(|e| e.message().to_owned())?;
+    let mut ctx = Context::new();
+    declare(&mut ctx, false);
+    hcl::Expression::from(parsed)
+        .evaluate(&ctx)
+        .map_err(|e| e.to_string())
 }

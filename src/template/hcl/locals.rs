@@ -5,7 +5,7 @@ use super::blocks::Blk;
 use super::values::{eval, node_string, to_node};
 use crate::template::Diagnostic;
 use crate::template::node::{Loc, Value};
-use hcl::eval::{Context, Evaluate};
+use hcl::eval::Context;
 
 /// Evaluates the template's locals into `ctx` (`local.NAME`); with `data_placeholders` (offline),
 /// a local computed from a fetched data source's placeholder is unknown rather than an error.
@@ -50,7 +50,7 @@ pub(super) fn evaluate(
                 still.push((name, expr, loc, sens));
                 continue;
             }
-            match crate::template::lazy::resolve(&expr, ctx).evaluate(ctx) {
+            match crate::template::lazy::evaluate(&expr, ctx) {
                 Ok(v) => {
                     if sens {
                         sensitive_locals.push(node_string(&to_node(&v, &loc)));
@@ -72,7 +72,7 @@ pub(super) fn evaluate(
                     );
                 }
                 Err(e) => {
-                    last_errors.push((name.clone(), loc.clone(), e.to_string()));
+                    last_errors.push((name.clone(), loc.clone(), e));
                     still.push((name, expr, loc, sens));
                 }
             }

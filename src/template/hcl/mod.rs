@@ -39,6 +39,8 @@ use variables::Variables;
 pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
     functions::set_now(inputs.now);
     functions::set_cwd(&inputs.cwd);
+    functions::set_env(&inputs.env);
+    functions::limits::reset_budget();
     let mut out = Loaded::default();
     let diags = &mut out.diagnostics;
     let (files, template_dir): (Vec<PathBuf>, PathBuf) = if path.is_dir() {

@@ -8,9 +8,7 @@ use hcl::eval::{Context, Evaluate};
 
 /// Evaluates `expr` to a `Node` at `loc`.
 pub(super) fn eval(expr: &hcl::Expression, ctx: &Context<'_>, loc: &Loc) -> Result<Node, String> {
-    let v = crate::template::lazy::resolve(expr, ctx)
-        .evaluate(ctx)
-        .map_err(|e| e.to_string())?;
+    let v = crate::template::lazy::evaluate(expr, ctx)?;
     Ok(to_node(&v, loc))
 }
 
