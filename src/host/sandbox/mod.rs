@@ -202,6 +202,7 @@ impl Sandbox {
     /// pair and an nftables table; what was made is removed again on failure. Not safe to run
     /// twice with one id: [`Self::remove`] first.
     pub fn create(spec: SandboxSpec) -> Result<Self, SandboxError> {
+        check_tools(spec.network)?;
         if spec.id.is_empty()
             || spec.id.len() > 12
             || !spec.id.bytes().all(|b| b.is_ascii_hexdigit())
@@ -415,6 +416,28 @@ impl Sandbox {
             })
         }
     }
+}
+
+/// The host tools a sandbox needs, with the Debian package that installs each.
+const TOOLS: &[(&str, &str)] = &[
+    ("bwrap", "bubblewrap"),
+    ("nsenter", "util-linux"),
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+];
+
+/// Fails with the command that installs a missing tool (before anything is made).
+fn check_tools(network: Network) -> Result<(), SandboxError> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    for (tool, package) in TOOLS {
+        let needed = *tool == "bwrap" || network == Network::Nat;
+        if needed && !std::env::split_paths(&path).any(|d| d.join(tool).is_file()) {
+            return Err(SandboxError::Invalid(format!(
+                "`{tool}` is missing on this builder: install it (apt-get install -y {package}, or scripts/setup); every build runs in a sandbox made with it"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn write_exec(path: &Path, text: &str) -> std::io::Result<()> {
