@@ -23,25 +23,29 @@
 //! FIFO or a device or land on something that appeared between the check and the open: the async
 //! runtime that calls these never waits on the image. Downloads copy regular files only and drop
 //! the setuid, setgid and sticky bits. Every mount made here is `nodev,nosuid`.
+//!
+//! This file owns resolution inside the image, the checks on what is at a path, and the writes
+//! (create, remove, rename, link) the rest goes through; uploads and downloads are in `transfer`,
+//! mounts in `mounts`.
 
 use super::HostError;
-use nix::mount::MsFlags;
 use pathrs::flags::OpenFlags;
 use pathrs::{Handle, InodeType, Root};
 use std::fs::Permissions;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
+mod mounts;
+mod transfer;
+
+pub use mounts::ImageMount;
+pub use transfer::open_host_source;
+
 /// Links followed before giving up on a path, as the kernel's own limit (`MAXSYMLINKS`, 40).
 const MAX_LINKS: usize = 40;
-/// Directory depth a recursive copy goes to before it stops: deeper than any real tree, shallow
-/// enough that a hostile one cannot exhaust the stack.
-const MAX_DEPTH: usize = 256;
 /// Mode of directories kiln creates in an image (as `mkdir -p` under the usual umask 022).
 const DIR_MODE: u32 = 0o755;
-/// Permission bits a download keeps: setuid, setgid and sticky are dropped.
-const DOWNLOAD_MODE_MASK: u32 = 0o777;
 
 /// Opening an existing regular file in the image to rewrite it: never through a final link, never
 /// blocking.
@@ -144,17 +148,6 @@ pub enum Entry {
     Other,
 }
 
-/// A mount kiln made inside the image: unmounted by its id, never by a path search.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ImageMount {
-    /// The path inside the image the template named.
-    pub path: String,
-    /// Where it is on the host (always below the mount path).
-    pub host_path: PathBuf,
-    /// The kernel's mount id (`/proc/self/mountinfo` field 1).
-    pub mount_id: u64,
-}
-
 fn in_image(path: &str) -> PathBuf {
     Path::new("/").join(path.trim_start_matches('/'))
 }
@@ -176,75 +169,6 @@ fn errno_of(e: &pathrs::error::Error) -> Option<i32> {
     }
 }
 
-/// Opens host file `src` (the template author's) to copy it into an image: a regular file only,
-/// opened without blocking (a FIFO there would otherwise hang the build) and without following
-/// a final link. No side effects.
-pub fn open_host_source(src: &Path) -> Result<std::fs::File, HostError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-        .open(src)
-        .map_err(HostError::io("reading", src))?;
-    let meta = f.metadata().map_err(HostError::io("reading", src))?;
-    if !meta.is_file() {
-        return Err(HostError::Invalid(format!(
-            "{} is not a regular file, directory or link: kiln uploads only those",
-            src.display()
-        )));
-    }
-    Ok(f)
-}
-
-/// Makes the host directory a download writes into. `dest` itself (`depth` 0) is the template
-/// author's path, created with its parents; below it a name comes from the image, so whatever
-/// non-directory is there (a link a former download made, a file) is replaced, never followed.
-fn host_dir(dest: &Path, depth: usize) -> Result<(), HostError> {
-    if depth == 0 {
-        return std::fs::create_dir_all(dest).map_err(HostError::io("creating", dest));
-    }
-    match std::fs::symlink_metadata(dest) {
-        Ok(m) if m.is_dir() => return Ok(()),
-        Ok(_) => std::fs::remove_file(dest).map_err(HostError::io("replacing", dest))?,
-        Err(_) => {}
-    }
-    std::fs::create_dir(dest).map_err(HostError::io("creating", dest))
-}
-
-/// Opens the host file a download writes (mode 0600 until the copy is done), as [`host_dir`]
-/// does for directories: below the author's `dest`, a new file replaces whatever was there and
-/// is created `O_EXCL|O_NOFOLLOW`. A FIFO or device at the author's own `dest` is refused.
-fn host_file(dest: &Path, depth: usize) -> Result<std::fs::File, HostError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).mode(0o600);
-    if depth == 0 {
-        o.create(true).truncate(true).custom_flags(libc::O_NONBLOCK);
-    } else {
-        match std::fs::symlink_metadata(dest) {
-            Ok(m) if m.is_dir() => {
-                return Err(HostError::Invalid(format!(
-                    "{} is a directory: a download cannot replace it with a file",
-                    dest.display()
-                )));
-            }
-            Ok(_) => std::fs::remove_file(dest).map_err(HostError::io("replacing", dest))?,
-            Err(_) => {}
-        }
-        o.create_new(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW);
-    }
-    let f = o.open(dest).map_err(HostError::io("writing", dest))?;
-    let meta = f.metadata().map_err(HostError::io("writing", dest))?;
-    if !meta.is_file() {
-        return Err(HostError::Invalid(format!(
-            "{} is not a regular file: a download writes only regular files",
-            dest.display()
-        )));
-    }
-    Ok(f)
-}
-
 impl ImageFs {
     /// Opens the image mounted at `mount` (a host path kiln chose). No side effects.
     pub fn open(mount: &Path) -> Result<Self, HostError> {
@@ -253,11 +177,6 @@ impl ImageFs {
             root,
             mount: mount.to_owned(),
         })
-    }
-
-    /// The host path a handle refers to (for records and messages only; never opened again).
-    fn host_path(fd: &impl AsFd) -> PathBuf {
-        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())).unwrap_or_default()
     }
 
     /// What is at `path`, without following a final link. No side effects.
@@ -432,200 +351,6 @@ impl ImageFs {
             .create(&p, &InodeType::Symlink(target.to_owned()))
             .map_err(err("linking", &p))
     }
-
-    /// Copies host file or directory `src` to `dest` in the image, recursively, keeping modes
-    /// and copying links as links (Packer's file provisioner). Returns the files copied. Safe to
-    /// run twice (files are rewritten). A destination that is a device node, FIFO or socket in
-    /// the image is refused (see [`ImageFs::create`]); so is a host source that is one.
-    pub fn upload(&self, src: &Path, dest: &str) -> Result<u64, HostError> {
-        self.upload_at(src, &in_image(dest), 0)
-    }
-
-    fn upload_at(&self, src: &Path, dest: &Path, depth: usize) -> Result<u64, HostError> {
-        let meta = std::fs::symlink_metadata(src).map_err(HostError::io("reading", src))?;
-        let d = dest.to_string_lossy();
-        if depth > MAX_DEPTH {
-            return Err(HostError::Invalid(format!(
-                "{} is nested deeper than {MAX_DEPTH} directories",
-                src.display()
-            )));
-        }
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(src).map_err(HostError::io("reading the link", src))?;
-            self.remove(&d)?;
-            self.symlink(&d, &target)?;
-            return Ok(0);
-        }
-        if meta.is_dir() {
-            self.mkdir_all(&d)?;
-            let mut n = 0;
-            for e in std::fs::read_dir(src).map_err(HostError::io("listing", src))? {
-                let e = e.map_err(HostError::io("listing", src))?;
-                n += self.upload_at(&e.path(), &dest.join(e.file_name()), depth + 1)?;
-            }
-            return Ok(n);
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        let mut from = open_host_source(src)?;
-        let mut to = self.create(&d, mode)?;
-        std::io::copy(&mut from, &mut to).map_err(err("writing", dest))?;
-        to.set_permissions(Permissions::from_mode(mode))
-            .map_err(err("setting the mode of", dest))?;
-        Ok(1)
-    }
-
-    /// Copies `src` in the image to host path `dest`, recursively. A link at `src` itself is
-    /// followed inside the image; links below it are copied as links. Regular files only: a
-    /// device node, FIFO or socket fails the download; copies lose the setuid, setgid and sticky
-    /// bits. `dest` itself is the template author's path (a link there is followed); below it,
-    /// names come from the image, so a link or file already there is replaced, never followed.
-    /// Returns the files copied. Safe to run twice.
-    pub fn download(&self, src: &str, dest: &Path) -> Result<u64, HostError> {
-        let p = in_image(src);
-        let h = self
-            .root
-            .resolve(&p)
-            .map_err(err("reading", &p))
-            .map_err(|e| self.with_links(e))?;
-        self.download_handle(&p, h, dest, 0)
-    }
-
-    fn download_handle(
-        &self,
-        p: &Path,
-        h: Handle,
-        dest: &Path,
-        depth: usize,
-    ) -> Result<u64, HostError> {
-        let st = nix::sys::stat::fstat(h.as_fd()).map_err(err("reading", p))?;
-        match st.st_mode & libc::S_IFMT {
-            libc::S_IFLNK => {
-                let target = self.root.readlink(p).map_err(err("reading", p))?;
-                let _ = std::fs::remove_file(dest);
-                std::os::unix::fs::symlink(target, dest).map_err(HostError::io("linking", dest))?;
-                Ok(0)
-            }
-            libc::S_IFDIR if depth <= MAX_DEPTH => {
-                host_dir(dest, depth)?;
-                let dir = h
-                    .reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY)
-                    .map_err(err("listing", p))?;
-                let mut dir =
-                    nix::dir::Dir::from_fd(OwnedFd::from(dir)).map_err(err("listing", p))?;
-                let names: Vec<String> = dir
-                    .iter()
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n != "." && n != "..")
-                    .collect();
-                let mut n = 0;
-                for name in names {
-                    let child = p.join(&name);
-                    let ch = self
-                        .root
-                        .resolve_nofollow(&child)
-                        .map_err(err("reading", &child))?;
-                    n += self.download_handle(&child, ch, &dest.join(&name), depth + 1)?;
-                }
-                Ok(n)
-            }
-            libc::S_IFDIR => Err(HostError::InImage {
-                what: "downloading",
-                path: p.to_owned(),
-                detail: format!("it is nested deeper than {MAX_DEPTH} directories"),
-            }),
-            libc::S_IFREG => {
-                let mut from = h.reopen(read_only()).map_err(err("reading", p))?;
-                ensure_regular(&from, "reading", p, Some(&st))?;
-                let mut to = host_file(dest, depth)?;
-                std::io::copy(&mut from, &mut to).map_err(HostError::io("writing", dest))?;
-                let mode = Permissions::from_mode(st.st_mode & DOWNLOAD_MODE_MASK);
-                to.set_permissions(mode)
-                    .map_err(HostError::io("setting the mode of", dest))?;
-                Ok(1)
-            }
-            _ => Err(HostError::InImage {
-                what: "downloading",
-                path: p.to_owned(),
-                detail: format!(
-                    "it is {}: kiln downloads only regular files, directories and links",
-                    special_kind(&st).unwrap_or_default()
-                ),
-            }),
-        }
-    }
-
-    /// Mounts `source` (a host path for `bind`) of type `fstype` on directory `path` inside the
-    /// image, created if missing, through the resolved handle (`/proc/self/fd/N`, as runc does
-    /// since CVE-2021-30465), `nodev,nosuid` (a bind mount keeps its source's other per-mount
-    /// flags), and makes it private. Returns the mount, identified by its kernel mount id.
-    ///
-    /// Side effects: one mount (removed again when anything after the mount call fails). Not
-    /// safe to run twice (mounts again).
-    pub fn mount(&self, fstype: &str, source: &str, path: &str) -> Result<ImageMount, HostError> {
-        let p = in_image(path);
-        let dir = self.mkdir_all(path)?;
-        let host_path = Self::host_path(&dir);
-        if !host_path.starts_with(&self.mount) {
-            return Err(HostError::InImage {
-                what: "mounting on",
-                path: p,
-                detail: format!("it resolved to {} outside the image", host_path.display()),
-            });
-        }
-        let target = format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd());
-        let (fs, flags) = if fstype == "bind" {
-            (None, MsFlags::MS_BIND)
-        } else {
-            (Some(fstype), MsFlags::MS_NODEV | MsFlags::MS_NOSUID)
-        };
-        nix::mount::mount(Some(source), target.as_str(), fs, flags, None::<&str>).map_err(|e| {
-            HostError::Sys {
-                what: "mounting",
-                path: host_path.clone(),
-                source: e,
-            }
-        })?;
-        // The mount now covers `dir`; its own id is that of the mount whose mount point is
-        // `host_path` and whose parent is `dir`'s mount, the last such in the table.
-        let parent = super::mount::mount_id_of(&dir).unwrap_or_default();
-        let mount_id =
-            super::mount::child_mount_at(parent, &host_path).ok_or_else(|| HostError::InImage {
-                what: "mounting on",
-                path: p.clone(),
-                detail: "the new mount is not in the mount table".into(),
-            })?;
-        drop(dir);
-        let m = ImageMount {
-            path: p.to_string_lossy().into_owned(),
-            host_path,
-            mount_id,
-        };
-        if let Err(e) = self.seal(&m, fstype == "bind") {
-            super::mount::detach_id(m.mount_id, &m.host_path);
-            return Err(e);
-        }
-        Ok(m)
-    }
-
-    /// Makes mount `m` private and (a bind mount, whose flags the bind call cannot set)
-    /// `nodev,nosuid`, through a handle on the mount's own root, checked by mount id.
-    fn seal(&self, m: &ImageMount, bind: bool) -> Result<(), HostError> {
-        let p = Path::new(&m.path);
-        let top = self.root.resolve(p).map_err(err("mounting on", p))?;
-        if super::mount::mount_id_of(&top) != Some(m.mount_id) {
-            return Err(HostError::InImage {
-                what: "mounting on",
-                path: p.to_owned(),
-                detail: "the path moved while kiln mounted on it".into(),
-            });
-        }
-        super::mount::make_private_at(&top, &m.host_path)?;
-        if bind {
-            super::mount::restrict_at(&top, &m.host_path)?;
-        }
-        super::mount::ensure_restricted(&top, &m.host_path)
-    }
 }
 
 #[cfg(test)]
@@ -633,9 +358,9 @@ mod tests {
     use super::*;
 
     /// A directory standing in for a mounted image, with links out of it.
-    struct Tree(PathBuf);
+    pub(super) struct Tree(pub(super) PathBuf);
     impl Tree {
-        fn new(tag: &str) -> Self {
+        pub(super) fn new(tag: &str) -> Self {
             let d = std::env::temp_dir().join(format!(
                 "kiln-imagefs-{tag}-{}-{}",
                 std::process::id(),
@@ -645,10 +370,10 @@ mod tests {
             std::fs::create_dir_all(d.join("host")).unwrap();
             Tree(d)
         }
-        fn image(&self) -> PathBuf {
+        pub(super) fn image(&self) -> PathBuf {
             self.0.join("image")
         }
-        fn host(&self) -> PathBuf {
+        pub(super) fn host(&self) -> PathBuf {
             self.0.join("host")
         }
     }
@@ -714,32 +439,6 @@ mod tests {
             std::fs::read_to_string(host.join("secret")).unwrap(),
             "host secret"
         );
-    }
-
-    /// Upload and download of trees keep modes and links, and stay inside.
-    #[test]
-    fn trees_round_trip_with_modes_and_links() {
-        let t = Tree::new("trees");
-        let src = t.0.join("src");
-        std::fs::create_dir_all(src.join("sub")).unwrap();
-        std::fs::write(src.join("sub/run.sh"), "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(src.join("sub/run.sh"), Permissions::from_mode(0o750)).unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", src.join("link")).unwrap();
-        let fs = ImageFs::open(&t.image()).unwrap();
-        assert_eq!(fs.upload(&src, "/opt/app").unwrap(), 1);
-        let m = std::fs::metadata(t.image().join("opt/app/sub/run.sh")).unwrap();
-        assert_eq!(m.permissions().mode() & 0o777, 0o750);
-        assert_eq!(
-            fs.entry("/opt/app/link").unwrap(),
-            Entry::Link("/etc/passwd".into())
-        );
-        let out = t.0.join("back");
-        assert_eq!(fs.download("/opt/app", &out).unwrap(), 1);
-        assert_eq!(
-            std::fs::read_link(out.join("link")).unwrap(),
-            Path::new("/etc/passwd")
-        );
-        assert!(out.join("sub/run.sh").is_file());
     }
 
     /// A thread keeps replacing a directory with a link to a host directory while files are
@@ -847,62 +546,5 @@ mod tests {
             std::fs::read_to_string(img.join("etc/new")).unwrap(),
             "again"
         );
-    }
-
-    /// A download drops setuid, setgid and sticky bits, and below its destination replaces a
-    /// link (say, one an earlier download of the image's links made) instead of following it.
-    #[test]
-    fn downloads_drop_set_id_bits_and_never_follow_host_links() {
-        let t = Tree::new("download");
-        let img = t.image();
-        std::fs::create_dir_all(img.join("opt/app")).unwrap();
-        std::fs::write(img.join("opt/app/suid"), "suid").unwrap();
-        std::fs::set_permissions(img.join("opt/app/suid"), Permissions::from_mode(0o6755)).unwrap();
-        let out = t.0.join("out");
-        std::fs::create_dir_all(&out).unwrap();
-        let victim = t.host().join("victim");
-        std::fs::write(&victim, "host file").unwrap();
-        std::os::unix::fs::symlink(&victim, out.join("suid")).unwrap();
-        let fs = ImageFs::open(&img).unwrap();
-        assert_eq!(fs.download("/opt/app", &out).unwrap(), 1);
-        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file");
-        let m = std::fs::symlink_metadata(out.join("suid")).unwrap();
-        assert!(m.is_file());
-        assert_eq!(m.permissions().mode() & 0o7777, 0o755);
-        fs.download("/opt/app/suid", &t.0.join("one")).unwrap();
-        let m = std::fs::metadata(t.0.join("one")).unwrap();
-        assert_eq!(m.permissions().mode() & 0o7777, 0o755);
-    }
-
-    /// Mounts kiln makes in an image are `nodev,nosuid`, bind mounts too (keeping read-only).
-    #[test]
-    fn mounts_are_nodev_nosuid() {
-        use nix::sys::statvfs::{FsFlags, statvfs};
-        let t = Tree::new("mounts");
-        let img = t.image();
-        let fs = ImageFs::open(&img).unwrap();
-        let src = t.host();
-        let tmpfs = fs.mount("tmpfs", "kiln-unit-tmpfs", "/run").unwrap();
-        let bind = fs
-            .mount("bind", &src.to_string_lossy(), "/mnt/host")
-            .unwrap();
-        let flags = |p: &Path| statvfs(p).unwrap().flags();
-        for m in [&tmpfs, &bind] {
-            let f = flags(&m.host_path);
-            assert!(
-                f.contains(FsFlags::ST_NODEV | FsFlags::ST_NOSUID),
-                "{}: {f:?}",
-                m.path
-            );
-        }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        for m in [&bind, &tmpfs] {
-            rt.block_on(super::super::mount::unmount_id(m.mount_id, &img))
-                .unwrap();
-        }
-        assert!(!super::super::mount::is_mount_root(&img.join("run")));
     }
 }

@@ -135,8 +135,13 @@ fn every_bomb_is_a_clear_error_and_exit_1() {
         ),
         (
             "timeadd",
-            r#"timeadd("2020-01-01T00:00:00Z", "99999999999999999h")"#,
+            r#"timeadd("9999-06-01T00:00:00Z", "87000h")"#,
             &["timeadd", "outside the years 0 to 9999"],
+        ),
+        (
+            "timeadd overflow",
+            r#"timeadd("2020-01-01T00:00:00Z", "99999999999999999h")"#,
+            &["timeadd", "is not a duration"],
         ),
         (
             "file /dev/zero",

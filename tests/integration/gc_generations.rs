@@ -1,8 +1,7 @@
 //! `kiln gc` judges each resource by its own generation (issue 21): a failed forced rebuild under
 //! a build id must not cost the image an earlier generation of that build id shipped.
 
-use crate::support::{Emulator, Janitor, Resource, unique, with_janitor};
-use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, ResourceType, Tag, TagSpecification};
+use crate::support::{Emulator, Janitor, tagged_generation_resources, unique, with_janitor};
 
 /// What one generation of a build made: a volume, the snapshot its AMI maps, a snapshot no image
 /// maps, and the AMI.
@@ -23,57 +22,8 @@ async fn made_by(
     build: &str,
     generation: Option<&str>,
 ) -> Made {
-    let spec = |kind: ResourceType| {
-        let mut s = TagSpecification::builder()
-            .resource_type(kind)
-            .tags(Tag::builder().key("kiln:build-id").value(build).build());
-        if let Some(g) = generation {
-            s = s.tags(Tag::builder().key("kiln:generation").value(g).build());
-        }
-        s.build()
-    };
-    let volume = ec2
-        .create_volume()
-        .availability_zone(format!("{region}a"))
-        .size(1)
-        .tag_specifications(spec(ResourceType::Volume))
-        .send()
-        .await
-        .expect("volume")
-        .volume_id
-        .expect("volume id");
-    janitor.track(region, Resource::Volume(volume.clone()));
-    let mut snaps = Vec::new();
-    for _ in 0..2 {
-        let snap = ec2
-            .create_snapshot()
-            .volume_id(&volume)
-            .tag_specifications(spec(ResourceType::Snapshot))
-            .send()
-            .await
-            .expect("snapshot")
-            .snapshot_id
-            .expect("snapshot id");
-        janitor.track(region, Resource::Snapshot(snap.clone()));
-        snaps.push(snap);
-    }
-    let image = ec2
-        .register_image()
-        .name(unique("gcgen-ami"))
-        .root_device_name("/dev/xvda")
-        .block_device_mappings(
-            BlockDeviceMapping::builder()
-                .device_name("/dev/xvda")
-                .ebs(EbsBlockDevice::builder().snapshot_id(&snaps[0]).build())
-                .build(),
-        )
-        .tag_specifications(spec(ResourceType::Image))
-        .send()
-        .await
-        .expect("image")
-        .image_id
-        .expect("image id");
-    janitor.track(region, Resource::Image(image.clone()));
+    let (volume, snaps, image) =
+        tagged_generation_resources(ec2, janitor, region, build, generation, 2).await;
     Made {
         volume,
         mapped: snaps[0].clone(),

@@ -6,7 +6,10 @@
 //! `nodev,nosuid`. Templates whose `device_path` climbs out of `/dev`, or whose `mount_path` is
 //! taken by someone else's mount, are refused without touching the host files or that mount.
 
-use crate::pipeline::{Tpl, assert_nothing_left, build, build_output, busybox, state_dir_path};
+use crate::pipeline::{
+    Tpl, assert_nothing_left, build, build_output, busybox, busybox_base, losetup_show,
+    state_dir_path,
+};
 use crate::support::{Emulator, Resource, tagged, track_result, unique, with_janitor};
 use serde_json::Value;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -33,17 +36,7 @@ impl HostDisk {
     fn new() -> Self {
         let file = PathBuf::from("/var/tmp").join(format!("{}.img", unique("hp-disk")));
         std::fs::write(&file, vec![DISK_BYTE; DISK_SIZE]).expect("disk file");
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(&file)
-            .output()
-            .expect("losetup");
-        assert!(
-            out.status.success(),
-            "losetup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let dev = losetup_show(&["-f", "--show"], &file);
         let rdev = std::fs::metadata(&dev).expect("loop device").rdev();
         let rdev = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
         HostDisk { file, dev, rdev }
@@ -84,26 +77,7 @@ fn base_image(t: &Tpl, disk: &HostDisk) -> (String, Value) {
         "printf suid > {{.MountPath}}/etc/suid-file && chmod 6755 {{.MountPath}}/etc/suid-file"
             .to_owned(),
     ];
-    let mut text = busybox(&unique("hp-base"), "", "");
-    text = text.replace(
-        "\"chroot {{.MountPath}} /bin/busybox --install -s\",",
-        &format!(
-            "\"chroot {{{{.MountPath}}}} /bin/busybox --install -s\",\n{}",
-            hostile
-                .iter()
-                .map(|l| format!("    {},", serde_json::to_string(l).expect("json")))
-                .collect::<Vec<_>>()
-                .join("\n")
-        ),
-    );
-    let tpl = t.write("base.pkr.hcl", &text);
-    let (ok, doc, stderr) = build(&tpl, &[]);
-    assert!(ok, "base build failed: {}\n{doc:#}\n{stderr}", doc["error"]);
-    let ami = doc["artifacts"][Emulator::get().region()]["ami_id"]
-        .as_str()
-        .expect("ami")
-        .to_owned();
-    (ami, doc)
+    busybox_base(t, "hp-base", &hostile)
 }
 
 fn from_base(ami: &str, name: &str, extra: &str, provisioners: &str) -> String {

@@ -4,7 +4,7 @@
 //! links is built first; builds from it exercise every operation that touches an image path,
 //! while a `shell-local` provisioner checks the host during the build and the test checks after.
 
-use crate::pipeline::{Tpl, assert_nothing_left, build, busybox, read_from_result};
+use crate::pipeline::{Tpl, assert_nothing_left, build, busybox_base, read_from_result};
 use crate::support::{Emulator, tagged, track_result, unique, with_janitor};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -96,26 +96,7 @@ fn base_image(t: &Tpl, host: &HostSide) -> (String, Value) {
         // The image's own files where the links lead inside it.
         format!("echo image secret > {{{{.MountPath}}}}/var/{vt}/{hs}/secret"),
     ];
-    let mut text = busybox(&unique("hs-base"), "", "");
-    text = text.replace(
-        "\"chroot {{.MountPath}} /bin/busybox --install -s\",",
-        &format!(
-            "\"chroot {{{{.MountPath}}}} /bin/busybox --install -s\",\n{}",
-            links
-                .iter()
-                .map(|l| format!("    {},", serde_json::to_string(l).expect("json")))
-                .collect::<Vec<_>>()
-                .join("\n")
-        ),
-    );
-    let tpl = t.write("base.pkr.hcl", &text);
-    let (ok, doc, stderr) = build(&tpl, &[]);
-    assert!(ok, "base build failed: {}\n{doc:#}\n{stderr}", doc["error"]);
-    let ami = doc["artifacts"][Emulator::get().region()]["ami_id"]
-        .as_str()
-        .expect("ami")
-        .to_owned();
-    (ami, doc)
+    busybox_base(t, "hs-base", &links)
 }
 
 fn from_base(ami: &str, name: &str, extra: &str, provisioners: &str) -> String {
@@ -278,13 +259,19 @@ async fn assert_no_volume_or_mount(doc: &Value) {
     let id = doc["build_id"].as_str().expect("id");
     let vols = tagged(Emulator::get().region(), id).await.volumes;
     assert!(vols.is_empty(), "{id}: volumes left: {vols:?}");
+    // The build's own mount, by its kernel mount id (another build running now may have taken
+    // the device letter, and with it the same mount path, as soon as this one ended).
     let table = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     for step in doc["steps"].as_array().into_iter().flatten() {
-        if let Some(mp) = step["outputs"]["mount_path"].as_str() {
-            assert!(
-                !table.split_whitespace().any(|f| f.starts_with(mp)),
-                "{id}: {mp} is still mounted"
-            );
+        if let (Some(mp), Some(mid)) = (
+            step["outputs"]["mount_path"].as_str(),
+            step["outputs"]["mount_id"].as_u64(),
+        ) {
+            let left = table.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first() == Some(&mid.to_string().as_str()) && f.get(4) == Some(&mp)
+            });
+            assert!(!left, "{id}: its mount {mid} at {mp} is still there");
         }
     }
 }

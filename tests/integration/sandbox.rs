@@ -138,7 +138,7 @@ async fn a_build_cannot_reach_the_host_other_builds_or_credentials() {
             .map(|(k, v)| format!("{k}: {v}"))
             .collect();
         assert!(
-            probes.as_object().is_some_and(|o| o.len() >= 19),
+            probes.as_object().is_some_and(|o| o.len() >= 21),
             "every probe ran: {probes:#}"
         );
         assert!(

@@ -333,14 +333,30 @@ pub async fn tagged_build_resources(
     build: &str,
     snapshots: usize,
 ) -> (String, Vec<String>, String) {
+    tagged_generation_resources(ec2, janitor, region, build, None, snapshots).await
+}
+
+/// As [`tagged_build_resources`], with every resource also tagged `kiln:generation` =
+/// `generation` (no such tag with `None`).
+pub async fn tagged_generation_resources(
+    ec2: &aws_sdk_ec2::Client,
+    janitor: &Janitor,
+    region: &str,
+    build: &str,
+    generation: Option<&str>,
+    snapshots: usize,
+) -> (String, Vec<String>, String) {
     use aws_sdk_ec2::types::{
         BlockDeviceMapping, EbsBlockDevice, ResourceType, Tag, TagSpecification,
     };
     let spec = |kind: ResourceType| {
-        TagSpecification::builder()
+        let mut s = TagSpecification::builder()
             .resource_type(kind)
-            .tags(Tag::builder().key("kiln:build-id").value(build).build())
-            .build()
+            .tags(Tag::builder().key("kiln:build-id").value(build).build());
+        if let Some(g) = generation {
+            s = s.tags(Tag::builder().key("kiln:generation").value(g).build());
+        }
+        s.build()
     };
     let vol = ec2
         .create_volume()

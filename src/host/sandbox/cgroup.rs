@@ -135,6 +135,11 @@ impl BuildCgroup {
             let dir = base.join(PARENT).join(name);
             mkdir(&dir)?;
             write(&dir.join(file), &value)?;
+            // The same limit for memory and swap together (v2: memory.swap.max = 0).
+            let memsw = dir.join("memory.memsw.limit_in_bytes");
+            if controller == "memory" && memsw.exists() {
+                write(&memsw, &value)?;
+            }
             dirs.push(dir);
         }
         let unified = root.join("unified");

@@ -24,11 +24,15 @@ pub const STATE_DIR: &str = "/run/kiln/sandbox";
 /// The `PATH` of commands in the image (Debian's and Amazon Linux's root default): the worker's
 /// own `PATH` names host directories that mean nothing inside the image.
 pub const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The `PATH` the launcher runs `nsenter` and `bwrap` with.
+const LAUNCHER_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// Capabilities a build's root keeps: what package managers, `useradd`, `sudo`, `chown`/`chmod`
 /// of others' files, setcap'd binaries and services binding low ports need (Docker's default set
 /// less `MKNOD`, which would let a build make a node for a host disk, and `NET_RAW`). Everything
 /// else (`SYS_ADMIN`, `SYS_MODULE`, `SYS_RAWIO`, `SYS_PTRACE`, `SYS_BOOT`, `SYS_TIME`,
-/// `NET_ADMIN`, `MAC_*`, ...) is dropped from every set.
+/// `NET_ADMIN`, `MAC_*`, ...) is dropped from the effective, permitted, inheritable and ambient
+/// sets; the bounding set keeps them, but `no_new_privs` (bubblewrap sets it) and `nosuid`
+/// mounts leave no way to regain one through `execve`.
 pub const KEPT_CAPABILITIES: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -43,6 +47,15 @@ pub const KEPT_CAPABILITIES: &[&str] = &[
     "CAP_NET_BIND_SERVICE",
     "CAP_SYS_CHROOT",
     "CAP_AUDIT_WRITE",
+];
+/// Files of a fresh procfs that reach the host's kernel and stay read-only in a build (besides
+/// `/proc/sys`), after Docker's list.
+const PROC_READ_ONLY: &[&str] = &[
+    "/proc/sysrq-trigger",
+    "/proc/fs",
+    "/proc/acpi",
+    "/proc/irq",
+    "/proc/bus",
 ];
 /// The file descriptors the launcher hands bubblewrap its seccomp programs on (single digits:
 /// POSIX shells such as dash redirect only descriptors 0 to 9).
@@ -283,6 +296,14 @@ impl Sandbox {
         push(&["--bind", &root, "/"]);
         if s.proc {
             push(&["--proc", "/proc"]);
+            // bubblewrap covers these read-only only when it can write them, which a root
+            // bubblewrap that already dropped its capabilities cannot check: without this a
+            // build writes the host's sysctls (`kernel.core_pattern` runs a program of its
+            // image on the host as root) and `sysrq-trigger`.
+            push(&["--ro-bind", "/proc/sys", "/proc/sys"]);
+            for p in PROC_READ_ONLY {
+                push(&["--ro-bind-try", p, p]);
+            }
         }
         if s.sys {
             push(&["--ro-bind", "/sys", "/sys"]);
@@ -321,7 +342,9 @@ impl Sandbox {
                 shell_quote(&f.display().to_string())
             ));
         }
-        s.push_str("exec ");
+        // bubblewrap's own init inside the sandbox keeps the environment it was started with
+        // (readable there as /proc/1/environ): start it with nothing of kiln's.
+        s.push_str(&format!("exec env -i PATH={LAUNCHER_PATH} "));
         if let Some(n) = &self.net {
             s.push_str(&format!(
                 "nsenter --net={} ",

@@ -40,6 +40,10 @@ pub const DENIED: &[(&str, libc::c_long)] = &[
     ("fsmount", libc::SYS_fsmount),
     ("open_tree", libc::SYS_open_tree),
     ("move_mount", libc::SYS_move_mount),
+    // io_uring reaches much of the kernel past this filter (Docker blocks it since 2023).
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
 ];
 
 /// The main filter: [`DENIED`], and `unshare`/`clone` asking for a new user namespace.

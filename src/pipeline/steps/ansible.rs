@@ -155,20 +155,21 @@ pub async fn run(b: &Build, label: &str, a: &Ansible) -> Result<(), StepError> {
         _ => None,
     };
     let mut argv = vec![a.command.clone(), "--extra-vars".into(), packer_vars(b)];
-    // The chroot connection's commands run through the build's sandbox, whatever inventory the
-    // template brings: extra vars take precedence over every inventory and play variable.
     let sandbox =
         b.state.sandbox.as_ref().ok_or_else(|| {
             super::invalid(format!("{label}: the build has no sandbox to run in"))
         })?;
-    argv.extend([
-        "--extra-vars".into(),
-        format!("ansible_chroot_exe={}", sandbox.chroot_exe().display()),
-    ]);
     if let Some(inv) = written.as_ref().or(a.inventory_file.as_ref()) {
         argv.extend(["-i".into(), inv.display().to_string()]);
     }
     argv.extend(a.extra_arguments.iter().cloned());
+    // The chroot connection's commands run through the build's sandbox, whatever inventory the
+    // template brings: extra vars take precedence over every inventory and play variable, and
+    // of two the last wins, so kiln's comes after the template's `extra_arguments`.
+    argv.extend([
+        "--extra-vars".into(),
+        format!("ansible_chroot_exe={}", sandbox.chroot_exe().display()),
+    ]);
     argv.push(a.playbook_file.display().to_string());
     let result = host_command(b, label, &argv, &env).await;
     if let Some(inv) = written {
