@@ -61,10 +61,21 @@ fn main_filter(arch: TargetArch) -> Result<BpfProgram, SandboxError> {
         .map_err(compile)?;
         rules.insert(nr, vec![SeccompRule::new(vec![cond]).map_err(compile)?]);
     }
+    refusing(rules, libc::EPERM, arch)
+}
+
+/// A program that answers `errno` to calls matching `rules` and allows everything else.
+fn refusing(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    errno: i32,
+    arch: TargetArch,
+) -> Result<BpfProgram, SandboxError> {
+    let errno =
+        u32::try_from(errno).map_err(|_| SandboxError::Invalid(format!("bad errno {errno}")))?;
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Errno(errno),
         arch,
     )
     .map_err(compile)?;
@@ -74,15 +85,11 @@ fn main_filter(arch: TargetArch) -> Result<BpfProgram, SandboxError> {
 /// `clone3` answers `ENOSYS`: its flags live in memory a filter cannot read, and C libraries fall
 /// back to `clone` (which the main filter checks) on `ENOSYS`, as under Docker's profile.
 fn clone3_filter(arch: TargetArch) -> Result<BpfProgram, SandboxError> {
-    let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
+    refusing(
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        libc::ENOSYS,
         arch,
     )
-    .map_err(compile)?;
-    filter.try_into().map_err(compile)
 }
 
 fn compile(e: seccompiler::BackendError) -> SandboxError {
