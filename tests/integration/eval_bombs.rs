@@ -297,29 +297,38 @@ async fn a_panicking_build_fails_and_the_worker_goes_on() {
                 "{doc:#}"
             );
         }
-        // The messages were answered (deleted), not left to the heartbeat or a redelivery.
-        let attrs = s
-            .sqs
-            .get_queue_attributes()
-            .queue_url(&s.queue)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
-            .send()
-            .await
-            .expect("queue attributes");
-        let count = |a: aws_sdk_sqs::types::QueueAttributeName| -> String {
-            attrs
-                .attributes()
-                .and_then(|m| m.get(&a).cloned())
-                .unwrap_or_default()
-        };
-        assert_eq!(
-            count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages),
-            "0"
-        );
-        assert_eq!(
-            count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-            "0"
-        );
+        // The messages were answered (deleted), not left to the heartbeat or a redelivery. The
+        // worker deletes a message just after it publishes the result: wait for it, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let attrs = s
+                .sqs
+                .get_queue_attributes()
+                .queue_url(&s.queue)
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+                .send()
+                .await
+                .expect("queue attributes");
+            let count = |a: aws_sdk_sqs::types::QueueAttributeName| -> String {
+                attrs
+                    .attributes()
+                    .and_then(|m| m.get(&a).cloned())
+                    .unwrap_or_default()
+            };
+            let visible =
+                count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages);
+            let in_flight = count(
+                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            );
+            if visible == "0" && in_flight == "0" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "messages left on the queue: {visible} visible, {in_flight} in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let (ok, log) = stop_worker(worker);
         assert!(ok, "the worker exits 0 after SIGTERM:\n{log}");
         assert!(log.contains("the build panicked"), "{log}");
