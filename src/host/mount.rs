@@ -348,6 +348,25 @@ pub async fn unmount_id(id: u64, chroot_root: &Path) -> Result<(), HostError> {
     Ok(())
 }
 
+/// One unmount attempt of `path` (not following a final link): `true` once nothing is mounted
+/// there, `false` after a pause when it was busy and attempt `attempt` may be retried; the busy
+/// error (naming the holders) on the last attempt.
+async fn umount_once(path: &Path, attempt: u32) -> Result<bool, HostError> {
+    match nix::mount::umount2(path, MntFlags::UMOUNT_NOFOLLOW) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(true),
+        Err(nix::Error::EBUSY) if attempt + 1 < UMOUNT_ATTEMPTS => {
+            tokio::time::sleep(UMOUNT_PAUSE).await;
+            Ok(false)
+        }
+        Err(nix::Error::EBUSY) => Err(busy(path)),
+        Err(e) => Err(HostError::Sys {
+            what: "unmounting",
+            path: path.to_owned(),
+            source: e,
+        }),
+    }
+}
+
 /// Unmounts mount `id` at `path`, after checking that it is the mount there, killing the
 /// processes rooted on mounts `kill` first and retrying while busy.
 async fn unmount_exact(id: u64, path: &Path, kill: &[u64]) -> Result<(), HostError> {
@@ -364,19 +383,8 @@ async fn unmount_exact(id: u64, path: &Path, kill: &[u64]) -> Result<(), HostErr
             )));
         }
         procs::kill_rooted_on(kill);
-        match nix::mount::umount2(path, MntFlags::UMOUNT_NOFOLLOW) {
-            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => return Ok(()),
-            Err(nix::Error::EBUSY) if attempt + 1 < UMOUNT_ATTEMPTS => {
-                tokio::time::sleep(UMOUNT_PAUSE).await;
-            }
-            Err(nix::Error::EBUSY) => return Err(busy(path)),
-            Err(e) => {
-                return Err(HostError::Sys {
-                    what: "unmounting",
-                    path: path.to_owned(),
-                    source: e,
-                });
-            }
+        if umount_once(path, attempt).await? {
+            return Ok(());
         }
     }
     Ok(())
@@ -434,22 +442,9 @@ pub async fn unmount(path: &Path, chroot_root: &Path) -> Result<Vec<String>, Hos
         if !is_mounted(path) {
             return Ok(killed);
         }
-        for p in procs::kill_in_root(chroot_root) {
-            killed.push(p);
-        }
-        match nix::mount::umount2(path, MntFlags::UMOUNT_NOFOLLOW) {
-            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => return Ok(killed),
-            Err(nix::Error::EBUSY) if attempt + 1 < UMOUNT_ATTEMPTS => {
-                tokio::time::sleep(UMOUNT_PAUSE).await;
-            }
-            Err(nix::Error::EBUSY) => return Err(busy(path)),
-            Err(e) => {
-                return Err(HostError::Sys {
-                    what: "unmounting",
-                    path: path.to_owned(),
-                    source: e,
-                });
-            }
+        killed.extend(procs::kill_in_root(chroot_root));
+        if umount_once(path, attempt).await? {
+            return Ok(killed);
         }
     }
     Ok(killed)

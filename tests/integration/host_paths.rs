@@ -80,20 +80,13 @@ fn base_image(t: &Tpl, disk: &HostDisk) -> (String, Value) {
     busybox_base(t, "hp-base", &hostile)
 }
 
+/// [`crate::host_safety::from_base`] without the default `copy_files` (the nodes are the test).
 fn from_base(ami: &str, name: &str, extra: &str, provisioners: &str) -> String {
-    format!(
-        r#"
-source "amazon-chroot" "app" {{
-  source_ami    = "{ami}"
-  ami_name      = "{name}"
-  copy_files    = []
-  {extra}
-}}
-build {{
-  sources = ["source.amazon-chroot.app"]
-  {provisioners}
-}}
-"#
+    crate::host_safety::from_base(
+        ami,
+        name,
+        &format!("copy_files = []\n  {extra}"),
+        provisioners,
     )
 }
 

@@ -99,7 +99,8 @@ fn base_image(t: &Tpl, host: &HostSide) -> (String, Value) {
     busybox_base(t, "hs-base", &links)
 }
 
-fn from_base(ami: &str, name: &str, extra: &str, provisioners: &str) -> String {
+/// A template building on `ami` with `extra` source fields and `provisioners`.
+pub(crate) fn from_base(ami: &str, name: &str, extra: &str, provisioners: &str) -> String {
     format!(
         r#"
 source "amazon-chroot" "app" {{

@@ -403,15 +403,9 @@ impl Sandbox {
         self.net.as_ref()
     }
 
-    /// The cgroup.
+    /// The cgroup (kill what the build left running with its `kill_all`).
     pub fn cgroup(&self) -> &cgroup::BuildCgroup {
         &self.cgroup
-    }
-
-    /// Kills every process of the build still running (daemons a provisioner left behind);
-    /// returns `pid (comm)` of each. Safe to run twice.
-    pub fn kill_leftovers(&self) -> Result<Vec<String>, SandboxError> {
-        self.cgroup.kill_all()
     }
 
     /// Kills what is left and removes the network, the cgroup and the state directory, each
