@@ -64,12 +64,29 @@ pub fn allocate(
             continue;
         }
         if let Some(lock) = DeviceLock::try_lock(lock_dir, &name)? {
+            if left_by_a_dead_holder(lock_dir, &name) {
+                continue; // the lock is released again; the sweep or the build's resume cleans up
+            }
             return Ok((name, lock));
         }
     }
     Err(HostError::NoDevice(format!(
-        "every attachment point /dev/xvd[{LETTERS}] is locked by another build, attached in EC2, or present in /dev"
+        "every attachment point /dev/xvd[{LETTERS}] is locked by another build, attached in EC2, present in /dev, or still holds what a crashed build left (a worker's start-up sweep removes it)"
     )))
+}
+
+/// Whether the last holder of lock `name` (free now: it died, or kept its build with
+/// `--on-error=abort`) left that build in place: a kept note, or its device still mounted (the
+/// build's mount path would be taken). Reading only.
+fn left_by_a_dead_holder(lock_dir: &Path, name: &str) -> bool {
+    let Some(note) = DeviceLock::read_note(lock_dir, name) else {
+        return false;
+    };
+    DeviceLock::is_kept(&note)
+        || note
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|dev| !super::mount::mounts_of(Path::new(dev)).is_empty())
 }
 
 /// The device node of an NVMe EBS volume: `/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol...`.
