@@ -1,6 +1,8 @@
-//! HCL2's `try`, `can` and `convert`, which need their arguments unevaluated (an error in an
-//! argument is their input, and `convert`'s second argument is a type, not a value): a pass over
-//! an expression that replaces each such call by its value before `hcl-rs` evaluates the rest.
+//! The pass that runs before `hcl-rs` evaluates an expression: HCL2's `try`, `can` and
+//! `convert`, which need their arguments unevaluated (an error in an argument is their input, and
+//! `convert`'s second argument is a type, not a value), conditionals (only the chosen branch is
+//! resolved), and the loops and templates `super::bounded` evaluates within the budget are
+//! replaced by their values; hcl-rs evaluates what is left, under a panic guard.
 
 use hcl::Expression as E;
 use hcl::Value;
@@ -36,15 +38,9 @@ fn eval_guarded(expr: &E, ctx: &Context<'_>) -> Result<Value, String> {
 /// is an error, and so is a value past [`crate::template::functions::limits::MAX_VALUE_BYTES`]
 /// (so locals that double one another stop at the first one too large).
 pub(super) fn evaluate(expr: &E, ctx: &Context<'_>) -> Result<Value, String> {
-    let v = guard(|| resolve(expr, ctx)).and_then(|e| eval_guarded(&e, ctx))?;
+    let v = guard(|| resolve(expr, ctx)).and_then(|e| eval_guarded(&e?, ctx))?;
     crate::template::functions::limits::value(&v)?;
     Ok(v)
-}
-
-fn mentions_lazy(text: &str) -> bool {
-    ["try(", "can(", "convert("]
-        .iter()
-        .any(|f| text.contains(f))
 }
 
 fn is_lazy(f: &hcl::expr::FuncCall) -> bool {
@@ -52,155 +48,100 @@ fn is_lazy(f: &hcl::expr::FuncCall) -> bool {
 }
 
 /// `expr` with every `try(...)`, `can(...)` and `convert(...)` replaced by its value (calls that
-/// cannot be decided are kept, so evaluating them reports the error). Other expressions are
-/// rebuilt around their resolved parts.
-pub(super) fn resolve(expr: &E, ctx: &Context<'_>) -> E {
-    match expr {
-        E::FuncCall(f) if is_lazy(f) => {
-            let args: Vec<E> = f.args.iter().map(|a| resolve(a, ctx)).collect();
-            match f.name.name.as_str() {
-                "try" => args
-                    .iter()
-                    .find_map(|a| eval_guarded(a, ctx).ok())
-                    .map(E::from)
-                    .unwrap_or_else(|| {
-                        // Nothing succeeded: evaluating the first argument reports why.
-                        args.first().cloned().unwrap_or(E::Null)
-                    }),
-                "can" => E::Bool(args.first().is_some_and(|a| eval_guarded(a, ctx).is_ok())),
-                _ => match (args.first(), f.args.get(1)) {
-                    (Some(v), Some(t)) => match eval_guarded(v, ctx) {
-                        Ok(value) => match convert(value, t) {
-                            Ok(v) => E::from(v),
-                            Err(_) => expr.clone(),
-                        },
-                        Err(_) => v.clone(),
-                    },
-                    _ => expr.clone(),
-                },
+/// cannot be decided are kept, so evaluating them reports the error), every `for` expression and
+/// template by its value as `super::bounded` builds it (within the budget), and a conditional by
+/// its chosen branch (the other is never evaluated, as in HCL). Other expressions are rebuilt
+/// around their resolved parts. An error is one a loop or template met: the expression's error.
+pub(super) fn resolve(expr: &E, ctx: &Context<'_>) -> Result<E, String> {
+    Ok(match expr {
+        E::FuncCall(f) if is_lazy(f) => match f.name.name.as_str() {
+            "try" => {
+                let mut first_error = None;
+                for a in &f.args {
+                    match resolve(a, ctx).and_then(|e| eval_guarded(&e, ctx)) {
+                        Ok(v) => return Ok(E::from(v)),
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                // Nothing succeeded: the first argument's error is the expression's.
+                return Err(first_error.unwrap_or_else(|| "try() needs an argument".into()));
             }
-        }
+            "can" => E::Bool(
+                f.args
+                    .first()
+                    .is_some_and(|a| resolve(a, ctx).and_then(|e| eval_guarded(&e, ctx)).is_ok()),
+            ),
+            _ => match (f.args.first(), f.args.get(1)) {
+                (Some(v), Some(t)) => E::from(convert(eval_guarded(&resolve(v, ctx)?, ctx)?, t)?),
+                _ => expr.clone(),
+            },
+        },
         E::FuncCall(f) => {
             let mut call = (**f).clone();
-            call.args = f.args.iter().map(|a| resolve(a, ctx)).collect();
+            call.args = f
+                .args
+                .iter()
+                .map(|a| resolve(a, ctx))
+                .collect::<Result<_, _>>()?;
             E::FuncCall(Box::new(call))
         }
-        E::Array(items) => E::Array(items.iter().map(|a| resolve(a, ctx)).collect()),
-        E::Object(o) => E::Object(
-            o.iter()
-                .map(|(k, v)| (k.clone(), resolve(v, ctx)))
-                .collect(),
+        E::Array(items) => E::Array(
+            items
+                .iter()
+                .map(|a| resolve(a, ctx))
+                .collect::<Result<_, _>>()?,
         ),
-        E::Parenthesis(e) => E::Parenthesis(Box::new(resolve(e, ctx))),
-        // "${try(var.x, "d")}": resolve inside the template's interpolations.
-        E::TemplateExpr(t) if mentions_lazy(&t.to_string()) => {
-            let Ok(mut template) = hcl::Template::from_expr(t) else {
-                return expr.clone();
-            };
-            for el in template.elements_mut() {
-                if let hcl::template::Element::Interpolation(i) = el {
-                    i.expr = resolve(&i.expr, ctx);
+        E::Object(o) => {
+            let mut out = hcl::expr::Object::new();
+            for (k, v) in o {
+                let key = match k {
+                    hcl::expr::ObjectKey::Expression(e) => {
+                        hcl::expr::ObjectKey::Expression(resolve(e, ctx)?)
+                    }
+                    other => other.clone(),
+                };
+                out.insert(key, resolve(v, ctx)?);
+            }
+            E::Object(out)
+        }
+        E::Parenthesis(e) => E::Parenthesis(Box::new(resolve(e, ctx)?)),
+        E::TemplateExpr(t) => E::from(super::bounded::template_expr(t, ctx)?),
+        E::ForExpr(f) => E::from(super::bounded::for_expr(f, ctx)?),
+        E::Traversal(t) => {
+            let mut t2 = (**t).clone();
+            t2.expr = resolve(&t.expr, ctx)?;
+            for op in &mut t2.operators {
+                if let hcl::expr::TraversalOperator::Index(i) = op {
+                    *i = resolve(i, ctx)?;
                 }
             }
-            let text = template.to_string();
-            E::TemplateExpr(Box::new(match &**t {
-                hcl::expr::TemplateExpr::Heredoc(h) => {
-                    hcl::expr::TemplateExpr::Heredoc(hcl::expr::Heredoc {
-                        delimiter: h.delimiter.clone(),
-                        template: text,
-                        strip: h.strip,
-                    })
-                }
-                hcl::expr::TemplateExpr::QuotedString(_) => {
-                    hcl::expr::TemplateExpr::QuotedString(text)
-                }
-            }))
+            E::Traversal(Box::new(t2))
         }
-        // `[for x in xs : try(x.a, "d")]`: the calls depend on the loop's variables, so the loop
-        // is run here, each element resolved in a context holding them.
-        E::ForExpr(f) if mentions_lazy(&hcl::format::to_string(expr).unwrap_or_default()) => {
-            run_for(f, ctx).map(E::from).unwrap_or_else(|| expr.clone())
-        }
-        E::Conditional(c) => {
-            let mut c2 = (**c).clone();
-            c2.cond_expr = resolve(&c.cond_expr, ctx);
-            c2.true_expr = resolve(&c.true_expr, ctx);
-            c2.false_expr = resolve(&c.false_expr, ctx);
-            E::Conditional(Box::new(c2))
-        }
+        E::Conditional(c) => match eval_guarded(&resolve(&c.cond_expr, ctx)?, ctx) {
+            Ok(Value::Bool(true)) => resolve(&c.true_expr, ctx)?,
+            Ok(Value::Bool(false)) => resolve(&c.false_expr, ctx)?,
+            // Not a bool: evaluating the conditional reports it.
+            _ => expr.clone(),
+        },
         E::Operation(op) => {
             let op2 = match &**op {
                 hcl::expr::Operation::Unary(u) => {
                     let mut u2 = u.clone();
-                    u2.expr = resolve(&u.expr, ctx);
+                    u2.expr = resolve(&u.expr, ctx)?;
                     hcl::expr::Operation::Unary(u2)
                 }
                 hcl::expr::Operation::Binary(b) => {
                     let mut b2 = b.clone();
-                    b2.lhs_expr = resolve(&b.lhs_expr, ctx);
-                    b2.rhs_expr = resolve(&b.rhs_expr, ctx);
+                    b2.lhs_expr = resolve(&b.lhs_expr, ctx)?;
+                    b2.rhs_expr = resolve(&b.rhs_expr, ctx)?;
                     hcl::expr::Operation::Binary(b2)
                 }
             };
             E::Operation(Box::new(op2))
         }
         other => other.clone(),
-    }
-}
-
-/// The value of a `for` expression whose parts use `try`/`can`/`convert`; `None` when any part
-/// fails (evaluating the expression as it is then reports why).
-fn run_for(f: &hcl::expr::ForExpr, ctx: &Context<'_>) -> Option<Value> {
-    let items: Vec<(Value, Value)> =
-        match eval_guarded(&resolve(&f.collection_expr, ctx), ctx).ok()? {
-            Value::Array(a) => a
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| (Value::from(i as u64), v))
-                .collect(),
-            Value::Object(o) => o.into_iter().map(|(k, v)| (Value::String(k), v)).collect(),
-            _ => return None,
-        };
-    let mut list = Vec::new();
-    let mut object: hcl::Map<String, Value> = hcl::Map::new();
-    for (k, v) in items {
-        let mut c = ctx.clone();
-        if let Some(kv) = &f.key_var {
-            c.declare_var(kv.clone(), k);
-        }
-        c.declare_var(f.value_var.clone(), v);
-        if let Some(cond) = &f.cond_expr {
-            match eval_guarded(&resolve(cond, &c), &c).ok()? {
-                Value::Bool(true) => {}
-                Value::Bool(false) => continue,
-                _ => return None,
-            }
-        }
-        let value = eval_guarded(&resolve(&f.value_expr, &c), &c).ok()?;
-        let Some(key_expr) = &f.key_expr else {
-            list.push(value);
-            continue;
-        };
-        let key = match eval_guarded(&resolve(key_expr, &c), &c).ok()? {
-            Value::String(s) => s,
-            other => other.to_string(),
-        };
-        if f.grouping {
-            match object
-                .entry(key)
-                .or_insert_with(|| Value::Array(Vec::new()))
-            {
-                Value::Array(group) => group.push(value),
-                _ => return None,
-            }
-        } else {
-            object.insert(key, value);
-        }
-    }
-    Some(if f.key_expr.is_some() {
-        Value::Object(object)
-    } else {
-        Value::Array(list)
     })
 }
 
@@ -306,9 +247,12 @@ mod tests {
     fn a_value_too_large_is_an_error() {
         let mut c = ctx();
         c.declare_var("s", Value::from("x".repeat(16 << 20)));
-        let many = format!("\"{}\"", "${s}".repeat(9));
+        let many = format!("[{}]", "s, ".repeat(9));
         let e = evaluate(&expr(&many), &c).expect_err("144 MiB");
         assert!(e.contains("128 MiB"), "{e}");
-        assert!(evaluate(&expr("\"${s}${s}\""), &c).is_ok());
+        assert!(evaluate(&expr("[s, s]"), &c).is_ok());
+        // A template is one string, built within the string limit.
+        let e = evaluate(&expr("\"${s}${s}\""), &c).expect_err("32 MiB");
+        assert!(e.contains("16 MiB for one string"), "{e}");
     }
 }

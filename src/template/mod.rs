@@ -5,6 +5,7 @@
 
 pub mod ansible;
 pub mod boot_test;
+mod bounded;
 pub mod config;
 pub mod data;
 pub mod decode;

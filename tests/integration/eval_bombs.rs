@@ -179,6 +179,16 @@ fn every_bomb_is_a_clear_error_and_exit_1() {
             &["format", "256 MiB"],
         ),
         (
+            "nested for expressions",
+            "[for a in range(1024) : [for b in range(1024) : [for c in range(1024) : a]]]",
+            &["for", "256 MiB"],
+        ),
+        (
+            "template loops",
+            r#""%{ for a in range(1024) }%{ for b in range(1024) }${format("%1000s", "")}%{ endfor }%{ endfor }""#,
+            &["template", "16 MiB"],
+        ),
+        (
             "parseint",
             r#"parseint("zzzzzzzzzzzzzzzzzzzzzzzzzzzz", 62)"#,
             &["parseint", "64-bit"],
@@ -220,7 +230,7 @@ fn a_variable_default_reading_dev_zero_is_refused() {
 }
 
 /// Locals that double one another (10 KB, 20 KB, ... 2^39 × 10 KB) stop at the first one past
-/// the limit for one value, instead of growing until the memory limit aborts the process.
+/// the limit for one string, instead of growing until the memory limit aborts the process.
 #[test]
 fn doubling_locals_stop_at_the_value_limit() {
     let mut locals = format!("locals {{\n  l0 = \"{}\"\n", "x".repeat(10_000));
@@ -232,12 +242,12 @@ fn doubling_locals_stop_at_the_value_limit() {
         ));
     }
     locals.push_str("  bomb = local.l39\n}\n");
-    // 10 KB × 2^14 = 164 MB is the first past 128 MiB.
+    // 10 KB × 2^11 = 20 MB is the first past the 16 MiB of one string (a template builds one).
     refused(
         "doubling",
         &template(&locals),
         &[],
-        &["local.l14", "128 MiB"],
+        &["local.l11", "16 MiB"],
     );
 }
 

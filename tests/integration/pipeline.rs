@@ -196,7 +196,7 @@ const SNAPSHOT_MOUNT_TRIES: u32 = 10;
 
 /// Mounts the first partition of a snapshot file read-only, runs `f` on the mount point, and
 /// undoes the mount and the loop device.
-fn with_snapshot<T>(file: &Path, f: impl FnOnce(&Path) -> T) -> T {
+pub(crate) fn with_snapshot<T>(file: &Path, f: impl FnOnce(&Path) -> T) -> T {
     let mnt = std::env::temp_dir().join(unique("inspect"));
     std::fs::create_dir_all(&mnt).expect("mnt");
     let dev = losetup_show(&["-f", "-P", "-r", "--show"], file);

@@ -331,3 +331,87 @@ async fn sudo_useradd_and_su_work_in_the_sandbox() {
     })
     .await;
 }
+
+/// Every process's command line on the host that holds `needle`.
+fn command_lines_holding(needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(b) = std::fs::read(e.path().join("cmdline")) {
+            let line = String::from_utf8_lossy(&b).replace('\0', " ");
+            if line.contains(needle) {
+                hits.push(line);
+            }
+        }
+    }
+    hits
+}
+
+/// A shell provisioner's environment values (`{{.Vars}}` in Packer's default `execute_command`)
+/// reach the script through its environment, never through a command line that any process on
+/// the host can read in `/proc/*/cmdline`; the staged command file is gone after the build.
+#[tokio::test]
+async fn environment_values_stay_off_command_lines() {
+    with_janitor(|janitor| async move {
+        let t = Tpl::new();
+        let secret = unique("kiln-secret");
+        let provs = format!(
+            r#"provisioner "shell" {{
+    environment_vars = ["TOKEN={secret}"]
+    inline = ["test \"$TOKEN\" = {secret} && echo $TOKEN | wc -c > /token-length", "sleep 3"]
+  }}"#
+        );
+        let tpl = t.write("secret.pkr.hcl", &busybox(&unique("sb-secret"), "", &provs));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let scanner = {
+            let (stop, secret) = (stop.clone(), secret.clone());
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut scans = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    seen.extend(command_lines_holding(&secret));
+                    scans += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                (seen, scans)
+            })
+        };
+        let (ok, doc, stderr) = build(&tpl, &[]);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (seen, scans) = scanner.join().expect("the scanner");
+        track_result(&janitor, &doc);
+        assert!(ok, "{}\n{stderr}", doc["error"]);
+        assert!(
+            scans > 20,
+            "the scanner ran {scans} times only: it proves nothing"
+        );
+        assert!(
+            seen.is_empty(),
+            "the secret was on a command line: {seen:?}"
+        );
+        let expected = format!("{}\n", secret.len() + 1);
+        let got = read_from_result(&doc, &["/token-length"]);
+        assert_eq!(
+            got[0].as_deref(),
+            Some(expected.as_str()),
+            "the script did not get TOKEN"
+        );
+        let file = doc["artifacts"][Emulator::get().region()]["snapshot_files"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let left: Vec<String> = crate::pipeline::with_snapshot(Path::new(&file), |mnt| {
+            std::fs::read_dir(mnt.join("tmp"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("kiln-"))
+                .collect()
+        });
+        assert!(
+            left.is_empty(),
+            "staged commands left in the image: {left:?}"
+        );
+    })
+    .await;
+}

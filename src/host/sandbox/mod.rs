@@ -384,12 +384,13 @@ impl Sandbox {
         self.dir.join("chroot")
     }
 
-    /// The shell text that runs `inner` with `/bin/sh -c` inside the sandbox.
-    pub fn shell(&self, inner: &str) -> String {
+    /// The shell text that runs the shell script at `file` (a path inside the image) with
+    /// `/bin/sh` inside the sandbox: the script's text stays off every command line.
+    pub fn shell_file(&self, file: &str) -> String {
         format!(
-            "{} /bin/sh -c {}",
+            "{} /bin/sh {}",
             shell_quote(&self.launcher().display().to_string()),
-            shell_quote(inner)
+            shell_quote(file)
         )
     }
 

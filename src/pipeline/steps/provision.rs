@@ -1,5 +1,5 @@
 //! Step `provision`: the template's provisioners in order. `shell` and `file` work inside the
-//! build's sandbox (commands run as `LAUNCHER /bin/sh -c ...` children through `command_wrapper`,
+//! build's sandbox (commands run as `LAUNCHER /bin/sh FILE` children, the command staged in a 0600 file through `command_wrapper`,
 //! see `crate::host::sandbox`); `shell-local` runs on the host with the build's device and mount path.
 //! Output is streamed under the provisioner's name; a failure names the provisioner, the exit
 //! code and the last lines of output.
@@ -119,9 +119,18 @@ async fn run_shell(b: &Build, label: &str, s: &Shell, local: bool) -> Result<(),
     Ok(())
 }
 
-/// Runs `inner` with `/bin/sh -c` inside the build's sandbox (its launcher, through
+/// Mode of a staged command file: it may carry the template's environment values (secrets), so
+/// only root reads it.
+const COMMAND_MODE: u32 = 0o600;
+
+/// Runs `inner` with `/bin/sh` inside the build's sandbox (its launcher, through
 /// `command_wrapper`, a child in its own process group), its output under `label`; `display` is
 /// what logs show (masked). Succeeds on an exit code in `codes`.
+///
+/// `inner` (an `execute_command` with `{{.Vars}}` expanded, so it may hold environment values)
+/// never appears on a command line, where every process on the host could read it in
+/// `/proc/*/cmdline`: it is staged in the image's `/tmp` as a 0600 file that `/bin/sh` reads, and
+/// removed afterwards. Side effects: that file exists while the command runs.
 pub(super) async fn in_chroot(
     b: &Build,
     label: &str,
@@ -133,20 +142,32 @@ pub(super) async fn in_chroot(
         b.state.sandbox.as_ref().ok_or_else(|| {
             super::invalid(format!("{label}: the build has no sandbox to run in"))
         })?;
-    let chroot_cmd = sandbox.shell(inner);
-    let wrapped = b.render(
-        "command_wrapper",
-        &b.plan.config.command_wrapper,
-        &[("Command", chroot_cmd)],
-    )?;
-    b.run_command(ShellCommand {
-        name: label.to_owned(),
-        display: display.to_owned(),
-        script: wrapped,
-        env: Vec::new(),
-        valid_exit_codes: codes.to_vec(),
-    })
-    .await
+    let image = ImageFs::open(&b.mount_path()?)?;
+    let staged = format!("/tmp/kiln-command-{}.sh", uuid::Uuid::new_v4().simple());
+    image
+        .write(&staged, format!("{inner}\n").as_bytes(), COMMAND_MODE)
+        .map_err(|e| super::invalid(format!("{label}: staging the command: {e}")))?;
+    let chroot_cmd = sandbox.shell_file(&staged);
+    let result = async {
+        let wrapped = b.render(
+            "command_wrapper",
+            &b.plan.config.command_wrapper,
+            &[("Command", chroot_cmd)],
+        )?;
+        b.run_command(ShellCommand {
+            name: label.to_owned(),
+            display: display.to_owned(),
+            script: wrapped,
+            env: Vec::new(),
+            valid_exit_codes: codes.to_vec(),
+        })
+        .await
+    }
+    .await;
+    if let Err(e) = image.remove(&staged) {
+        tracing::warn!(error = %e, file = %staged, "the staged command stays in the image");
+    }
+    result
 }
 
 /// Where an upload of `src` goes inside the image, as Packer's file provisioner places it: a

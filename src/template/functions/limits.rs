@@ -141,7 +141,7 @@ pub(crate) fn value(v: &Value) -> Result<(), String> {
 }
 
 /// Charges `bytes` built by `f` to this evaluation's budget.
-pub(super) fn spend(f: &str, bytes: usize) -> Result<(), String> {
+pub(crate) fn spend(f: &str, bytes: usize) -> Result<(), String> {
     let spent = SPENT.with(|s| {
         let total = s.get().saturating_add(bytes);
         s.set(total);
@@ -157,7 +157,7 @@ pub(super) fn spend(f: &str, bytes: usize) -> Result<(), String> {
 }
 
 /// Charges the value `f` built to this evaluation's budget, and hands it back.
-pub(super) fn charge(f: &str, v: Value) -> Result<Value, String> {
+pub(crate) fn charge(f: &str, v: Value) -> Result<Value, String> {
     spend(f, weight(&v, EVAL_BUDGET_BYTES))?;
     Ok(v)
 }
