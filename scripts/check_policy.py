@@ -1,6 +1,9 @@
 """Checks that the stack's IAM roles allow every AWS call kiln makes, and name which statement
-allows each: the builder role (infra/kiln.yaml, BuilderRole) for the worker's calls, the trigger
-role for kiln-trigger's. The calls are read from kiln's sources: every `.operation()` of the AWS
+allows each: for the worker, its build calls (EC2, Parameter Store, Secrets Manager) against a
+team's build role (BuildPolicy, with the default team's DefaultBuildRole) and its own calls (S3,
+SQS, Auto Scaling, STS to assume the build roles) against the builders' role (BuilderRole); the
+trigger role for kiln-trigger's. By action name only: scripts/check_team_policy.py evaluates the
+conditions and resources of each call, and the cross-team attempts. The calls are read from kiln's sources: every `.operation()` of the AWS
 SDK for Rust (the operations are the SDK crates' own `src/operation/` modules), in a role's own
 files and in the library functions they call (with the functions of the same file those call).
 
@@ -26,6 +29,14 @@ ROLES = {
                                   or p in ("src/main.rs", "src/gc.rs")),
     "TriggerRole": lambda p: p.startswith("src/trigger/") or p == "src/bin/kiln-trigger.rs",
 }
+# Where each of the worker's calls is made: a build's EC2 calls and data-source reads with its
+# team's build role (assumed through STS with the kiln:team session tag); the rest with the
+# builders' own role.
+BUILD_SERVICES = ("ec2:", "ssm:", "secretsmanager:")
+# Calls the SDK makes for kiln rather than through an `.operation()` in kiln's sources: the
+# worker's AssumeRoleProvider (aws-config) for each team's build role, with session tags.
+IMPLICIT = {"BuilderRole": {"sts:AssumeRole": "src/worker/mod.rs:team_clients",
+                            "sts:TagSession": "src/worker/mod.rs:team_clients"}}
 # SDK operations whose IAM action has another name.
 ACTION_NAMES = {
     ("s3", "ListObjectsV2"): "ListBucket",
@@ -115,10 +126,19 @@ def library_functions(accept) -> list[tuple[str, str]]:
 
 
 def statements(template: dict, role: str) -> list[dict]:
+    """The Allow statements of the role's inline policies and of the managed policies of the same
+    template it names (ManagedPolicyArns: !Ref X)."""
+    props = template["Resources"][role]["Properties"]
+    docs = [p["PolicyDocument"] for p in props.get("Policies", [])]
+    for ref in props.get("ManagedPolicyArns", []):
+        if isinstance(ref, dict) and "Ref" in ref and ref["Ref"] in template["Resources"]:
+            docs.append(template["Resources"][ref["Ref"]]["Properties"]["PolicyDocument"])
     out = []
-    for policy in template["Resources"][role]["Properties"].get("Policies", []):
-        for st in policy["PolicyDocument"]["Statement"]:
-            if st.get("Effect") == "Allow":
+    for doc in docs:
+        for st in doc["Statement"]:
+            if isinstance(st, dict) and "Fn::If" in st:
+                st = st["Fn::If"][1]  # the statement when its condition holds
+            if isinstance(st, dict) and st.get("Effect") == "Allow":
                 out.append(st)
     return out
 
@@ -139,18 +159,22 @@ def main() -> int:
     ops = sdk_operations()
     missing = 0
     for role, accept in ROLES.items():
-        sts = statements(template, role)
         found = calls(ops, accept)
         if not found:
             print(f"{role}: no AWS calls found in kiln's sources (the scan is broken)")
             missing += 1
+        for action, where in IMPLICIT.get(role, {}).items():
+            found.setdefault(action, [where])
         for action in sorted(found):
-            sids = allowed_by(action, sts)
+            # The worker's build calls: the default team's build role (BuildPolicy + its own).
+            who = "DefaultBuildRole" if role == "BuilderRole" and action.startswith(BUILD_SERVICES) else role
+            sids = allowed_by(action, statements(template, who))
             where = found[action][0]
+            role_name = f"{role} ({who})" if who != role else role
             if sids:
-                print(f"{role}: {action} ({where}) allowed by {', '.join(sids)}")
+                print(f"{role_name}: {action} ({where}) allowed by {', '.join(sids)}")
             else:
-                print(f"{role}: {action} ({where}) is NOT allowed by any statement")
+                print(f"{role_name}: {action} ({where}) is NOT allowed by any statement")
                 missing += 1
     if missing:
         print(f"check_policy: {missing} call(s) kiln makes are not allowed by {path}")
