@@ -596,7 +596,7 @@ def main() -> int:
                     else:
                         ok, sids = True, sids + rsids
                 elif action.startswith("sts:"):
-                    ok = False
+                    ok, sids = False, [f"{rp[0][0]}: no statement allows (the role's trust policy)"]
             if not ok:
                 outcome = False
                 why = [f"{action} on {resource}: " + (", ".join(sids) if sids else "no statement allows")]
