@@ -4,6 +4,7 @@
 //! Exactly one worker owns a build: a live lease is respected, an expired one is taken over by
 //! compare-and-swap, and only one taker wins.
 
+use crate::team::Team;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -98,9 +99,9 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The S3 key of a build's journal.
-pub fn key(build_id: &str) -> String {
-    format!("checkpoints/{build_id}.json")
+/// The S3 key of a build's journal: `checkpoints/<id>.json` in the team's part of the bucket.
+pub fn key(team: &Team, build_id: &str) -> String {
+    team.key(&format!("checkpoints/{build_id}.json"))
 }
 
 /// An owned journal: every write is a compare-and-swap on the last ETag.
@@ -108,6 +109,7 @@ pub fn key(build_id: &str) -> String {
 pub struct JournalHandle {
     s3: aws_sdk_s3::Client,
     bucket: String,
+    team: Team,
     key: String,
     lease_s: u64,
     state: Mutex<(Journal, String)>,
@@ -137,9 +139,10 @@ fn precondition_failed<E>(
 pub async fn read(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
+    team: &Team,
     build_id: &str,
 ) -> Result<Option<(Journal, String)>, CheckpointError> {
-    Ok(read_dated(s3, bucket, build_id)
+    Ok(read_dated(s3, bucket, team, build_id)
         .await?
         .map(|(j, etag, _)| (j, etag)))
 }
@@ -149,9 +152,10 @@ pub async fn read(
 pub async fn read_dated(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
+    team: &Team,
     build_id: &str,
 ) -> Result<Option<(Journal, String, Option<u64>)>, CheckpointError> {
-    let key = key(build_id);
+    let key = key(team, build_id);
     match s3.get_object().bucket(bucket).key(&key).send().await {
         Ok(o) => {
             let etag = o.e_tag().unwrap_or_default().to_owned();
@@ -182,20 +186,22 @@ pub async fn read_dated(
 pub async fn acquire(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
+    team: &Team,
     build_id: &str,
     owner: &Owner,
     lease_s: u64,
 ) -> Result<Acquired, CheckpointError> {
-    let key = key(build_id);
+    let key = key(team, build_id);
     let handle = |j: Journal, etag: String| JournalHandle {
         s3: s3.clone(),
         bucket: bucket.to_owned(),
+        team: team.clone(),
         key: key.clone(),
         lease_s,
         state: Mutex::new((j, etag)),
         writing: tokio::sync::Mutex::new(()),
     };
-    match read(s3, bucket, build_id).await? {
+    match read(s3, bucket, team, build_id).await? {
         None => {
             let j = Journal {
                 build_id: build_id.to_owned(),
@@ -222,23 +228,25 @@ pub async fn acquire(
                     j,
                     o.e_tag().unwrap_or_default().to_owned(),
                 ))),
-                Err(e) if precondition_failed(&e) => match read(s3, bucket, build_id).await? {
-                    Some((other, _)) => Ok(Acquired::Held(
-                        other.owner.unwrap_or(Owner {
-                            instance_id: "?".into(),
-                            worker_id: "?".into(),
-                        }),
-                        other.lease_expires,
-                    )),
-                    // Another creation was in flight (409) and has not landed: it owns the build.
-                    None => Ok(Acquired::Held(
-                        Owner {
-                            instance_id: "?".into(),
-                            worker_id: "?".into(),
-                        },
-                        now() + 1,
-                    )),
-                },
+                Err(e) if precondition_failed(&e) => {
+                    match read(s3, bucket, team, build_id).await? {
+                        Some((other, _)) => Ok(Acquired::Held(
+                            other.owner.unwrap_or(Owner {
+                                instance_id: "?".into(),
+                                worker_id: "?".into(),
+                            }),
+                            other.lease_expires,
+                        )),
+                        // Another creation was in flight (409) and has not landed: it owns the build.
+                        None => Ok(Acquired::Held(
+                            Owner {
+                                instance_id: "?".into(),
+                                worker_id: "?".into(),
+                            },
+                            now() + 1,
+                        )),
+                    }
+                }
                 Err(e) => Err(s3_err(
                     bucket,
                     &key,
@@ -336,7 +344,7 @@ impl JournalHandle {
                 }
                 Err(e) if precondition_failed(&e) => {
                     let build_id = next.build_id.clone();
-                    match read(&self.s3, &self.bucket, &build_id).await? {
+                    match read(&self.s3, &self.bucket, &self.team, &build_id).await? {
                         Some((there, there_etag))
                             if there.owner == next.owner && there.attempt == next.attempt =>
                         {

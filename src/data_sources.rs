@@ -5,6 +5,7 @@
 //! with the values. `kiln build`, the worker and the trigger call [`complete`]; `kiln validate`
 //! does not (offline, like `packer validate`).
 
+use crate::team::DataScope;
 use crate::template::data::{DataQuery, DataRequest, DataValues, secret_parts, secret_value};
 use crate::template::{self, Inputs, Loaded};
 use aws_config::{Region, SdkConfig};
@@ -45,7 +46,8 @@ impl DataSourceError {
 /// again with its data sources' values, fetched with `config`'s credentials in each block's
 /// `region` (else `config`'s). A data source that does not exist or may not be read is an error
 /// diagnostic at its block; secrets are added to the masker. Returns `loaded` unchanged when it
-/// has no such data sources.
+/// has no such data sources. A name outside `scope` (the build's team's prefix) is refused
+/// before any call, as the team's build role would refuse it on AWS.
 ///
 /// Side effects: read-only AWS calls. Safe to call twice.
 pub async fn complete(
@@ -53,11 +55,12 @@ pub async fn complete(
     inputs: &Inputs,
     loaded: Loaded,
     config: &SdkConfig,
+    scope: &DataScope,
 ) -> Result<Loaded, DataSourceError> {
     if loaded.data_requests.is_empty() || inputs.data.is_some() {
         return Ok(loaded);
     }
-    let values = fetch(config, &loaded.data_requests).await?;
+    let values = fetch(config, &loaded.data_requests, scope).await?;
     let inputs = Inputs {
         data: Some(values),
         ..inputs.clone()
@@ -65,12 +68,14 @@ pub async fn complete(
     Ok(template::load(path, &inputs))
 }
 
-/// Fetches every request's outputs. Permanent failures land in [`DataValues::errors`].
+/// Fetches every request's outputs. Permanent failures (and names outside `scope`) land in
+/// [`DataValues::errors`].
 ///
 /// Side effects: read-only AWS calls. Safe to call twice.
 pub async fn fetch(
     config: &SdkConfig,
     requests: &[DataRequest],
+    scope: &DataScope,
 ) -> Result<DataValues, DataSourceError> {
     let mut values = DataValues::default();
     for request in requests {
@@ -82,6 +87,14 @@ pub async fn fetch(
         let address = request.address();
         let span = tracing::info_span!("data-source", data = %address, region = %region);
         let _entered = span.enter();
+        let allowed = match &request.query {
+            DataQuery::Parameter { name, .. } => scope.check_parameter(name),
+            DataQuery::Secret { name, .. } => scope.check_secret(name),
+        };
+        if let Err(e) = allowed {
+            values.errors.insert(address, e.to_string());
+            continue;
+        }
         let got = match &request.query {
             DataQuery::Parameter {
                 name,

@@ -17,15 +17,19 @@
 
 use crate::aws::Clients;
 use crate::checkpoint;
-use crate::ec2::{TAG_BUILD_ID, TAG_GENERATION, images, volumes};
+use crate::ec2::{TAG_BUILD_ID, images, volumes};
 use aws_sdk_ec2::error::DisplayErrorContext;
-use aws_sdk_ec2::types::{Filter, Image, Snapshot, Tag, Volume};
+use aws_sdk_ec2::types::{Filter, Image, Snapshot, Volume};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use verdict::{Fate, Journaled, read_journal, verdict};
 
+mod identity;
 mod verdict;
+
+pub use identity::glob_match;
+use identity::{made, unqualified};
 
 /// What gc did (or would do, with `dry_run`) to one resource.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -40,52 +44,6 @@ pub struct Action {
     pub reason: String,
     /// `deleted`, `would delete`, or the error.
     pub outcome: String,
-}
-
-/// Whether `text` matches `pattern`, where `*` matches any run of characters and `?` any one
-/// character: the wildcards of EC2's tag filters, so that journals and resources are chosen alike.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    // The last `*` seen and the text position it was tried at (classic linear backtracking).
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == t[ti] => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
-fn tag_of(tags: &[Tag], key: &str) -> Option<String> {
-    tags.iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value().map(str::to_owned))
-}
-
-/// Who made a resource, by its id and tags: (id, build id, generation; `""` without a generation
-/// tag). `None` without an id or a build id.
-fn made(id: Option<&str>, tags: &[Tag]) -> Option<(String, String, String)> {
-    Some((
-        id?.to_owned(),
-        tag_of(tags, TAG_BUILD_ID)?,
-        tag_of(tags, TAG_GENERATION).unwrap_or_default(),
-    ))
 }
 
 /// The instances among those `vols` are attached to that are not terminated or shutting down;
@@ -236,7 +194,8 @@ impl Run<'_> {
     /// Build `build`'s journal as read (once per run). Side effects: reads S3 the first time.
     async fn journal(&mut self, build: &str) -> &Journaled {
         if !self.journals.contains_key(build) {
-            let j = read_journal(self.clients, self.bucket, build, self.older_than).await;
+            let (team, id) = unqualified(build);
+            let j = read_journal(self.clients, self.bucket, &team, id, self.older_than).await;
             self.journals.insert(build.to_owned(), j);
         }
         &self.journals[build]
@@ -434,13 +393,50 @@ impl Run<'_> {
     /// the journal's own generation; the pattern's literal head narrows the listing. Side
     /// effects: lists and deletes S3 objects (unless `dry_run`).
     async fn journals(&mut self, build_ids: &str) {
+        let mut roots = vec![String::new()];
+        roots.extend(self.team_roots().await);
+        for root in roots {
+            self.journals_under(&root, build_ids).await;
+        }
+    }
+
+    /// The key roots of the teams that have documents in the bucket (`teams/<name>/`).
+    async fn team_roots(&mut self) -> Vec<String> {
+        let mut pages = self
+            .clients
+            .s3
+            .list_objects_v2()
+            .bucket(self.bucket)
+            .prefix("teams/")
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        let mut roots = Vec::new();
+        while let Some(page) = pages.next().await {
+            match page {
+                Ok(p) => roots.extend(
+                    p.common_prefixes()
+                        .iter()
+                        .filter_map(|c| c.prefix().map(str::to_owned)),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %aws_sdk_s3::error::DisplayErrorContext(&e), "could not list the teams' journals; only the default team's are collected");
+                    break;
+                }
+            }
+        }
+        roots
+    }
+
+    /// [`Run::journals`] within one team's key root.
+    async fn journals_under(&mut self, root: &str, build_ids: &str) {
         let head = build_ids.split(['*', '?']).next().unwrap_or_default();
         let mut pages = self
             .clients
             .s3
             .list_objects_v2()
             .bucket(self.bucket)
-            .prefix(format!("checkpoints/{head}"))
+            .prefix(format!("{root}checkpoints/{head}"))
             .into_paginator()
             .send();
         let mut found = Vec::new();
@@ -450,7 +446,7 @@ impl Run<'_> {
                 Err(e) => {
                     self.actions.push(Action {
                         kind: "listing",
-                        id: format!("s3://{}/checkpoints/", self.bucket),
+                        id: format!("s3://{}/{root}checkpoints/", self.bucket),
                         build_id: build_ids.to_owned(),
                         reason: "could not list the journals".to_owned(),
                         outcome: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
@@ -463,13 +459,17 @@ impl Run<'_> {
             let Some(key) = o.key().map(str::to_owned) else {
                 continue;
             };
-            let build = key
-                .trim_start_matches("checkpoints/")
-                .trim_end_matches(".json")
-                .to_owned();
-            if !glob_match(build_ids, &build) {
+            let Some(id) = key
+                .strip_prefix(root)
+                .and_then(|k| k.strip_prefix("checkpoints/"))
+                .and_then(|k| k.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            if !glob_match(build_ids, id) {
                 continue;
             }
+            let build = format!("{root}{id}");
             let Journaled { fate, why, .. } = self.journal(&build).await.clone();
             if fate.keeps_all() || !self.old_enough(o.last_modified().map(|t| t.secs())) {
                 continue;

@@ -23,6 +23,7 @@ pub mod observe;
 #[cfg(feature = "builder")]
 pub mod pipeline;
 pub mod request;
+pub mod team;
 pub mod template;
 pub mod template_store;
 #[cfg(feature = "trigger")]

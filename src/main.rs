@@ -83,6 +83,9 @@ enum Command {
         /// The bucket holding results and logs.
         #[arg(long, env = "KILN_BUCKET")]
         bucket: String,
+        /// The team whose build it is (its results and logs are under `teams/<team>/`).
+        #[arg(long, env = "KILN_TEAM", default_value = kiln::team::DEFAULT_TEAM, value_parser = parse_team)]
+        team: kiln::team::Team,
         /// The build id.
         build_id: String,
     },
@@ -102,6 +105,10 @@ struct SubmitArgs {
     /// The request queue URL.
     #[arg(long, env = "KILN_QUEUE")]
     queue: String,
+    /// The team whose queue `--queue` is: the template is uploaded under its `submissions/`
+    /// and the result read from its results.
+    #[arg(long, env = "KILN_TEAM", default_value = kiln::team::DEFAULT_TEAM, value_parser = parse_team)]
+    team: kiln::team::Team,
     /// The bucket to upload a local template to (and to read results from).
     #[arg(long, env = "KILN_BUCKET")]
     bucket: String,
@@ -169,6 +176,11 @@ struct WorkerArgs {
     /// The group's termination lifecycle hook.
     #[arg(long, env = "KILN_LIFECYCLE_HOOK")]
     lifecycle_hook: Option<String>,
+}
+
+/// A `--team` value, checked against the team name rule.
+fn parse_team(s: &str) -> Result<kiln::team::Team, String> {
+    kiln::team::Team::new(s).map_err(|e| e.to_string())
 }
 
 impl WorkerArgs {
@@ -334,9 +346,11 @@ fn main() -> ExitCode {
                     Command::Build { template, flags } => cli::build::build(template, flags).await,
                     Command::Worker(args) => cli::worker::worker(args).await,
                     Command::Submit(args) => cli::submit::submit(args).await,
-                    Command::Status { bucket, build_id } => {
-                        cli::submit::status(bucket, build_id).await
-                    }
+                    Command::Status {
+                        bucket,
+                        team,
+                        build_id,
+                    } => cli::submit::status(bucket, team, build_id).await,
                     Command::Gc {
                         bucket,
                         regions,

@@ -37,9 +37,12 @@ pub struct Bake {
 }
 
 /// The S3 key of a template's bake index: its last succeeded build's [`Bake`] (written by the
-/// worker, read by `kiln-trigger`'s nightly run).
-pub fn index_key(template_key: &str) -> String {
-    format!("index/{template_key}.json")
+/// worker, read by `kiln-trigger`'s nightly run), in the team's part of the bucket
+/// (`index/templates/web.json.json`; team `b`: `teams/b/index/templates/web.json.json`).
+pub fn index_key(team: &crate::team::Team, template_key: &str) -> String {
+    let root = team.key_root();
+    let within = template_key.strip_prefix(&root).unwrap_or(template_key);
+    team.key(&format!("index/{within}.json"))
 }
 
 /// Where the template is.

@@ -63,6 +63,7 @@ async fn one(
     let build = BuildRef {
         id: format!("bench-waits-{}", uuid::Uuid::new_v4()),
         generation: String::new(),
+        team: String::new(),
     };
     let tags = kiln_tags(&build, "bench", &Default::default());
     let volume = volumes::create(

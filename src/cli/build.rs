@@ -32,10 +32,20 @@ pub(crate) async fn acquire_journal(
         instance_id: host,
         worker_id: format!("kiln-build-{}", std::process::id()),
     };
-    let at = format!("s3://{bucket}/{}", checkpoint::key(id));
-    match checkpoint::acquire(&clients.s3, bucket, id, &owner, BUILD_LEASE_S)
-        .await
-        .with_context(|| format!("--checkpoint-bucket: reading or creating {at}"))?
+    let at = format!(
+        "s3://{bucket}/{}",
+        checkpoint::key(&kiln::team::Team::default_team(), id)
+    );
+    match checkpoint::acquire(
+        &clients.s3,
+        bucket,
+        &kiln::team::Team::default_team(),
+        id,
+        &owner,
+        BUILD_LEASE_S,
+    )
+    .await
+    .with_context(|| format!("--checkpoint-bucket: reading or creating {at}"))?
     {
         checkpoint::Acquired::Fresh(j) => Ok(j),
         checkpoint::Acquired::TakenOver(j) => {
@@ -99,8 +109,14 @@ pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Re
         };
         match kiln::aws::load(&settings).await {
             Ok(config) => {
-                loaded =
-                    kiln::data_sources::complete(&args.template, &inputs, loaded, &config).await?;
+                loaded = kiln::data_sources::complete(
+                    &args.template,
+                    &inputs,
+                    loaded,
+                    &config,
+                    &kiln::team::DataScope::unrestricted(),
+                )
+                .await?;
             }
             // The template's own errors (printed below) come before a missing region.
             Err(_) if loaded.has_errors() => {}
@@ -183,6 +199,7 @@ pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Re
         };
         let options = BuildOptions {
             build_id: id.clone(),
+            team: kiln::team::Team::default_team(),
             backend: backend.clone(),
             on_error,
             lock_dir: kiln::host::lock::LOCK_DIR.into(),

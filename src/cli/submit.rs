@@ -10,6 +10,7 @@ use std::process::ExitCode;
 pub(crate) async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
     let SubmitArgs {
         queue,
+        team,
         bucket,
         vars,
         only,
@@ -37,7 +38,7 @@ pub(crate) async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
     } else {
         let path = std::path::Path::new(template);
         // Not under the trigger's `templates/` prefix: an upload there would start a second build.
-        let prefix = format!("submissions/{build_id}");
+        let prefix = team.key(&format!("submissions/{build_id}"));
         // The working directory is the root: the template and every file it references, at
         // their paths relative to it, as the worker lays them out and resolves them.
         let cwd = std::env::current_dir().context("reading the working directory")?;
@@ -125,7 +126,7 @@ pub(crate) async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
     loop {
         if let Some(text) =
-            read_object(&clients, bucket, &kiln::worker::result_key(&build_id)).await?
+            read_object(&clients, bucket, &kiln::worker::result_key(team, &build_id)).await?
         {
             println!("{text}");
             let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
@@ -161,15 +162,21 @@ pub(crate) async fn read_object(
     }
 }
 
-pub(crate) async fn status(bucket: &str, build_id: &str) -> anyhow::Result<ExitCode> {
+pub(crate) async fn status(
+    bucket: &str,
+    team: &kiln::team::Team,
+    build_id: &str,
+) -> anyhow::Result<ExitCode> {
     let config = kiln::aws::load(&AwsSettings::default()).await?;
     let clients = Clients::new(&config);
-    if let Some(text) = read_object(&clients, bucket, &kiln::worker::result_key(build_id)).await? {
+    if let Some(text) =
+        read_object(&clients, bucket, &kiln::worker::result_key(team, build_id)).await?
+    {
         // A closed pipe (`| head`) is not an error worth a panic.
         let _ = writeln!(std::io::stdout(), "{text}");
         return Ok(ExitCode::SUCCESS);
     }
-    match read_object(&clients, bucket, &kiln::worker::log_key(build_id)).await? {
+    match read_object(&clients, bucket, &kiln::worker::log_key(team, build_id)).await? {
         Some(log) => {
             let _ = write!(
                 std::io::stdout(),

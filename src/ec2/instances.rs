@@ -212,16 +212,21 @@ pub async fn live_matching(
         .collect())
 }
 
-/// The ids of the instances tagged with `build_id` that are not terminated (what a dead attempt's
-/// boot test left).
-pub async fn of_build(ec2: &Client, region: &str, build_id: &str) -> Result<Vec<String>, Ec2Error> {
+/// The ids of the instances `build` (its team, id and generation) made that are not terminated
+/// (what a dead attempt's boot test left).
+pub async fn of_build(
+    ec2: &Client,
+    region: &str,
+    build: &super::BuildRef,
+) -> Result<Vec<String>, Ec2Error> {
     let filter = aws_sdk_ec2::types::Filter::builder()
         .name(format!("tag:{}", super::TAG_BUILD_ID))
-        .values(build_id)
+        .values(&build.id)
         .build();
     Ok(live_matching(ec2, region, filter)
         .await?
         .into_iter()
+        .filter(|i| super::made_by(i.tags(), build))
         .filter_map(|i| i.instance_id)
         .collect())
 }

@@ -167,6 +167,15 @@ pub struct BuildRef {
     pub id: String,
     /// The generation (empty for journals written before generations existed).
     pub generation: String,
+    /// The team (empty: the default team).
+    pub team: String,
+}
+
+impl BuildRef {
+    /// The build's team ([`crate::team::Team::of_tag`] of `team`).
+    pub fn team(&self) -> crate::team::Team {
+        crate::team::Team::of_tag(Some(self.team.as_str()).filter(|t| !t.is_empty()))
+    }
 }
 
 /// Tags kiln puts on everything it creates, so every resource can be found from its build.
@@ -176,6 +185,12 @@ pub fn kiln_tags(build: &BuildRef, step: &str, extra: &BTreeMap<String, String>)
         .map(|(k, v)| Tag::builder().key(k).value(v).build())
         .collect();
     tags.push(Tag::builder().key(TAG_BUILD_ID).value(&build.id).build());
+    tags.push(
+        Tag::builder()
+            .key(crate::team::TAG_TEAM)
+            .value(build.team().as_str())
+            .build(),
+    );
     tags.push(Tag::builder().key(TAG_STEP).value(step).build());
     if !build.generation.is_empty() {
         tags.push(
@@ -188,7 +203,8 @@ pub fn kiln_tags(build: &BuildRef, step: &str, extra: &BTreeMap<String, String>)
     tags
 }
 
-/// Whether a resource's tags say that `build` (this id and generation) made it.
+/// Whether a resource's tags say that `build` (this team, id and generation) made it (a resource
+/// without a team tag is the default team's).
 pub fn made_by(tags: &[Tag], build: &BuildRef) -> bool {
     let value = |k: &str| {
         tags.iter()
@@ -197,6 +213,7 @@ pub fn made_by(tags: &[Tag], build: &BuildRef) -> bool {
     };
     value(TAG_BUILD_ID) == Some(build.id.as_str())
         && value(TAG_GENERATION).unwrap_or("") == build.generation
+        && crate::team::Team::of_tag(value(crate::team::TAG_TEAM)) == build.team()
 }
 
 /// A `TagSpecification` for `kind` with `tags`.
@@ -222,6 +239,13 @@ pub const TAG_GENERATION: &str = "kiln:generation";
 /// for a volume each attempt makes anew, the source image and target region for a copy).
 pub fn client_token(build: &BuildRef, parts: &[&str]) -> String {
     let mut t = format!("kiln-{}", build.id);
+    // Another team's build of the same id is another build (the default team's tokens are as
+    // they were before teams).
+    let team = build.team();
+    if !team.is_default() {
+        t.push('-');
+        t.push_str(team.as_str());
+    }
     if !build.generation.is_empty() {
         t.push('-');
         t.push_str(&build.generation);
@@ -257,6 +281,7 @@ mod tests {
         BuildRef {
             id: id.into(),
             generation: generation.into(),
+            team: String::new(),
         }
     }
 

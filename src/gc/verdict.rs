@@ -70,37 +70,38 @@ pub(super) fn verdict(journal: &Journaled, generation: &str) -> (Fate, String) {
 pub(super) async fn read_journal(
     clients: &Clients,
     bucket: &str,
+    team: &crate::team::Team,
     build_id: &str,
     older_than: Duration,
 ) -> Journaled {
     let now = checkpoint::now();
     let age = older_than.as_secs();
-    let (fate, why, generation) = match checkpoint::read_dated(&clients.s3, bucket, build_id).await
-    {
-        Ok(Some((j, _, written))) => {
-            // Abandoned: no owner heard of for `older_than`, counted from the lease's end or the
-            // journal's last write, whichever is later (a released lease is 0: a drained or
-            // retried build whose next attempt has not started yet is not abandoned).
-            let since = j.lease_expires.max(written.unwrap_or(0));
-            let (fate, why) = match j.status.as_str() {
-                "succeeded" => (Fate::Succeeded, "the build succeeded".to_owned()),
-                "failed" => (Fate::Gone, "the build failed".to_owned()),
-                _ if since + age <= now => (
-                    Fate::Gone,
-                    format!("no owner heard of for {} s", now.saturating_sub(since)),
-                ),
-                _ => (Fate::Keep, "the build is running".to_owned()),
-            };
-            (fate, why, Some(j.generation))
-        }
-        Ok(None) => (
-            Fate::NoJournal,
-            "no journal (a `kiln build` run, or a finished build's journal already collected)"
-                .to_owned(),
-            None,
-        ),
-        Err(e) => (Fate::Keep, format!("journal unreadable: {e}"), None),
-    };
+    let (fate, why, generation) =
+        match checkpoint::read_dated(&clients.s3, bucket, team, build_id).await {
+            Ok(Some((j, _, written))) => {
+                // Abandoned: no owner heard of for `older_than`, counted from the lease's end or the
+                // journal's last write, whichever is later (a released lease is 0: a drained or
+                // retried build whose next attempt has not started yet is not abandoned).
+                let since = j.lease_expires.max(written.unwrap_or(0));
+                let (fate, why) = match j.status.as_str() {
+                    "succeeded" => (Fate::Succeeded, "the build succeeded".to_owned()),
+                    "failed" => (Fate::Gone, "the build failed".to_owned()),
+                    _ if since + age <= now => (
+                        Fate::Gone,
+                        format!("no owner heard of for {} s", now.saturating_sub(since)),
+                    ),
+                    _ => (Fate::Keep, "the build is running".to_owned()),
+                };
+                (fate, why, Some(j.generation))
+            }
+            Ok(None) => (
+                Fate::NoJournal,
+                "no journal (a `kiln build` run, or a finished build's journal already collected)"
+                    .to_owned(),
+                None,
+            ),
+            Err(e) => (Fate::Keep, format!("journal unreadable: {e}"), None),
+        };
     Journaled {
         fate,
         why,

@@ -76,6 +76,7 @@ pub async fn run(
     let region = clients.region().to_owned();
     let mut b = Build {
         id: options.build_id.clone(),
+        team: options.team.clone(),
         plan,
         clients,
         region,

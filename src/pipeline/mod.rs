@@ -97,6 +97,8 @@ impl StepError {
 pub struct BuildOptions {
     /// The build id (the caller's idempotency key).
     pub build_id: String,
+    /// The team the build belongs to: tagged `kiln:team` on everything it makes.
+    pub team: crate::team::Team,
     /// Where volume data lives.
     pub backend: Backend,
     /// What to do on failure.
@@ -124,6 +126,8 @@ pub struct BuildOptions {
 pub struct Build {
     /// The build id.
     pub id: String,
+    /// The build's team (see [`BuildOptions::team`]).
+    pub team: crate::team::Team,
     /// The resolved template build.
     pub plan: Plan,
     /// AWS clients (one SdkConfig).
@@ -153,11 +157,12 @@ pub struct Build {
 }
 
 impl Build {
-    /// The build id and generation that tags and idempotency tokens name.
+    /// The build id, generation and team that tags and idempotency tokens name.
     pub fn build_ref(&self) -> crate::ec2::BuildRef {
         crate::ec2::BuildRef {
             id: self.id.clone(),
             generation: self.generation.clone(),
+            team: self.team.to_string(),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod decode;
 pub mod functions;
 pub mod gotmpl;
 pub mod hcl;
+pub mod host_features;
 pub mod inspect;
 pub mod json;
 mod lazy;
@@ -19,6 +20,8 @@ pub mod node;
 pub mod packer_json;
 pub mod provisioner;
 pub mod sandbox;
+
+pub use host_features::host_features;
 
 use config::ChrootConfig;
 use provisioner::{PostProcessor, Provisioner};

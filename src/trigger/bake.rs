@@ -103,7 +103,14 @@ pub async fn compute(
             .unwrap_or_default()
             .as_bytes(),
     );
-    let source_amis = resolve_sources(clients, &template_path, variables).await?;
+    // A team's template reads only its team's secrets and parameters, here as on the worker.
+    let team = crate::team::Team::of_key(key);
+    let scope = if team.is_default() {
+        crate::team::DataScope::unrestricted()
+    } else {
+        crate::team::DataScope::of_team(&team, None)
+    };
+    let source_amis = resolve_sources(clients, &template_path, variables, &scope).await?;
     let kiln_version = env!("CARGO_PKG_VERSION").to_owned();
     let key = sha256_hex(
         format!(
@@ -126,6 +133,7 @@ async fn resolve_sources(
     clients: &Clients,
     template: &Path,
     variables: &BTreeMap<String, String>,
+    scope: &crate::team::DataScope,
 ) -> Result<Vec<String>, TriggerError> {
     let inputs = crate::template::Inputs {
         vars: variables
@@ -140,7 +148,7 @@ async fn resolve_sources(
     let loaded = crate::template::load(&dir, &inputs);
     // A source image often comes from a Parameter Store parameter (AWS's public "latest AMI"
     // parameters): the bake key must follow it.
-    let loaded = crate::data_sources::complete(&dir, &inputs, loaded, clients.config())
+    let loaded = crate::data_sources::complete(&dir, &inputs, loaded, clients.config(), scope)
         .await
         .map_err(|e| TriggerError::Aws {
             what: "reading the template's data sources".into(),

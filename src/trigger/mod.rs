@@ -7,13 +7,15 @@
 
 pub mod bake;
 pub mod events;
+mod settings;
+
+pub use settings::Settings;
 
 use crate::aws::Clients;
 use crate::request::{BuildRequest, REQUEST_VERSION, TemplateLocation};
 use events::{Created, Event, Nightly};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 /// The template prefix when `KILN_TEMPLATE_PREFIX` is unset.
 pub const DEFAULT_PREFIX: &str = "templates/";
@@ -63,37 +65,6 @@ impl TriggerError {
     /// Whether invoking again could succeed (Lambda's own retries, an SQS redelivery).
     pub fn is_retryable(&self) -> bool {
         matches!(self, TriggerError::Aws { .. } | TriggerError::Io(_))
-    }
-}
-
-/// The function's settings, from the environment.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// `KILN_QUEUE`: the request queue URL.
-    pub queue: String,
-    /// `KILN_BUCKET`: the artifacts bucket (templates, results, checkpoints, the bake index).
-    pub bucket: String,
-    /// `KILN_TEMPLATE_PREFIX`: where templates live (default `templates/`).
-    pub prefix: String,
-    /// Scratch space for templates (Lambda's `/tmp`).
-    pub work_dir: PathBuf,
-}
-
-impl Settings {
-    /// Reads `KILN_QUEUE`, `KILN_BUCKET` and `KILN_TEMPLATE_PREFIX`.
-    pub fn from_env() -> Result<Self, TriggerError> {
-        let get = |k: &str| {
-            std::env::var(k)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| TriggerError::Config(format!("{k} is not set")))
-        };
-        Ok(Settings {
-            queue: get("KILN_QUEUE")?,
-            bucket: get("KILN_BUCKET")?,
-            prefix: std::env::var("KILN_TEMPLATE_PREFIX").unwrap_or_else(|_| DEFAULT_PREFIX.into()),
-            work_dir: std::env::temp_dir().join("kiln-trigger"),
-        })
     }
 }
 
@@ -244,7 +215,18 @@ async fn uploaded(
             .push(json!({"template": format!("s3://{}/{}", c.bucket, c.key), "reason": reason}));
         return Ok(());
     }
-    if let Some(reason) = template_key_problem(&settings.prefix, &c.key) {
+    let Some((team, queue)) = settings.team_of(&c.key) else {
+        let reason = format!(
+            "ignored: team {} has no request queue in this trigger (KILN_TEAM_QUEUES)",
+            crate::team::Team::of_key(&c.key)
+        );
+        tracing::warn!(key = %c.key, "{reason}");
+        summary
+            .skipped
+            .push(json!({"template": c.key, "reason": reason}));
+        return Ok(());
+    };
+    if let Some(reason) = template_key_problem(&team.key(&settings.prefix), &c.key) {
         tracing::info!(key = %c.key, "ignored: {reason}");
         summary
             .skipped
@@ -302,57 +284,51 @@ async fn uploaded(
         force: false,
         bake,
     };
-    enqueue(clients, settings, &req).await?;
-    summary
-        .enqueued
-        .push(json!({"template": name, "build_id": build_id, "reason": reason}));
+    enqueue(clients, queue, &req).await?;
+    summary.enqueued.push(
+        json!({"template": name, "team": team.as_str(), "build_id": build_id, "reason": reason}),
+    );
     Ok(())
 }
 
-/// Sends a build request.
-async fn enqueue(
-    clients: &Clients,
-    settings: &Settings,
-    req: &BuildRequest,
-) -> Result<(), TriggerError> {
+/// Sends a build request to a team's queue.
+async fn enqueue(clients: &Clients, queue: &str, req: &BuildRequest) -> Result<(), TriggerError> {
     let body = serde_json::to_string(req).map_err(|e| TriggerError::Io(e.to_string()))?;
     clients
         .sqs
         .send_message()
-        .queue_url(&settings.queue)
+        .queue_url(queue)
         .message_body(body)
         .send()
         .await
-        .map_err(|e| TriggerError::aws(format!("sending to {}", settings.queue), &e))?;
+        .map_err(|e| TriggerError::aws(format!("sending to {queue}"), &e))?;
     tracing::info!(build_id = ?req.build_id, template = %req.template.key, "build request enqueued");
     Ok(())
 }
 
-/// The templates under the prefix.
+/// The templates under `prefix` (a team's template prefix).
 async fn list_templates(
     clients: &Clients,
     settings: &Settings,
+    prefix: &str,
 ) -> Result<Vec<String>, TriggerError> {
     let mut pages = clients
         .s3
         .list_objects_v2()
         .bucket(&settings.bucket)
-        .prefix(&settings.prefix)
+        .prefix(prefix)
         .into_paginator()
         .send();
     let mut out = Vec::new();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| {
-            TriggerError::aws(
-                format!("listing s3://{}/{}", settings.bucket, settings.prefix),
-                &e,
-            )
+            TriggerError::aws(format!("listing s3://{}/{prefix}", settings.bucket), &e)
         })?;
         out.extend(
             page.contents()
                 .iter()
                 .filter_map(|o| o.key())
-                .filter(|k| template_key_problem(&settings.prefix, k).is_none())
+                .filter(|k| template_key_problem(prefix, k).is_none())
                 .map(str::to_owned),
         );
     }
@@ -369,7 +345,7 @@ async fn read_index(
     settings: &Settings,
     template: &str,
 ) -> Result<Option<Value>, TriggerError> {
-    let key = index_key(template);
+    let key = index_key(&crate::team::Team::of_key(template), template);
     match clients
         .s3
         .get_object()
@@ -435,13 +411,21 @@ async fn nightly(
     n: &Nightly,
 ) -> Result<Summary, TriggerError> {
     let templates = if n.templates.is_empty() {
-        list_templates(clients, settings).await?
+        let mut all = Vec::new();
+        for (team, _) in settings.teams() {
+            all.extend(list_templates(clients, settings, &team.key(&settings.prefix)).await?);
+        }
+        all
     } else {
         n.templates.clone()
     };
     let mut summary = Summary::default();
     for t in templates {
-        if let Some(reason) = template_key_problem(&settings.prefix, &t) {
+        let Some((team, queue)) = settings.team_of(&t) else {
+            summary.skipped.push(json!({"template": t, "reason": "ignored: its team has no request queue in this trigger (KILN_TEAM_QUEUES)"}));
+            continue;
+        };
+        if let Some(reason) = template_key_problem(&team.key(&settings.prefix), &t) {
             summary
                 .skipped
                 .push(json!({"template": t, "reason": format!("ignored: {reason}")}));
@@ -504,10 +488,10 @@ async fn nightly(
             force: n.force,
             bake: Some(bake),
         };
-        enqueue(clients, settings, &req).await?;
-        summary
-            .enqueued
-            .push(json!({"template": t, "build_id": build_id, "reason": reason}));
+        enqueue(clients, queue, &req).await?;
+        summary.enqueued.push(
+            json!({"template": t, "team": team.as_str(), "build_id": build_id, "reason": reason}),
+        );
     }
     Ok(summary)
 }

@@ -9,13 +9,11 @@
 //! builds. A template is evaluated with an allow-listed environment
 //! ([`contain::TEMPLATE_ENV`]), never the worker's own (`AWS_*`, `KILN_*`).
 
-use super::fetch::fetch_template;
 use super::publish::{Log, delete, finish, publish, record_bake, release, result_from_journal};
-use super::{Ctx, LOG_FLUSH, early_failure, log_key, metrics, request, result_key};
+use super::{Ctx, Delivery, LOG_FLUSH, early_failure, log_key, metrics, request, result_key};
 use crate::checkpoint::{self, Acquired, JournalRecorder};
 use crate::pipeline::result::{BuildResult, Status};
 use crate::pipeline::{self, BuildOptions, OnError};
-use crate::template::{self, Inputs};
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use request::BuildRequest;
 use std::path::Path;
@@ -24,26 +22,28 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 mod contain;
+mod load;
 
-use contain::{caught, panic_if_asked, panic_message, panicked, template_env};
+use contain::{caught, panicked};
 
 /// Handles one message to the end: never panics the worker, never loses the message.
-pub(super) async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: CancellationToken) {
+pub(super) async fn handle(ctx: &Ctx, d: Delivery, cancel: CancellationToken) {
     let Some(Accepted {
         req,
         build_id,
         receive_count,
         queue_wait_s,
-    }) = accept(ctx, &msg).await
+    }) = accept(ctx, &d).await
     else {
         return;
     };
-    let span = tracing::info_span!("build", build_id = %build_id, message_id = msg.message_id().unwrap_or("unknown"));
+    let team = d.lane.team.clone();
+    let span = tracing::info_span!("build", build_id = %build_id, team = %team, message_id = d.msg.message_id().unwrap_or("unknown"));
     let _enter = span.enter();
-    if answered_before(ctx, &msg, &req, &build_id).await {
+    if answered_before(ctx, &d, &req, &build_id).await {
         return;
     }
-    let Some(journal) = acquire(ctx, &msg, &req, &build_id).await else {
+    let Some(journal) = acquire(ctx, &d, &req, &build_id).await else {
         return;
     };
     let attempt = journal.journal().attempt;
@@ -63,11 +63,12 @@ pub(super) async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: 
         Arc::clone(&on_lost),
         hb_stop.clone(),
     );
-    let heartbeat = spawn_heartbeat(ctx, &msg, &build_id, visibility, &hb_stop, &handed_over);
+    let heartbeat = spawn_heartbeat(ctx, &d, &build_id, visibility, &hb_stop, &handed_over);
     let log = Arc::new(Log::default());
     let work = ctx
         .cfg
         .work_dir
+        .join(team.as_str())
         .join(&build_id)
         .join(uuid::Uuid::new_v4().simple().to_string());
     let recorder = Arc::new(JournalRecorder::new(Arc::clone(&journal), on_lost));
@@ -75,6 +76,7 @@ pub(super) async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: 
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let outcome = caught(run_request(
         ctx,
+        &d,
         &req,
         &build_id,
         &work,
@@ -113,7 +115,7 @@ pub(super) async fn handle(ctx: &Ctx, msg: aws_sdk_sqs::types::Message, cancel: 
         queue_wait_s,
         running,
     };
-    conclude(ctx, &msg, &journal, outcome, &log, &work, &cancel, finished).await;
+    conclude(ctx, &d, &journal, outcome, &log, &work, &cancel, finished).await;
 }
 
 /// A message that is a well-formed request for a trusted bucket.
@@ -126,7 +128,8 @@ struct Accepted {
 
 /// Parses the message; a malformed request or an untrusted bucket is answered (a failed result,
 /// the message deleted) and gives `None`.
-async fn accept(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message) -> Option<Accepted> {
+async fn accept(ctx: &Ctx, d: &Delivery) -> Option<Accepted> {
+    let msg = &d.msg;
     let message_id = msg.message_id().unwrap_or("unknown").to_owned();
     let receive_count: u32 = msg
         .attributes()
@@ -152,7 +155,7 @@ async fn accept(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message) -> Option<Accepted
             tracing::warn!(message_id, error = %e, "rejected a malformed message");
             finish(
                 ctx,
-                msg,
+                d,
                 &early_failure(
                     &format!("invalid-{message_id}"),
                     "request",
@@ -176,7 +179,25 @@ async fn accept(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message) -> Option<Accepted
         );
         finish(
             ctx,
-            msg,
+            d,
+            &early_failure(&build_id, "request", msg_text, false),
+        )
+        .await;
+        return None;
+    }
+    let team = &d.lane.team;
+    if !team.owns_template_key(&req.template.key) {
+        let msg_text = format!(
+            "template.key {:?} is not team {team}'s: a request on team {team}'s queue builds templates under s3://{}/{}templates/ or {}submissions/ only",
+            req.template.key,
+            req.template.bucket,
+            team.key_root(),
+            team.key_root(),
+        );
+        tracing::warn!(build_id = %build_id, team = %team, key = %req.template.key, "refused a template outside the team's prefix");
+        finish(
+            ctx,
+            d,
             &early_failure(&build_id, "request", msg_text, false),
         )
         .await;
@@ -192,12 +213,7 @@ async fn accept(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message) -> Option<Accepted
 
 /// Whether the build id already finished: its result is published again (unless `force`) and the
 /// message deleted, or released to try the answer again.
-async fn answered_before(
-    ctx: &Ctx,
-    msg: &aws_sdk_sqs::types::Message,
-    req: &BuildRequest,
-    build_id: &str,
-) -> bool {
+async fn answered_before(ctx: &Ctx, d: &Delivery, req: &BuildRequest, build_id: &str) -> bool {
     // A build id that already finished: answer with its result instead of building again.
     if !req.force
         && let Ok(o) = ctx
@@ -205,7 +221,7 @@ async fn answered_before(
             .s3
             .get_object()
             .bucket(&ctx.cfg.buckets[0])
-            .key(result_key(build_id))
+            .key(result_key(&d.lane.team, build_id))
             .send()
             .await
         && let Ok(bytes) = o.body.collect().await
@@ -224,10 +240,10 @@ async fn answered_before(
                 .await
         {
             tracing::error!(build_id = %build_id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not re-publish the result");
-            release(ctx, msg, ctx.cfg.retry_delay_s as i32).await;
+            release(ctx, d, ctx.cfg.retry_delay_s as i32).await;
             return true;
         }
-        delete(ctx, msg).await;
+        delete(ctx, d).await;
         return true;
     }
     false
@@ -238,15 +254,16 @@ async fn answered_before(
 /// the build finished (its result published from the journal).
 async fn acquire(
     ctx: &Ctx,
-    msg: &aws_sdk_sqs::types::Message,
+    d: &Delivery,
     req: &BuildRequest,
     build_id: &str,
 ) -> Option<Arc<checkpoint::JournalHandle>> {
+    let team = &d.lane.team;
     // Exactly one worker runs a build: the journal's lease decides.
     let lease = ctx.cfg.visibility_s.max(3);
     if req.force
         && let Ok(Some((j, _))) =
-            checkpoint::read(&ctx.clients.s3, &ctx.cfg.buckets[0], build_id).await
+            checkpoint::read(&ctx.clients.s3, &ctx.cfg.buckets[0], team, build_id).await
         && j.status != "running"
     {
         let _ = ctx
@@ -254,13 +271,14 @@ async fn acquire(
             .s3
             .delete_object()
             .bucket(&ctx.cfg.buckets[0])
-            .key(checkpoint::key(build_id))
+            .key(checkpoint::key(team, build_id))
             .send()
             .await;
     }
     let journal = match checkpoint::acquire(
         &ctx.clients.s3,
         &ctx.cfg.buckets[0],
+        team,
         build_id,
         &ctx.owner,
         lease,
@@ -275,18 +293,18 @@ async fn acquire(
         Ok(Acquired::Held(owner, until)) => {
             let wait = until.saturating_sub(checkpoint::now()).clamp(1, 43_200);
             tracing::info!(build_id = %build_id, owner = ?owner, retry_in_s = wait, "another worker runs this build; looking again when its lease ends");
-            release(ctx, msg, wait as i32).await;
+            release(ctx, d, wait as i32).await;
             return None;
         }
         Ok(Acquired::Finished(status)) => {
             tracing::info!(build_id = %build_id, status, "this build finished but its result document is missing; publishing the result its journal kept");
-            let r = result_from_journal(ctx, build_id, &status).await;
-            finish(ctx, msg, &r).await;
+            let r = result_from_journal(ctx, team, build_id, &status).await;
+            finish(ctx, d, &r).await;
             return None;
         }
         Err(e) => {
             tracing::error!(build_id = %build_id, error = %e, "cannot read or write the checkpoint; trying again later");
-            release(ctx, msg, ctx.cfg.retry_delay_s as i32).await;
+            release(ctx, d, ctx.cfg.retry_delay_s as i32).await;
             return None;
         }
     };
@@ -297,15 +315,15 @@ async fn acquire(
 /// until `stop`, or until the build is `lost` to another worker.
 fn spawn_heartbeat(
     ctx: &Ctx,
-    msg: &aws_sdk_sqs::types::Message,
+    d: &Delivery,
     build_id: &str,
     visibility: u64,
     stop: &CancellationToken,
     lost: &CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let sqs = ctx.clients.sqs.clone();
-    let queue = ctx.cfg.queue.clone();
-    let receipt = msg.receipt_handle().unwrap_or_default().to_owned();
+    let queue = d.lane.queue.clone();
+    let receipt = d.msg.receipt_handle().unwrap_or_default().to_owned();
     let (stop, lost, id) = (stop.clone(), lost.clone(), build_id.to_owned());
     tokio::spawn(async move {
         // Once the build is lost the message is the new owner's: stop extending it.
@@ -343,7 +361,7 @@ struct Finished<'a> {
 #[allow(clippy::too_many_arguments)]
 async fn conclude(
     ctx: &Ctx,
-    msg: &aws_sdk_sqs::types::Message,
+    d: &Delivery,
     journal: &checkpoint::JournalHandle,
     outcome: BuildResult,
     log: &Log,
@@ -363,28 +381,32 @@ async fn conclude(
         outcome.status == Status::Failed && outcome.error.as_ref().is_some_and(|e| e.retryable);
     let _ = std::fs::remove_dir_all(work);
     if let Err(e) = log
-        .write(&ctx.clients.s3, &ctx.cfg.buckets[0], &log_key(build_id))
+        .write(
+            &ctx.clients.s3,
+            &ctx.cfg.buckets[0],
+            &log_key(&d.lane.team, build_id),
+        )
         .await
     {
         tracing::error!(build_id = %build_id, error = %e, "could not write the log");
     }
     let retryable = outcome.error.as_ref().is_some_and(|e| e.retryable);
     // Before the result is published: whoever sees the result finds the index up to date.
-    record_bake(ctx, req, &outcome).await;
+    record_bake(ctx, &d.lane.team, req, &outcome).await;
     if cancel.is_cancelled() && outcome.status == Status::Failed {
         tracing::warn!(build_id = %build_id, "build cancelled by the drain deadline; its message is visible again");
-        release(ctx, msg, 0).await;
+        release(ctx, d, 0).await;
     } else if outcome.status == Status::Succeeded || !retryable {
-        finish(ctx, msg, &outcome).await;
-    } else if ctx.max_receive.is_some_and(|m| receive_count >= m) {
+        finish(ctx, d, &outcome).await;
+    } else if d.lane.max_receive.is_some_and(|m| receive_count >= m) {
         tracing::warn!(build_id = %build_id, receive_count, "last attempt failed; the queue moves the message to its dead-letter queue");
-        if let Err(e) = publish(ctx, &outcome).await {
+        if let Err(e) = publish(ctx, &d.lane.team, &outcome).await {
             tracing::error!(build_id = %build_id, error = %e, "could not publish the final failure");
         }
-        release(ctx, msg, 0).await;
+        release(ctx, d, 0).await;
     } else {
         tracing::warn!(build_id = %build_id, receive_count, retry_in_s = ctx.cfg.retry_delay_s, "retryable failure; the message will be tried again");
-        release(ctx, msg, ctx.cfg.retry_delay_s as i32).await;
+        release(ctx, d, ctx.cfg.retry_delay_s as i32).await;
     }
     // Only now, after the result is published: a duplicate that sees the journal finished
     // must find the result too.
@@ -410,6 +432,7 @@ async fn conclude(
 #[allow(clippy::too_many_arguments)]
 async fn run_request(
     ctx: &Ctx,
+    d: &Delivery,
     req: &BuildRequest,
     build_id: &str,
     work: &Path,
@@ -420,7 +443,7 @@ async fn run_request(
     attempt: u32,
     generation: String,
 ) -> BuildResult {
-    let (plan, masker) = match caught(load_plan(ctx, req, build_id, work)).await {
+    let (plan, masker) = match caught(load::load_plan(ctx, d, req, build_id, work)).await {
         Ok(Ok(p)) => p,
         Ok(Err(failed)) => return *failed,
         Err(p) => return panicked(build_id, "validate", &p),
@@ -443,7 +466,7 @@ async fn run_request(
     let flusher = {
         let s3 = ctx.clients.s3.clone();
         let bucket = ctx.cfg.buckets[0].clone();
-        let key = log_key(build_id);
+        let key = log_key(&d.lane.team, build_id);
         let log = Arc::clone(&log);
         let stop = flush_stop.clone();
         tokio::spawn(async move {
@@ -460,6 +483,7 @@ async fn run_request(
     };
     let options = BuildOptions {
         build_id: build_id.to_owned(),
+        team: d.lane.team.clone(),
         backend: ctx.backend.clone(),
         on_error: OnError::Cleanup,
         lock_dir: crate::host::lock::LOCK_DIR.into(),
@@ -469,124 +493,15 @@ async fn run_request(
         generation,
         handed_over: handed_over.clone(),
     };
-    let result = pipeline::run(plan, masker, ctx.clients.clone(), options, cancel.clone()).await;
+    let result = pipeline::run(
+        plan,
+        masker,
+        d.lane.clients.clone(),
+        options,
+        cancel.clone(),
+    )
+    .await;
     flush_stop.cancel();
     let _ = flusher.await;
     result
-}
-
-/// Loads the template at `dir` off the async threads (evaluation is CPU work, bounded but not
-/// instant); a panic in it is the build's failure.
-async fn load_blocking(
-    build_id: &str,
-    dir: &Path,
-    inputs: &Inputs,
-) -> Result<template::Loaded, Box<BuildResult>> {
-    let (dir, inputs) = (dir.to_path_buf(), inputs.clone());
-    let load = move || {
-        // For `{{env}}` in JSON templates too (HCL's loader sets it itself).
-        template::functions::set_env(&inputs.env);
-        template::load(&dir, &inputs)
-    };
-    match tokio::task::spawn_blocking(load).await {
-        Ok(l) => Ok(l),
-        Err(e) if e.is_panic() => Err(Box::new(panicked(
-            build_id,
-            "validate",
-            &panic_message(e.into_panic()),
-        ))),
-        Err(e) => Err(Box::new(early_failure(
-            build_id,
-            "validate",
-            e.to_string(),
-            true,
-        ))),
-    }
-}
-
-/// Fetches the request's template, fetches its data sources, and loads the one build it asks for;
-/// a failure is the build's result (not retryable when the template is wrong).
-async fn load_plan(
-    ctx: &Ctx,
-    req: &BuildRequest,
-    build_id: &str,
-    work: &Path,
-) -> Result<(crate::template::Plan, crate::template::Masker), Box<BuildResult>> {
-    if let Err(e) = std::fs::create_dir_all(work) {
-        return Err(Box::new(early_failure(
-            build_id,
-            "fetch-template",
-            format!("creating {}: {e}", work.display()),
-            true,
-        )));
-    }
-    let path = match fetch_template(ctx, req, work).await {
-        Ok(p) => p,
-        Err((m, retryable)) => {
-            return Err(Box::new(early_failure(
-                build_id,
-                "fetch-template",
-                m,
-                retryable,
-            )));
-        }
-    };
-    let inputs = Inputs {
-        vars: req
-            .variables
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        only: req.only.clone(),
-        except: req.except.clone(),
-        cwd: work.to_path_buf(),
-        env: template_env(),
-        ..Inputs::default()
-    };
-    // A file of a directory template names the whole directory.
-    let dir = template::directory_of(&path);
-    panic_if_asked();
-    let loaded = load_blocking(build_id, &dir, &inputs).await?;
-    let loaded =
-        match crate::data_sources::complete(&dir, &inputs, loaded, ctx.clients.config()).await {
-            Ok(l) => l,
-            Err(e) => {
-                return Err(Box::new(early_failure(
-                    build_id,
-                    "validate",
-                    e.to_string(),
-                    e.is_retryable(),
-                )));
-            }
-        };
-    if loaded.has_errors() {
-        let errors: Vec<String> = loaded
-            .errors()
-            .map(|d| {
-                loaded
-                    .masker
-                    .mask(&d.to_string().replace(&format!("{}/", work.display()), ""))
-            })
-            .collect();
-        return Err(Box::new(early_failure(
-            build_id,
-            "validate",
-            format!("the template is invalid:\n{}", errors.join("\n")),
-            false,
-        )));
-    }
-    if loaded.plans.len() != 1 {
-        let names: Vec<&str> = loaded.plans.iter().map(|p| p.name.as_str()).collect();
-        return Err(Box::new(early_failure(
-            build_id,
-            "validate",
-            format!(
-                "the template has {} builds ({}); set `only` to pick one",
-                names.len(),
-                names.join(", ")
-            ),
-            false,
-        )));
-    }
-    Ok((loaded.plans[0].clone(), loaded.masker.clone()))
 }

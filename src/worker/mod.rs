@@ -6,6 +6,7 @@
 
 pub mod fetch;
 mod handle;
+pub mod lanes;
 pub mod metrics;
 pub mod notify;
 pub mod pool;
@@ -22,7 +23,9 @@ pub use sweep::{sweep_attachments, sweep_host};
 use crate::aws::Clients;
 use crate::backend::Backend;
 use crate::checkpoint::Owner;
+use crate::team::Team;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use lanes::{Lane, TeamSettings};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +81,10 @@ pub struct WorkerConfig {
     /// The group's termination lifecycle hook, completed once the worker drained.
     #[serde(default)]
     pub lifecycle_hook: Option<String>,
+    /// The teams besides the default one (whose queue is `queue`), each with its own queue,
+    /// build role and share; an entry named `default` sets the default team's.
+    #[serde(default)]
+    pub teams: Vec<lanes::TeamSettings>,
 }
 
 fn default_concurrency() -> usize {
@@ -137,8 +144,17 @@ pub(crate) struct Ctx {
     cfg: WorkerConfig,
     clients: Clients,
     backend: Backend,
-    max_receive: Option<u32>,
+    /// One per team queue; the default team's first.
+    lanes: Vec<Arc<Lane>>,
+    fair: lanes::FairShare,
     owner: Owner,
+}
+
+/// A received request and the team lane whose queue it came on: the team is the queue's, never
+/// what the request's body says.
+pub(crate) struct Delivery {
+    msg: aws_sdk_sqs::types::Message,
+    lane: Arc<Lane>,
 }
 
 /// Runs the worker until `shutdown` is cancelled, then drains. Returns when every build has
@@ -164,28 +180,6 @@ pub async fn run(
             )));
         }
     };
-    let attrs = clients
-        .sqs
-        .get_queue_attributes()
-        .queue_url(&cfg.queue)
-        .attribute_names(QueueAttributeName::RedrivePolicy)
-        .send()
-        .await
-        .map_err(|e| WorkerError::Queue {
-            queue: cfg.queue.clone(),
-            message: format!("{}", aws_sdk_sqs::error::DisplayErrorContext(&e)),
-        })?;
-    let max_receive = attrs
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
-        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
-        .and_then(|v| {
-            v.get("maxReceiveCount").and_then(|m| {
-                m.as_u64()
-                    .or_else(|| m.as_str().and_then(|s| s.parse().ok()))
-            })
-        })
-        .map(|m| m as u32);
     let concurrency = cfg.concurrency.max(1);
     let instance_id = match crate::ec2::identity::read().await {
         Ok(i) => i.instance_id,
@@ -200,9 +194,15 @@ pub async fn run(
         instance_id,
         worker_id: uuid::Uuid::new_v4().to_string(),
     };
+    let lanes = lanes_of(&cfg, &clients, concurrency, &owner.instance_id).await?;
+    let lane_clients: Vec<(Team, Clients)> = lanes
+        .iter()
+        .map(|l| (l.team.clone(), l.clients.clone()))
+        .collect();
     sweep_host(Path::new(crate::host::lock::LOCK_DIR)).await;
     sweep_attachments(
         &clients,
+        &lane_clients,
         &owner.instance_id,
         Path::new(crate::host::lock::LOCK_DIR),
     )
@@ -219,13 +219,22 @@ pub async fn run(
         cfg,
         clients,
         backend,
-        max_receive,
+        lanes,
+        fair: lanes::FairShare::default(),
         owner,
     });
     let slots = Arc::new(Semaphore::new(concurrency));
     let builds_cancel = CancellationToken::new();
     let mut tasks: JoinSet<()> = JoinSet::new();
-    tracing::info!(queue = %ctx.cfg.queue, concurrency, backend = ctx.backend.name(), max_receive = ?ctx.max_receive, "worker polling");
+    for l in &ctx.lanes {
+        tracing::info!(team = %l.team, queue = %l.queue, weight = l.weight, max_concurrent = l.max_concurrent, host_features = l.host_features, role = ?l.role_arn, max_receive = ?l.max_receive, "team lane");
+    }
+    tracing::info!(
+        concurrency,
+        teams = ctx.lanes.len(),
+        backend = ctx.backend.name(),
+        "worker polling"
+    );
     notify::notify("READY=1\nSTATUS=polling");
     let watchdog = notify::Watchdog::from_env();
     // The pool's notices: termination drains (with the hook kept alive), Spot stops builds now.
@@ -266,8 +275,61 @@ async fn hang_if_asked(shutdown: &CancellationToken) {
     }
 }
 
-/// The poll loop: takes messages while build slots are free, until `shutdown`. It pets the
-/// watchdog itself, at each turn and during its bounded waits, so a hung loop stops the pings.
+/// How long each receive waits when the worker serves several team queues: one second, so a
+/// round over the teams stays short (a long poll on one queue would hold the others' requests),
+/// while SQS still queries all its servers (a wait of 0 samples only some).
+pub const MULTI_LANE_WAIT_S: i32 = 1;
+/// Pause when every team is at its cap: a build ending frees a lane.
+pub const LANES_FULL_PAUSE: Duration = Duration::from_secs(1);
+
+/// What one receive gave.
+enum Received {
+    Messages(Vec<aws_sdk_sqs::types::Message>),
+    Failed,
+    Shutdown,
+}
+
+/// Receives up to `max` messages from `lane`'s queue, waiting at most `wait_s`.
+async fn receive(
+    ctx: &Ctx,
+    lane: &Lane,
+    max: usize,
+    wait_s: i32,
+    watchdog: notify::Watchdog,
+    shutdown: &CancellationToken,
+) -> Received {
+    let call = ctx
+        .clients
+        .sqs
+        .receive_message()
+        .queue_url(&lane.queue)
+        .max_number_of_messages(max.clamp(1, MAX_BATCH) as i32)
+        .wait_time_seconds(wait_s)
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+        .send();
+    let received = tokio::select! {
+        r = watchdog.while_waiting(tokio::time::timeout(RECEIVE_DEADLINE, call)) => r,
+        _ = shutdown.cancelled() => return Received::Shutdown,
+    };
+    match received {
+        Ok(Ok(out)) => Received::Messages(out.messages.unwrap_or_default()),
+        Ok(Err(e)) => {
+            let error = aws_sdk_sqs::error::DisplayErrorContext(&e).to_string();
+            tracing::error!(team = %lane.team, queue = %lane.queue, error, "receive failed");
+            Received::Failed
+        }
+        Err(_) => {
+            tracing::error!(team = %lane.team, queue = %lane.queue, "receive: no reply within {} s", RECEIVE_DEADLINE.as_secs());
+            Received::Failed
+        }
+    }
+}
+
+/// The poll loop: takes messages while build slots are free, until `shutdown`. Each free slot
+/// goes to the team the fair share picks among those under their cap and with a request waiting.
+/// It pets the watchdog itself, at each turn and during its bounded waits, so a hung loop stops
+/// the pings.
 async fn poll(
     ctx: &Arc<Ctx>,
     slots: &Arc<Semaphore>,
@@ -276,6 +338,8 @@ async fn poll(
     shutdown: &CancellationToken,
     watchdog: notify::Watchdog,
 ) {
+    let weights: Vec<u32> = ctx.lanes.iter().map(|l| l.weight).collect();
+    let single = ctx.lanes.len() == 1;
     loop {
         watchdog.pet();
         hang_if_asked(shutdown).await;
@@ -285,59 +349,194 @@ async fn poll(
             p = watchdog.while_waiting(Arc::clone(slots).acquire_owned()) => match p { Ok(p) => p, Err(_) => return },
             _ = shutdown.cancelled() => return,
         };
-        let free = (1 + slots.available_permits()).min(MAX_BATCH);
-        let receive = ctx
-            .clients
-            .sqs
-            .receive_message()
-            .queue_url(&ctx.cfg.queue)
-            .max_number_of_messages(free as i32)
-            .wait_time_seconds(LONG_POLL_SECONDS)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-            .send();
-        let received = tokio::select! {
-            r = watchdog.while_waiting(tokio::time::timeout(RECEIVE_DEADLINE, receive)) => r,
-            _ = shutdown.cancelled() => return,
-        };
-        let messages = match received {
-            Ok(Ok(out)) => out.messages.unwrap_or_default(),
-            failed => {
-                let error = match failed {
-                    Ok(Err(e)) => aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
-                    _ => format!("no reply within {} s", RECEIVE_DEADLINE.as_secs()),
-                };
-                tracing::error!(queue = %ctx.cfg.queue, error, "receive failed; polling again shortly");
-                drop(first);
-                tokio::select! {
-                    _ = watchdog.while_waiting(tokio::time::sleep(RECEIVE_BACKOFF)) => {}
-                    _ = shutdown.cancelled() => return,
+        let eligible: Vec<bool> = ctx.lanes.iter().map(|l| l.has_room()).collect();
+        let mut got = None;
+        let mut failures = 0;
+        for i in ctx.fair.order(&weights, &eligible) {
+            let lane = &ctx.lanes[i];
+            let (max, wait) = if single {
+                let free = 1 + slots.available_permits();
+                let room = lane.max_concurrent.saturating_sub(lane.running());
+                (free.min(room), LONG_POLL_SECONDS)
+            } else {
+                (1, MULTI_LANE_WAIT_S)
+            };
+            match receive(ctx, lane, max, wait, watchdog, shutdown).await {
+                Received::Shutdown => return,
+                Received::Failed => failures += 1,
+                Received::Messages(m) if !m.is_empty() => {
+                    ctx.fair.took(i, &weights, &eligible);
+                    got = Some((Arc::clone(lane), m));
+                    break;
                 }
-                continue;
+                Received::Messages(_) => {}
             }
+        }
+        let Some((lane, messages)) = got else {
+            drop(first);
+            let every_lane_full = !eligible.iter().any(|e| *e);
+            let pause = if every_lane_full {
+                LANES_FULL_PAUSE
+            } else if failures > 0 && failures == eligible.iter().filter(|e| **e).count() {
+                RECEIVE_BACKOFF
+            } else {
+                continue;
+            };
+            tokio::select! {
+                _ = watchdog.while_waiting(tokio::time::sleep(pause)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
         };
         let mut first = Some(first);
         for msg in messages {
+            let delivery = Delivery {
+                msg,
+                lane: Arc::clone(&lane),
+            };
             let permit = match first.take() {
                 Some(p) => p,
                 None => match Arc::clone(slots).try_acquire_owned() {
                     Ok(p) => p,
                     Err(_) => {
                         // Cannot happen (we asked for no more than the free slots); give it back.
-                        release(ctx, &msg, 0).await;
+                        release(ctx, &delivery, 0).await;
                         continue;
                     }
                 },
             };
+            let running = lane.start();
             let ctx = Arc::clone(ctx);
             let cancel = builds_cancel.child_token();
             tasks.spawn(async move {
-                handle(&ctx, msg, cancel).await;
+                handle(&ctx, delivery, cancel).await;
+                drop(running);
                 drop(permit);
             });
         }
         ctx.pool.protect(!tasks.is_empty()).await;
     }
+}
+
+/// The `maxReceiveCount` of `queue`'s redrive policy, if it has one.
+async fn max_receive_of(clients: &Clients, queue: &str) -> Result<Option<u32>, WorkerError> {
+    let attrs = clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(queue)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .map_err(|e| WorkerError::Queue {
+            queue: queue.to_owned(),
+            message: format!("{}", aws_sdk_sqs::error::DisplayErrorContext(&e)),
+        })?;
+    Ok(attrs
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        .and_then(|v| {
+            v.get("maxReceiveCount").and_then(|m| {
+                m.as_u64()
+                    .or_else(|| m.as_str().and_then(|s| s.parse().ok()))
+            })
+        })
+        .map(|m| m as u32))
+}
+
+/// The session tag naming the builder instance whose worker assumed a team's build role.
+pub const TAG_INSTANCE: &str = "kiln:instance";
+
+/// The clients a team's builds use: its build role's (assumed with the session tags
+/// `kiln:team=<team>` and `kiln:instance=<this instance>`, refreshed by the SDK before they
+/// expire), or the worker's own. The role's trust policy checks the instance tag against the
+/// caller's instance, and its attach statements name only that instance.
+async fn team_clients(
+    clients: &Clients,
+    team: &Team,
+    role_arn: Option<&str>,
+    instance_id: &str,
+) -> Clients {
+    let Some(role) = role_arn else {
+        return clients.clone();
+    };
+    let provider = aws_config::sts::AssumeRoleProvider::builder(role)
+        .session_name(format!("kiln-{team}"))
+        .tags([
+            (crate::team::TAG_TEAM, team.as_str()),
+            (TAG_INSTANCE, instance_id),
+        ])
+        .configure(clients.config())
+        .build()
+        .await;
+    let config = clients
+        .config()
+        .to_builder()
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+        )
+        .build();
+    Clients::new(&config)
+}
+
+/// The worker's lanes: the default team's on `queue` first, then every other team's.
+async fn lanes_of(
+    cfg: &WorkerConfig,
+    clients: &Clients,
+    concurrency: usize,
+    instance_id: &str,
+) -> Result<Vec<Arc<Lane>>, WorkerError> {
+    let default = cfg
+        .teams
+        .iter()
+        .find(|t| t.name.is_default())
+        .cloned()
+        .unwrap_or_else(|| TeamSettings {
+            name: Team::default_team(),
+            queue: None,
+            role_arn: None,
+            weight: 1,
+            max_concurrent: None,
+            host_features: None,
+            secret_prefix: None,
+        });
+    if default.queue.as_ref().is_some_and(|q| *q != cfg.queue) {
+        return Err(WorkerError::Config(
+            "the `default` team's queue is the top-level `queue`: leave `queue` out of its [[teams]] entry".into(),
+        ));
+    }
+    let mut settings = vec![(default, cfg.queue.clone())];
+    for t in cfg.teams.iter().filter(|t| !t.name.is_default()) {
+        let Some(q) = &t.queue else {
+            return Err(WorkerError::Config(format!(
+                "team {}: its [[teams]] entry needs its request queue (`queue = \"https://...\"`)",
+                t.name
+            )));
+        };
+        if settings
+            .iter()
+            .any(|(s, queue)| s.name == t.name || queue == q)
+        {
+            return Err(WorkerError::Config(format!(
+                "team {}: each team appears once, with a queue of its own",
+                t.name
+            )));
+        }
+        settings.push((t.clone(), q.clone()));
+    }
+    let mut lanes = Vec::new();
+    for (s, queue) in settings {
+        let max_receive = max_receive_of(clients, &queue).await?;
+        let team_clients = team_clients(clients, &s.name, s.role_arn.as_deref(), instance_id).await;
+        lanes.push(Arc::new(Lane::new(
+            &s,
+            queue,
+            team_clients,
+            concurrency,
+            max_receive,
+        )));
+    }
+    Ok(lanes)
 }
 
 /// Drains: running builds get the drain deadline, then are cancelled (and undone).

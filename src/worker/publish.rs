@@ -2,12 +2,14 @@
 //! request message deleted or made visible again. Publishing retries transient failures, so a
 //! finished build is not reported as failed because S3 hiccuped once.
 
-use super::Ctx;
+use super::{Ctx, Delivery};
 use crate::pipeline::result::{BuildResult, Failure, RESULT_VERSION, Status};
+use crate::team::Team;
 use std::time::Duration;
 
-/// Makes a message visible again after `delay_s` seconds.
-pub(super) async fn release(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message, delay_s: i32) {
+/// Makes a message visible again (on its team's queue) after `delay_s` seconds.
+pub(super) async fn release(ctx: &Ctx, d: &Delivery, delay_s: i32) {
+    let msg = &d.msg;
     let Some(receipt) = msg.receipt_handle() else {
         return;
     };
@@ -15,7 +17,7 @@ pub(super) async fn release(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message, delay_
         .clients
         .sqs
         .change_message_visibility()
-        .queue_url(&ctx.cfg.queue)
+        .queue_url(&d.lane.queue)
         .receipt_handle(receipt)
         .visibility_timeout(delay_s)
         .send()
@@ -25,7 +27,9 @@ pub(super) async fn release(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message, delay_
     }
 }
 
-pub(super) async fn delete(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message) {
+/// Deletes a message from its team's queue.
+pub(super) async fn delete(ctx: &Ctx, d: &Delivery) {
+    let msg = &d.msg;
     let Some(receipt) = msg.receipt_handle() else {
         return;
     };
@@ -33,7 +37,7 @@ pub(super) async fn delete(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message) {
         .clients
         .sqs
         .delete_message()
-        .queue_url(&ctx.cfg.queue)
+        .queue_url(&d.lane.queue)
         .receipt_handle(receipt)
         .send()
         .await
@@ -70,14 +74,14 @@ pub fn early_failure(build_id: &str, step: &str, message: String, retryable: boo
     }
 }
 
-/// The S3 key of a build's result.
-pub fn result_key(build_id: &str) -> String {
-    format!("results/{build_id}.json")
+/// The S3 key of a build's result, in its team's part of the bucket.
+pub fn result_key(team: &Team, build_id: &str) -> String {
+    team.key(&format!("results/{build_id}.json"))
 }
 
-/// The S3 key of a build's log.
-pub fn log_key(build_id: &str) -> String {
-    format!("logs/{build_id}.log")
+/// The S3 key of a build's log, in its team's part of the bucket.
+pub fn log_key(team: &Team, build_id: &str) -> String {
+    team.key(&format!("logs/{build_id}.log"))
 }
 
 /// Attempts at publishing (each after the SDK's own retries): a result that exists must not be
@@ -134,12 +138,17 @@ pub(super) async fn put(
         })
 }
 
-/// Writes the result to S3 and the result queue, each retried (see [`PUBLISH_ATTEMPTS`]).
-/// Errors are returned so the message is kept. Safe to run twice (the S3 document is replaced;
-/// the result queue may see the result twice, as SQS consumers expect).
-pub(super) async fn publish(ctx: &Ctx, result: &BuildResult) -> Result<(), String> {
-    let body = serde_json::to_vec_pretty(result).map_err(|e| e.to_string())?;
-    let key = result_key(&result.build_id);
+/// Writes the result (with its `team`) to the team's results in S3 and to the result queue,
+/// each retried (see [`PUBLISH_ATTEMPTS`]). Errors are returned so the message is kept. Safe to
+/// run twice (the S3 document is replaced; the result queue may see the result twice, as SQS
+/// consumers expect).
+pub(super) async fn publish(ctx: &Ctx, team: &Team, result: &BuildResult) -> Result<(), String> {
+    let mut doc = serde_json::to_value(result).map_err(|e| e.to_string())?;
+    if let Some(o) = doc.as_object_mut() {
+        o.insert("team".into(), team.as_str().into());
+    }
+    let body = serde_json::to_vec_pretty(&doc).map_err(|e| e.to_string())?;
+    let key = result_key(team, &result.build_id);
     retried("writing the result document", || {
         put(ctx, &key, body.clone(), "application/json")
     })
@@ -168,12 +177,12 @@ pub(super) async fn publish(ctx: &Ctx, result: &BuildResult) -> Result<(), Strin
 }
 
 /// Publishes, then deletes the message; keeps the message if publishing failed.
-pub(super) async fn finish(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message, result: &BuildResult) {
-    match publish(ctx, result).await {
-        Ok(()) => delete(ctx, msg).await,
+pub(super) async fn finish(ctx: &Ctx, d: &Delivery, result: &BuildResult) {
+    match publish(ctx, &d.lane.team, result).await {
+        Ok(()) => delete(ctx, d).await,
         Err(e) => {
             tracing::error!(build_id = %result.build_id, error = %e, "could not publish the result; the message stays for another attempt");
-            release(ctx, msg, ctx.cfg.retry_delay_s as i32).await;
+            release(ctx, d, ctx.cfg.retry_delay_s as i32).await;
         }
     }
 }
@@ -181,8 +190,13 @@ pub(super) async fn finish(ctx: &Ctx, msg: &aws_sdk_sqs::types::Message, result:
 /// The result of a build whose journal says it finished (`status`) but whose result document is
 /// missing (publishing failed after the journal was closed): the result the journal kept, or,
 /// for a journal without one, a failure that says what is missing.
-pub(super) async fn result_from_journal(ctx: &Ctx, build_id: &str, status: &str) -> BuildResult {
-    let kept = crate::checkpoint::read(&ctx.clients.s3, &ctx.cfg.buckets[0], build_id)
+pub(super) async fn result_from_journal(
+    ctx: &Ctx,
+    team: &Team,
+    build_id: &str,
+    status: &str,
+) -> BuildResult {
+    let kept = crate::checkpoint::read(&ctx.clients.s3, &ctx.cfg.buckets[0], team, build_id)
         .await
         .ok()
         .flatten()
@@ -196,7 +210,7 @@ pub(super) async fn result_from_journal(ctx: &Ctx, build_id: &str, status: &str)
             format!(
                 "the build finished ({status}) but neither its result document s3://{}/{} nor its journal holds the result",
                 ctx.cfg.buckets[0],
-                result_key(build_id)
+                result_key(team, build_id)
             ),
             false,
         ),
@@ -204,10 +218,11 @@ pub(super) async fn result_from_journal(ctx: &Ctx, build_id: &str, status: &str)
 }
 
 /// After a succeeded build a trigger asked for: records its bake key in the template's index
-/// (`index/<template key>.json`), which the next nightly run compares against. A failure is
-/// logged: the next nightly run then rebuilds, which is safe.
+/// (`index/<template key>.json` in the team's part of the bucket), which the next nightly run
+/// compares against. A failure is logged: the next nightly run then rebuilds, which is safe.
 pub(super) async fn record_bake(
     ctx: &Ctx,
+    team: &Team,
     req: &crate::request::BuildRequest,
     result: &BuildResult,
 ) {
@@ -222,7 +237,7 @@ pub(super) async fn record_bake(
         "bake": bake,
         "artifacts": result.artifacts,
     });
-    let key = crate::request::index_key(&req.template.key);
+    let key = crate::request::index_key(team, &req.template.key);
     let body = serde_json::to_vec_pretty(&entry).unwrap_or_default();
     if let Err(e) = retried("writing the bake index", || {
         put(ctx, &key, body.clone(), "application/json")

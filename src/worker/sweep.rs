@@ -6,8 +6,15 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 /// Detaches kiln's volumes that are attached to this instance at a device no live build holds (a
-/// dead worker's). They stay for the build's next attempt to reclaim, or for `kiln gc`.
-pub async fn sweep_attachments(clients: &Clients, instance_id: &str, lock_dir: &Path) {
+/// dead worker's), each with the clients of the team its `kiln:team` tag names (`team_clients`;
+/// its build role may detach only its team's volumes), else the worker's own. They stay for the
+/// build's next attempt to reclaim, or for `kiln gc`.
+pub async fn sweep_attachments(
+    clients: &Clients,
+    team_clients: &[(crate::team::Team, Clients)],
+    instance_id: &str,
+    lock_dir: &Path,
+) {
     let filters = [
         aws_sdk_ec2::types::Filter::builder()
             .name("attachment.instance-id")
@@ -39,6 +46,17 @@ pub async fn sweep_attachments(clients: &Clients, instance_id: &str, lock_dir: &
             continue;
         };
         let polling = crate::ec2::wait::Polling::default();
+        let tag = v
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(crate::team::TAG_TEAM))
+            .and_then(|t| t.value());
+        let team = crate::team::Team::of_tag(tag);
+        let clients = team_clients
+            .iter()
+            .find(|(t, _)| *t == team)
+            .map(|(_, c)| c)
+            .unwrap_or(clients);
         match crate::ec2::volumes::detach(
             &clients.ec2,
             clients.region(),

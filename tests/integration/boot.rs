@@ -176,9 +176,16 @@ fn instance_method(marker: Option<&str>, timeout: &str) -> String {
 async fn assert_no_test_instance(id: &str) {
     let emu = Emulator::get();
     let ec2 = emu.clients(emu.region()).await.ec2;
-    let left = kiln::ec2::instances::of_build(&ec2, emu.region(), id)
-        .await
-        .expect("DescribeInstances");
+    let left = kiln::ec2::instances::of_build(
+        &ec2,
+        emu.region(),
+        &kiln::ec2::BuildRef {
+            id: id.to_owned(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("DescribeInstances");
     assert!(left.is_empty(), "{id}: test instances left: {left:?}");
     let images = ec2
         .describe_images()

@@ -9,6 +9,7 @@ use crate::worker::{
     Setup, result, result_messages, send, setup, start_worker, start_worker_with, stop_worker,
     upload,
 };
+use kiln::team::Team;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -280,14 +281,15 @@ async fn an_ambiguous_journal_write_is_recognised_as_the_workers_own() {
         instance_id: "i-ambiguous".into(),
         worker_id: unique("worker"),
     };
-    let Ok(Acquired::Fresh(handle)) = checkpoint::acquire(&c.s3, &bucket, &id, &owner, 60).await
+    let Ok(Acquired::Fresh(handle)) =
+        checkpoint::acquire(&c.s3, &bucket, &Team::default_team(), &id, &owner, 60).await
     else {
         panic!("a fresh journal");
     };
     let put = |j: &checkpoint::Journal| {
         let body = serde_json::to_vec(j).expect("json");
         let s3 = c.s3.clone();
-        let (bucket, key) = (bucket.clone(), checkpoint::key(&id));
+        let (bucket, key) = (bucket.clone(), checkpoint::key(&Team::default_team(), &id));
         async move {
             s3.put_object()
                 .bucket(bucket)
@@ -307,7 +309,7 @@ async fn an_ambiguous_journal_write_is_recognised_as_the_workers_own() {
         .renew()
         .await
         .expect("the journal is still this worker's: the write stands");
-    let (now, _) = checkpoint::read(&c.s3, &bucket, &id)
+    let (now, _) = checkpoint::read(&c.s3, &bucket, &Team::default_team(), &id)
         .await
         .expect("read")
         .expect("journal");
@@ -332,7 +334,7 @@ async fn an_ambiguous_journal_write_is_recognised_as_the_workers_own() {
     let _ =
         c.s3.delete_object()
             .bucket(&bucket)
-            .key(checkpoint::key(&id))
+            .key(checkpoint::key(&Team::default_team(), &id))
             .send()
             .await;
 }

@@ -21,6 +21,7 @@ mod pool;
 mod sandbox;
 mod submit;
 mod support;
+mod teams;
 mod templates;
 mod terminal;
 mod trigger;

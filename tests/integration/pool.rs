@@ -69,13 +69,13 @@ fn the_stack_passes_its_checks_and_broken_stacks_fail_them() {
         ),
         (
             "untagged-delete",
-            "                  - !Sub arn:${AWS::Partition}:ec2:*::image/*\n                Condition:\n                  \"Null\": { \"aws:ResourceTag/kiln:build-id\": \"false\" }",
-            "                  - !Sub arn:${AWS::Partition}:ec2:*::image/*",
+            "              - !Sub arn:${AWS::Partition}:ec2:*::image/*\n            Condition:\n              StringEquals: { \"aws:ResourceTag/kiln:team\": \"${aws:PrincipalTag/kiln:team}\" }",
+            "              - !Sub arn:${AWS::Partition}:ec2:*::image/*",
             "destructive_ec2_statements_carry_the_tag_condition",
         ),
         (
             "missing-action",
-            "                  - ec2:DeleteVolume\n",
+            "              - ec2:DeleteVolume\n",
             "",
             "ec2:DeleteVolume (src/ec2/volumes.rs",
         ),

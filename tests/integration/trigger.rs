@@ -521,3 +521,96 @@ async fn a_directory_template_builds_as_one() {
     })
     .await;
 }
+
+/// The request of an upload goes to its team's queue: a team's own trigger (`KILN_TEAM`) takes
+/// only its team's templates (under `teams/<team>/templates/`) and leaves the default team's; a
+/// trigger serving several teams (`KILN_TEAM_QUEUES`) routes each upload by its key, and skips a
+/// team it has no queue for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_go_to_their_teams_queue() {
+    let s = setup(5).await;
+    let web_queue = s
+        .sqs
+        .create_queue()
+        .queue_name(unique("q-web"))
+        .send()
+        .await
+        .expect("queue")
+        .queue_url
+        .expect("url");
+    let web_key = format!("teams/web/templates/{}/app.pkr.hcl", unique("t"));
+    put_text(&s, &web_key, TEMPLATE).await;
+    let default_key = format!("templates/{}/app.pkr.hcl", unique("t"));
+    put_text(&s, &default_key, TEMPLATE).await;
+    let other_key = format!("teams/other/templates/{}/app.pkr.hcl", unique("t"));
+    put_text(&s, &other_key, TEMPLATE).await;
+
+    // The web team's own trigger.
+    let web = Lambda::start(&[
+        ("KILN_QUEUE", &web_queue),
+        ("KILN_BUCKET", &s.bucket),
+        ("KILN_TEAM", "web"),
+    ])
+    .await;
+    let got = web
+        .invoke(put_event(&s, &s.bucket, &web_key).await)
+        .await
+        .expect("web upload");
+    assert_eq!(got["enqueued"][0]["team"], "web", "{got:#}\n{}", web.log());
+    let got = web
+        .invoke(put_event(&s, &s.bucket, &default_key).await)
+        .await
+        .expect("default upload");
+    assert!(
+        got["enqueued"].as_array().is_none_or(Vec::is_empty),
+        "{got:#}"
+    );
+    assert!(
+        got["skipped"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("team default"),
+        "{got:#}"
+    );
+
+    // One trigger for the default team and web.
+    let pool = Lambda::start(&[
+        ("KILN_QUEUE", &s.queue),
+        ("KILN_TEAM_QUEUES", &format!("web={web_queue}")),
+        ("KILN_BUCKET", &s.bucket),
+    ])
+    .await;
+    for key in [&web_key, &default_key, &other_key] {
+        pool.invoke(put_event(&s, &s.bucket, key).await)
+            .await
+            .expect("upload");
+    }
+    let on = |queue: String| {
+        let sqs = s.sqs.clone();
+        async move {
+            let mut keys = Vec::new();
+            loop {
+                let out = sqs
+                    .receive_message()
+                    .queue_url(&queue)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .send()
+                    .await
+                    .expect("receive");
+                if out.messages().is_empty() {
+                    return keys;
+                }
+                for m in out.messages() {
+                    let v: Value = serde_json::from_str(m.body().unwrap_or("null")).expect("JSON");
+                    keys.push(v["template"]["key"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+        }
+    };
+    let web_requests = on(web_queue.clone()).await;
+    let default_requests = on(s.queue.clone()).await;
+    // The web trigger's request and the pool trigger's, both for the web template.
+    assert_eq!(web_requests, vec![web_key.clone(), web_key.clone()]);
+    assert_eq!(default_requests, vec![default_key.clone()]);
+}

@@ -32,7 +32,18 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         }
     }
     let name = b.render("ami_name", &c.ami_name, &b.source_values())?;
-    if !c.force_deregister {
+    if c.force_deregister {
+        let mut regions = vec![b.region.clone()];
+        regions.extend(c.ami_regions.iter().filter(|r| **r != b.region).cloned());
+        for r in regions {
+            let ec2 = b.clients.ec2_in(&r);
+            for img in images::by_name(&ec2, &r, &name).await? {
+                if let Some(why) = super::deregister::not_the_teams(&img, &b.team, &r) {
+                    return Err(invalid(why));
+                }
+            }
+        }
+    } else {
         let mut regions = vec![b.region.clone()];
         regions.extend(c.ami_regions.iter().filter(|r| **r != b.region).cloned());
         let me = b.build_ref();

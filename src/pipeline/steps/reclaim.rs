@@ -20,8 +20,11 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     let ec2 = b.clients.ec2.clone();
     let region = b.region.clone();
     // A boot test's instance first: its root volume carries the build's tag too.
+    // Only this build's (its team's, its generation's): another team's build of the same id,
+    // and an earlier generation's leftovers, are not this build's to remove (gc judges those).
+    let me = b.build_ref();
     let mut test_instances = Vec::new();
-    for id in instances::of_build(&ec2, &region, &b.id).await? {
+    for id in instances::of_build(&ec2, &region, &me).await? {
         instances::terminate(&ec2, &region, &id, &b.polling).await?;
         test_instances.push(id);
     }
@@ -33,7 +36,12 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         .send()
         .await
         .map_err(api("DescribeImages", b.id.clone(), &region))?;
-    for id in test_images.images().iter().filter_map(|i| i.image_id()) {
+    for id in test_images
+        .images()
+        .iter()
+        .filter(|i| crate::ec2::made_by(i.tags(), &me))
+        .filter_map(|i| i.image_id())
+    {
         images::deregister(&ec2, &region, id).await?;
     }
     let out = ec2
@@ -45,6 +53,9 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     let mut reclaimed = Vec::new();
     for v in out.volumes() {
         let Some(id) = v.volume_id() else { continue };
+        if !crate::ec2::made_by(v.tags(), &me) {
+            continue;
+        }
         // This host's leftovers of the volume (loop backend): mounts, then the loop device.
         if let Some(file) = b.backend.volume_file(id) {
             for dev in loopdev::find_for_file(&file) {
@@ -68,9 +79,11 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         .await
         .map_err(api("DescribeSnapshots", b.id.clone(), &region))?;
     let mut reused = None;
-    let me = b.build_ref();
     for s in snaps.snapshots() {
         let Some(id) = s.snapshot_id() else { continue };
+        if !crate::ec2::made_by(s.tags(), &me) {
+            continue;
+        }
         let has_data = b.backend.snapshot_file(id).is_none_or(|f| f.exists());
         // Only this generation's snapshot is reused (a forced rebuild starts from its source).
         let ours = crate::ec2::made_by(s.tags(), &me);
