@@ -113,6 +113,9 @@ pub struct Inputs {
     pub cwd: PathBuf,
     /// The build's start time.
     pub now: OffsetDateTime,
+    /// When set, `file()` and the other file functions read only below this directory (the
+    /// template's own folder): a worker sets it for a team that may not read builder-host files.
+    pub file_root: Option<PathBuf>,
     /// Values fetched for the template's `amazon-parameterstore` and `amazon-secretsmanager`
     /// data sources (`crate::data_sources`); `None` gives them placeholders (offline).
     pub data: Option<data::DataValues>,
@@ -153,6 +156,7 @@ impl Default for Inputs {
             env: std::env::vars().collect(),
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             now: OffsetDateTime::now_utc(),
+            file_root: None,
             data: None,
         }
     }

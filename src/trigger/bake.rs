@@ -110,7 +110,9 @@ pub async fn compute(
     } else {
         crate::team::DataScope::of_team(&team, None)
     };
-    let source_amis = resolve_sources(clients, &template_path, variables, &scope).await?;
+    let file_root = (!team.is_default()).then(|| dir.to_path_buf());
+    let source_amis =
+        resolve_sources(clients, &template_path, variables, &scope, file_root).await?;
     let kiln_version = env!("CARGO_PKG_VERSION").to_owned();
     let key = sha256_hex(
         format!(
@@ -134,6 +136,7 @@ async fn resolve_sources(
     template: &Path,
     variables: &BTreeMap<String, String>,
     scope: &crate::team::DataScope,
+    file_root: Option<std::path::PathBuf>,
 ) -> Result<Vec<String>, TriggerError> {
     let inputs = crate::template::Inputs {
         vars: variables
@@ -142,6 +145,7 @@ async fn resolve_sources(
             .collect(),
         // The fetched template directory stands for the working directory, as on the worker.
         cwd: template.parent().map(Path::to_path_buf).unwrap_or_default(),
+        file_root,
         ..crate::template::Inputs::default()
     };
     let dir = crate::template::directory_of(template);

@@ -111,7 +111,12 @@ fn the_stack_passes_its_checks_and_broken_stacks_fail_them() {
 async fn the_stack_deploys_and_a_worker_builds_from_its_queue() {
     with_janitor(|janitor| async move {
         let stack = unique("pool").replace("kiln-test-", "kt-");
-        let (ok, out) = script("deploy", &["--stack-name", &stack]);
+        // Two teams: the default one in the pool's stack, `payments` in a stack of its own.
+        let teams = repo_root().join("infra/teams.example.toml");
+        let (ok, out) = script(
+            "deploy",
+            &["--stack-name", &stack, "--teams", &teams.display().to_string()],
+        );
         assert!(ok, "{out}");
         let json_start = out.find("{\n").unwrap_or(0);
         let deployed: Value = serde_json::from_str(&out[json_start..]).unwrap_or_else(|e| panic!("{e}:\n{out}"));
@@ -137,8 +142,30 @@ async fn the_stack_deploys_and_a_worker_builds_from_its_queue() {
             o["ResultQueueUrl"].as_str().expect("results").to_owned(),
             o["ArtifactsBucketName"].as_str().expect("bucket").to_owned(),
         );
+        let payments = &deployed["teams"]["payments"];
+        let payments_queue = payments["queue_url"].as_str().unwrap_or_else(|| panic!("payments' queue: {deployed:#}"));
+        assert_ne!(payments_queue, queue);
+        assert!(payments["role_arn"].as_str().is_some_and(|r| r.contains("payments")), "{deployed:#}");
         let emu = Emulator::get();
         let c = emu.clients(emu.region()).await;
+        // The builders' team settings, as the user data hands them to the worker.
+        let teams_toml = c
+            .s3
+            .get_object()
+            .bucket(&bucket)
+            .key("config/worker-teams.toml")
+            .send()
+            .await
+            .expect("config/worker-teams.toml")
+            .body
+            .collect()
+            .await
+            .expect("body")
+            .into_bytes();
+        let teams_toml = String::from_utf8_lossy(&teams_toml).into_owned();
+        assert!(teams_toml.contains("name = \"payments\"") && teams_toml.contains(payments_queue), "{teams_toml}");
+        let config_file = std::env::temp_dir().join(format!("{}.toml", unique("worker-teams")));
+        std::fs::write(&config_file, &teams_toml).expect("worker config");
         use aws_sdk_sqs::types::QueueAttributeName as A;
         let attrs = c
             .sqs
@@ -174,7 +201,11 @@ async fn the_stack_deploys_and_a_worker_builds_from_its_queue() {
             .expect("send");
         let metrics_file = std::env::temp_dir().join(format!("{}.emf", unique("metrics")));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        // The worker serves both teams, each team's builds with the credentials of its build
+        // role (assumed from the emulator's STS with the kiln:team session tag).
         cmd.args(["worker", "--queue", &queue, "--result-queue", &results])
+            .arg("--config")
+            .arg(&config_file)
             .args(["--bucket", &bucket, "--backend", "loop"])
             .arg("--state-dir")
             .arg(crate::worker::state_dir())
@@ -194,8 +225,33 @@ async fn the_stack_deploys_and_a_worker_builds_from_its_queue() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         };
         track_result(&janitor, &doc);
+        // A payments request is answered in payments' part of the bucket.
+        let pid = unique("pool-payments");
+        c.sqs
+            .send_message()
+            .queue_url(payments_queue)
+            .message_body(
+                serde_json::json!({"version": 1, "build_id": pid, "template": {"bucket": bucket, "key": "teams/payments/templates/missing/t.pkr.hcl"}})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .expect("send to payments");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let pdoc = loop {
+            if let Ok(o) = c.s3.get_object().bucket(&bucket).key(format!("teams/payments/results/{pid}.json")).send().await {
+                let bytes = o.body.collect().await.expect("body").into_bytes();
+                break serde_json::from_slice::<Value>(&bytes).expect("result");
+            }
+            assert!(Instant::now() < deadline, "no result from payments' queue");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
         let (_, log) = crate::worker::stop_worker(worker);
+        let _ = std::fs::remove_file(&config_file);
         assert_eq!(doc["status"], "succeeded", "{doc:#}\n{log}");
+        assert_eq!(doc["team"], "default");
+        assert_eq!(pdoc["team"], "payments", "{pdoc:#}");
+        assert!(log.contains("team lane") && log.contains("payments"), "{log}");
         // The worker's metrics, in CloudWatch embedded metric format on stdout.
         let emf = std::fs::read_to_string(&metrics_file).unwrap_or_default();
         let _ = std::fs::remove_file(&metrics_file);

@@ -176,13 +176,32 @@ async fn a_team_cannot_touch_another_teams_builds_images_or_secrets() {
         let e = error_of(&c);
         assert!(e.contains("kiln/b/token") && e.contains("outside the team's prefix"), "{c:#}");
 
+        // C reads a builder-host file with file(): refused; its own file beside the template
+        // is fine (the build then stops at the host feature, as above).
+        let fr_dir = format!("teams/c/templates/{}", unique("fr"));
+        let fr = format!("locals {{\n  host = file(\"/etc/hostname\")\n}}\n{TEMPLATE}");
+        put(&s, &format!("{fr_dir}/fr.pkr.hcl"), &fr).await;
+        put(&s, &format!("{fr_dir}/greeting.txt"), "hi\n").await;
+        let frid = unique("fr");
+        send_to(&s, &qc, &request(&frid, &s.bucket, &format!("{fr_dir}/fr.pkr.hcl"), 0)).await;
+        let c = wait_document(&s, &format!("teams/c/results/{frid}.json"), Duration::from_secs(120)).await;
+        let e = error_of(&c);
+        assert!(e.contains("/etc/hostname") && e.contains("outside the template's folder"), "{c:#}");
+        let own = format!("locals {{\n  own = file(\"greeting.txt\")\n}}\n{TEMPLATE}");
+        put(&s, &format!("{fr_dir}/fr.pkr.hcl"), &own).await;
+        let ownid = unique("own");
+        send_to(&s, &qc, &request(&ownid, &s.bucket, &format!("{fr_dir}/fr.pkr.hcl"), 0)).await;
+        let c = wait_document(&s, &format!("teams/c/results/{ownid}.json"), Duration::from_secs(120)).await;
+        let e = error_of(&c);
+        assert!(!e.contains("outside the template's folder") && e.contains("pre_mount_commands"), "{c:#}");
+
         let (ok, log) = stop_worker(w);
         assert!(ok, "{log}");
     })
     .await;
 }
 
-/// 12 requests from the default team, then one from team `b`, on a worker with one build slot:
+/// 50 requests from the default team, then one from team `b`, on a worker with one build slot:
 /// `b`'s starts after at most one of the default team's (weighted round robin), not after all.
 #[tokio::test]
 async fn one_teams_backlog_does_not_hold_up_another() {
@@ -191,7 +210,7 @@ async fn one_teams_backlog_does_not_hold_up_another() {
     let cfg = config(&format!("[[teams]]\nname = \"b\"\nqueue = \"{qb}\"\n"));
     // Requests that fail fast (their template is missing): the order of their results is the
     // order the worker took them in.
-    let a_ids: Vec<String> = (0..12).map(|_| unique("backlog")).collect();
+    let a_ids: Vec<String> = (0..50).map(|_| unique("backlog")).collect();
     for id in &a_ids {
         send(
             &s,
@@ -230,7 +249,7 @@ async fn one_teams_backlog_does_not_hold_up_another() {
                 .find(|id| l.contains(*id))
         })
         .collect();
-    assert_eq!(order.len(), 13, "{log}");
+    assert_eq!(order.len(), 51, "{log}");
     let b_at = order.iter().position(|id| *id == b_id).expect("b's result");
     assert!(
         b_at <= 1,

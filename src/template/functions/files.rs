@@ -46,6 +46,13 @@ fn host_checked(f: &str, shown: &str, path: &Path) -> Result<PathBuf, String> {
             real.display()
         ));
     }
+    if let Some(root) = super::file_root()
+        && !real.starts_with(&root)
+    {
+        return Err(format!(
+            "{f}: \"{shown}\" is outside the template's folder, and this pool does not let the team's templates read builder-host files (host_features): {FIX}"
+        ));
+    }
     Ok(real)
 }
 

@@ -28,6 +28,20 @@ thread_local! {
     static CWD: std::cell::RefCell<std::path::PathBuf> = std::cell::RefCell::new(std::path::PathBuf::from("."));
     static ENV: std::cell::RefCell<Option<std::collections::BTreeMap<String, String>>> =
         const { std::cell::RefCell::new(None) };
+    static FILE_ROOT: std::cell::RefCell<Option<std::path::PathBuf>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Limits the file functions of this thread's evaluations to files below `root` (links
+/// resolved), or lifts the limit (`None`).
+pub fn set_file_root(root: Option<&std::path::Path>) {
+    let root = root.map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.to_path_buf()));
+    FILE_ROOT.with(|f| *f.borrow_mut() = root);
+}
+
+/// The directory the file functions are limited to, if any.
+pub(super) fn file_root() -> Option<std::path::PathBuf> {
+    FILE_ROOT.with(|f| f.borrow().clone())
 }
 
 /// Sets the time `timestamp()` returns for this thread's evaluations.

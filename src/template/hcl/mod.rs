@@ -40,6 +40,7 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
     functions::set_now(inputs.now);
     functions::set_cwd(&inputs.cwd);
     functions::set_env(&inputs.env);
+    functions::set_file_root(inputs.file_root.as_deref());
     functions::limits::reset_budget();
     let mut out = Loaded::default();
     let diags = &mut out.diagnostics;

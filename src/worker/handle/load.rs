@@ -79,6 +79,8 @@ pub(super) async fn load_plan(
         except: req.except.clone(),
         cwd: work.to_path_buf(),
         env: template_env(),
+        // A team without host features reads only its template's own files.
+        file_root: (!d.lane.host_features).then(|| work.to_path_buf()),
         ..Inputs::default()
     };
     // A file of a directory template names the whole directory.
