@@ -170,6 +170,9 @@ struct WorkerArgs {
     /// Seconds before a retryable failure is tried again.
     #[arg(long, env = "KILN_RETRY_DELAY")]
     retry_delay: Option<u64>,
+    /// Seconds a duplicate delivery of a running build is parked before it looks again (≤ 900).
+    #[arg(long, env = "KILN_DUPLICATE_PARK")]
+    duplicate_park: Option<u64>,
     /// The Auto Scaling group of this instance (scale-in protection, the termination hook).
     #[arg(long, env = "KILN_AUTO_SCALING_GROUP")]
     auto_scaling_group: Option<String>,
@@ -223,6 +226,9 @@ impl WorkerArgs {
         }
         if let Some(d) = self.visibility {
             set("visibility_s", (d as i64).into());
+        }
+        if let Some(d) = self.duplicate_park {
+            set("duplicate_park_s", (d as i64).into());
         }
         if let Some(d) = self.retry_delay {
             set("retry_delay_s", (d as i64).into());

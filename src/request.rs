@@ -91,6 +91,16 @@ pub struct BuildRequest {
     pub bake: Option<Bake>,
 }
 
+/// The build id of a request that names none: derived from the queue message's id and the body,
+/// so every delivery of the same message names the same build (a redelivery after a crash resumes
+/// it), while two messages with the same body are two builds, as two `packer build` runs are.
+pub fn derived_build_id(message_id: &str, body: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{message_id}\n{body}").as_bytes());
+    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    format!("auto-{hex}")
+}
+
 /// Why a message is not a usable request.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RequestError {
@@ -151,6 +161,14 @@ pub fn parse(body: &str) -> Result<BuildRequest, RequestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_build_ids_follow_the_message() {
+        let a = derived_build_id("m-1", "{}");
+        assert_eq!(a, derived_build_id("m-1", "{}"));
+        assert_ne!(a, derived_build_id("m-2", "{}"));
+        assert!(valid_id(&a), "{a}");
+    }
 
     #[test]
     fn table() {

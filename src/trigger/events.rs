@@ -36,6 +36,10 @@ pub struct Nightly {
     /// Template variables for the builds (part of the bake key).
     #[serde(default)]
     pub variables: std::collections::BTreeMap<String, String>,
+    /// The run's time (RFC 3339; a Scheduled Event's `time`), which back-offs count from; now
+    /// when absent.
+    #[serde(default)]
+    pub time: Option<String>,
 }
 
 /// An invocation's event.
@@ -167,7 +171,10 @@ pub fn parse(event: Value) -> Result<Event, String> {
                     sequencer: d.object.sequencer.filter(|v| !v.is_empty()),
                 }]))
             }
-            (_, "Scheduled Event") => Ok(Event::Nightly(Nightly::default())),
+            (_, "Scheduled Event") => Ok(Event::Nightly(Nightly {
+                time: e.time.map(|t| t.to_rfc3339()),
+                ..Nightly::default()
+            })),
             (source, kind) => Err(format!(
                 "an EventBridge event kiln-trigger does not handle: source {source:?}, detail-type {kind:?} (it handles S3 Object Created and Scheduled Event)"
             )),

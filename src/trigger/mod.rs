@@ -7,13 +7,14 @@
 
 pub mod bake;
 pub mod events;
+mod nightly;
 mod settings;
 
 pub use settings::Settings;
 
 use crate::aws::Clients;
 use crate::request::{BuildRequest, REQUEST_VERSION, TemplateLocation};
-use events::{Created, Event, Nightly};
+use events::{Created, Event};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -71,7 +72,7 @@ impl TriggerError {
 pub use crate::request::index_key;
 
 /// A build-id-safe rendering of a template key.
-fn slug(key: &str) -> String {
+pub(super) fn slug(key: &str) -> String {
     let s: String = key
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
@@ -105,7 +106,7 @@ pub fn upload_build_id(c: &Created) -> String {
 }
 
 /// Whether `key` is a template under `prefix`; otherwise why not.
-fn template_key_problem(prefix: &str, key: &str) -> Option<String> {
+pub(super) fn template_key_problem(prefix: &str, key: &str) -> Option<String> {
     if !key.starts_with(prefix) {
         return Some(format!("outside the template prefix {prefix:?}"));
     }
@@ -118,7 +119,7 @@ fn template_key_problem(prefix: &str, key: &str) -> Option<String> {
 /// The key that names a template: for one of several `*.pkr.hcl` files in a folder (a directory
 /// template) the folder's first such file, so every file of the directory names one template
 /// (one index entry, one nightly build); otherwise `key` itself.
-fn template_name(key: &str, siblings: &[String]) -> String {
+pub(super) fn template_name(key: &str, siblings: &[String]) -> String {
     if !key.ends_with(".pkr.hcl") {
         return key.to_owned();
     }
@@ -192,7 +193,7 @@ pub async fn handle(
             }
             Ok(json!({"batchItemFailures": failures}))
         }
-        Event::Nightly(n) => nightly(clients, settings, &n).await.map(|s| json!(s)),
+        Event::Nightly(n) => nightly::run(clients, settings, &n).await.map(|s| json!(s)),
     }
 }
 
@@ -292,7 +293,11 @@ async fn uploaded(
 }
 
 /// Sends a build request to a team's queue.
-async fn enqueue(clients: &Clients, queue: &str, req: &BuildRequest) -> Result<(), TriggerError> {
+pub(super) async fn enqueue(
+    clients: &Clients,
+    queue: &str,
+    req: &BuildRequest,
+) -> Result<(), TriggerError> {
     let body = serde_json::to_string(req).map_err(|e| TriggerError::Io(e.to_string()))?;
     clients
         .sqs
@@ -304,196 +309,6 @@ async fn enqueue(clients: &Clients, queue: &str, req: &BuildRequest) -> Result<(
         .map_err(|e| TriggerError::aws(format!("sending to {queue}"), &e))?;
     tracing::info!(build_id = ?req.build_id, template = %req.template.key, "build request enqueued");
     Ok(())
-}
-
-/// The templates under `prefix` (a team's template prefix).
-async fn list_templates(
-    clients: &Clients,
-    settings: &Settings,
-    prefix: &str,
-) -> Result<Vec<String>, TriggerError> {
-    let mut pages = clients
-        .s3
-        .list_objects_v2()
-        .bucket(&settings.bucket)
-        .prefix(prefix)
-        .into_paginator()
-        .send();
-    let mut out = Vec::new();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| {
-            TriggerError::aws(format!("listing s3://{}/{prefix}", settings.bucket), &e)
-        })?;
-        out.extend(
-            page.contents()
-                .iter()
-                .filter_map(|o| o.key())
-                .filter(|k| template_key_problem(prefix, k).is_none())
-                .map(str::to_owned),
-        );
-    }
-    // One name per directory template.
-    let mut names: Vec<String> = out.iter().map(|k| template_name(k, &out)).collect();
-    names.sort();
-    names.dedup();
-    Ok(names)
-}
-
-/// The index entry of a template's last succeeded build (written by the worker).
-async fn read_index(
-    clients: &Clients,
-    settings: &Settings,
-    template: &str,
-) -> Result<Option<Value>, TriggerError> {
-    let key = index_key(&crate::team::Team::of_key(template), template);
-    match clients
-        .s3
-        .get_object()
-        .bucket(&settings.bucket)
-        .key(&key)
-        .send()
-        .await
-    {
-        Ok(o) => {
-            let bytes = o
-                .body
-                .collect()
-                .await
-                .map_err(|e| {
-                    TriggerError::Io(format!("reading s3://{}/{key}: {e}", settings.bucket))
-                })?
-                .into_bytes();
-            Ok(serde_json::from_slice(&bytes).ok())
-        }
-        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
-        Err(e) => Err(TriggerError::aws(
-            format!("reading s3://{}/{key}", settings.bucket),
-            &e,
-        )),
-    }
-}
-
-/// Why a template with bake `now` is rebuilt, compared with its last build's `index` entry; `None`
-/// when nothing changed.
-fn why_rebuild(now: &crate::request::Bake, index: Option<&Value>) -> Option<String> {
-    let Some(index) = index else {
-        return Some("never built by kiln-trigger".into());
-    };
-    let old = |k: &str| index["bake"][k].clone();
-    if old("key") == json!(now.key) {
-        return None;
-    }
-    if old("source_amis") != json!(now.source_amis) {
-        let before: Vec<String> = serde_json::from_value(old("source_amis")).unwrap_or_default();
-        return Some(format!(
-            "source AMI {} → {}",
-            before.join(","),
-            now.source_amis.join(",")
-        ));
-    }
-    if old("template_hash") != json!(now.template_hash) {
-        return Some("template changed".into());
-    }
-    if old("variables_hash") != json!(now.variables_hash) {
-        return Some("variables changed".into());
-    }
-    Some(format!(
-        "kiln version {} → {}",
-        old("kiln_version").as_str().unwrap_or("?"),
-        now.kiln_version
-    ))
-}
-
-/// A nightly run: each template (or those named) whose bake key changed, or all when forced.
-async fn nightly(
-    clients: &Clients,
-    settings: &Settings,
-    n: &Nightly,
-) -> Result<Summary, TriggerError> {
-    let templates = if n.templates.is_empty() {
-        let mut all = Vec::new();
-        for (team, _) in settings.teams() {
-            all.extend(list_templates(clients, settings, &team.key(&settings.prefix)).await?);
-        }
-        all
-    } else {
-        n.templates.clone()
-    };
-    let mut summary = Summary::default();
-    for t in templates {
-        let Some((team, queue)) = settings.team_of(&t) else {
-            summary.skipped.push(json!({"template": t, "reason": "ignored: its team has no request queue in this trigger (KILN_TEAM_QUEUES)"}));
-            continue;
-        };
-        if let Some(reason) = template_key_problem(&team.key(&settings.prefix), &t) {
-            summary
-                .skipped
-                .push(json!({"template": t, "reason": format!("ignored: {reason}")}));
-            continue;
-        }
-        let work = settings.work_dir.join(slug(&t));
-        let bake = match bake::list(clients, &settings.bucket, &t).await {
-            Ok(listed) => {
-                bake::compute(
-                    clients,
-                    &settings.bucket,
-                    &t,
-                    None,
-                    &n.variables,
-                    &work,
-                    &listed,
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
-        let _ = std::fs::remove_dir_all(&work);
-        let bake = match bake {
-            Ok(b) => b,
-            Err(TriggerError::Template(e)) | Err(TriggerError::Source(e)) => {
-                summary.skipped.push(json!({"template": t, "reason": e}));
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let index = read_index(clients, settings, &t).await?;
-        let reason = match (why_rebuild(&bake, index.as_ref()), n.force) {
-            (Some(r), _) => r,
-            (None, true) => "forced".to_owned(),
-            (None, false) => {
-                let i = index.unwrap_or_default();
-                summary
-                    .skipped
-                    .push(json!({"template": t, "reason": format!(
-                        "unchanged since build {} on {}",
-                        i["build_id"].as_str().unwrap_or("?"),
-                        i["finished_at"].as_str().unwrap_or("?")
-                    )}));
-                continue;
-            }
-        };
-        let build_id = format!("nightly-{}-{}", slug(&t), &bake.key[..16]);
-        let req = BuildRequest {
-            version: REQUEST_VERSION,
-            build_id: Some(build_id.clone()),
-            template: TemplateLocation {
-                root: None,
-                bucket: settings.bucket.clone(),
-                key: t.clone(),
-                version_id: None,
-            },
-            variables: n.variables.clone(),
-            only: Vec::new(),
-            except: Vec::new(),
-            force: n.force,
-            bake: Some(bake),
-        };
-        enqueue(clients, queue, &req).await?;
-        summary.enqueued.push(
-            json!({"template": t, "team": team.as_str(), "build_id": build_id, "reason": reason}),
-        );
-    }
-    Ok(summary)
 }
 
 #[cfg(test)]

@@ -167,10 +167,11 @@ async fn accept(ctx: &Ctx, d: &Delivery) -> Option<Accepted> {
             return None;
         }
     };
+    // A request without a build id names the same build at every delivery of its message.
     let build_id = req
         .build_id
         .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(|| request::derived_build_id(&message_id, body));
     if !ctx.cfg.buckets.contains(&req.template.bucket) {
         let msg_text = format!(
             "the template bucket {} is not trusted by this worker (trusted: {}); ask its operators to add it with --bucket",
@@ -291,9 +292,8 @@ async fn acquire(
             Arc::new(h)
         }
         Ok(Acquired::Held(owner, until)) => {
-            let wait = until.saturating_sub(checkpoint::now()).clamp(1, 43_200);
-            tracing::info!(build_id = %build_id, owner = ?owner, retry_in_s = wait, "another worker runs this build; looking again when its lease ends");
-            release(ctx, d, wait as i32).await;
+            tracing::info!(build_id = %build_id, owner = ?owner, lease_until = until, "a duplicate of a running build; parked until its owner is done");
+            park(ctx, d, req, build_id, until).await;
             return None;
         }
         Ok(Acquired::Finished(status)) => {
@@ -309,6 +309,37 @@ async fn acquire(
         }
     };
     Some(journal)
+}
+
+/// Parks a duplicate delivery of a build another attempt runs (its owner holds a live lease
+/// until `until`): a copy of the request, naming the build id, is sent to the team's queue
+/// delayed by [`super::WorkerConfig::duplicate_park_s`], then this delivery is deleted. The copy
+/// starts with no receives, so duplicates never count toward the dead-letter queue; when it comes
+/// back the build has finished (the result answers it), is still running (parked again), or its
+/// owner died (the copy resumes it). If the copy cannot be sent, the delivery is released until
+/// the lease ends, as before.
+async fn park(ctx: &Ctx, d: &Delivery, req: &BuildRequest, build_id: &str, until: u64) {
+    let mut copy = req.clone();
+    copy.build_id = Some(build_id.to_owned());
+    let body = serde_json::to_string(&copy).unwrap_or_default();
+    let delay = ctx.cfg.duplicate_park_s.clamp(0, super::MAX_SQS_DELAY_S);
+    match ctx
+        .clients
+        .sqs
+        .send_message()
+        .queue_url(&d.lane.queue)
+        .message_body(body)
+        .delay_seconds(delay as i32)
+        .send()
+        .await
+    {
+        Ok(_) => delete(ctx, d).await,
+        Err(e) => {
+            let wait = until.saturating_sub(checkpoint::now()).clamp(1, 43_200);
+            tracing::warn!(build_id = %build_id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), retry_in_s = wait, "could not park the duplicate; it is released until the owner's lease ends");
+            release(ctx, d, wait as i32).await;
+        }
+    }
 }
 
 /// Keeps the message invisible while the build runs (every third of the visibility timeout),

@@ -81,6 +81,10 @@ pub struct WorkerConfig {
     /// The group's termination lifecycle hook, completed once the worker drained.
     #[serde(default)]
     pub lifecycle_hook: Option<String>,
+    /// Seconds a duplicate delivery of a running build is parked (sent again with this delay,
+    /// at most SQS's 900) before it looks again.
+    #[serde(default = "default_park")]
+    pub duplicate_park_s: u64,
     /// The teams besides the default one (whose queue is `queue`), each with its own queue,
     /// build role and share; an entry named `default` sets the default team's.
     #[serde(default)]
@@ -109,6 +113,13 @@ fn default_visibility() -> u64 {
 /// A minute gives a throttled or failing AWS dependency time before the next attempt.
 fn default_retry_delay() -> u64 {
     60
+}
+/// SQS's longest message delay: 15 minutes.
+pub const MAX_SQS_DELAY_S: u64 = 900;
+/// A duplicate looks again every 15 minutes (SQS's longest delay): builds take minutes, and the
+/// duplicate only repeats the result.
+fn default_park() -> u64 {
+    MAX_SQS_DELAY_S
 }
 fn default_work_dir() -> PathBuf {
     std::env::temp_dir().join("kiln-worker")

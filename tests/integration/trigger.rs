@@ -614,3 +614,119 @@ async fn uploads_go_to_their_teams_queue() {
     assert_eq!(web_requests, vec![web_key.clone(), web_key.clone()]);
     assert_eq!(default_requests, vec![default_key.clone()]);
 }
+
+/// A template whose nightly build fails (a host flag makes its shell-local step exit 1) is not
+/// given up: the same night it backs off, the next night it is tried again under a new build id,
+/// saying why, and that build succeeds once the flag is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_nightly_build_is_retried_the_next_night() {
+    with_janitor(|janitor| async move {
+        let s = setup(5).await;
+        let lambda = lambda_for(&s).await;
+        let flag = std::env::temp_dir().join(unique("nightly-flag"));
+        std::fs::write(&flag, "fail tonight").expect("flag");
+        let prefix = format!("templates/{}", unique("retry"));
+        let text = TEMPLATE.replace(
+            "build {\n  sources = [\"source.amazon-chroot.bb\"]",
+            &format!(
+                "build {{\n  sources = [\"source.amazon-chroot.bb\"]\n  provisioner \"shell-local\" {{\n    inline = [\"test ! -e {}\"]\n  }}",
+                flag.display()
+            ),
+        );
+        assert_ne!(text, TEMPLATE, "the template gained its flag check");
+        let key = format!("{prefix}/bb.pkr.hcl");
+        put_text(&s, &key, &text).await;
+        put_text(&s, &format!("{prefix}/greeting.txt"), "hi\n").await;
+        let w = start_worker(&s, &[]);
+        let now = time::OffsetDateTime::now_utc();
+        let at = |days: i64| {
+            (now + time::Duration::days(days))
+                .format(&time::format_description::well_known::Rfc3339)
+                .expect("time")
+        };
+        let night = |days: i64| json!({"nightly": {"templates": [key], "time": at(days)}});
+
+        let first = lambda.invoke(night(0)).await.expect("night 1");
+        let base = first["enqueued"][0]["build_id"].as_str().expect("enqueued").to_owned();
+        let failed = result(&s, &base, Duration::from_secs(240)).await;
+        assert_eq!(failed["status"], "failed", "{failed:#}");
+        std::fs::remove_file(&flag).expect("flag removed");
+
+        // Later the same night: backing off, with the failure named.
+        let again = lambda.invoke(night(0)).await.expect("night 1 again");
+        assert_eq!(again["enqueued"], json!([]), "{again:#}");
+        let why = again["skipped"][0]["reason"].as_str().unwrap_or_default();
+        assert!(why.contains("backing off after 1 failed build"), "{again:#}");
+
+        // The next night: a new build id, the failure as the reason, and it builds.
+        let next = lambda.invoke(night(1)).await.expect("night 2");
+        let retry = next["enqueued"][0]["build_id"].as_str().expect("retried").to_owned();
+        assert_eq!(retry, format!("{base}-r1"), "{next:#}");
+        let why = next["enqueued"][0]["reason"].as_str().unwrap_or_default();
+        assert!(why.starts_with("retry 1 after a failure on"), "{next:#}");
+        let doc = result(&s, &retry, Duration::from_secs(240)).await;
+        track_result(&janitor, &doc);
+        assert_eq!(doc["status"], "succeeded", "{doc:#}");
+        let (ok, log) = stop_worker(w);
+        assert!(ok, "{log}");
+        // Built: the night after sees it unchanged.
+        let after = lambda.invoke(night(2)).await.expect("night 3");
+        assert_eq!(after["enqueued"], json!([]), "{after:#}");
+        assert!(
+            after["skipped"][0]["reason"].as_str().unwrap_or_default().starts_with("unchanged since build"),
+            "{after:#}"
+        );
+    })
+    .await;
+}
+
+/// One template whose data source cannot be read (the service keeps failing) among good ones:
+/// the run goes on, the broken one is its own entry with the reason, the good ones are enqueued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_template_does_not_end_the_nightly_run() {
+    let s = setup(5).await;
+    let lambda = lambda_for(&s).await;
+    let prefix = format!("templates/{}", unique("mixed"));
+    let parameter = unique("kiln-unreachable");
+    let broken = format!(
+        "data \"amazon-parameterstore\" \"p\" {{\n  name = \"/{parameter}\"\n}}\nlocals {{\n  p = data.amazon-parameterstore.p.value\n}}\n{TEMPLATE}"
+    );
+    let keys = [
+        format!("{prefix}/a/bb.pkr.hcl"),
+        format!("{prefix}/b/bb.pkr.hcl"),
+        format!("{prefix}/c/bb.pkr.hcl"),
+    ];
+    put_text(&s, &keys[0], TEMPLATE).await;
+    put_text(&s, &keys[1], &broken).await;
+    put_text(&s, &keys[2], TEMPLATE).await;
+    // Parameter Store answers 500 to this parameter (more often than the SDK retries).
+    crate::support::emulator_script(&[
+        "fault",
+        "POST",
+        "/",
+        "500",
+        "InternalFailure",
+        "50",
+        &parameter,
+    ]);
+    let run = lambda
+        .invoke(json!({"nightly": {"templates": keys}}))
+        .await
+        .unwrap_or_else(|e| panic!("the run failed as a whole: {e:#}\n{}", lambda.log()));
+    let enqueued: Vec<&str> = names(&run, "enqueued")
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(
+        enqueued,
+        vec![keys[0].as_str(), keys[2].as_str()],
+        "{run:#}"
+    );
+    let skipped = names(&run, "skipped");
+    assert_eq!(skipped.len(), 1, "{run:#}");
+    assert_eq!(skipped[0].0, keys[1]);
+    assert!(
+        skipped[0].1.contains("data.amazon-parameterstore.p"),
+        "{run:#}"
+    );
+}
