@@ -357,6 +357,7 @@ def main() -> int:
         "ResultQueue.Arn": q_results, "ArtifactsBucket.Arn": bucket_arn, "ArtifactsBucket.Ref": BUCKET,
         "BuilderRole.Arn": builder_role, "TriggerRole.Arn": trigger_default,
         "BootTestSecurityGroup.GroupId": "sg-boot", "BuildPolicy.Ref": build_policy,
+        "TriggerFailureQueue.Arn": arn("sqs", f"{POOL}-TriggerFailureQueue-X"),
     }
     pool = Stack(pool_path, POOL, {"Subnets": SUBNETS, "VpcId": VPC, "CodeBucket": "kiln-code",
                                   "OtherTeams": ["payments"]}, pool_atts)
@@ -367,6 +368,7 @@ def main() -> int:
         "Principals": ["arn:aws:iam::123456789012:role/payments-ci"],
         "ArtifactsBucketName": BUCKET, "ArtifactsBucketArn": bucket_arn,
         "DeadLetterQueueArn": arn("sqs", "dlq"), "BuilderRoleArn": builder_role,
+        "TriggerFailureQueueArn": arn("sqs", f"{POOL}-TriggerFailureQueue-X"),
         "BuildPolicyArn": build_policy, "BuilderGroupName": f"{POOL}-builders", "CodeBucket": "kiln-code",
     }, {"RequestQueue.Arn": q_payments, "TriggerRole.Arn": trigger_payments})
     team.ref = _novalue_ref(team.ref)
@@ -564,6 +566,10 @@ def main() -> int:
         call(tr, f"GetObject {root}index/templates/app.pkr.hcl.json", [("s3:GetObject", f"{bucket_arn}/{root}index/templates/app.pkr.hcl.json", {})], True)
         call(tr, f"ListBucket prefix {root}templates/", [("s3:ListBucket", bucket_arn, {"s3:prefix": f"{root}templates/"})], True)
         call(tr, "DescribeImages", [("ec2:DescribeImages", "*", {})], True)
+        call(tr, f"GetObject {root}results/nightly-x.json (the nightly retry)", [("s3:GetObject", f"{bucket_arn}/{root}results/nightly-x.json", {})], True)
+        call(tr, f"GetObject {root}results/b1.json (not a nightly build)", [("s3:GetObject", f"{bucket_arn}/{root}results/b1.json", {})], False)
+        call(tr, f"GetObject {oroot}results/nightly-x.json", [("s3:GetObject", f"{bucket_arn}/{oroot}results/nightly-x.json", {})], False)
+        call(tr, "SendMessage the trigger failure queue", [("sqs:SendMessage", arn("sqs", f"{POOL}-TriggerFailureQueue-X"), {})], True)
         logs = f"/aws/lambda/{POOL}-trigger" + ("" if t == "default" else f"-{t}")
         call(tr, f"PutLogEvents {logs}", [("logs:PutLogEvents", arn("logs", f"log-group:{logs}:log-stream:s"), {})], True)
         call(tr, "PutLogEvents another log group", [("logs:PutLogEvents", arn("logs", "log-group:/aws/lambda/other:log-stream:s"), {})], False)

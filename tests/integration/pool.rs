@@ -131,6 +131,7 @@ async fn the_stack_deploys_and_a_worker_builds_from_its_queue() {
             ("BuilderLaunchTemplate", "AWS::EC2::LaunchTemplate"),
             ("BuilderGroup", "AWS::AutoScaling::AutoScalingGroup"),
             ("TriggerFunction", "AWS::Lambda::Function"),
+            ("TriggerFailureQueue", "AWS::SQS::Queue"),
             ("UploadRule", "AWS::Events::Rule"),
             ("NightlyRule", "AWS::Events::Rule"),
         ] {
