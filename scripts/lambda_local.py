@@ -23,6 +23,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 BASE = "/2018-06-01/runtime"
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """The runtime API server. The function's long poll is cut when the function (or the demo)
+    stops: a reset connection is the end of a request, not an error worth a traceback."""
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class LocalLambda:
     def __init__(self, binary: str, env: dict | None = None, log=None):
         self.events: queue.Queue = queue.Queue()
@@ -69,7 +79,7 @@ class LocalLambda:
                             q.put((ok, json.loads(body or b"null")))
                 self._reply(202, b'{"status":"OK"}')
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         full_env = dict(os.environ)
