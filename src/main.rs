@@ -173,6 +173,9 @@ struct WorkerArgs {
     /// Seconds a duplicate delivery of a running build is parked before it looks again (≤ 900).
     #[arg(long, env = "KILN_DUPLICATE_PARK")]
     duplicate_park: Option<u64>,
+    /// Seconds a build may run before it is cancelled and fails as timed out.
+    #[arg(long, env = "KILN_BUILD_TIMEOUT")]
+    build_timeout: Option<u64>,
     /// The Auto Scaling group of this instance (scale-in protection, the termination hook).
     #[arg(long, env = "KILN_AUTO_SCALING_GROUP")]
     auto_scaling_group: Option<String>,
@@ -226,6 +229,9 @@ impl WorkerArgs {
         }
         if let Some(d) = self.visibility {
             set("visibility_s", (d as i64).into());
+        }
+        if let Some(d) = self.build_timeout {
+            set("build_timeout_s", (d as i64).into());
         }
         if let Some(d) = self.duplicate_park {
             set("duplicate_park_s", (d as i64).into());

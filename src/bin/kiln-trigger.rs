@@ -1,6 +1,6 @@
 //! `kiln-trigger`: the Lambda function (provided.al2023, `bootstrap`) that turns S3 uploads and
 //! nightly schedules into build requests. Settings: `KILN_QUEUE`, `KILN_BUCKET`,
-//! `KILN_TEMPLATE_PREFIX` (see `kiln::trigger`). Logs are JSON, as Lambda's log pipeline expects.
+//! `KILN_TEMPLATE_PREFIX`, `KILN_TEAM`, `KILN_TEAM_QUEUES` (see `kiln::trigger`). Logs are JSON, as Lambda's log pipeline expects.
 
 use kiln::aws::{AwsSettings, Clients};
 use kiln::trigger::{self, Settings};
@@ -19,7 +19,8 @@ async fn main() -> Result<(), Error> {
         let (clients, settings) = (Arc::clone(&clients), Arc::clone(&settings));
         let span = tracing::info_span!("invocation", request_id = %event.context.request_id);
         async move {
-            trigger::handle(&clients, &settings, event.payload)
+            // Boxed: the handler's future is deep (bake keys, template loads, data sources).
+            Box::pin(trigger::handle(&clients, &settings, event.payload))
                 .await
                 .map_err(|e| {
                     tracing::error!(error = %e, retryable = e.is_retryable(), "invocation failed");

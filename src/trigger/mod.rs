@@ -193,7 +193,11 @@ pub async fn handle(
             }
             Ok(json!({"batchItemFailures": failures}))
         }
-        Event::Nightly(n) => nightly::run(clients, settings, &n).await.map(|s| json!(s)),
+        // Boxed: the nightly run's future is deep (every template's bake, history and
+        // enqueue), and the function's runtime nests it further.
+        Event::Nightly(n) => Box::pin(nightly::run(clients, settings, &n))
+            .await
+            .map(|s| json!(s)),
     }
 }
 

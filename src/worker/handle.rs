@@ -74,6 +74,10 @@ pub(super) async fn handle(ctx: &Ctx, d: Delivery, cancel: CancellationToken) {
     let recorder = Arc::new(JournalRecorder::new(Arc::clone(&journal), on_lost));
     ctx.in_flight
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    // The build's own token: its timeout cancels it (and its undo runs) without being taken for
+    // a drain; a drain or a hand-over (the parent) cancels it too.
+    let build_cancel = cancel.child_token();
+    let (timed_out, watch) = watch_timeout(ctx, &build_id, &build_cancel);
     let outcome = caught(run_request(
         ctx,
         &d,
@@ -81,7 +85,7 @@ pub(super) async fn handle(ctx: &Ctx, d: Delivery, cancel: CancellationToken) {
         &build_id,
         &work,
         Arc::clone(&log),
-        &cancel,
+        &build_cancel,
         &handed_over,
         Arc::clone(&recorder) as Arc<dyn crate::pipeline::state::Recorder>,
         attempt,
@@ -93,7 +97,27 @@ pub(super) async fn handle(ctx: &Ctx, d: Delivery, cancel: CancellationToken) {
     let running = ctx
         .in_flight
         .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    watch.abort();
+    if let Some(hung) = timed_out.hung.lock().ok().and_then(|mut h| h.take()) {
+        hung.finished();
+    }
     let mut outcome = outcome;
+    if timed_out.fired.is_cancelled() && !cancel.is_cancelled() {
+        outcome.status = Status::Failed;
+        let step = outcome
+            .error
+            .as_ref()
+            .map(|e| e.step.clone())
+            .unwrap_or_default();
+        outcome.error = Some(crate::pipeline::result::Failure {
+            step,
+            message: format!(
+                "the build ran longer than build_timeout_s ({} s) and was cancelled; what it made was undone",
+                ctx.cfg.build_timeout_s
+            ),
+            retryable: false,
+        });
+    }
     outcome.bake_key = req.bake.as_ref().map(|b| b.key.clone());
     if let Err(e) = recorder.flush().await {
         tracing::error!(build_id = %build_id, error = %e, "could not write the last checkpoint");
@@ -116,6 +140,59 @@ pub(super) async fn handle(ctx: &Ctx, d: Delivery, cancel: CancellationToken) {
         running,
     };
     conclude(ctx, &d, &journal, outcome, &log, &work, &cancel, finished).await;
+}
+
+/// A build's timeout, as [`watch_timeout`] keeps it.
+struct Timeout {
+    /// Cancelled when the timeout fired.
+    fired: CancellationToken,
+    /// Set while the build counts as hung (still running [`super::UNDO_GRACE`] after it).
+    hung: std::sync::Mutex<Option<Hung>>,
+}
+
+/// A slot counted in `Ctx::hung` until [`Hung::finished`].
+struct Hung(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Hung {
+    fn finished(self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Cancels `build` after the worker's `build_timeout_s`; if the build still runs
+/// [`super::UNDO_GRACE`] later (its undo is stuck too), counts its slot as hung. The task is
+/// aborted when the build ends.
+fn watch_timeout(
+    ctx: &Ctx,
+    build_id: &str,
+    build: &CancellationToken,
+) -> (Arc<Timeout>, tokio::task::JoinHandle<()>) {
+    let t = Arc::new(Timeout {
+        fired: CancellationToken::new(),
+        hung: std::sync::Mutex::new(None),
+    });
+    let limit = Duration::from_secs(ctx.cfg.build_timeout_s.max(1));
+    let (t2, build, id, hung) = (
+        Arc::clone(&t),
+        build.clone(),
+        build_id.to_owned(),
+        Arc::clone(&ctx.hung),
+    );
+    let task = tokio::spawn(async move {
+        tokio::time::sleep(limit).await;
+        tracing::error!(build_id = %id, timeout_s = limit.as_secs(), "the build ran past its timeout; cancelling it");
+        t2.fired.cancel();
+        build.cancel();
+        tokio::time::sleep(super::UNDO_GRACE).await;
+        tracing::error!(build_id = %id, "the timed-out build's cancellation is stuck; its slot counts as hung");
+        // Counted and recorded under the lock, so the build's end (which takes it under the same
+        // lock after aborting this task) never misses or doubles the count.
+        if let Ok(mut h) = t2.hung.lock() {
+            hung.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            *h = Some(Hung(hung));
+        }
+    });
+    (t, task)
 }
 
 /// A message that is a well-formed request for a trusted bucket.

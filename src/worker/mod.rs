@@ -81,6 +81,9 @@ pub struct WorkerConfig {
     /// The group's termination lifecycle hook, completed once the worker drained.
     #[serde(default)]
     pub lifecycle_hook: Option<String>,
+    /// Seconds a build may run before it is cancelled (its undo runs) and fails as timed out.
+    #[serde(default = "default_build_timeout")]
+    pub build_timeout_s: u64,
     /// Seconds a duplicate delivery of a running build is parked (sent again with this delay,
     /// at most SQS's 900) before it looks again.
     #[serde(default = "default_park")]
@@ -114,6 +117,16 @@ fn default_visibility() -> u64 {
 fn default_retry_delay() -> u64 {
     60
 }
+/// Six hours: a chroot build takes minutes, a copy of a large image to a far region an hour or
+/// two; a build past this is stuck (a command that never ends, an AWS wait that never settles).
+fn default_build_timeout() -> u64 {
+    6 * 3600
+}
+
+/// How long a timed-out build's cancellation (its undo) may take before its slot counts as hung:
+/// 30 minutes, longer than any undo's own waits (a detach, a termination).
+pub const UNDO_GRACE: Duration = Duration::from_secs(30 * 60);
+
 /// SQS's longest message delay: 15 minutes.
 pub const MAX_SQS_DELAY_S: u64 = 900;
 /// A duplicate looks again every 15 minutes (SQS's longest delay): builds take minutes, and the
@@ -152,6 +165,10 @@ pub(crate) struct Ctx {
     pool: pool::Pool,
     /// Builds running now (for the metrics).
     in_flight: std::sync::atomic::AtomicUsize,
+    /// Builds still running [`UNDO_GRACE`] after their timeout cancelled them: slots that will
+    /// not come free. When every slot is hung the poll loop stops petting the watchdog, so
+    /// systemd restarts the worker (and the next one's sweep cleans up).
+    hung: Arc<std::sync::atomic::AtomicUsize>,
     cfg: WorkerConfig,
     clients: Clients,
     backend: Backend,
@@ -227,6 +244,7 @@ pub async fn run(
     let ctx = Arc::new(Ctx {
         pool,
         in_flight: std::sync::atomic::AtomicUsize::new(0),
+        hung: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         cfg,
         clients,
         backend,
@@ -349,6 +367,7 @@ async fn poll(
     shutdown: &CancellationToken,
     watchdog: notify::Watchdog,
 ) {
+    let concurrency = ctx.cfg.concurrency.max(1);
     let weights: Vec<u32> = ctx.lanes.iter().map(|l| l.weight).collect();
     let single = ctx.lanes.len() == 1;
     loop {
@@ -357,7 +376,7 @@ async fn poll(
         while tasks.try_join_next().is_some() {}
         ctx.pool.protect(!tasks.is_empty()).await;
         let first = tokio::select! {
-            p = watchdog.while_waiting(Arc::clone(slots).acquire_owned()) => match p { Ok(p) => p, Err(_) => return },
+            p = watchdog.while_waiting_if(Arc::clone(slots).acquire_owned(), || ctx.hung.load(std::sync::atomic::Ordering::SeqCst) < concurrency) => match p { Ok(p) => p, Err(_) => return },
             _ = shutdown.cancelled() => return,
         };
         let eligible: Vec<bool> = ctx.lanes.iter().map(|l| l.has_room()).collect();

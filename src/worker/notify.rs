@@ -56,6 +56,25 @@ impl Watchdog {
         }
     }
 
+    /// Awaits `fut`, petting the watchdog at every interval meanwhile while `healthy()` holds:
+    /// for a wait on build slots, which is healthy only while some slot can still come free.
+    pub async fn while_waiting_if<F: Future>(
+        &self,
+        fut: F,
+        healthy: impl Fn() -> bool,
+    ) -> F::Output {
+        let Some(every) = self.every else {
+            return fut.await;
+        };
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                out = &mut fut => return out,
+                _ = tokio::time::sleep(every) => if healthy() { self.pet() },
+            }
+        }
+    }
+
     /// Awaits `fut`, petting the watchdog at every interval meanwhile: for the loop's own waits
     /// that are bounded or healthy (a long poll with a deadline, a free build slot, the drain).
     pub async fn while_waiting<F: Future>(&self, fut: F) -> F::Output {

@@ -4,6 +4,7 @@
 
 mod ansible;
 mod boot;
+mod build_timeout;
 mod checkpoint;
 mod data_sources;
 mod debian;
