@@ -8,6 +8,7 @@ mod build_timeout;
 mod checkpoint;
 mod data_sources;
 mod debian;
+mod duplicates;
 mod emulator;
 mod emulator_strict;
 mod eval_bombs;
