@@ -7,7 +7,10 @@
 //! and indexes, and reads only regular files, never under `/proc`, `/sys` or `/dev`
 //! (the `files` module's reader). An error names the function and the limit; nothing panics.
 
+pub mod aws;
 mod collections;
+#[cfg(test)]
+mod coverage;
 mod dates;
 mod encoding;
 mod files;
@@ -109,6 +112,7 @@ pub(super) fn rfc3339(t: OffsetDateTime) -> String {
 
 /// Declares every function on `ctx`. `with_env`: whether `env()` works (variable defaults only).
 pub fn declare(ctx: &mut Context<'_>, with_env: bool) {
+    aws::declare(ctx);
     collections::declare(ctx);
     encoding::declare(ctx);
     files::declare(ctx);
@@ -154,12 +158,6 @@ pub fn declare(ctx: &mut Context<'_>, with_env: bool) {
     );
     ctx.declare_func(
         "tolist",
-        FuncDef::builder()
-            .param(ParamType::Any)
-            .build(|a| Ok(a[0].clone())),
-    );
-    ctx.declare_func(
-        "toset",
         FuncDef::builder()
             .param(ParamType::Any)
             .build(|a| Ok(a[0].clone())),

@@ -1,4 +1,4 @@
-//! Packer's set functions: `setunion`, `setintersection`, `setproduct`, and `distinct`. Values
+//! Packer's set functions: `setunion`, `setintersection`, `setproduct`, `distinct` and `toset`. Values
 //! are compared through a canonical key in a hash set, so a long list costs linear time, not
 //! quadratic; `setproduct` checks the size of the product before building it.
 
@@ -63,6 +63,40 @@ fn unique<'a>(items: impl IntoIterator<Item = &'a Value>) -> Vec<Value> {
         .filter(|v| seen.insert(key_of(v)))
         .cloned()
         .collect()
+}
+
+/// Terraform's `toset`: the list's distinct values in a set's order. Values of one primitive
+/// type are ordered as cty orders such sets (strings lexically, numbers by value, `false` before
+/// `true`); a mix of strings, numbers and bools becomes a set of strings, as its conversion to
+/// one element type does; other values (lists, objects) keep their first-seen order.
+fn toset(v: &Value) -> Result<Value, String> {
+    let items = match v {
+        Value::Array(a) => a,
+        Value::Null => return Ok(Value::Null),
+        other => return Err(format!("toset: expected a list, got {other}")),
+    };
+    let primitive = |x: &Value| matches!(x, Value::String(_) | Value::Number(_) | Value::Bool(_));
+    let same = |f: fn(&Value) -> bool| items.iter().all(f);
+    let out = if same(|x| matches!(x, Value::Number(_))) {
+        let mut n = unique(items);
+        n.sort_by(|a, b| {
+            let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
+            a.total_cmp(&b)
+        });
+        n
+    } else if same(|x| matches!(x, Value::Bool(_))) {
+        let mut n = unique(items);
+        n.sort_by_key(|x| x.as_bool());
+        n
+    } else if items.iter().all(primitive) {
+        let strings: Vec<Value> = items.iter().map(|x| Value::from(super::s(x))).collect();
+        let mut n = unique(&strings);
+        n.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+        n
+    } else {
+        unique(items)
+    };
+    Ok(Value::Array(out))
 }
 
 /// Terraform's `setproduct`: every combination of one element from each list, checked against
@@ -135,6 +169,12 @@ pub(super) fn declare(ctx: &mut Context<'_>) {
             .build(|a| setproduct(&a)),
     );
     ctx.declare_func(
+        "toset",
+        FuncDef::builder()
+            .param(ParamType::Any)
+            .build(|a| toset(&a[0])),
+    );
+    ctx.declare_func(
         "distinct",
         FuncDef::builder()
             .param(ParamType::Any)
@@ -179,5 +219,24 @@ mod tests {
         let t = std::time::Instant::now();
         assert_eq!(unique(list("t", &big).expect("list")).len(), 200_000);
         assert!(t.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn toset_removes_duplicates_in_a_sets_order() {
+        use crate::template::functions::eval;
+        let cases: &[(&str, &str)] = &[
+            (r#"toset(["b", "a", "b", "c"])"#, r#"["a","b","c"]"#),
+            ("toset([3, 1, 3, 2.5])", "[1,2.5,3]"),
+            ("toset([true, false, true])", "[false,true]"),
+            (r#"toset(["a", 1, "1", true])"#, r#"["1","a","true"]"#),
+            ("toset([[1], [1], [2]])", "[[1],[2]]"),
+            ("toset([])", "[]"),
+            (r#"length(toset(["x", "x", "x"]))"#, "1"),
+        ];
+        for (expr, want) in cases {
+            let got = eval(expr).map(|v| serde_json::to_string(&v).expect("json"));
+            assert_eq!(got.as_deref(), Ok(*want), "{expr}");
+        }
+        assert!(eval(r#"toset("a")"#).is_err());
     }
 }

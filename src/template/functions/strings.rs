@@ -186,6 +186,20 @@ fn declare_replacing(ctx: &mut Context<'_>) {
                             .to_owned(),
                     ));
                 }
+                // Named groups make an object of them (Terraform's rule); otherwise a list.
+                let mut names: Vec<&str> = re.capture_names().flatten().collect();
+                names.sort_unstable();
+                if !names.is_empty() {
+                    return Ok(Value::Object(
+                        names
+                            .into_iter()
+                            .map(|n| {
+                                let v = caps.name(n).map(|m| m.as_str()).unwrap_or_default();
+                                (n.to_owned(), Value::from(v.to_owned()))
+                            })
+                            .collect(),
+                    ));
+                }
                 Ok(Value::Array(
                     caps.iter()
                         .skip(1)

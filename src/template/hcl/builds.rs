@@ -11,7 +11,8 @@ use crate::template::{Diagnostic, provisioner};
 use hcl::eval::Context;
 use std::path::Path;
 
-/// `source.amazon-chroot.x` or `sources.amazon-chroot.x` (a traversal or a string) to `amazon-chroot.x`.
+/// `source.amazon-chroot.x`, `sources.amazon-chroot.x` or `amazon-chroot.x` (a traversal or a
+/// string) to `amazon-chroot.x`.
 pub(super) fn source_ref(e: &hcl::Expression) -> Option<String> {
     match e {
         hcl::Expression::String(s) => strip_source(s),
@@ -27,11 +28,16 @@ pub(super) fn source_ref(e: &hcl::Expression) -> Option<String> {
     }
 }
 
+/// A source reference as Packer's `sourceRefFromString` reads it: `TYPE.NAME`, or three parts
+/// whose first is dropped (`source.TYPE.NAME`, as written; Packer drops any first part). Anything
+/// else (one part, an empty part, more than three) is not a reference.
 pub(super) fn strip_source(s: &str) -> Option<String> {
-    let rest = s
-        .strip_prefix("sources.")
-        .or_else(|| s.strip_prefix("source."))?;
-    rest.contains('.').then(|| rest.to_owned())
+    let parts: Vec<&str> = s.split('.').collect();
+    let (kind, name) = match parts.as_slice() {
+        [kind, name] | [_, kind, name] => (*kind, *name),
+        _ => return None,
+    };
+    (!kind.is_empty() && !name.is_empty()).then(|| format!("{kind}.{name}"))
 }
 
 pub(super) fn build_provisioners(

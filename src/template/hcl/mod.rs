@@ -27,6 +27,7 @@ pub(super) const TOP_BLOCKS: &[&str] = &[
 
 mod blocks;
 mod builds;
+mod calls;
 mod locals;
 mod values;
 mod variables;
@@ -42,6 +43,7 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
     functions::set_env(&inputs.env);
     functions::set_file_root(inputs.file_root.as_deref());
     functions::limits::reset_budget();
+    functions::aws::begin(inputs.data.as_ref());
     let mut out = Loaded::default();
     let diags = &mut out.diagnostics;
     let (files, template_dir): (Vec<PathBuf>, PathBuf) = if path.is_dir() {
@@ -178,7 +180,11 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
         data.declare(kind, name, &node, inputs, &data_ctx, diags);
     }
     ctx.declare_var("data", data.value());
-    let data_placeholders = data.placeholders(inputs);
+    let data_placeholders = data.placeholders(inputs)
+        || (inputs.data.is_none()
+            && blocks
+                .iter()
+                .any(|b| calls::block_calls(b, "aws_secretsmanager")));
 
     // Locals, in dependency order.
     let sensitive_locals = locals::evaluate(&blocks, &mut ctx, data_placeholders, diags);
@@ -424,5 +430,24 @@ pub fn load(path: &Path, inputs: &Inputs) -> Loaded {
     }
     out.plans = plans;
     out.data_requests = data.requests;
+    // aws_secretsmanager() calls: fetched as amazon-secretsmanager data sources are.
+    let loc = blocks.first().map(|b| b.loc.clone());
+    for (secret, key) in functions::aws::calls() {
+        use super::data::{DEFAULT_VERSION_STAGE, DataQuery, DataRequest, SECRETS_MANAGER};
+        out.data_requests.push(DataRequest {
+            kind: SECRETS_MANAGER.to_owned(),
+            name: functions::aws::request_name(&secret, key.as_deref()),
+            query: DataQuery::Secret {
+                name: secret,
+                key,
+                version_id: None,
+                version_stage: DEFAULT_VERSION_STAGE.to_owned(),
+            },
+            region: None,
+            loc: loc
+                .clone()
+                .unwrap_or_else(|| Loc::new(&Arc::from("template"), 0)),
+        });
+    }
     out
 }

@@ -108,7 +108,7 @@ pub(super) fn typed_from_str(
     }
     let expr = hcl_edit::parser::parse_expr(s)
         .map_err(|e| format!("cannot parse \"{s}\" as a {kind}: {}", e.message()))?;
-    eval(&hcl::Expression::from(expr), ctx, loc)
+    super::variables::eval_value(&hcl::Expression::from(expr), ctx, loc)
 }
 
 pub(super) fn check_type(kind: &str, n: &Node) -> Result<Node, String> {

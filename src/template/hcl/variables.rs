@@ -3,6 +3,7 @@
 //! `validation` blocks.
 
 use super::blocks::{Blk, convert_body};
+use super::calls::{first_call, in_default, in_value};
 use super::values::{VarDecl, check_type, eval, node_string, to_hcl, type_kind, typed_from_str};
 use crate::template::node::{Loc, Node, Value};
 use crate::template::{Diagnostic, Inputs, suggest};
@@ -50,15 +51,15 @@ pub(super) fn declare(
             continue;
         }
         let kind = type_kind(b.attr("type").map(|a| &a.expr));
-        let default = b
-            .attr("default")
-            .and_then(|a| match eval(&a.expr, env_ctx, &a.loc) {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    diags.push(Diagnostic::error(&a.loc, &format!("var.{name}.default"), e));
-                    None
-                }
-            });
+        let default =
+            b.attr("default")
+                .and_then(|a| match eval_default(&a.expr, env_ctx, &a.loc) {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        diags.push(Diagnostic::error(&a.loc, &format!("var.{name}.default"), e));
+                        None
+                    }
+                });
         let sensitive = b
             .attr("sensitive")
             .map(|a| {
@@ -151,7 +152,7 @@ pub(super) fn declare(
                     }
                     attrs
                         .into_iter()
-                        .filter_map(|a| match eval(&a.expr, base, &a.loc) {
+                        .filter_map(|a| match eval_value(&a.expr, base, &a.loc) {
                             Ok(n) => Some((a.name, n)),
                             Err(e) => {
                                 diags.push(Diagnostic::error(&a.loc, &a.name, e));
@@ -227,6 +228,26 @@ pub(super) fn declare(
         var_obj,
         sensitive,
         strings,
+    }
+}
+
+/// A variable's default, where Packer defines only `env()`.
+fn eval_default(expr: &hcl::Expression, ctx: &Context<'_>, loc: &Loc) -> Result<Node, String> {
+    match first_call(expr, &["env"]) {
+        Some(f) => Err(in_default(&f)),
+        None => eval(expr, ctx, loc),
+    }
+}
+
+/// A value from outside the template (a var file's), which Packer evaluates without functions.
+pub(super) fn eval_value(
+    expr: &hcl::Expression,
+    ctx: &Context<'_>,
+    loc: &Loc,
+) -> Result<Node, String> {
+    match first_call(expr, &[]) {
+        Some(f) => Err(in_value(&f)),
+        None => eval(expr, ctx, loc),
     }
 }
 
