@@ -31,6 +31,19 @@ const SSH_ONLY: &[&str] = &[
     "winrm_use_http",
 ];
 
+/// What `inventory_file_template` may name: Packer's `HostAlias`, `User`, `Host` (here the
+/// mount path, which the chroot connection takes as its host), `Port` (empty: there is no SSH
+/// port), `ConnType` (`chroot`), and the chroot builder's `Device` and `MountPath`.
+pub const INVENTORY_PLACEHOLDERS: &[&str] = &[
+    "HostAlias",
+    "User",
+    "Host",
+    "Port",
+    "ConnType",
+    "Device",
+    "MountPath",
+];
+
 /// `ansible`.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Ansible {
@@ -49,8 +62,10 @@ pub struct Ansible {
     pub galaxy_file: Option<PathBuf>,
     /// The galaxy program (default `ansible-galaxy`).
     pub galaxy_command: String,
-    /// Reinstall what the galaxy file names even when present.
+    /// Reinstall what the galaxy file names even when present (`-f`).
     pub galaxy_force_install: bool,
+    /// Reinstall them and their dependencies (`--force-with-deps`).
+    pub galaxy_force_with_deps: bool,
     /// Extra arguments to ansible-playbook, after kiln's.
     pub extra_arguments: Vec<String>,
     /// `KEY=value` environment for ansible.
@@ -70,6 +85,10 @@ pub struct Ansible {
     /// `ANSIBLE_COLLECTIONS_PATH`, and where galaxy installs collections.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub collections_path: Option<PathBuf>,
+    /// The inventory's host line as a Go template (Packer's `inventory_file_template`): the
+    /// placeholders in [`INVENTORY_PLACEHOLDERS`] are kept here and rendered when the build runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inventory_file_template: Option<String>,
     /// Keep the inventory kiln wrote.
     pub keep_inventory_file: bool,
     /// Do not run `ansible-playbook --version` first.
@@ -169,6 +188,7 @@ pub fn decode(f: &mut Fields<'_>, dir: &Path) -> Ansible {
             .string("galaxy_command", &[])
             .unwrap_or_else(|| DEFAULT_GALAXY_COMMAND.into()),
         galaxy_force_install: f.bool("galaxy_force_install").unwrap_or(false),
+        galaxy_force_with_deps: f.bool("galaxy_force_with_deps").unwrap_or(false),
         extra_arguments: f.string_list("extra_arguments", &[]).unwrap_or_default(),
         ansible_env_vars: env_pairs(f, "ansible_env_vars"),
         groups: f.string_list("groups", &[]).unwrap_or_default(),
@@ -179,6 +199,9 @@ pub fn decode(f: &mut Fields<'_>, dir: &Path) -> Ansible {
         user: f.string("user", &[]),
         roles_path: f.string("roles_path", &[]).map(|p| resolve(dir, &p)),
         collections_path: f.string("collections_path", &[]).map(|p| resolve(dir, &p)),
+        inventory_file_template: f
+            .string("inventory_file_template", INVENTORY_PLACEHOLDERS)
+            .filter(|t| !t.is_empty()),
         keep_inventory_file: f.bool("keep_inventory_file").unwrap_or(false),
         skip_version_check: f.bool("skip_version_check").unwrap_or(false),
     };
@@ -192,13 +215,11 @@ pub fn decode(f: &mut Fields<'_>, dir: &Path) -> Ansible {
             );
         }
     }
-    // Packer's options kiln has no use for here, accepted silently as Packer accepts them.
-    for k in [
-        "galaxy_force_with_deps",
-        "inventory_file_template",
-        "max_retries",
-    ] {
-        let _ = f.raw(k);
+    if a.inventory_file_template.is_some() && a.inventory_file.is_some() {
+        f.warn(
+            "inventory_file_template",
+            "inventory_file_template is ignored: inventory_file names the inventory to use",
+        );
     }
     a
 }

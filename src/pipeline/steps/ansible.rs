@@ -51,8 +51,24 @@ fn names_inventory(args: &[String]) -> bool {
     })
 }
 
-/// The inventory kiln writes for `ansible`: the host reached through the chroot connection.
-fn inventory(a: &Ansible, mount: &Path) -> String {
+/// The inventory kiln writes for `ansible`: the host reached through the chroot connection, or
+/// `host` (the template's `inventory_file_template`, rendered) followed, as in Packer, by each
+/// group holding that line again.
+fn inventory(a: &Ansible, mount: &Path, host: Option<&str>) -> String {
+    if let Some(host) = host {
+        let mut host = host.to_owned();
+        if !host.ends_with('\n') {
+            host.push('\n');
+        }
+        let mut text = host.clone();
+        for g in &a.groups {
+            text.push_str(&format!("[{g}]\n{host}"));
+        }
+        for g in &a.empty_groups {
+            text.push_str(&format!("[{g}]\n"));
+        }
+        return text;
+    }
     let mut host = format!(
         "{} ansible_host={} ansible_connection=chroot",
         a.host_alias,
@@ -69,6 +85,66 @@ fn inventory(a: &Ansible, mount: &Path) -> String {
         text.push_str(&format!("[{g}]\n"));
     }
     text
+}
+
+/// The values `inventory_file_template` renders with (see
+/// `crate::template::ansible::INVENTORY_PLACEHOLDERS`).
+fn inventory_values(a: &Ansible, b: &Build, mount: &Path) -> Vec<(&'static str, String)> {
+    let mut v = vec![
+        ("HostAlias", a.host_alias.clone()),
+        ("User", a.user.clone().unwrap_or_default()),
+        ("Host", mount.display().to_string()),
+        ("Port", String::new()),
+        ("ConnType", "chroot".to_owned()),
+    ];
+    v.extend(b.device_values());
+    v
+}
+
+/// The `ansible-galaxy` command lines for `galaxy` (the requirements file's text), as Packer
+/// runs them: roles (`install -r FILE`, into `roles_path`) when the file has a `roles:` key or no
+/// `collections:` key (the old list-of-roles format), then collections (`collection install -r
+/// FILE`, into `collections_path`) when it has a `collections:` key.
+fn galaxy_commands(a: &Ansible, file: &Path, galaxy: &str) -> Vec<Vec<String>> {
+    let has = |key: &str| galaxy.lines().any(|l| l.starts_with(key));
+    let (roles, collections) = (has("roles:"), has("collections:"));
+    let file = file.display().to_string();
+    let mut force = Vec::new();
+    if a.galaxy_force_install {
+        force.push("-f".to_owned());
+    }
+    if a.galaxy_force_with_deps {
+        force.push("--force-with-deps".to_owned());
+    }
+    let mut out = Vec::new();
+    if roles || !collections {
+        let mut argv = vec![
+            a.galaxy_command.clone(),
+            "install".into(),
+            "-r".into(),
+            file.clone(),
+        ];
+        argv.extend(force.iter().cloned());
+        if let Some(p) = &a.roles_path {
+            argv.extend(["-p".into(), p.display().to_string()]);
+        }
+        out.push(argv);
+    }
+    if collections {
+        let mut argv = vec![
+            a.galaxy_command.clone(),
+            "collection".into(),
+            "install".into(),
+            "-r".into(),
+            file,
+        ];
+        argv.extend(force);
+        if let Some(p) = &a.collections_path {
+            argv.extend(["-p".into(), p.display().to_string()]);
+        }
+        out.push(argv);
+    }
+    out
 }
 
 async fn host_command(
@@ -124,19 +200,10 @@ pub async fn run(b: &Build, label: &str, a: &Ansible) -> Result<(), StepError> {
             })?;
     }
     if let Some(g) = &a.galaxy_file {
-        let mut argv = vec![
-            a.galaxy_command.clone(),
-            "install".into(),
-            "-r".into(),
-            g.display().to_string(),
-        ];
-        if let Some(p) = &a.roles_path {
-            argv.extend(["-p".into(), p.display().to_string()]);
+        let text = std::fs::read_to_string(g).map_err(HostError::io("reading galaxy_file", g))?;
+        for argv in galaxy_commands(a, g, &text) {
+            host_command(b, &format!("{label} galaxy"), &argv, &env).await?;
         }
-        if a.galaxy_force_install {
-            argv.push("--force".into());
-        }
-        host_command(b, &format!("{label} galaxy"), &argv, &env).await?;
     }
     let written: Option<PathBuf> = match (&a.inventory_file, names_inventory(&a.extra_arguments)) {
         (None, false) => {
@@ -148,7 +215,13 @@ pub async fn run(b: &Build, label: &str, a: &Ansible) -> Result<(), StepError> {
                 "kiln-ansible-inventory-{}",
                 uuid::Uuid::new_v4().simple()
             ));
-            std::fs::write(&path, inventory(a, &mp))
+            let host = match &a.inventory_file_template {
+                Some(t) => {
+                    Some(b.render("inventory_file_template", t, &inventory_values(a, b, &mp))?)
+                }
+                None => None,
+            };
+            std::fs::write(&path, inventory(a, &mp, host.as_deref()))
                 .map_err(HostError::io("writing the inventory", &path))?;
             Some(path)
         }
@@ -311,7 +384,7 @@ mod tests {
             ..Ansible::default()
         };
         assert_eq!(
-            inventory(&a, Path::new("/mnt/x")),
+            inventory(&a, Path::new("/mnt/x"), None),
             "default ansible_host=/mnt/x ansible_connection=chroot ansible_user=root\n[web]\ndefault\n[db]\n"
         );
         assert!(names_inventory(&["--inventory-file=/mnt/x,".into()]));
@@ -320,5 +393,67 @@ mod tests {
             "--connection=chroot".into(),
             "-vvv".into()
         ]));
+    }
+
+    #[test]
+    fn an_inventory_template_is_the_host_line_and_each_group_repeats_it() {
+        let a = Ansible {
+            host_alias: "web1".into(),
+            groups: vec!["web".into()],
+            empty_groups: vec!["db".into()],
+            ..Ansible::default()
+        };
+        let host = "web1 ansible_host=/mnt/x ansible_connection=chroot region=eu";
+        assert_eq!(
+            inventory(&a, Path::new("/mnt/x"), Some(host)),
+            format!("{host}\n[web]\n{host}\n[db]\n")
+        );
+    }
+
+    fn galaxy(a: &Ansible, text: &str) -> Vec<String> {
+        galaxy_commands(a, Path::new("/t/requirements.yml"), text)
+            .iter()
+            .map(|argv| argv.join(" "))
+            .collect()
+    }
+
+    #[test]
+    fn galaxy_installs_roles_and_collections_into_their_paths_as_packer_does() {
+        let mut a = Ansible {
+            galaxy_command: "ansible-galaxy".into(),
+            roles_path: Some("/t/roles".into()),
+            collections_path: Some("/t/collections".into()),
+            ..Ansible::default()
+        };
+        let both = "---\nroles:\n  - name: r\ncollections:\n  - name: community.general\n";
+        assert_eq!(
+            galaxy(&a, both),
+            [
+                "ansible-galaxy install -r /t/requirements.yml -p /t/roles",
+                "ansible-galaxy collection install -r /t/requirements.yml -p /t/collections",
+            ]
+        );
+        // Collections only: no role install (it would fail on the file); roles only, or the old
+        // list-of-roles format: no collection install.
+        assert_eq!(
+            galaxy(&a, "collections:\n  - community.general\n"),
+            ["ansible-galaxy collection install -r /t/requirements.yml -p /t/collections"]
+        );
+        assert_eq!(
+            galaxy(&a, "- src: file:///x.tar.gz\n  name: r\n"),
+            ["ansible-galaxy install -r /t/requirements.yml -p /t/roles"]
+        );
+        // Force flags go to both; without paths there is no -p.
+        a.galaxy_force_install = true;
+        a.galaxy_force_with_deps = true;
+        a.roles_path = None;
+        a.collections_path = None;
+        assert_eq!(
+            galaxy(&a, both),
+            [
+                "ansible-galaxy install -r /t/requirements.yml -f --force-with-deps",
+                "ansible-galaxy collection install -r /t/requirements.yml -f --force-with-deps",
+            ]
+        );
     }
 }
