@@ -1,15 +1,28 @@
-//! Fetching a build's template, and the files beside it, from a trusted S3 bucket into the build's
-//! work directory; and, for `kiln submit`, the local files that make up a template, within the
-//! same limits.
+//! Fetching a build's template and its files (see [`crate::template_store`]: its folder, or in a
+//! flat folder the template and exactly the files it references) from a trusted S3 bucket into
+//! the build's work directory; and, for `kiln submit`, the local files that make up a template,
+//! within the same limits (`local.rs`, with `gitignore.rs`).
+
+mod gitignore;
+mod local;
 
 use super::Ctx;
 use super::request::BuildRequest;
+use crate::template_store::Layout;
 use std::path::{Path, PathBuf};
 
 pub use crate::request::{MAX_TEMPLATE_BYTES, MAX_TEMPLATE_FILES};
+pub use local::{SubmitFiles, submit_root, template_files};
 
-/// Downloads the template and the files beside it (or below its `root`) into `dir`, laid out as
-/// below that prefix, so `dir` is the build's working directory; returns the template's path.
+/// The environment a template sees while the worker looks for the files it references (the
+/// worker's own allow-list for templates).
+const DISCOVERY_ENV: &[&str] = &["HOME", "LANG", "LC_ALL", "PATH", "TZ", "USER"];
+
+/// Downloads the template and its files into `dir`, laid out as below its working-directory
+/// prefix (the request's `root`, else the template's folder), so `dir` is the build's working
+/// directory; returns the template's path. A template in a flat folder is evaluated offline
+/// (off the async threads) to name its references, which are fetched next; an evaluation that
+/// fails here is left to the build's own load, which reports it.
 pub(super) async fn fetch_template(
     ctx: &Ctx,
     req: &BuildRequest,
@@ -17,16 +30,81 @@ pub(super) async fn fetch_template(
 ) -> Result<PathBuf, (String, bool)> {
     let t = &req.template;
     let s3 = &ctx.clients.s3;
-    let (prefix, keys) = crate::template_store::keys(s3, &t.bucket, &t.key, t.root.as_deref())
+    let listing = crate::template_store::list(s3, &t.bucket, &t.key, t.root.as_deref())
         .await
         .map_err(|e| (e.message, e.retryable))?;
+    let prefix = listing.prefix.as_deref();
+    let keys: Vec<String> = listing.keys.iter().map(|(k, _)| k.clone()).collect();
+    let template_path = fetch_keys(ctx, req, prefix, &keys, dir)
+        .await?
+        .ok_or_else(|| {
+            (
+                format!("the template s3://{}/{} does not exist", t.bucket, t.key),
+                false,
+            )
+        })?;
+    if listing.layout == Layout::Flat {
+        let references = discover(req, dir, &template_path).await;
+        let more = crate::template_store::reference_keys(
+            s3,
+            &t.bucket,
+            prefix,
+            &references,
+            &listing.keys,
+        )
+        .await
+        .map_err(|e| (e.message, e.retryable))?;
+        let more: Vec<String> = more.into_iter().map(|(k, _)| k).collect();
+        fetch_keys(ctx, req, prefix, &more, dir).await?;
+    }
+    Ok(template_path)
+}
+
+/// The files the template at `template` references below `dir`, from an offline evaluation
+/// with the request's variables and build selection; empty when it fails or panics.
+async fn discover(req: &BuildRequest, dir: &Path, template: &Path) -> Vec<String> {
+    let inputs = crate::template::Inputs {
+        vars: req
+            .variables
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        only: req.only.clone(),
+        except: req.except.clone(),
+        cwd: dir.to_path_buf(),
+        env: std::env::vars()
+            .filter(|(k, _)| DISCOVERY_ENV.contains(&k.as_str()))
+            .collect(),
+        file_root: Some(dir.to_path_buf()),
+        ..crate::template::Inputs::default()
+    };
+    let (dir, template) = (dir.to_path_buf(), template.to_path_buf());
+    let find = move || {
+        crate::template::functions::set_env(&inputs.env);
+        let loaded = crate::template::load(&crate::template::directory_of(&template), &inputs);
+        crate::template_store::references_below(&loaded, &dir)
+    };
+    tokio::task::spawn_blocking(find).await.unwrap_or_default()
+}
+
+/// Fetches `keys` into `dir` at their paths below `prefix`; the template at the request's
+/// version. Returns the template's path when it was among them.
+async fn fetch_keys(
+    ctx: &Ctx,
+    req: &BuildRequest,
+    prefix: Option<&str>,
+    keys: &[String],
+    dir: &Path,
+) -> Result<Option<PathBuf>, (String, bool)> {
+    let t = &req.template;
+    let s3 = &ctx.clients.s3;
     let mut template_path = None;
     for key in keys {
-        let Some(rel) = crate::template_store::relative(prefix.as_deref(), &key) else {
+        let Some(rel) = crate::template_store::relative(prefix, key) else {
             continue;
         };
-        let mut get = s3.get_object().bucket(&t.bucket).key(&key);
-        if key == t.key
+        let mut get = s3.get_object().bucket(&t.bucket).key(key);
+        if *key == t.key
             && let Some(v) = &t.version_id
         {
             get = get.version_id(v);
@@ -37,7 +115,7 @@ pub(super) async fn fetch_template(
                 let missing = matches!(&e, aws_sdk_s3::error::SdkError::ServiceError(s) if s.err().is_no_such_key())
                     || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
                 let what = format!("s3://{}/{key}", t.bucket);
-                return Err(if missing && key == t.key {
+                return Err(if missing && *key == t.key {
                     (format!("the template {what} does not exist"), false)
                 } else {
                     (
@@ -63,88 +141,9 @@ pub(super) async fn fetch_template(
         }
         std::fs::write(&path, &bytes)
             .map_err(|e| (format!("writing {}: {e}", path.display()), true))?;
-        if key == t.key {
+        if *key == t.key {
             template_path = Some(path);
         }
     }
-    template_path.ok_or_else(|| {
-        (
-            format!("the template s3://{}/{} does not exist", t.bucket, t.key),
-            false,
-        )
-    })
-}
-
-/// The files `kiln submit` uploads for the local template `path`: the template first, then every
-/// file beside it (recursively), as a worker fetches them, then the files and directories the
-/// template references elsewhere (`referenced`, e.g. `scripts/common.sh` from the repository root). Errors when there are more files or
-/// bytes than a worker fetches ([`MAX_TEMPLATE_FILES`], [`MAX_TEMPLATE_BYTES`]), naming the
-/// directory, instead of uploading a template that could never build.
-pub fn template_files(path: &Path, referenced: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut files = vec![path.to_path_buf()];
-    let mut bytes = std::fs::metadata(path)
-        .map_err(|e| format!("reading {}: {e}", path.display()))?
-        .len();
-    let mut stack = vec![dir.to_path_buf()];
-    let abs_dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let beside = |p: &Path| std::path::absolute(p).is_ok_and(|p| p.starts_with(&abs_dir));
-    for r in referenced.iter().filter(|r| !beside(r)) {
-        if r.is_dir() {
-            stack.push(r.clone());
-        } else if let Ok(m) = std::fs::metadata(r) {
-            bytes += m.len();
-            files.push(r.clone());
-        }
-    }
-    while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|e| format!("reading {}: {e}", d.display()))?;
-        for e in entries {
-            let e = e.map_err(|e| format!("reading {}: {e}", d.display()))?;
-            let p = e.path();
-            let meta = e
-                .metadata()
-                .map_err(|e| format!("reading {}: {e}", p.display()))?;
-            if meta.is_dir() {
-                stack.push(p);
-            } else if p != path {
-                bytes += meta.len();
-                files.push(p);
-            }
-        }
-        if files.len() > MAX_TEMPLATE_FILES || bytes > MAX_TEMPLATE_BYTES {
-            return Err(format!(
-                "{} holds more than {MAX_TEMPLATE_FILES} files or {MAX_TEMPLATE_BYTES} bytes, more than a worker fetches: put the template (and only what it uses) in a directory of its own",
-                dir.display()
-            ));
-        }
-    }
-    Ok(files)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn template_files_refuses_a_directory_larger_than_a_worker_fetches() {
-        let dir = std::env::temp_dir().join(format!("kiln-submit-files-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("scripts")).expect("dir");
-        let template = dir.join("t.pkr.hcl");
-        std::fs::write(&template, "build {}").expect("template");
-        std::fs::write(dir.join("scripts/a.sh"), "true").expect("script");
-        let files = template_files(&template, &[]).expect("a small directory is fine");
-        assert_eq!(files[0], template, "the template comes first");
-        assert_eq!(files.len(), 2);
-        for i in 0..MAX_TEMPLATE_FILES {
-            std::fs::write(dir.join(format!("f{i}")), "x").expect("file");
-        }
-        let err = template_files(&template, &[]).expect_err("too many files");
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(err.contains("more than 200 files"), "{err}");
-        assert!(err.contains(&dir.display().to_string()), "{err}");
-    }
+    Ok(template_path)
 }
