@@ -24,6 +24,7 @@ mod sandbox;
 mod submit;
 mod support;
 mod teams;
+mod template_files;
 mod template_gaps;
 mod templates;
 mod terminal;
