@@ -139,6 +139,16 @@ pub(super) fn template_name(key: &str, siblings: &[String]) -> String {
         .unwrap_or_else(|| key.to_owned())
 }
 
+/// The build ids of one request per build for a template with several `builds` (`<base>-<build>`,
+/// in order); `None` for a template with one build (or none known), or when the ids would be too
+/// long (the worker then reports the several builds). See `kiln submit`, which does the same.
+pub(super) fn per_build_ids(base: &str, builds: &[String]) -> Option<Vec<String>> {
+    if builds.len() < 2 {
+        return None;
+    }
+    bake::build_ids(base, builds)
+}
+
 /// The summary an invocation answers with.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Summary {
@@ -247,9 +257,10 @@ async fn uploaded(
         Err(_) => c.key.clone(),
     };
     let work = settings.work_dir.join(&build_id);
+    let mut builds = Vec::new();
     let bake = match &listed {
         Ok(listed) => {
-            bake::compute(
+            let b = bake::compute(
                 clients,
                 &c.bucket,
                 &name,
@@ -258,7 +269,9 @@ async fn uploaded(
                 &work,
                 listed,
             )
-            .await
+            .await;
+            builds = bake::builds(&work, &name, listed.0.as_deref(), &BTreeMap::new());
+            b
         }
         Err(TriggerError::Template(e)) => Err(TriggerError::Template(e.clone())),
         Err(e) => return Err(TriggerError::Io(e.to_string())),
@@ -289,10 +302,26 @@ async fn uploaded(
         force: false,
         bake,
     };
-    enqueue(clients, queue, &req).await?;
-    summary.enqueued.push(
-        json!({"template": name, "team": team.as_str(), "build_id": build_id, "reason": reason}),
-    );
+    // A template with several builds: one request per build, each with its own id and result.
+    let requests: Vec<(BuildRequest, Option<String>)> = match per_build_ids(&build_id, &builds) {
+        Some(ids) => ids
+            .into_iter()
+            .zip(builds.iter())
+            .map(|(id, b)| {
+                let r = BuildRequest {
+                    build_id: Some(id),
+                    only: vec![b.clone()],
+                    ..req.clone()
+                };
+                (r, Some(b.clone()))
+            })
+            .collect(),
+        None => vec![(req, None)],
+    };
+    for (req, build) in requests {
+        enqueue(clients, queue, &req).await?;
+        summary.enqueued.push(json!({"template": name, "build": build, "team": team.as_str(), "build_id": req.build_id, "reason": reason}));
+    }
     Ok(())
 }
 

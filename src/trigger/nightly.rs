@@ -258,9 +258,10 @@ pub(super) async fn run(
             continue;
         }
         let work = settings.work_dir.join(slug(&t));
+        let mut builds = Vec::new();
         let bake = match bake::list(clients, &settings.bucket, &t).await {
             Ok(listed) => {
-                bake::compute(
+                let b = bake::compute(
                     clients,
                     &settings.bucket,
                     &t,
@@ -269,7 +270,9 @@ pub(super) async fn run(
                     &work,
                     &listed,
                 )
-                .await
+                .await;
+                builds = bake::builds(&work, &t, listed.0.as_deref(), &n.variables);
+                b
             }
             Err(e) => Err(e),
         };
@@ -296,7 +299,7 @@ pub(super) async fn run(
             }
         };
         let changed = why_rebuild(&bake, index.as_ref());
-        let mut reason = match (changed, n.force) {
+        let reason = match (changed, n.force) {
             (Some(r), _) => r,
             (None, true) => "forced".to_owned(),
             (None, false) => {
@@ -312,70 +315,82 @@ pub(super) async fn run(
             }
         };
         let base = format!("nightly-{}-{}", slug(&t), &bake.key[..16]);
-        let past = if n.force {
-            History::default()
-        } else {
-            match history(clients, settings, &team, &base).await {
-                Ok(h) => h,
-                Err(e) => {
-                    summary
-                        .skipped
-                        .push(json!({"template": t, "reason": e.to_string()}));
-                    continue;
-                }
-            }
+        // One build per request: a template with several builds is several nightly builds, each
+        // with its own id (`<base>-<build>`), history and retries.
+        let targets: Vec<(String, Vec<String>)> = match super::per_build_ids(&base, &builds) {
+            Some(ids) => ids
+                .into_iter()
+                .zip(builds.iter())
+                .map(|(id, b)| (id, vec![b.clone()]))
+                .collect(),
+            None => vec![(base.clone(), Vec::new())],
         };
-        if let Some(id) = &past.running {
-            summary
-                .skipped
-                .push(json!({"template": t, "reason": format!("build {id} is running")}));
-            continue;
-        }
-        if let Some((at, why)) = &past.last {
-            let next = *at + time::Duration::days(backoff_nights(past.failures));
-            // A night's schedule fires at about the same time: an hour's slack.
-            if now + time::Duration::hours(1) < next {
-                backing_off += 1;
-                summary.skipped.push(json!({"template": t, "failures": past.failures, "reason": format!(
-                    "backing off after {} failed build(s) (the last on {}: {why}); next try after {}",
-                    past.failures, rfc3339(*at), rfc3339(next)
-                )}));
+        for (base, only) in targets {
+            let label = only.first().cloned();
+            let past = if n.force {
+                History::default()
+            } else {
+                match history(clients, settings, &team, &base).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        summary
+                            .skipped
+                            .push(json!({"template": t, "build": label, "reason": e.to_string()}));
+                        continue;
+                    }
+                }
+            };
+            if let Some(id) = &past.running {
+                summary.skipped.push(
+                    json!({"template": t, "build": label, "reason": format!("build {id} is running")}),
+                );
                 continue;
             }
-            retries += 1;
-            reason = format!(
-                "retry {} after a failure on {}: {why}",
-                past.failures,
-                rfc3339(*at)
-            );
+            let mut reason = reason.clone();
+            if let Some((at, why)) = &past.last {
+                let next = *at + time::Duration::days(backoff_nights(past.failures));
+                // A night's schedule fires at about the same time: an hour's slack.
+                if now + time::Duration::hours(1) < next {
+                    backing_off += 1;
+                    summary.skipped.push(json!({"template": t, "build": label, "failures": past.failures, "reason": format!(
+                        "backing off after {} failed build(s) (the last on {}: {why}); next try after {}",
+                        past.failures, rfc3339(*at), rfc3339(next)
+                    )}));
+                    continue;
+                }
+                retries += 1;
+                reason = format!(
+                    "retry {} after a failure on {}: {why}",
+                    past.failures,
+                    rfc3339(*at)
+                );
+            }
+            let build_id = attempt_id(&base, past.failures);
+            let req = BuildRequest {
+                version: REQUEST_VERSION,
+                build_id: Some(build_id.clone()),
+                template: TemplateLocation {
+                    root: None,
+                    bucket: settings.bucket.clone(),
+                    key: t.clone(),
+                    version_id: None,
+                },
+                variables: n.variables.clone(),
+                only,
+                except: Vec::new(),
+                force: n.force,
+                bake: Some(bake.clone()),
+            };
+            if let Err(e) = enqueue(clients, queue, &req).await {
+                tracing::error!(template = %t, error = %e, "nightly: could not enqueue");
+                summary
+                    .skipped
+                    .push(json!({"template": t, "build": label, "reason": e.to_string()}));
+                enqueue_error.get_or_insert(e);
+                continue;
+            }
+            summary.enqueued.push(json!({"template": t, "build": label, "team": team.as_str(), "build_id": build_id, "reason": reason}));
         }
-        let build_id = attempt_id(&base, past.failures);
-        let req = BuildRequest {
-            version: REQUEST_VERSION,
-            build_id: Some(build_id.clone()),
-            template: TemplateLocation {
-                root: None,
-                bucket: settings.bucket.clone(),
-                key: t.clone(),
-                version_id: None,
-            },
-            variables: n.variables.clone(),
-            only: Vec::new(),
-            except: Vec::new(),
-            force: n.force,
-            bake: Some(bake),
-        };
-        if let Err(e) = enqueue(clients, queue, &req).await {
-            tracing::error!(template = %t, error = %e, "nightly: could not enqueue");
-            summary
-                .skipped
-                .push(json!({"template": t, "reason": e.to_string()}));
-            enqueue_error.get_or_insert(e);
-            continue;
-        }
-        summary.enqueued.push(
-            json!({"template": t, "team": team.as_str(), "build_id": build_id, "reason": reason}),
-        );
     }
     emit_metrics(retries, backing_off, summary.enqueued.len());
     match enqueue_error {

@@ -699,6 +699,9 @@ async fn a_broken_template_does_not_end_the_nightly_run() {
     put_text(&s, &keys[0], TEMPLATE).await;
     put_text(&s, &keys[1], &broken).await;
     put_text(&s, &keys[2], TEMPLATE).await;
+    for k in &keys {
+        put_text(&s, &k.replace("bb.pkr.hcl", "greeting.txt"), "hi\n").await;
+    }
     // Parameter Store answers 500 to this parameter (more often than the SDK retries).
     crate::support::emulator_script(&[
         "fault",
@@ -729,4 +732,62 @@ async fn a_broken_template_does_not_end_the_nightly_run() {
         skipped[0].1.contains("data.amazon-parameterstore.p"),
         "{run:#}"
     );
+}
+
+/// A template with two builds, uploaded: one request per build, `only` naming it, each with its
+/// own build id, both in the summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_build_template_is_one_request_per_build() {
+    let s = setup(5).await;
+    let lambda = lambda_for(&s).await;
+    let second = TEMPLATE
+        .split("build {")
+        .next()
+        .expect("sources")
+        .replace(
+            "source \"amazon-chroot\" \"bb\"",
+            "source \"amazon-chroot\" \"arm\"",
+        )
+        .split("source \"amazon-chroot\"")
+        .nth(1)
+        .map(|b| format!("source \"amazon-chroot\"{b}"))
+        .expect("the source block");
+    let text = format!("{TEMPLATE}\n{second}").replace(
+        "sources = [\"source.amazon-chroot.bb\"]",
+        "sources = [\"source.amazon-chroot.bb\", \"source.amazon-chroot.arm\"]",
+    );
+    let prefix = format!("templates/{}", unique("two"));
+    let key = format!("{prefix}/bb.pkr.hcl");
+    put_text(&s, &key, &text).await;
+    put_text(&s, &format!("{prefix}/greeting.txt"), "hi\n").await;
+    let got = lambda
+        .invoke(put_event(&s, &s.bucket, &key).await)
+        .await
+        .expect("upload");
+    let enqueued = got["enqueued"].as_array().cloned().unwrap_or_default();
+    let builds: Vec<&str> = enqueued
+        .iter()
+        .filter_map(|e| e["build"].as_str())
+        .collect();
+    assert_eq!(
+        builds,
+        vec!["amazon-chroot.bb", "amazon-chroot.arm"],
+        "{got:#}\n{}",
+        lambda.log()
+    );
+    let ids: Vec<&str> = enqueued
+        .iter()
+        .filter_map(|e| e["build_id"].as_str())
+        .collect();
+    assert!(
+        ids[0].ends_with("-amazon-chroot.bb") && ids[1].ends_with("-amazon-chroot.arm"),
+        "{ids:?}"
+    );
+    let mut only = Vec::new();
+    for _ in 0..2 {
+        let r = next_request(&s).await;
+        only.push(r["only"][0].as_str().unwrap_or_default().to_owned());
+    }
+    only.sort();
+    assert_eq!(only, vec!["amazon-chroot.arm", "amazon-chroot.bb"]);
 }
