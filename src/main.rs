@@ -170,7 +170,7 @@ struct WorkerArgs {
     /// Seconds before a retryable failure is tried again.
     #[arg(long, env = "KILN_RETRY_DELAY")]
     retry_delay: Option<u64>,
-    /// Seconds a duplicate delivery of a running build is parked before it looks again (≤ 900).
+    /// Most seconds a duplicate delivery of a running build is parked before it looks again (≤ 900).
     #[arg(long, env = "KILN_DUPLICATE_PARK")]
     duplicate_park: Option<u64>,
     /// Seconds a build may run before it is cancelled and fails as timed out.

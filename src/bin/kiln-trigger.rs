@@ -20,12 +20,19 @@ async fn main() -> Result<(), Error> {
         let span = tracing::info_span!("invocation", request_id = %event.context.request_id);
         async move {
             // Boxed: the handler's future is deep (bake keys, template loads, data sources).
-            Box::pin(trigger::handle(&clients, &settings, event.payload))
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, retryable = e.is_retryable(), "invocation failed");
-                    Error::from(e.to_string())
-                })
+            let deadline = std::time::UNIX_EPOCH
+                .checked_add(std::time::Duration::from_millis(event.context.deadline));
+            Box::pin(trigger::handle_until(
+                &clients,
+                &settings,
+                event.payload,
+                deadline,
+            ))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, retryable = e.is_retryable(), "invocation failed");
+                Error::from(e.to_string())
+            })
         }
         .instrument(span)
     }))

@@ -149,6 +149,24 @@ pub(super) fn per_build_ids(base: &str, builds: &[String]) -> Option<Vec<String>
     bake::build_ids(base, builds)
 }
 
+/// How long a nightly run may look at templates: until `deadline` less
+/// [`nightly::FINISH_MARGIN`], or `KILN_NIGHTLY_BUDGET_S` when that is shorter.
+fn budget(deadline: Option<std::time::SystemTime>) -> Option<std::time::Duration> {
+    let from_deadline = deadline.map(|d| {
+        d.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            .saturating_sub(nightly::FINISH_MARGIN)
+    });
+    let from_env = std::env::var("KILN_NIGHTLY_BUDGET_S")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
+    match (from_deadline, from_env) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The summary an invocation answers with.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Summary {
@@ -164,6 +182,18 @@ pub async fn handle(
     clients: &Clients,
     settings: &Settings,
     event: Value,
+) -> Result<Value, TriggerError> {
+    handle_until(clients, settings, event, None).await
+}
+
+/// [`handle`] for an invocation that must answer by `deadline` (Lambda's): a nightly run looks at
+/// templates until then (less a margin, or `KILN_NIGHTLY_BUDGET_S` if shorter) and leaves the
+/// others to the next run.
+pub async fn handle_until(
+    clients: &Clients,
+    settings: &Settings,
+    event: Value,
+    deadline: Option<std::time::SystemTime>,
 ) -> Result<Value, TriggerError> {
     match events::parse(event).map_err(TriggerError::Event)? {
         Event::Created(objects) => {
@@ -205,7 +235,7 @@ pub async fn handle(
         }
         // Boxed: the nightly run's future is deep (every template's bake, history and
         // enqueue), and the function's runtime nests it further.
-        Event::Nightly(n) => Box::pin(nightly::run(clients, settings, &n))
+        Event::Nightly(n) => Box::pin(nightly::run(clients, settings, &n, budget(deadline)))
             .await
             .map(|s| json!(s)),
     }

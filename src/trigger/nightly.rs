@@ -13,6 +13,7 @@ use crate::request::{BuildRequest, REQUEST_VERSION, TemplateLocation};
 use crate::team::Team;
 use events_nightly::Nightly;
 use serde_json::{Value, json};
+use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::events as events_nightly;
@@ -183,12 +184,12 @@ async fn history(
     Ok(h)
 }
 
-/// An object of the bucket as JSON; `None` when it does not exist or is not JSON.
-async fn read_json(
+/// An object of the bucket as text; `None` when it does not exist.
+async fn read_text(
     clients: &Clients,
     settings: &Settings,
     key: &str,
-) -> Result<Option<Value>, TriggerError> {
+) -> Result<Option<String>, TriggerError> {
     match clients
         .s3
         .get_object()
@@ -206,7 +207,7 @@ async fn read_json(
                     TriggerError::Io(format!("reading s3://{}/{key}: {e}", settings.bucket))
                 })?
                 .into_bytes();
-            Ok(serde_json::from_slice(&bytes).ok())
+            Ok(Some(String::from_utf8_lossy(&bytes).trim().to_owned()))
         }
         Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
         Err(e) => Err(TriggerError::aws(
@@ -214,6 +215,58 @@ async fn read_json(
             &e,
         )),
     }
+}
+
+/// Writes `text` to `key` in the bucket.
+async fn write_text(
+    clients: &Clients,
+    settings: &Settings,
+    key: &str,
+    text: &str,
+) -> Result<(), TriggerError> {
+    clients
+        .s3
+        .put_object()
+        .bucket(&settings.bucket)
+        .key(key)
+        .body(text.as_bytes().to_vec().into())
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| TriggerError::aws(format!("writing s3://{}/{key}", settings.bucket), &e))
+}
+
+/// An object of the bucket as JSON; `None` when it does not exist or is not JSON.
+async fn read_json(
+    clients: &Clients,
+    settings: &Settings,
+    key: &str,
+) -> Result<Option<Value>, TriggerError> {
+    Ok(read_text(clients, settings, key)
+        .await?
+        .and_then(|t| serde_json::from_str(&t).ok()))
+}
+
+/// What a nightly run leaves for the function's end: a minute, enough to write the cursor and
+/// answer before Lambda's timeout.
+pub const FINISH_MARGIN: Duration = Duration::from_secs(60);
+
+/// Where a nightly run notes the last template it looked at (in the trigger's team's part of the
+/// bucket): the next run starts after it, so a run cut short by its time budget continues where
+/// it stopped and no template starves for being late in the alphabet.
+fn cursor_key(settings: &Settings) -> String {
+    settings.team.key("index/.nightly-cursor")
+}
+
+/// `templates` (sorted) starting after `cursor`, wrapping around.
+fn rotated(mut templates: Vec<String>, cursor: Option<&str>) -> Vec<String> {
+    templates.sort();
+    templates.dedup();
+    let start = cursor
+        .map(|c| templates.iter().position(|t| t.as_str() > c).unwrap_or(0))
+        .unwrap_or(0);
+    templates.rotate_left(start);
+    templates
 }
 
 /// The run's clock: the scheduled event's time, else now.
@@ -227,26 +280,40 @@ fn now_of(n: &Nightly) -> OffsetDateTime {
 /// A nightly run: each template (or those named) whose bake key changed, or all when forced; a
 /// failed bake again after its back-off. Errors of one template are its entry in the summary;
 /// the run fails (after looking at every template) only when a request could not be enqueued.
+///
+/// `budget`: how long the run may look at templates (the invocation's deadline less
+/// [`FINISH_MARGIN`], or `KILN_NIGHTLY_BUDGET_S`); at least one template is looked at, the others
+/// are left to the next run, which starts after the last one looked at (`index/.nightly-cursor`).
 pub(super) async fn run(
     clients: &Clients,
     settings: &Settings,
     n: &Nightly,
+    budget: Option<Duration>,
 ) -> Result<Summary, TriggerError> {
+    let started = std::time::Instant::now();
+    let cursor = read_text(clients, settings, &cursor_key(settings)).await?;
     let templates = if n.templates.is_empty() {
         let mut all = Vec::new();
         for (team, _) in settings.teams() {
             all.extend(list_templates(clients, settings, &team.key(&settings.prefix)).await?);
         }
-        all
+        rotated(all, cursor.as_deref())
     } else {
         n.templates.clone()
     };
+    let mut looked_at: Option<String> = None;
+    let mut left = Vec::new();
     let now = now_of(n);
     let mut summary = Summary::default();
     let mut backing_off = 0u32;
     let mut retries = 0u32;
     let mut enqueue_error = None;
     for t in templates {
+        if looked_at.is_some() && budget.is_some_and(|b| started.elapsed() >= b) {
+            left.push(t);
+            continue;
+        }
+        looked_at = Some(t.clone());
         let Some((team, queue)) = settings.team_of(&t) else {
             summary.skipped.push(json!({"template": t, "reason": "ignored: its team has no request queue in this trigger (KILN_TEAM_QUEUES)"}));
             continue;
@@ -392,6 +459,19 @@ pub(super) async fn run(
             summary.enqueued.push(json!({"template": t, "build": label, "team": team.as_str(), "build_id": build_id, "reason": reason}));
         }
     }
+    if !left.is_empty() {
+        tracing::warn!(
+            left = left.len(),
+            "nightly: the time budget ran out; the next run starts with these templates"
+        );
+        summary.skipped.push(json!({"templates": left, "reason": "not looked at: the run's time budget ran out; the next run starts with them"}));
+    }
+    if n.templates.is_empty()
+        && let Some(last) = &looked_at
+        && let Err(e) = write_text(clients, settings, &cursor_key(settings), last).await
+    {
+        tracing::error!(error = %e, "nightly: could not note where this run stopped; the next run starts from the first template");
+    }
     emit_metrics(retries, backing_off, summary.enqueued.len());
     match enqueue_error {
         // Lambda runs the invocation again; what was enqueued names the same builds.
@@ -426,6 +506,15 @@ fn emit_metrics(retries: u32, backing_off: u32, enqueued: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_starts_after_the_last_template_looked_at() {
+        let t = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(rotated(t(&["c", "a", "b"]), None), t(&["a", "b", "c"]));
+        assert_eq!(rotated(t(&["c", "a", "b"]), Some("a")), t(&["b", "c", "a"]));
+        assert_eq!(rotated(t(&["c", "a", "b"]), Some("c")), t(&["a", "b", "c"]));
+        assert_eq!(rotated(t(&["c", "a"]), Some("b")), t(&["c", "a"]));
+    }
 
     #[test]
     fn back_off_doubles_to_a_week() {

@@ -390,7 +390,8 @@ async fn acquire(
 
 /// Parks a duplicate delivery of a build another attempt runs (its owner holds a live lease
 /// until `until`): a copy of the request, naming the build id, is sent to the team's queue
-/// delayed by [`super::WorkerConfig::duplicate_park_s`], then this delivery is deleted. The copy
+/// delayed until the lease ends (at most [`super::WorkerConfig::duplicate_park_s`]: the owner may
+/// be dead, and this copy may be what resumes its build), then this delivery is deleted. The copy
 /// starts with no receives, so duplicates never count toward the dead-letter queue; when it comes
 /// back the build has finished (the result answers it), is still running (parked again), or its
 /// owner died (the copy resumes it). If the copy cannot be sent, the delivery is released until
@@ -399,7 +400,8 @@ async fn park(ctx: &Ctx, d: &Delivery, req: &BuildRequest, build_id: &str, until
     let mut copy = req.clone();
     copy.build_id = Some(build_id.to_owned());
     let body = serde_json::to_string(&copy).unwrap_or_default();
-    let delay = ctx.cfg.duplicate_park_s.clamp(0, super::MAX_SQS_DELAY_S);
+    let lease_left = until.saturating_sub(checkpoint::now()).saturating_add(1);
+    let delay = lease_left.clamp(1, ctx.cfg.duplicate_park_s.clamp(1, super::MAX_SQS_DELAY_S));
     match ctx
         .clients
         .sqs

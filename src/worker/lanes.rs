@@ -133,18 +133,23 @@ pub struct FairShare {
 }
 
 impl FairShare {
+    /// The eligible lanes' total weight.
+    fn total(weights: &[u32], eligible: &[bool]) -> i64 {
+        eligible
+            .iter()
+            .zip(weights)
+            .filter(|(e, _)| **e)
+            .map(|(_, w)| i64::from(*w))
+            .sum()
+    }
+
     /// The eligible lanes (`eligible[i]` for lane `i`) in the order to try them.
     pub fn order(&self, weights: &[u32], eligible: &[bool]) -> Vec<usize> {
         let Ok(mut credit) = self.credit.lock() else {
             return (0..weights.len()).filter(|i| eligible[*i]).collect();
         };
         credit.resize(weights.len(), 0);
-        let total: i64 = eligible
-            .iter()
-            .zip(weights)
-            .filter(|(e, _)| **e)
-            .map(|(_, w)| i64::from(*w))
-            .sum();
+        let total = Self::total(weights, eligible);
         let mut order: Vec<usize> = (0..weights.len()).filter(|i| eligible[*i]).collect();
         for i in &order {
             // Bounded, so a lane idle for a long time does not bank an unbounded burst.
@@ -156,12 +161,7 @@ impl FairShare {
 
     /// Records that lane `i` gave a build (among lanes of `total` weight).
     pub fn took(&self, i: usize, weights: &[u32], eligible: &[bool]) {
-        let total: i64 = eligible
-            .iter()
-            .zip(weights)
-            .filter(|(e, _)| **e)
-            .map(|(_, w)| i64::from(*w))
-            .sum();
+        let total = Self::total(weights, eligible);
         if let Ok(mut credit) = self.credit.lock()
             && let Some(c) = credit.get_mut(i)
         {

@@ -84,8 +84,8 @@ pub struct WorkerConfig {
     /// Seconds a build may run before it is cancelled (its undo runs) and fails as timed out.
     #[serde(default = "default_build_timeout")]
     pub build_timeout_s: u64,
-    /// Seconds a duplicate delivery of a running build is parked (sent again with this delay,
-    /// at most SQS's 900) before it looks again.
+    /// Most seconds a duplicate delivery of a running build is parked (sent again, delayed until
+    /// the owner's lease ends, at most this and SQS's 900) before it looks again.
     #[serde(default = "default_park")]
     pub duplicate_park_s: u64,
     /// The teams besides the default one (whose queue is `queue`), each with its own queue,

@@ -78,15 +78,6 @@ impl Watchdog {
     /// Awaits `fut`, petting the watchdog at every interval meanwhile: for the loop's own waits
     /// that are bounded or healthy (a long poll with a deadline, a free build slot, the drain).
     pub async fn while_waiting<F: Future>(&self, fut: F) -> F::Output {
-        let Some(every) = self.every else {
-            return fut.await;
-        };
-        tokio::pin!(fut);
-        loop {
-            tokio::select! {
-                out = &mut fut => return out,
-                _ = tokio::time::sleep(every) => self.pet(),
-            }
-        }
+        self.while_waiting_if(fut, || true).await
     }
 }

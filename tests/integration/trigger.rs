@@ -791,3 +791,45 @@ async fn a_two_build_template_is_one_request_per_build() {
     only.sort();
     assert_eq!(only, vec!["amazon-chroot.arm", "amazon-chroot.bb"]);
 }
+
+/// A nightly run past its time budget leaves the templates it did not reach to the next run,
+/// which starts after the last one looked at: with a budget that allows one template per run,
+/// three runs look at three templates, each once, and a fourth starts over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nightly_run_out_of_time_continues_where_it_stopped() {
+    let s = setup(5).await;
+    let lambda = Lambda::start(&[
+        ("KILN_QUEUE", &s.queue),
+        ("KILN_BUCKET", &s.bucket),
+        ("KILN_NIGHTLY_BUDGET_S", "0"),
+    ])
+    .await;
+    let prefix = format!("templates/{}", unique("budget"));
+    let keys: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|d| format!("{prefix}/{d}/bb.pkr.hcl"))
+        .collect();
+    for k in &keys {
+        put_text(&s, k, TEMPLATE).await;
+        put_text(&s, &k.replace("bb.pkr.hcl", "greeting.txt"), "hi\n").await;
+    }
+    // Other tests' templates share the bucket's prefix only if they share the bucket: this test's
+    // bucket holds these three alone.
+    let mut looked = Vec::new();
+    for _ in 0..4 {
+        let run = lambda
+            .invoke(json!({"nightly": {}}))
+            .await
+            .expect("nightly");
+        let enqueued = names(&run, "enqueued");
+        assert_eq!(enqueued.len(), 1, "one template per run: {run:#}");
+        looked.push(enqueued[0].0.to_owned());
+        let left = run["skipped"][0]["templates"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0);
+        assert_eq!(left, 2, "the other two are left to the next run: {run:#}");
+    }
+    assert_eq!(looked[..3], keys[..], "each template once, in order");
+    assert_eq!(looked[3], keys[0], "then from the start again");
+}
