@@ -178,7 +178,14 @@ fn template_into(
             Element::Literal(l) => push(out, strip_literal(l, prev, next))?,
             Element::Interpolation(interp) => match eval(&interp.expr, ctx)? {
                 Value::String(s) => push(out, &s)?,
-                other => push(out, &other.to_string())?,
+                v @ (Value::Number(_) | Value::Bool(_)) => push(out, &v.to_string())?,
+                // As HCL (and so Packer) answers: only strings, numbers and bools go into a string.
+                Value::Null => {
+                    return Err("Invalid template interpolation value: the expression result is null; cannot include a null value in a string template".into());
+                }
+                _ => {
+                    return Err("Invalid template interpolation value: cannot include the given value in a string template: string required".into());
+                }
             },
             Element::Directive(d) => match &**d {
                 Directive::If(d) => if_directive(out, d, ctx)?,
@@ -274,6 +281,10 @@ mod tests {
                 .unwrap_err()
                 .contains("twice")
         );
+        assert!(run(r#""a-${null}""#).unwrap_err().contains("null"));
+        assert!(run(r#""a-${xs}""#).unwrap_err().contains("string required"));
+        assert_eq!(run(r#"try("a-${null}", "d")"#).unwrap(), Value::from("d"));
+        assert_eq!(run(r#""${1}-${true}""#).unwrap(), Value::from("1-true"));
     }
 
     #[test]

@@ -98,11 +98,18 @@ pub(super) async fn handle(ctx: &Ctx, d: Delivery, cancel: CancellationToken) {
         .in_flight
         .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     watch.abort();
+    // Wait for the aborted watcher (it may be running on another thread right now), so it cannot
+    // count the slot as hung after this build ended.
+    let _ = watch.await;
     if let Some(hung) = timed_out.hung.lock().ok().and_then(|mut h| h.take()) {
         hung.finished();
     }
     let mut outcome = outcome;
-    if timed_out.fired.is_cancelled() && !cancel.is_cancelled() {
+    // A build that finished as its timeout fired keeps its result.
+    if timed_out.fired.is_cancelled()
+        && !cancel.is_cancelled()
+        && outcome.status != Status::Succeeded
+    {
         outcome.status = Status::Failed;
         let step = outcome
             .error
@@ -264,6 +271,33 @@ async fn accept(ctx: &Ctx, d: &Delivery) -> Option<Accepted> {
         return None;
     }
     let team = &d.lane.team;
+    // The root (`kiln submit`'s upload prefix) is fetched whole: it must be the team's too, and
+    // hold the template.
+    let root_refused = req.template.root.as_ref().and_then(|root| {
+        let root = root.trim_end_matches('/');
+        let ok = !root.is_empty()
+            && team.owns_template_key(&format!("{root}/"))
+            && req.template.key.starts_with(&format!("{root}/"));
+        (!ok).then(|| {
+            format!(
+                "template.root {root:?} is not team {team}'s or does not hold template.key {:?}: a root is a prefix under s3://{}/{}templates/ or {}submissions/ that holds the template",
+                req.template.key,
+                req.template.bucket,
+                team.key_root(),
+                team.key_root(),
+            )
+        })
+    });
+    if let Some(msg_text) = root_refused {
+        tracing::warn!(build_id = %build_id, team = %team, root = ?req.template.root, "refused a template root outside the team's prefix");
+        finish(
+            ctx,
+            d,
+            &early_failure(&build_id, "request", msg_text, false),
+        )
+        .await;
+        return None;
+    }
     if !team.owns_template_key(&req.template.key) {
         let msg_text = format!(
             "template.key {:?} is not team {team}'s: a request on team {team}'s queue builds templates under s3://{}/{}templates/ or {}submissions/ only",
@@ -399,6 +433,8 @@ async fn acquire(
 async fn park(ctx: &Ctx, d: &Delivery, req: &BuildRequest, build_id: &str, until: u64) {
     let mut copy = req.clone();
     copy.build_id = Some(build_id.to_owned());
+    // The running attempt honours `force`; the copy only waits for its result.
+    copy.force = false;
     let body = serde_json::to_string(&copy).unwrap_or_default();
     let lease_left = until.saturating_sub(checkpoint::now()).saturating_add(1);
     let delay = lease_left.clamp(1, ctx.cfg.duplicate_park_s.clamp(1, super::MAX_SQS_DELAY_S));

@@ -131,6 +131,13 @@ async fn a_team_cannot_touch_another_teams_builds_images_or_secrets() {
         assert!(error_of(&b).contains("is not team b's"), "{b:#}");
         assert!(error_of(&b).contains("teams/b/templates/"), "{b:#}");
 
+        // B names its own template but A's results as the root (fetched whole): refused.
+        let rooted = unique("rooted");
+        let body = serde_json::json!({"version": 1, "build_id": rooted, "template": {"bucket": s.bucket, "key": "teams/b/templates/x/bb.pkr.hcl", "root": "results"}}).to_string();
+        send_to(&s, &qb, &body).await;
+        let b = wait_document(&s, &format!("teams/b/results/{rooted}.json"), Duration::from_secs(120)).await;
+        assert!(error_of(&b).contains("template.root \"results\" is not team b's"), "{b:#}");
+
         // B's template takes A's AMI name with force_deregister: refused before anything is
         // made, and A's image is still there.
         let b_key = format!("teams/b/templates/{}/bb.pkr.hcl", unique("fd"));
