@@ -23,8 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 mod contain;
 mod load;
+mod park;
+mod timeout;
 
 use contain::{caught, panicked};
+use park::park;
+use timeout::watch_timeout;
 
 /// Handles one message to the end: never panics the worker, never loses the message.
 pub(super) async fn handle(ctx: &Ctx, d: Delivery, cancel: CancellationToken) {
@@ -147,59 +151,6 @@ pub(super) async fn handle(ctx: &Ctx, d: Delivery, cancel: CancellationToken) {
         running,
     };
     conclude(ctx, &d, &journal, outcome, &log, &work, &cancel, finished).await;
-}
-
-/// A build's timeout, as [`watch_timeout`] keeps it.
-struct Timeout {
-    /// Cancelled when the timeout fired.
-    fired: CancellationToken,
-    /// Set while the build counts as hung (still running [`super::UNDO_GRACE`] after it).
-    hung: std::sync::Mutex<Option<Hung>>,
-}
-
-/// A slot counted in `Ctx::hung` until [`Hung::finished`].
-struct Hung(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Hung {
-    fn finished(self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// Cancels `build` after the worker's `build_timeout_s`; if the build still runs
-/// [`super::UNDO_GRACE`] later (its undo is stuck too), counts its slot as hung. The task is
-/// aborted when the build ends.
-fn watch_timeout(
-    ctx: &Ctx,
-    build_id: &str,
-    build: &CancellationToken,
-) -> (Arc<Timeout>, tokio::task::JoinHandle<()>) {
-    let t = Arc::new(Timeout {
-        fired: CancellationToken::new(),
-        hung: std::sync::Mutex::new(None),
-    });
-    let limit = Duration::from_secs(ctx.cfg.build_timeout_s.max(1));
-    let (t2, build, id, hung) = (
-        Arc::clone(&t),
-        build.clone(),
-        build_id.to_owned(),
-        Arc::clone(&ctx.hung),
-    );
-    let task = tokio::spawn(async move {
-        tokio::time::sleep(limit).await;
-        tracing::error!(build_id = %id, timeout_s = limit.as_secs(), "the build ran past its timeout; cancelling it");
-        t2.fired.cancel();
-        build.cancel();
-        tokio::time::sleep(super::UNDO_GRACE).await;
-        tracing::error!(build_id = %id, "the timed-out build's cancellation is stuck; its slot counts as hung");
-        // Counted and recorded under the lock, so the build's end (which takes it under the same
-        // lock after aborting this task) never misses or doubles the count.
-        if let Ok(mut h) = t2.hung.lock() {
-            hung.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            *h = Some(Hung(hung));
-        }
-    });
-    (t, task)
 }
 
 /// A message that is a well-formed request for a trusted bucket.
@@ -420,41 +371,6 @@ async fn acquire(
         }
     };
     Some(journal)
-}
-
-/// Parks a duplicate delivery of a build another attempt runs (its owner holds a live lease
-/// until `until`): a copy of the request, naming the build id, is sent to the team's queue
-/// delayed until the lease ends (at most [`super::WorkerConfig::duplicate_park_s`]: the owner may
-/// be dead, and this copy may be what resumes its build), then this delivery is deleted. The copy
-/// starts with no receives, so duplicates never count toward the dead-letter queue; when it comes
-/// back the build has finished (the result answers it), is still running (parked again), or its
-/// owner died (the copy resumes it). If the copy cannot be sent, the delivery is released until
-/// the lease ends, as before.
-async fn park(ctx: &Ctx, d: &Delivery, req: &BuildRequest, build_id: &str, until: u64) {
-    let mut copy = req.clone();
-    copy.build_id = Some(build_id.to_owned());
-    // The running attempt honours `force`; the copy only waits for its result.
-    copy.force = false;
-    let body = serde_json::to_string(&copy).unwrap_or_default();
-    let lease_left = until.saturating_sub(checkpoint::now()).saturating_add(1);
-    let delay = lease_left.clamp(1, ctx.cfg.duplicate_park_s.clamp(1, super::MAX_SQS_DELAY_S));
-    match ctx
-        .clients
-        .sqs
-        .send_message()
-        .queue_url(&d.lane.queue)
-        .message_body(body)
-        .delay_seconds(delay as i32)
-        .send()
-        .await
-    {
-        Ok(_) => delete(ctx, d).await,
-        Err(e) => {
-            let wait = until.saturating_sub(checkpoint::now()).clamp(1, 43_200);
-            tracing::warn!(build_id = %build_id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), retry_in_s = wait, "could not park the duplicate; it is released until the owner's lease ends");
-            release(ctx, d, wait as i32).await;
-        }
-    }
 }
 
 /// Keeps the message invisible while the build runs (every third of the visibility timeout),

@@ -4,8 +4,11 @@
 //! picks which lane fills the next free build slot (smooth weighted round robin over the lanes
 //! under their cap), so one team's backlog cannot starve another team's single request.
 
+use super::{WorkerConfig, WorkerError};
 use crate::aws::Clients;
 use crate::team::{DataScope, Team};
+use aws_sdk_sqs::types::QueueAttributeName;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -122,6 +125,127 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.0.running.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// The `maxReceiveCount` of `queue`'s redrive policy, if it has one.
+async fn max_receive_of(clients: &Clients, queue: &str) -> Result<Option<u32>, WorkerError> {
+    let attrs = clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(queue)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .map_err(|e| WorkerError::Queue {
+            queue: queue.to_owned(),
+            message: format!("{}", aws_sdk_sqs::error::DisplayErrorContext(&e)),
+        })?;
+    Ok(attrs
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        .and_then(|v| {
+            v.get("maxReceiveCount").and_then(|m| {
+                m.as_u64()
+                    .or_else(|| m.as_str().and_then(|s| s.parse().ok()))
+            })
+        })
+        .map(|m| m as u32))
+}
+
+/// The session tag naming the builder instance whose worker assumed a team's build role.
+pub const TAG_INSTANCE: &str = "kiln:instance";
+
+/// The clients a team's builds use: its build role's (assumed with the session tags
+/// `kiln:team=<team>` and `kiln:instance=<this instance>`, refreshed by the SDK before they
+/// expire), or the worker's own. The role's trust policy checks the instance tag against the
+/// caller's instance, and its attach statements name only that instance.
+async fn team_clients(
+    clients: &Clients,
+    team: &Team,
+    role_arn: Option<&str>,
+    instance_id: &str,
+) -> Clients {
+    let Some(role) = role_arn else {
+        return clients.clone();
+    };
+    let provider = aws_config::sts::AssumeRoleProvider::builder(role)
+        .session_name(format!("kiln-{team}"))
+        .tags([
+            (crate::team::TAG_TEAM, team.as_str()),
+            (TAG_INSTANCE, instance_id),
+        ])
+        .configure(clients.config())
+        .build()
+        .await;
+    let config = clients
+        .config()
+        .to_builder()
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+        )
+        .build();
+    Clients::new(&config)
+}
+
+/// The worker's lanes: the default team's on `queue` first, then every other team's.
+pub(super) async fn lanes_of(
+    cfg: &WorkerConfig,
+    clients: &Clients,
+    concurrency: usize,
+    instance_id: &str,
+) -> Result<Vec<Arc<Lane>>, WorkerError> {
+    let default = cfg
+        .teams
+        .iter()
+        .find(|t| t.name.is_default())
+        .cloned()
+        .unwrap_or_else(|| TeamSettings {
+            name: Team::default_team(),
+            queue: None,
+            role_arn: None,
+            weight: 1,
+            max_concurrent: None,
+            host_features: None,
+            secret_prefix: None,
+        });
+    if default.queue.as_ref().is_some_and(|q| *q != cfg.queue) {
+        return Err(WorkerError::Config(
+            "the `default` team's queue is the top-level `queue`: leave `queue` out of its [[teams]] entry".into(),
+        ));
+    }
+    let mut settings = vec![(default, cfg.queue.clone())];
+    for t in cfg.teams.iter().filter(|t| !t.name.is_default()) {
+        let Some(q) = &t.queue else {
+            return Err(WorkerError::Config(format!(
+                "team {}: its [[teams]] entry needs its request queue (`queue = \"https://...\"`)",
+                t.name
+            )));
+        };
+        if settings
+            .iter()
+            .any(|(s, queue)| s.name == t.name || queue == q)
+        {
+            return Err(WorkerError::Config(format!(
+                "team {}: each team appears once, with a queue of its own",
+                t.name
+            )));
+        }
+        settings.push((t.clone(), q.clone()));
+    }
+    let mut lanes = Vec::new();
+    for (s, queue) in settings {
+        let max_receive = max_receive_of(clients, &queue).await?;
+        let team_clients = team_clients(clients, &s.name, s.role_arn.as_deref(), instance_id).await;
+        lanes.push(Arc::new(Lane::new(
+            &s,
+            queue,
+            team_clients,
+            concurrency,
+            max_receive,
+        )));
+    }
+    Ok(lanes)
 }
 
 /// Smooth weighted round robin (nginx's): each pick adds every eligible lane's weight to its

@@ -24,8 +24,8 @@ use crate::aws::Clients;
 use crate::backend::Backend;
 use crate::checkpoint::Owner;
 use crate::team::Team;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use lanes::{Lane, TeamSettings};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use lanes::Lane;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,7 +222,7 @@ pub async fn run(
         instance_id,
         worker_id: uuid::Uuid::new_v4().to_string(),
     };
-    let lanes = lanes_of(&cfg, &clients, concurrency, &owner.instance_id).await?;
+    let lanes = lanes::lanes_of(&cfg, &clients, concurrency, &owner.instance_id).await?;
     let lane_clients: Vec<(Team, Clients)> = lanes
         .iter()
         .map(|l| (l.team.clone(), l.clients.clone()))
@@ -446,127 +446,6 @@ async fn poll(
         }
         ctx.pool.protect(!tasks.is_empty()).await;
     }
-}
-
-/// The `maxReceiveCount` of `queue`'s redrive policy, if it has one.
-async fn max_receive_of(clients: &Clients, queue: &str) -> Result<Option<u32>, WorkerError> {
-    let attrs = clients
-        .sqs
-        .get_queue_attributes()
-        .queue_url(queue)
-        .attribute_names(QueueAttributeName::RedrivePolicy)
-        .send()
-        .await
-        .map_err(|e| WorkerError::Queue {
-            queue: queue.to_owned(),
-            message: format!("{}", aws_sdk_sqs::error::DisplayErrorContext(&e)),
-        })?;
-    Ok(attrs
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
-        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
-        .and_then(|v| {
-            v.get("maxReceiveCount").and_then(|m| {
-                m.as_u64()
-                    .or_else(|| m.as_str().and_then(|s| s.parse().ok()))
-            })
-        })
-        .map(|m| m as u32))
-}
-
-/// The session tag naming the builder instance whose worker assumed a team's build role.
-pub const TAG_INSTANCE: &str = "kiln:instance";
-
-/// The clients a team's builds use: its build role's (assumed with the session tags
-/// `kiln:team=<team>` and `kiln:instance=<this instance>`, refreshed by the SDK before they
-/// expire), or the worker's own. The role's trust policy checks the instance tag against the
-/// caller's instance, and its attach statements name only that instance.
-async fn team_clients(
-    clients: &Clients,
-    team: &Team,
-    role_arn: Option<&str>,
-    instance_id: &str,
-) -> Clients {
-    let Some(role) = role_arn else {
-        return clients.clone();
-    };
-    let provider = aws_config::sts::AssumeRoleProvider::builder(role)
-        .session_name(format!("kiln-{team}"))
-        .tags([
-            (crate::team::TAG_TEAM, team.as_str()),
-            (TAG_INSTANCE, instance_id),
-        ])
-        .configure(clients.config())
-        .build()
-        .await;
-    let config = clients
-        .config()
-        .to_builder()
-        .credentials_provider(
-            aws_credential_types::provider::SharedCredentialsProvider::new(provider),
-        )
-        .build();
-    Clients::new(&config)
-}
-
-/// The worker's lanes: the default team's on `queue` first, then every other team's.
-async fn lanes_of(
-    cfg: &WorkerConfig,
-    clients: &Clients,
-    concurrency: usize,
-    instance_id: &str,
-) -> Result<Vec<Arc<Lane>>, WorkerError> {
-    let default = cfg
-        .teams
-        .iter()
-        .find(|t| t.name.is_default())
-        .cloned()
-        .unwrap_or_else(|| TeamSettings {
-            name: Team::default_team(),
-            queue: None,
-            role_arn: None,
-            weight: 1,
-            max_concurrent: None,
-            host_features: None,
-            secret_prefix: None,
-        });
-    if default.queue.as_ref().is_some_and(|q| *q != cfg.queue) {
-        return Err(WorkerError::Config(
-            "the `default` team's queue is the top-level `queue`: leave `queue` out of its [[teams]] entry".into(),
-        ));
-    }
-    let mut settings = vec![(default, cfg.queue.clone())];
-    for t in cfg.teams.iter().filter(|t| !t.name.is_default()) {
-        let Some(q) = &t.queue else {
-            return Err(WorkerError::Config(format!(
-                "team {}: its [[teams]] entry needs its request queue (`queue = \"https://...\"`)",
-                t.name
-            )));
-        };
-        if settings
-            .iter()
-            .any(|(s, queue)| s.name == t.name || queue == q)
-        {
-            return Err(WorkerError::Config(format!(
-                "team {}: each team appears once, with a queue of its own",
-                t.name
-            )));
-        }
-        settings.push((t.clone(), q.clone()));
-    }
-    let mut lanes = Vec::new();
-    for (s, queue) in settings {
-        let max_receive = max_receive_of(clients, &queue).await?;
-        let team_clients = team_clients(clients, &s.name, s.role_arn.as_deref(), instance_id).await;
-        lanes.push(Arc::new(Lane::new(
-            &s,
-            queue,
-            team_clients,
-            concurrency,
-            max_receive,
-        )));
-    }
-    Ok(lanes)
 }
 
 /// Drains: running builds get the drain deadline, then are cancelled (and undone).

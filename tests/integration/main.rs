@@ -17,6 +17,7 @@ mod gc_generations;
 mod host_paths;
 mod host_safety;
 mod lambda;
+mod nightly;
 mod packer_diff;
 mod pipeline;
 mod pool;
