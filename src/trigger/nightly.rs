@@ -58,31 +58,7 @@ async fn read_index(
     template: &str,
 ) -> Result<Option<Value>, TriggerError> {
     let key = index_key(&crate::team::Team::of_key(template), template);
-    match clients
-        .s3
-        .get_object()
-        .bucket(&settings.bucket)
-        .key(&key)
-        .send()
-        .await
-    {
-        Ok(o) => {
-            let bytes = o
-                .body
-                .collect()
-                .await
-                .map_err(|e| {
-                    TriggerError::Io(format!("reading s3://{}/{key}: {e}", settings.bucket))
-                })?
-                .into_bytes();
-            Ok(serde_json::from_slice(&bytes).ok())
-        }
-        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
-        Err(e) => Err(TriggerError::aws(
-            format!("reading s3://{}/{key}", settings.bucket),
-            &e,
-        )),
-    }
+    read_json(clients, settings, &key).await
 }
 
 /// Why a template with bake `now` is rebuilt, compared with its last build's `index` entry; `None`

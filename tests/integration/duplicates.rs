@@ -105,7 +105,7 @@ async fn a_request_without_build_id_keeps_its_id_across_deliveries() {
             .expect("the request")
             .to_owned();
         let id = kiln::request::derived_build_id(&message_id, &body);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The worker receives the message again once its 1 s visibility ends.
         let w = start_worker(&s, &[]);
         let doc = result(&s, &id, Duration::from_secs(240)).await;
         track_result(&janitor, &doc);

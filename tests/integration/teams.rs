@@ -6,6 +6,7 @@
 //! host-side feature names itself; and one team's backlog does not hold up another's request.
 
 use crate::support::{track_result, unique, with_janitor};
+use crate::trigger::put_text;
 use crate::worker::{
     Setup, TEMPLATE, request, result, send, setup, start_worker, stop_worker, upload,
 };
@@ -70,17 +71,6 @@ async fn wait_document(s: &Setup, key: &str, timeout: Duration) -> Value {
     }
 }
 
-/// Uploads `text` as a template at `key`.
-async fn put(s: &Setup, key: &str, text: &str) {
-    s.s3.put_object()
-        .bucket(&s.bucket)
-        .key(key)
-        .body(text.as_bytes().to_vec().into())
-        .send()
-        .await
-        .expect("put");
-}
-
 fn error_of(doc: &Value) -> String {
     doc["error"]["message"]
         .as_str()
@@ -141,8 +131,8 @@ async fn a_team_cannot_touch_another_teams_builds_images_or_secrets() {
         // B's template takes A's AMI name with force_deregister: refused before anything is
         // made, and A's image is still there.
         let b_key = format!("teams/b/templates/{}/bb.pkr.hcl", unique("fd"));
-        put(&s, &b_key, TEMPLATE).await;
-        put(&s, &b_key.replace("bb.pkr.hcl", "greeting.txt"), "hi\n").await;
+        put_text(&s, &b_key, TEMPLATE).await;
+        put_text(&s, &b_key.replace("bb.pkr.hcl", "greeting.txt"), "hi\n").await;
         let fd = unique("fd");
         let body = serde_json::json!({"version": 1, "build_id": fd, "template": {"bucket": s.bucket, "key": b_key}, "variables": {"name": ami_name, "force": "true"}}).to_string();
         send_to(&s, &qb, &body).await;
@@ -163,8 +153,8 @@ async fn a_team_cannot_touch_another_teams_builds_images_or_secrets() {
         // C (no host features) with the same template: refused, naming the feature and the
         // setting.
         let c_key = format!("teams/c/templates/{}/bb.pkr.hcl", unique("hf"));
-        put(&s, &c_key, TEMPLATE).await;
-        put(&s, &c_key.replace("bb.pkr.hcl", "greeting.txt"), "hi\n").await;
+        put_text(&s, &c_key, TEMPLATE).await;
+        put_text(&s, &c_key.replace("bb.pkr.hcl", "greeting.txt"), "hi\n").await;
         let hf = unique("hf");
         send_to(&s, &qc, &request(&hf, &s.bucket, &c_key, 0)).await;
         let c = wait_document(&s, &format!("teams/c/results/{hf}.json"), Duration::from_secs(120)).await;
@@ -176,7 +166,7 @@ async fn a_team_cannot_touch_another_teams_builds_images_or_secrets() {
         let ds = format!(
             "data \"amazon-secretsmanager\" \"t\" {{\n  name = \"kiln/b/token\"\n}}\nlocals {{\n  token = data.amazon-secretsmanager.t.value\n}}\n{TEMPLATE}"
         );
-        put(&s, &ds_key, &ds).await;
+        put_text(&s, &ds_key, &ds).await;
         let dsid = unique("ds");
         send_to(&s, &qc, &request(&dsid, &s.bucket, &ds_key, 0)).await;
         let c = wait_document(&s, &format!("teams/c/results/{dsid}.json"), Duration::from_secs(120)).await;
@@ -187,15 +177,15 @@ async fn a_team_cannot_touch_another_teams_builds_images_or_secrets() {
         // is fine (the build then stops at the host feature, as above).
         let fr_dir = format!("teams/c/templates/{}", unique("fr"));
         let fr = format!("locals {{\n  host = file(\"/etc/hostname\")\n}}\n{TEMPLATE}");
-        put(&s, &format!("{fr_dir}/fr.pkr.hcl"), &fr).await;
-        put(&s, &format!("{fr_dir}/greeting.txt"), "hi\n").await;
+        put_text(&s, &format!("{fr_dir}/fr.pkr.hcl"), &fr).await;
+        put_text(&s, &format!("{fr_dir}/greeting.txt"), "hi\n").await;
         let frid = unique("fr");
         send_to(&s, &qc, &request(&frid, &s.bucket, &format!("{fr_dir}/fr.pkr.hcl"), 0)).await;
         let c = wait_document(&s, &format!("teams/c/results/{frid}.json"), Duration::from_secs(120)).await;
         let e = error_of(&c);
         assert!(e.contains("/etc/hostname") && e.contains("outside the template's folder"), "{c:#}");
         let own = format!("locals {{\n  own = file(\"greeting.txt\")\n}}\n{TEMPLATE}");
-        put(&s, &format!("{fr_dir}/fr.pkr.hcl"), &own).await;
+        put_text(&s, &format!("{fr_dir}/fr.pkr.hcl"), &own).await;
         let ownid = unique("own");
         send_to(&s, &qc, &request(&ownid, &s.bucket, &format!("{fr_dir}/fr.pkr.hcl"), 0)).await;
         let c = wait_document(&s, &format!("teams/c/results/{ownid}.json"), Duration::from_secs(120)).await;

@@ -6,22 +6,13 @@
 //! template outside the working directory builds it from its own folder.
 
 use crate::support::{Emulator, track_result, unique, with_janitor};
+use crate::trigger::put_text;
 use crate::worker::{Setup, TEMPLATE, request, result, send, setup, start_worker, stop_worker};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
-
-async fn put(s: &Setup, key: &str, text: &str) {
-    s.s3.put_object()
-        .bucket(&s.bucket)
-        .key(key)
-        .body(text.as_bytes().to_vec().into())
-        .send()
-        .await
-        .expect("put");
-}
 
 /// A Packer JSON template whose build runs `scripts/NAME.sh` (checked when loaded, never run
 /// here: the bake key only evaluates it).
@@ -63,20 +54,20 @@ async fn a_flat_folder_bakes_and_builds_each_template_from_its_own_files() {
         let s = setup(5).await;
         let folder = format!("templates/{}", unique("flat"));
         let web = format!("{folder}/web.pkr.hcl");
-        put(
+        put_text(
             &s,
             &web,
             &TEMPLATE.replace("\"greeting.txt\"", "\"files/web.txt\""),
         )
         .await;
-        put(&s, &format!("{folder}/files/web.txt"), "hi from web\n").await;
+        put_text(&s, &format!("{folder}/files/web.txt"), "hi from web\n").await;
         for t in ["db", "cache"] {
-            put(&s, &format!("{folder}/{t}.json"), &json_template(t)).await;
-            put(&s, &format!("{folder}/scripts/{t}.sh"), "true\n").await;
+            put_text(&s, &format!("{folder}/{t}.json"), &json_template(t)).await;
+            put_text(&s, &format!("{folder}/scripts/{t}.sh"), "true\n").await;
         }
         // More files beside them than a worker fetches for one template.
         for i in 0..=kiln::request::MAX_TEMPLATE_FILES {
-            put(&s, &format!("{folder}/notes/{i}.txt"), "x").await;
+            put_text(&s, &format!("{folder}/notes/{i}.txt"), "x").await;
         }
         let keys = [
             web.clone(),
@@ -89,7 +80,7 @@ async fn a_flat_folder_bakes_and_builds_each_template_from_its_own_files() {
         }
 
         // Editing one template changes only its bake key; editing one's script only that one's.
-        put(
+        put_text(
             &s,
             &keys[1],
             &json_template("db").replace("\"hvm\"", "\"hvm\" "),
@@ -102,7 +93,7 @@ async fn a_flat_folder_bakes_and_builds_each_template_from_its_own_files() {
         assert_eq!(before[0], after[0], "web is unchanged");
         assert_ne!(before[1], after[1], "db changed");
         assert_eq!(before[2], after[2], "cache is unchanged");
-        put(&s, &format!("{folder}/scripts/cache.sh"), "echo changed\n").await;
+        put_text(&s, &format!("{folder}/scripts/cache.sh"), "echo changed\n").await;
         let cache = bake_key(&s, &keys[2]).await;
         assert_ne!(cache, after[2], "cache's script changed");
         assert_eq!(bake_key(&s, &keys[0]).await, after[0], "web is unchanged");
