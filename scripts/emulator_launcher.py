@@ -22,12 +22,16 @@ as AWS documents, so kiln's own code needs no emulator workaround:
    GetConsoleOutput serves its serial console; TerminateInstances stops it (see the patch).
 12. On request, a share of EC2 calls answer RequestLimitExceeded (POST /_kiln/throttle).
 13. HTTP/1.1 keep-alive, as AWS's endpoints.
-6. Optional delays per region: volumes stay `creating`, attachments `attaching`, snapshots `pending`
-   and images `pending` for a configured number of seconds.
+6. Optional delays per region: volumes stay `creating`, attachments `attaching` (and `detaching`),
+   snapshots `pending` and images `pending` for a configured number of seconds.
+14. The EBS data plane (`emulator_ebs.py`): volumes and snapshots keep their data in sparse files, and
+   an attachment to a builder host on this machine is a loop device with the nodes EC2 would make
+   (Xen or Nitro naming, per host).
 
 Control endpoints (under the moto port, never used by kiln): GET /_kiln/state, POST /_kiln/reset,
-POST /_kiln/hosts {"name": ...}, POST /_kiln/delays {"region": ..., "volume": s, "attachment": s,
-"snapshot": s, "image": s}, POST /_kiln/metadata {"host": ..., "path": ..., "value": ... or null}.
+POST /_kiln/hosts {"name": ..., "az": ..., "naming": "xen"|"nitro", "dev_dir": ..., "nodes": bool,
+"detach_delay": s},
+POST /_kiln/delays {"region": ..., "volume": s, "attachment": s, "detachment": s, "snapshot": s, "image": s}, POST /_kiln/metadata {"host": ..., "path": ..., "value": ... or null}.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ LOCK = threading.RLock()
 # 6. Delays, per region, in seconds. Kinds: volume, attachment, snapshot, image.
 # ---------------------------------------------------------------------------------------------------
 DELAYS: dict[str, dict[str, float]] = {}
-DELAY_KINDS = ("volume", "attachment", "snapshot", "image")
+DELAY_KINDS = ("volume", "attachment", "detachment", "snapshot", "image")
 
 
 def delay_for(region: str, kind: str) -> float:
@@ -358,6 +362,9 @@ def _copy_image(self) -> ActionResult:
                     volume.id, f"Copied for DestinationAmi {image.id} from SourceAmi {source.id}"
                 )
                 backend.volumes.pop(volume.id, None)
+                if PLANE is not None:
+                    PLANE.volume_deleted(volume.id)
+                    PLANE.snapshot_copied(ebs["SnapshotId"], snap.id)
                 tags = self._parse_tag_specification()
                 snap.add_tags(tags.get("snapshot", {}))
                 ebs["SnapshotId"] = snap.id
@@ -519,6 +526,87 @@ EBSBackend.attach_volume = _attach_volume
 ElasticBlockStore.attach_volume = _attach_volume_checked
 
 # ---------------------------------------------------------------------------------------------------
+# 14. The EBS data plane (emulator_ebs.py): data files follow the EBS calls, attachments to a builder
+#     host on this machine make its device nodes, a detach can be reported late (`detachment` delay).
+# ---------------------------------------------------------------------------------------------------
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import emulator_ebs  # noqa: E402
+
+PLANE: emulator_ebs.Plane | None = None  # made by main() once the port is known
+
+
+def _host_of_instance(instance_id: str) -> dict | None:
+    return next((h for h in HOSTS.values() if h.get("instance_id") == instance_id), None)
+
+
+def _hook(method_name: str, after):
+    orig = getattr(EBSBackend, method_name)
+
+    def wrapper(self, *args, **kwargs):
+        with LOCK:
+            result = orig(self, *args, **kwargs)
+            if PLANE is not None:
+                after(self, result, *args, **kwargs)
+            return result
+
+    setattr(EBSBackend, method_name, wrapper)
+
+
+_hook(
+    "create_volume",
+    lambda self, vol, *a, **k: PLANE.volume_created(vol.id, vol.size, vol.snapshot_id),
+)
+_hook(
+    "create_snapshot",
+    lambda self, snap, volume_id, *a, **k: PLANE.snapshot_created(snap.id, volume_id),
+)
+_hook(
+    "copy_snapshot",
+    lambda self, snap, source_id, *a, **k: PLANE.snapshot_copied(source_id, snap.id),
+)
+_hook("delete_volume", lambda self, vol, volume_id: PLANE.volume_deleted(volume_id))
+_hook("delete_snapshot", lambda self, snap, snapshot_id: PLANE.snapshot_deleted(snapshot_id))
+
+
+def _attached_to_host(self, attachment, volume_id, instance_id, *args, **kwargs):
+    host = _host_of_instance(instance_id)
+    if attachment is not None and host is not None:
+        PLANE.attach(volume_id, host, attachment.device, getattr(attachment, "_kiln_ready_at", 0.0))
+
+
+_hook("attach_volume", _attached_to_host)
+_detach_now = EBSBackend.detach_volume
+
+
+def _detach_volume_late(self, volume_id, instance_id=None, device_path=None):
+    """The device leaves the host at once; EC2 reports `detaching` for the `detachment` delay."""
+    with LOCK:
+        volume = self.get_volume(volume_id)
+        attachment = volume.attachment
+        if attachment is not None and attachment.status == "detaching":
+            return attachment
+        if attachment is not None and PLANE is not None:
+            PLANE.detach(volume_id)
+        host = _host_of_instance(attachment.instance.id) if attachment is not None else None
+        late = max(delay_for(self.region_name, "detachment"), float((host or {}).get("detach_delay", 0)))
+        if attachment is None or late <= 0:
+            return _detach_now(self, volume_id, instance_id, device_path)
+        attachment.status = "detaching"
+
+        def finish():
+            with LOCK:
+                if volume.attachment is attachment:
+                    _detach_now(self, volume_id, instance_id, device_path)
+
+        timer = threading.Timer(late, finish)
+        timer.daemon = True
+        timer.start()
+        return attachment
+
+
+EBSBackend.detach_volume = _detach_volume_late
+
+# ---------------------------------------------------------------------------------------------------
 # 7. Conditional PutObject is atomic, and as on AWS a conditional write to a key that another
 #    conditional write is still writing answers 409 ConditionalRequestConflict.
 # ---------------------------------------------------------------------------------------------------
@@ -647,11 +735,29 @@ class ImdsHandler(BaseHTTPRequestHandler):
         self._reply(404, "Not Found")
 
 
-def add_host(name: str, region: str, az: str | None = None) -> dict:
+def add_host(
+    name: str,
+    region: str,
+    az: str | None = None,
+    naming: str = "nitro",
+    dev_dir: str | None = None,
+    nodes: bool = True,
+    detach_delay: float = 0.0,
+) -> dict:
+    """A builder host: an instance, its IMDS, and how attached volumes appear on it (`naming`: xen or
+    nitro; `dev_dir`: its `/dev`, by default a private directory; `nodes`: false for a host whose
+    kernel never shows an attached volume; `detach_delay`: seconds EC2 reports its volumes
+    `detaching`, as a busy host's are)."""
+    if naming not in emulator_ebs.NAMINGS:
+        raise ValueError(f"naming must be one of {emulator_ebs.NAMINGS}, got {naming!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        raise ValueError(f"host name {name!r}: letters, digits, '_', '.', '-' only")
     with LOCK:
         if name in HOSTS:
             return HOSTS[name]
-        host = {"name": name, "region": region, "az": az or f"{region}a", "extra": {}}
+        host = {"name": name, "region": region, "az": az or f"{region}a", "extra": {},
+                "naming": naming, "nodes": bool(nodes), "detach_delay": float(detach_delay)}
+        host["dev_dir"] = dev_dir or PLANE.host_dev_dir(host)
         _launch_host_instance(host)
         handler = type(f"Imds_{name}", (ImdsHandler,), {"host": host, "tokens": {}})
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -697,7 +803,8 @@ AutoScalingResponse.record_lifecycle_action_heartbeat = _lifecycle_call(
 # ---------------------------------------------------------------------------------------------------
 # 11. Instances boot: RunInstances of an image whose root snapshot has a data file (the loop backend's
 #     `snapshots/<id>.img`) boots that file in QEMU (copy-on-write, no network, the firmware the
-#     image's BootMode asks for), GetConsoleOutput serves its serial console (base64, the last 64 KiB,
+#     image's BootMode asks for, the disk as the instance type sees EBS: NVMe on Nitro, virtio for
+#     Xen types), GetConsoleOutput serves its serial console (base64, the last 64 KiB,
 #     as AWS does), and TerminateInstances stops QEMU. Other instances behave as moto's.
 # ---------------------------------------------------------------------------------------------------
 from moto.core.utils import utcnow  # noqa: E402
@@ -729,7 +836,10 @@ def _disk_of(backend, image_id: str) -> tuple[str, str, str] | None:
         if not isinstance(m, dict) or (root and m.get("DeviceName") != root):
             continue
         snap = (m.get("Ebs") or {}).get("SnapshotId")
-        for pattern in DISK_PATTERNS if snap else []:
+        own = PLANE.snapshot_file(snap) if PLANE is not None and snap else None
+        patterns = [own.replace("{", "{{").replace("}", "}}")] if own else []
+        # The loop backend's file first: with that backend the emulator's own file holds no data.
+        for pattern in [*DISK_PATTERNS, *patterns] if snap else []:
             hits = glob.glob(pattern.format(id=snap))
             if hits:
                 return (
@@ -740,12 +850,51 @@ def _disk_of(backend, image_id: str) -> tuple[str, str, str] | None:
     return None
 
 
-def _boot(instance_id: str, disk: str, boot_mode: str, arch: str) -> None:
+# The instance families that run on Xen (AWS's list "Instances built on the AWS Nitro System" lacks
+# them); their `.metal` sizes and every other type are Nitro. kiln's `ec2::instance_types` keeps the
+# same table (its unit test compares them): keep this a tuple of double-quoted names.
+XEN_FAMILIES = (
+    "c1", "c3", "c4", "cc1", "cc2", "cg1", "cr1", "d2", "f1", "g2", "g3", "g3s", "h1", "hi1",
+    "hs1", "i2", "i3", "m1", "m2", "m3", "m4", "p2", "p3", "r3", "r4", "t1", "t2", "x1", "x1e",
+)
+# NVMe serial numbers are at most 20 characters; EC2's are `vol` and the volume id's 17 hex digits.
+NVME_SERIAL_MAX = 20
+
+
+def _is_xen(instance_type: str) -> bool:
+    family, _, size = (instance_type or "").strip().lower().partition(".")
+    return family in XEN_FAMILIES and not size.startswith("metal")
+
+
+def _ebs_serial(instance) -> str:
+    """The root volume's NVMe serial as EC2 shows it (`vol0123...`): its volume id without the dash."""
+    root = (getattr(instance, "block_device_mapping", None) or {}).get(
+        getattr(instance, "root_device_name", None)
+    )
+    volume = getattr(root, "volume_id", None) or instance.id
+    digits = "".join(c for c in volume.partition("-")[2] or volume if c.isalnum())
+    return ("vol" + digits)[:NVME_SERIAL_MAX]
+
+
+def _drive(disk: str, instance_type: str, serial: str) -> list[str]:
+    """The root disk as the instance type sees an EBS volume: an NVMe controller on Nitro; on Xen,
+    where the kernel reaches its root through the paravirtual xen-blkfront (emulated IDE serves only
+    the firmware and is unplugged), QEMU's paravirtual virtio-blk, the nearest QEMU has outside Xen
+    (IDE would ask for an AHCI driver that cloud kernels, Debian's among them, leave out)."""
+    file = f"file={disk.replace(',', ',,')},format=raw,snapshot=on"
+    if _is_xen(instance_type):
+        return ["-drive", f"{file},if=virtio"]
+    return ["-drive", f"{file},if=none,id=root",
+            "-device", f"nvme,drive=root,serial={serial},bootindex=0"]
+
+
+def _boot(instance_id: str, disk: str, boot_mode: str, arch: str, *, instance_type: str,
+          serial: str) -> None:
     os.makedirs(VM_DIR, exist_ok=True)
     log = os.path.join(VM_DIR, f"{instance_id}.log")
-    drive = f"file={disk.replace(',', ',,')},format=raw,if=virtio,snapshot=on"
     common = ["-m", "1024", "-smp", "2", "-display", "none", "-monitor", "none",
-              "-serial", f"file:{log}", "-nic", "none", "-no-reboot", "-drive", drive]
+              "-serial", f"file:{log}", "-nic", "none", "-no-reboot",
+              *_drive(disk, instance_type, serial)]
     if arch == "arm64":
         # arm64 instances boot with UEFI only.
         cmd = ["qemu-system-aarch64", "-machine", "virt,accel=tcg", "-cpu", "cortex-a72", *common]
@@ -803,7 +952,8 @@ def _run_instances(self) -> ActionResult:
         for instance in getattr(reservation, "instances", []):
             found = _disk_of(self.ec2_backend, instance.image_id)
             if found:
-                _boot(instance.id, *found)
+                _boot(instance.id, *found, instance_type=instance.instance_type,
+                      serial=_ebs_serial(instance))
     return result
 
 
@@ -853,6 +1003,7 @@ def public_state() -> dict:
         },
         "delays": DELAYS,
         "throttle": THROTTLE,
+        "ebs": PLANE.state() if PLANE is not None else None,
     }
 
 
@@ -866,6 +1017,8 @@ def reset() -> None:
         LIFECYCLE_CALLS.clear()
         THROTTLE.update({"share": 0.0, "actions": [], "body": ""})
         stop_all_vms()
+        if PLANE is not None:
+            PLANE.reset()
         for host in HOSTS.values():
             host["extra"] = {}
             _launch_host_instance(host)
@@ -1030,7 +1183,15 @@ class KilnControl:
             reset()
             return public_state()
         if path == "/_kiln/hosts":
-            host = add_host(body["name"], body.get("region", DEFAULT_REGION), body.get("az"))
+            host = add_host(
+                body["name"],
+                body.get("region", DEFAULT_REGION),
+                body.get("az"),
+                body.get("naming", "nitro"),
+                body.get("dev_dir"),
+                body.get("nodes", True),
+                body.get("detach_delay", 0.0),
+            )
             return {k: v for k, v in host.items() if k != "extra"}
         if path == "/_kiln/delays":
             region = body["region"]
@@ -1120,6 +1281,12 @@ def main() -> None:
     )
     port = server.server_port
     os.environ["MOTO_PORT"] = str(port)
+    global PLANE
+    PLANE = emulator_ebs.Plane(
+        os.path.join(os.path.dirname(os.path.abspath(args.state_file)), f"ebs-{port}"),
+        os.path.join(emulator_ebs.DEV_ROOT, f"e{port}"),
+        LOCK,
+    )
     add_host("builder-1", DEFAULT_REGION)
     state = {
         "pid": os.getpid(),
@@ -1135,6 +1302,7 @@ def main() -> None:
     # `scripts/emulator down` sends SIGTERM: no QEMU of an emulated instance outlives the emulator.
     def _terminate(signum, frame):
         stop_all_vms()
+        PLANE.close()
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, _terminate)
@@ -1144,6 +1312,7 @@ def main() -> None:
         pass
     finally:
         stop_all_vms()
+        PLANE.close()
 
 
 if __name__ == "__main__":

@@ -1,10 +1,16 @@
 //! Where a volume's data lives and how it appears as a block device.
 //!
 //! - `ebs`: a real EBS attachment on a builder instance; the device node appears when EC2
-//!   attaches the volume (`/dev/xvdf`, or `/dev/nvmeXn1` found by the volume id on Nitro).
-//! - `loop`: for development, tests and the local demo. EC2 calls still go to the EC2 API; each
-//!   volume and snapshot id also has a sparse file in the state directory, a loop device stands in
-//!   for the attachment, and a snapshot is a sparse copy (cost in proportion to the data).
+//!   attaches the volume: `/dev/xvdf` or `/dev/sdf` on Xen hosts, `/dev/nvmeXn1` found by the
+//!   volume id (udev's `/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol...`) on Nitro ones.
+//!   [`Devices`] says how the host names them: seen from the host's own devices, or set where
+//!   that cannot be seen (the emulator's builder hosts keep their nodes in a directory of their
+//!   own). The suite and the demo run this backend against the emulator, whose attachments are
+//!   real loop devices with the nodes EC2 would make.
+//! - `loop`: the volume's data in a sparse file next to kiln, a loop device for the attachment
+//!   (EC2 calls still go to the EC2 API, whose volumes then hold no data). Kept for the `qemu`
+//!   boot-test method, which boots that local file, and as the local-data half of the `direct`
+//!   backend to come; never for a pool.
 //!
 //! The pipeline is the same for both; only these hooks differ.
 
@@ -16,13 +22,99 @@ use tokio_util::sync::CancellationToken;
 /// How long a device node may take to appear after EC2 reports the attachment. NVMe nodes and
 /// udev's by-id links usually appear within a second; a minute covers a busy host.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where a host's device nodes are, unless a setting says otherwise.
+pub const DEVICE_DIR: &str = "/dev";
 const GIB: u64 = 1 << 30;
+
+/// How the builder host names an attached EBS volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Naming {
+    /// Nitro when the host's own disks are NVMe (`/sys/block/nvme*`), Xen otherwise.
+    #[default]
+    Auto,
+    /// `/dev/xvdf` or `/dev/sdf`, as the attachment's device name says.
+    Xen,
+    /// `/dev/nvmeXn1`, found by the volume id in `disk/by-id`.
+    Nitro,
+}
+
+impl std::str::FromStr for Naming {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Naming::Auto),
+            "xen" => Ok(Naming::Xen),
+            "nitro" => Ok(Naming::Nitro),
+            other => Err(format!(
+                "device naming {other:?}: use auto (from the host's own disks), xen or nitro"
+            )),
+        }
+    }
+}
+
+/// Where and how attached volumes appear on this host (the `ebs` backend).
+#[derive(Debug, Clone)]
+pub struct Devices {
+    /// The host's device directory (`/dev`).
+    pub dir: PathBuf,
+    /// Xen or Nitro names.
+    pub naming: Naming,
+    /// How long a node may take to appear after EC2 reports the attachment.
+    pub node_timeout: Duration,
+}
+
+impl Default for Devices {
+    fn default() -> Self {
+        Devices {
+            dir: PathBuf::from(DEVICE_DIR),
+            naming: Naming::Auto,
+            node_timeout: NODE_TIMEOUT,
+        }
+    }
+}
+
+impl Devices {
+    /// Whether attached volumes appear as NVMe devices. Reads `/sys/block` for `auto`.
+    pub fn nitro(&self) -> bool {
+        match self.naming {
+            Naming::Auto => devices::is_nvme_host(),
+            Naming::Xen => false,
+            Naming::Nitro => true,
+        }
+    }
+
+    /// The paths where volume `volume_id`, attached as `attach_name` (`/dev/sdf`), may appear,
+    /// in order: the template's `nvme_device_path` if set, else the by-id link on Nitro hosts,
+    /// else the Xen names of the same letter. Pure but for `auto`'s look at `/sys/block`.
+    pub fn candidates(
+        &self,
+        volume_id: &str,
+        attach_name: &str,
+        nvme_device_path: Option<&str>,
+    ) -> Vec<PathBuf> {
+        let letter = attach_name
+            .trim_start_matches("/dev/")
+            .trim_start_matches("xvd")
+            .trim_start_matches("sd");
+        if let Some(p) = nvme_device_path {
+            vec![PathBuf::from(p)]
+        } else if self.nitro() {
+            vec![devices::nvme_by_volume(&self.dir, volume_id)]
+        } else {
+            vec![
+                self.dir.join(format!("xvd{letter}")),
+                self.dir.join(format!("sd{letter}")),
+            ]
+        }
+    }
+}
 
 /// The backend chosen for a build (explicitly: a flag or config, never guessed).
 #[derive(Debug, Clone)]
 pub enum Backend {
     /// Real EBS attachments.
-    Ebs,
+    Ebs(Devices),
     /// Sparse files and loop devices under a state directory.
     Loop {
         /// Holds `volumes/` and `snapshots/`.
@@ -31,10 +123,18 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The host's device directory (`/dev` for the loop backend).
+    pub fn device_dir(&self) -> &Path {
+        match self {
+            Backend::Ebs(d) => &d.dir,
+            Backend::Loop { .. } => Path::new(DEVICE_DIR),
+        }
+    }
+
     /// The backend's name (`ebs` or `loop`).
     pub fn name(&self) -> &'static str {
         match self {
-            Backend::Ebs => "ebs",
+            Backend::Ebs(_) => "ebs",
             Backend::Loop { .. } => "loop",
         }
     }
@@ -45,7 +145,7 @@ impl Backend {
             Backend::Loop { state_dir } => {
                 Some(state_dir.join("volumes").join(format!("{id}.img")))
             }
-            Backend::Ebs => None,
+            Backend::Ebs(_) => None,
         }
     }
 
@@ -55,7 +155,7 @@ impl Backend {
             Backend::Loop { state_dir } => {
                 Some(state_dir.join("snapshots").join(format!("{id}.img")))
             }
-            Backend::Ebs => None,
+            Backend::Ebs(_) => None,
         }
     }
 
@@ -103,21 +203,30 @@ impl Backend {
                 }
                 loopdev::attach(&file)
             }
-            Backend::Ebs => {
-                let letter = attach_name
-                    .trim_start_matches("/dev/")
-                    .trim_start_matches("xvd")
-                    .trim_start_matches("sd");
-                let mut candidates = Vec::new();
-                if let Some(p) = nvme_device_path {
-                    candidates.push(PathBuf::from(p));
-                } else if devices::is_nvme_host() {
-                    candidates.push(devices::nvme_by_volume(volume_id));
-                } else {
-                    candidates.push(PathBuf::from(format!("/dev/xvd{letter}")));
-                    candidates.push(PathBuf::from(format!("/dev/sd{letter}")));
-                }
-                devices::wait_for_node(&candidates, NODE_TIMEOUT, cancel).await
+            Backend::Ebs(d) => {
+                let candidates = d.candidates(volume_id, attach_name, nvme_device_path);
+                devices::wait_for_node(&candidates, d.node_timeout, cancel)
+                    .await
+                    .map_err(|e| match e {
+                        HostError::DeviceTimeout { path, seconds, .. } => HostError::DeviceTimeout {
+                            path,
+                            seconds,
+                            hint: format!(
+                                " (volume {volume_id}, attached as {attach_name}; looked for {}): EC2 reports the volume attached, but the host shows no node for it: check `lsblk` and the instance's attachments{}",
+                                candidates
+                                    .iter()
+                                    .map(|c| c.display().to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                if nvme_device_path.is_none() && !d.nitro() {
+                                    "; on a Nitro host whose own disks are not NVMe, set device_naming = \"nitro\""
+                                } else {
+                                    ""
+                                }
+                            ),
+                        },
+                        other => other,
+                    })
             }
         }
     }

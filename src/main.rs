@@ -161,6 +161,8 @@ struct WorkerArgs {
     /// The loop backend's state directory.
     #[arg(long, env = "KILN_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    devices: DeviceFlags,
     /// Seconds running builds get after SIGTERM before they are cancelled.
     #[arg(long, env = "KILN_DRAIN_TIMEOUT")]
     drain_timeout: Option<u64>,
@@ -223,6 +225,15 @@ impl WorkerArgs {
         }
         if let Some(d) = &self.state_dir {
             set("state_dir", d.display().to_string().into());
+        }
+        if let Some(n) = &self.devices.device_naming {
+            set("device_naming", format!("{n:?}").to_lowercase().into());
+        }
+        if let Some(d) = &self.devices.device_dir {
+            set("device_dir", d.display().to_string().into());
+        }
+        if let Some(s) = self.devices.device_timeout {
+            set("device_timeout_s", (s as i64).into());
         }
         if let Some(d) = self.drain_timeout {
             set("drain_timeout_s", (d as i64).into());
@@ -303,6 +314,38 @@ impl TemplateArgs {
     }
 }
 
+/// How attached volumes appear on this host (the ebs backend), for `kiln build` and the worker.
+#[derive(Debug, Clone, clap::Args)]
+struct DeviceFlags {
+    /// How this host names attached EBS volumes: auto (NVMe when the host's own disks are),
+    /// xen (/dev/xvdf, /dev/sdf) or nitro (/dev/nvmeXn1 by the volume id).
+    #[arg(long, env = "KILN_DEVICE_NAMING")]
+    device_naming: Option<kiln::backend::Naming>,
+    /// The host's device directory (default /dev).
+    #[arg(long, env = "KILN_DEVICE_DIR")]
+    device_dir: Option<PathBuf>,
+    /// Seconds a device node may take to appear after EC2 reports the attachment (default 60).
+    #[arg(long, env = "KILN_DEVICE_TIMEOUT")]
+    device_timeout: Option<u64>,
+}
+
+impl DeviceFlags {
+    /// The settings these flags give, over the defaults.
+    fn devices(&self) -> kiln::backend::Devices {
+        let mut d = kiln::backend::Devices::default();
+        if let Some(n) = self.device_naming {
+            d.naming = n;
+        }
+        if let Some(dir) = &self.device_dir {
+            d.dir = dir.clone();
+        }
+        if let Some(s) = self.device_timeout {
+            d.node_timeout = std::time::Duration::from_secs(s);
+        }
+        d
+    }
+}
+
 /// `kiln build`'s options besides the template.
 #[derive(Debug, clap::Args)]
 struct BuildFlags {
@@ -312,6 +355,8 @@ struct BuildFlags {
     /// The loop backend's directory for volume and snapshot files.
     #[arg(long, default_value = "/var/lib/kiln", env = "KILN_STATE_DIR")]
     state_dir: PathBuf,
+    #[command(flatten)]
+    devices: DeviceFlags,
     /// On failure: undo everything (cleanup) or leave it in place and list it (abort).
     #[arg(long, value_enum, default_value = "cleanup")]
     on_error: OnError,

@@ -91,6 +91,7 @@ pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Re
     let BuildFlags {
         backend,
         state_dir,
+        devices,
         on_error,
         build_id,
         checkpoint_bucket,
@@ -134,7 +135,7 @@ pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Re
         return Ok(ExitCode::FAILURE);
     }
     let backend = match backend {
-        BackendKind::Ebs => Backend::Ebs,
+        BackendKind::Ebs => Backend::Ebs(devices.devices()),
         BackendKind::Loop => Backend::Loop {
             state_dir: state_dir.to_owned(),
         },

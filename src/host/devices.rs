@@ -25,6 +25,11 @@ pub const ALIAS_RECORD_DIR: &str = "/run/kiln/aliases";
 pub const MAX_PARTITIONS: u32 = 16;
 /// How often to look for a device node after an attachment.
 const NODE_POLL: Duration = Duration::from_millis(100);
+/// How long partition nodes may take after the kernel read a partition table: udev makes them
+/// within milliseconds on an idle host; seconds cover a busy one.
+const PARTITION_NODE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often to look for them: the next command waits on this, so it is short.
+const PARTITION_POLL: Duration = Duration::from_millis(10);
 
 /// Whether `name` is an attachment point name kiln uses (`xvdf`..`xvdp`, `sdf`..`sdp`): the
 /// only names it makes lock files and aliases for. Pure.
@@ -46,20 +51,22 @@ pub fn device_name_of(device_path: &str) -> Result<String, HostError> {
 }
 
 /// Picks a free attachment point `xvdX`, locking it for the whole build. `in_use` holds the
-/// instance's attached device names as EC2 reports them (`/dev/sdf`, `/dev/xvdf`, ...).
+/// instance's attached device names as EC2 reports them (`/dev/sdf`, `/dev/xvdf`, ...); `dev`
+/// is the host's device directory, where a Xen host shows what is attached.
 ///
 /// Side effects: takes a lock (released when the returned lock is dropped).
 pub fn allocate(
     lock_dir: &Path,
     in_use: &BTreeSet<String>,
+    dev: &Path,
 ) -> Result<(String, DeviceLock), HostError> {
     for l in LETTERS.chars() {
         let name = format!("xvd{l}");
-        let taken = [format!("/dev/xvd{l}"), format!("/dev/sd{l}")]
-            .iter()
-            .any(|d| {
-                in_use.contains(d) || Path::new(d).exists() || Path::new(&format!("{d}1")).exists()
-            });
+        let taken = [format!("xvd{l}"), format!("sd{l}")].iter().any(|d| {
+            in_use.contains(&format!("/dev/{d}"))
+                || dev.join(d).exists()
+                || dev.join(format!("{d}1")).exists()
+        });
         if taken {
             continue;
         }
@@ -89,10 +96,11 @@ fn left_by_a_dead_holder(lock_dir: &Path, name: &str) -> bool {
             .is_some_and(|dev| !super::mount::mounts_of(Path::new(dev)).is_empty())
 }
 
-/// The device node of an NVMe EBS volume: `/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol...`.
-pub fn nvme_by_volume(volume_id: &str) -> PathBuf {
-    PathBuf::from(format!(
-        "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{}",
+/// The by-id link to an NVMe EBS volume's node in the host's device directory `dev`
+/// (`/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol...`, the volume id without `-`). Pure.
+pub fn nvme_by_volume(dev: &Path, volume_id: &str) -> PathBuf {
+    dev.join("disk/by-id").join(format!(
+        "nvme-Amazon_Elastic_Block_Store_{}",
         volume_id.replace('-', "")
     ))
 }
@@ -107,7 +115,7 @@ pub fn is_nvme_host() -> bool {
         .unwrap_or(false)
 }
 
-/// Waits until one of `candidates` exists; returns it resolved to the real node.
+/// Waits until one of `candidates` exists; returns it resolved to the real node. Read only.
 pub async fn wait_for_node(
     candidates: &[PathBuf],
     timeout: Duration,
@@ -265,7 +273,64 @@ pub async fn rescan_partitions(dev: &Path) -> Result<(), HostError> {
     if !out.status.success() {
         tracing::debug!(device = %dev.display(), stderr = %String::from_utf8_lossy(&out.stderr).trim(), "partx --update");
     }
+    wait_for_partition_nodes(dev).await;
     Ok(())
+}
+
+/// The device number (`major:minor`) of the node at `path` (links followed), if it is one.
+fn devt_of(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(path).ok()?.rdev();
+    Some(format!(
+        "{}:{}",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    ))
+}
+
+/// The partitions the kernel holds for block device `dev` (from sysfs): their numbers and
+/// device numbers. Read only.
+fn kernel_partitions(dev: &Path) -> Vec<(u32, String)> {
+    let Some(devt) = devt_of(dev) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u32, String)> = std::fs::read_dir(format!("/sys/dev/block/{devt}"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = std::fs::read_to_string(e.path().join("partition")).ok()?;
+            let d = std::fs::read_to_string(e.path().join("dev")).ok()?;
+            Some((n.trim().parse().ok()?, d.trim().to_owned()))
+        })
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+/// Waits (at most [`PARTITION_NODE_TIMEOUT`]) until every partition the kernel holds for `dev`
+/// has its node, with its device number, under `dev`'s naming (`xvdf1`, `nvme1n1p1`): udev makes them after the kernel
+/// reads the table, so a command that runs next would otherwise race it. A node that does not
+/// come is logged; the mount that needs it fails with its name. Read only.
+async fn wait_for_partition_nodes(dev: &Path) {
+    let start = Instant::now();
+    loop {
+        // A node of a partition the kernel made again may still carry the old number.
+        let missing: Vec<PathBuf> = kernel_partitions(dev)
+            .into_iter()
+            .map(|(n, devt)| (partition_path(dev, n), devt))
+            .filter(|(p, devt)| devt_of(p).as_ref() != Some(devt))
+            .map(|(p, _)| p)
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        if start.elapsed() >= PARTITION_NODE_TIMEOUT {
+            tracing::warn!(device = %dev.display(), missing = ?missing, "partition nodes did not appear");
+            return;
+        }
+        tokio::time::sleep(PARTITION_POLL).await;
+    }
 }
 
 #[cfg(test)]
@@ -386,7 +451,7 @@ mod tests {
             PathBuf::from("/dev/loop3p1")
         );
         assert_eq!(
-            nvme_by_volume("vol-0abc"),
+            nvme_by_volume(Path::new("/dev"), "vol-0abc"),
             PathBuf::from("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0abc")
         );
     }

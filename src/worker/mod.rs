@@ -61,6 +61,15 @@ pub struct WorkerConfig {
     /// The loop backend's state directory.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// How this host names attached EBS volumes (`auto`, `xen`, `nitro`).
+    #[serde(default)]
+    pub device_naming: crate::backend::Naming,
+    /// The host's device directory.
+    #[serde(default = "default_device_dir")]
+    pub device_dir: PathBuf,
+    /// Seconds a device node may take to appear after EC2 reports the attachment.
+    #[serde(default = "default_device_timeout")]
+    pub device_timeout_s: u64,
     /// Seconds running builds get to finish after SIGTERM.
     #[serde(default = "default_drain")]
     pub drain_timeout_s: u64,
@@ -102,6 +111,12 @@ fn default_backend() -> String {
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/kiln")
+}
+fn default_device_dir() -> PathBuf {
+    PathBuf::from(crate::backend::DEVICE_DIR)
+}
+fn default_device_timeout() -> u64 {
+    crate::backend::NODE_TIMEOUT.as_secs()
 }
 /// Builds usually finish in minutes; the default drain deadline leaves a scale-in lifecycle hook
 /// (30 s minimum heartbeat) room while not holding an instance for long.
@@ -198,7 +213,11 @@ pub async fn run(
         ));
     }
     let backend = match cfg.backend.as_str() {
-        "ebs" => Backend::Ebs,
+        "ebs" => Backend::Ebs(crate::backend::Devices {
+            dir: cfg.device_dir.clone(),
+            naming: cfg.device_naming,
+            node_timeout: Duration::from_secs(cfg.device_timeout_s),
+        }),
         "loop" => Backend::Loop {
             state_dir: cfg.state_dir.clone(),
         },
@@ -208,6 +227,8 @@ pub async fn run(
             )));
         }
     };
+    // Waits start from what earlier runs on this builder observed (ec2/history.rs).
+    crate::ec2::history::use_state_dir(&cfg.state_dir);
     let concurrency = cfg.concurrency.max(1);
     let instance_id = match crate::ec2::identity::read().await {
         Ok(i) => i.instance_id,

@@ -90,7 +90,10 @@ fn device_holds(dev: &Path, volume: &str) -> bool {
             .is_ok_and(|f| f.contains(volume));
     }
     if name.starts_with("nvme") {
-        return std::fs::canonicalize(crate::host::devices::nvme_by_volume(volume))
+        let dir = dev
+            .parent()
+            .unwrap_or(Path::new(crate::backend::DEVICE_DIR));
+        return std::fs::canonicalize(crate::host::devices::nvme_by_volume(dir, volume))
             .is_ok_and(|d| d == dev);
     }
     true

@@ -118,7 +118,7 @@ pub(crate) async fn assert_one_ami_and_nothing_left(id: &str, doc: &Value, bucke
 /// No sparse file and no loop device is left for any of `volumes`.
 fn assert_no_volume_left_on_host(id: &str, volumes: &[String]) {
     for v in volumes {
-        assert_volume_gone_from_host(id, &crate::worker::state_dir(), v);
+        assert_volume_gone_from_host(id, v);
     }
 }
 
@@ -155,34 +155,59 @@ pub(crate) async fn journal_of(s: &Setup, id: &str) -> Value {
     serde_json::from_slice(&o.body.collect().await.expect("body").into_bytes()).expect("JSON")
 }
 
-async fn crash_and_resume(points: &'static [&'static str], second_host: bool) {
-    crash_and_resume_with(points, second_host, &[]).await;
+/// Where the crashing worker and the one that resumes run.
+#[derive(Clone, Copy)]
+enum Hosts {
+    /// Both on the default host (Nitro naming).
+    Same,
+    /// Both on this process's Xen host.
+    Xen,
+    /// The crash on the default host, the resume on a new Xen host in the region's second zone
+    /// (the resumed build's volume must be made there, and found under the other naming).
+    SecondZoneXen,
+}
+
+async fn crash_and_resume(points: &'static [&'static str], hosts: Hosts) {
+    crash_and_resume_with(points, hosts, &[]).await;
 }
 
 /// [`crash_and_resume`] with extra template variables in the request.
 async fn crash_and_resume_with(
     points: &'static [&'static str],
-    second_host: bool,
+    hosts: Hosts,
     vars: &'static [(&'static str, &'static str)],
 ) {
     with_janitor(move |janitor| async move {
         let s = setup(10).await;
         let key = upload(&s, &unique("tpl")).await;
-        let host_env: Vec<(String, String)> = if second_host {
-            let host: Value =
-                // In the region's second zone: the resumed build's volume must be made there.
-                serde_json::from_str(&emulator_script(&[
+        let second_env = |host: &Value| -> Vec<(String, String)> {
+            let get = |k: &str| host[k].as_str().expect("host field").to_owned();
+            vec![
+                (
+                    "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
+                    get("imds_endpoint"),
+                ),
+                ("KILN_DEVICE_DIR".into(), get("dev_dir")),
+                ("KILN_DEVICE_NAMING".into(), get("naming")),
+            ]
+        };
+        let (crash_env, host_env): (Vec<(String, String)>, Vec<(String, String)>) = match hosts {
+            Hosts::Same => (Vec::new(), Vec::new()),
+            Hosts::Xen => (
+                crate::support::host_env("xen"),
+                crate::support::host_env("xen"),
+            ),
+            Hosts::SecondZoneXen => {
+                let host: Value = serde_json::from_str(&emulator_script(&[
                     "host",
                     &unique("host2"),
                     &format!("{}b", Emulator::get().region()),
+                    "--naming",
+                    "xen",
                 ]))
                 .expect("host");
-            vec![(
-                "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
-                host["imds_endpoint"].as_str().expect("imds").to_owned(),
-            )]
-        } else {
-            Vec::new()
+                (Vec::new(), second_env(&host))
+            }
         };
         for point in points {
             let id = unique(&format!("crash-{point}"));
@@ -192,11 +217,12 @@ async fn crash_and_resume_with(
                 req["variables"][*k] = Value::String((*v).to_owned());
             }
             send(&s, &req.to_string()).await;
-            let crashing = start_worker_with(
-                &s,
-                &["--visibility", "3"],
-                &[("KILN_FAULT_CRASH_AFTER", point)],
-            );
+            let mut env: Vec<(&str, &str)> = crash_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            env.push(("KILN_FAULT_CRASH_AFTER", point));
+            let crashing = start_worker_with(&s, &["--visibility", "3"], &env);
             let log = wait_exit(crashing, Duration::from_secs(90));
             assert!(
                 log.contains("KILN_FAULT_CRASH_AFTER"),
@@ -246,7 +272,22 @@ async fn crash_after_each_early_step_then_resume() {
             "mount-device",
             "post-mount-commands",
         ],
-        false,
+        Hosts::Same,
+    )
+    .await;
+}
+
+/// The device steps again on a Xen host, where the node is the letter EC2 was asked for.
+#[tokio::test]
+async fn crash_after_each_device_step_on_xen_then_resume() {
+    crash_and_resume(
+        &[
+            "allocate-device",
+            "attach-volume",
+            "pre-mount-commands",
+            "mount-device",
+        ],
+        Hosts::Xen,
     )
     .await;
 }
@@ -264,7 +305,7 @@ async fn crash_after_each_late_step_then_resume() {
             "copy-regions",
             "modify-attributes",
         ],
-        false,
+        Hosts::Same,
     )
     .await;
 }
@@ -276,7 +317,7 @@ async fn crash_after_each_late_step_then_resume() {
 async fn crash_with_force_deregister_then_resume() {
     crash_and_resume_with(
         &["register-image", "copy-regions"],
-        false,
+        Hosts::Same,
         &[("force", "true")],
     )
     .await;
@@ -284,7 +325,7 @@ async fn crash_with_force_deregister_then_resume() {
 
 #[tokio::test]
 async fn crash_then_resume_on_a_second_host() {
-    crash_and_resume(&["provision", "snapshot"], true).await;
+    crash_and_resume(&["provision", "snapshot"], Hosts::SecondZoneXen).await;
 }
 
 /// SIGKILL in the middle of a long provisioner: its process in the chroot dies with the mount.
@@ -439,9 +480,7 @@ async fn kiln_build_with_a_journal_resumes_after_a_crash() {
         let emu = Emulator::get();
         let run = |crash: Option<&str>| {
             let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
-            c.args(["build", "--backend", "loop", "--json", "--build-id", &id])
-                .arg("--state-dir")
-                .arg(crate::worker::state_dir())
+            c.args(["build", "--backend", "ebs", "--json", "--build-id", &id])
                 .args(["--checkpoint-bucket", &s.bucket])
                 .args(["--var", &format!("regions=[\"{COPY_REGION}\"]")])
                 .arg(&template)

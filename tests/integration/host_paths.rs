@@ -8,7 +8,6 @@
 
 use crate::pipeline::{
     Tpl, assert_nothing_left, build, build_output, busybox, busybox_base, losetup_show,
-    state_dir_path,
 };
 use crate::support::{Emulator, Resource, tagged, track_result, unique, with_janitor};
 use serde_json::Value;
@@ -102,9 +101,7 @@ async fn build_within(
     let dir = tpl.parent().expect("template dir");
     let (out, err) = (dir.join(format!("{id}.out")), dir.join(format!("{id}.err")));
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(["build", "--backend", "loop", "--json", "--build-id", id])
-        .arg("--state-dir")
-        .arg(state_dir_path())
+    c.args(["build", "--backend", "ebs", "--json", "--build-id", id])
         .arg(tpl)
         .current_dir(dir)
         .env("RUST_LOG", "kiln=info")

@@ -9,6 +9,7 @@ mod checkpoint;
 mod data_sources;
 mod debian;
 mod duplicates;
+mod ebs;
 mod emulator;
 mod emulator_strict;
 mod eval_bombs;

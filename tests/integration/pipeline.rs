@@ -1,46 +1,43 @@
-//! `kiln build` end to end on the emulator with the loop backend, as root: real loop devices,
+//! `kiln build` end to end on the emulator with the ebs backend, as root: real attachments (the
+//! emulator's loop devices with Xen or Nitro nodes),
 //! partitions, filesystems, mounts and chroots. Each test checks what was built (files in the
 //! snapshot, the AMI's mappings, tags, permissions, copies) and that nothing is left behind.
 
 use crate::support::{
-    Emulator, assert_volume_gone_from_host, repo_root, tagged, track_result, unique, with_janitor,
+    Emulator, assert_volume_gone_from_host, host_env, repo_root, result_snapshot_data, tagged,
+    track_result, unique, with_janitor,
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The second region builds are copied to.
 const COPY_REGION: &str = "us-west-2";
 
-/// The loop backend's state directory for this test process.
-/// The loop backend's state directory of `kiln build` runs in this test process.
-pub(crate) fn state_dir_path() -> &'static Path {
-    state_dir()
-}
-
-fn state_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("kiln-test-state-{}", std::process::id()));
-        std::fs::create_dir_all(&d).expect("state dir");
-        d
-    })
-}
-
+/// `kiln build --json` of `template` on the ebs backend against the emulator: on its default
+/// host (Nitro naming), or on this process's Xen or Nitro host when `extra` holds
+/// `--device-naming xen|nitro`; `extra` may name another `--backend` (the boot test's `qemu`
+/// method needs `loop`'s local data).
 fn kiln_command(template: &Path, extra: &[String]) -> Command {
     let emu = Emulator::get();
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.arg("build")
-        .arg("--backend")
-        .arg("loop")
-        .arg("--state-dir")
-        .arg(state_dir())
-        .arg("--json");
+    c.arg("build").arg("--json");
+    if !extra.iter().any(|a| a == "--backend") {
+        c.args(["--backend", "ebs"]);
+    }
     c.args(extra).arg(template);
     for (k, v) in &emu.vars {
         c.env(k, v);
+    }
+    if let Some(naming) = extra
+        .iter()
+        .position(|a| a == "--device-naming")
+        .and_then(|i| extra.get(i + 1))
+    {
+        for (k, v) in host_env(naming) {
+            c.env(k, v);
+        }
     }
     c.env("RUST_LOG", "kiln=info");
     c.current_dir(template.parent().unwrap_or(Path::new(".")));
@@ -226,13 +223,10 @@ pub(crate) fn with_snapshot<T>(file: &Path, f: impl FnOnce(&Path) -> T) -> T {
     result.unwrap_or_else(|| panic!("could not mount {dev}p1 of {}", file.display()))
 }
 
-/// Reads files from the first partition of the build's own snapshot (the first snapshot file of
-/// its region in the result document `doc`).
+/// Reads files from the first partition of the build's own snapshot (the emulator's data of the
+/// first snapshot of its region in the result document `doc`).
 pub(crate) fn read_from_result(doc: &Value, paths: &[&str]) -> Vec<Option<String>> {
-    let file = doc["artifacts"][Emulator::get().region()]["snapshot_files"][0]
-        .as_str()
-        .unwrap_or_else(|| panic!("the result names no snapshot file: {doc:#}"));
-    read_from_snapshot(Path::new(file), paths)
+    read_from_snapshot(&result_snapshot_data(doc, Emulator::get().region()), paths)
 }
 
 /// Reads files from the first partition of a snapshot file.
@@ -272,13 +266,23 @@ pub(crate) async fn assert_nothing_left(id: &str, doc: &Value) {
     // the same time may take the device letter, and with it the path, as soon as this one ends.)
     for step in doc["steps"].as_array().into_iter().flatten() {
         if let Some(vol) = step["outputs"]["volume_id"].as_str() {
-            assert_volume_gone_from_host(id, state_dir(), vol);
+            assert_volume_gone_from_host(id, vol);
         }
     }
 }
 
 #[tokio::test]
 async fn busybox_from_scratch_then_application_image() {
+    from_scratch_then_application_image("nitro").await;
+}
+
+/// The same on a Xen host (`/dev/sdf` and `/dev/sdf1` as the attachment asked).
+#[tokio::test]
+async fn busybox_from_scratch_then_application_image_on_xen() {
+    from_scratch_then_application_image("xen").await;
+}
+
+async fn from_scratch_then_application_image(naming: &'static str) {
     with_janitor(|janitor| async move {
         let emu = Emulator::get();
         let t = Tpl::new();
@@ -301,7 +305,11 @@ async fn busybox_from_scratch_then_application_image() {
   }"#,
             ),
         );
-        let (ok, doc, stderr) = build(&tpl, &["--build-id".into(), id.clone()]);
+        let on = ["--device-naming".to_owned(), naming.to_owned()];
+        let (ok, doc, stderr) = build(
+            &tpl,
+            &[&["--build-id".into(), id.clone()][..], &on].concat(),
+        );
         track_result(&janitor, &doc);
         assert!(
             ok,
@@ -310,6 +318,29 @@ async fn busybox_from_scratch_then_application_image() {
         );
         assert_eq!(doc["status"], "succeeded");
         assert_eq!(doc["build_id"], id.as_str());
+        // The volume was found under the host's naming: by its id on Nitro, by the letter on Xen.
+        let attach = doc["steps"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "attach-volume"))
+            .map(|s| s["outputs"].clone())
+            .expect("attach-volume ran");
+        let node = Path::new(attach["block_device"].as_str().unwrap_or_default())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let expected = match naming {
+            "xen" => attach["attached_as"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches("/dev/")
+                .to_owned(),
+            _ => "nvme1n1".to_owned(),
+        };
+        assert!(
+            node == expected
+                || (naming == "nitro" && node.starts_with("nvme") && node.ends_with("n1")),
+            "{naming}: the volume's node is {node} ({attach})"
+        );
         let region = emu.region().to_owned();
         let art = &doc["artifacts"][&region];
         let ami = art["ami_id"].as_str().expect("ami id").to_owned();
@@ -317,7 +348,7 @@ async fn busybox_from_scratch_then_application_image() {
             .as_str()
             .expect("snapshot")
             .to_owned();
-        let file = PathBuf::from(art["snapshot_files"][0].as_str().expect("snapshot file"));
+        let file = result_snapshot_data(&doc, &region);
         // The files the provisioners wrote are in the snapshot.
         let got = read_from_snapshot(&file, &["/etc/motd", "/etc/issue"]);
         assert_eq!(got[0].as_deref(), Some("hello from kiln\n"));
@@ -402,6 +433,8 @@ async fn busybox_from_scratch_then_application_image() {
         let (ok, app, stderr) = build(
             &app_tpl,
             &[
+                "--device-naming".into(),
+                naming.into(),
                 "--build-id".into(),
                 app_id.clone(),
                 "--var".into(),
@@ -419,11 +452,7 @@ async fn busybox_from_scratch_then_application_image() {
             "the sensitive variable leaked into the log"
         );
         assert_eq!(app["source_ami"], ami.as_str());
-        let app_file = PathBuf::from(
-            app["artifacts"][&region]["snapshot_files"][0]
-                .as_str()
-                .expect("app snapshot file"),
-        );
+        let app_file = result_snapshot_data(&app, &region);
         let got = read_from_snapshot(
             &app_file,
             &[
@@ -613,9 +642,19 @@ pub(crate) fn build_then_sigterm(
     (out, signalled.elapsed())
 }
 
-/// Four builds at once on one host get distinct devices and all succeed.
+/// Four builds at once on one Nitro host get distinct devices and all succeed.
 #[tokio::test]
 async fn four_builds_at_once_get_distinct_devices() {
+    four_builds_at_once("nitro").await;
+}
+
+/// The same on a Xen host, where the device letter is the node's name.
+#[tokio::test]
+async fn four_builds_at_once_on_xen_get_distinct_devices() {
+    four_builds_at_once("xen").await;
+}
+
+async fn four_builds_at_once(naming: &'static str) {
     with_janitor(|janitor| async move {
         let t = Tpl::new();
         let mut children = Vec::new();
@@ -631,11 +670,19 @@ async fn four_builds_at_once_get_distinct_devices() {
             let id = unique("par");
             children.push((
                 id.clone(),
-                kiln_command(&tpl, &["--build-id".into(), id])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("spawn"),
+                kiln_command(
+                    &tpl,
+                    &[
+                        "--build-id".into(),
+                        id,
+                        "--device-naming".into(),
+                        naming.into(),
+                    ],
+                )
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn"),
             ));
         }
         let mut devices = std::collections::BTreeSet::new();
@@ -654,11 +701,7 @@ async fn four_builds_at_once_get_distinct_devices() {
                 .map(|s| s["outputs"]["device"].clone())
                 .expect("device");
             devices.insert(dev.to_string());
-            let file = PathBuf::from(
-                doc["artifacts"][Emulator::get().region()]["snapshot_files"][0]
-                    .as_str()
-                    .expect("file"),
-            );
+            let file = result_snapshot_data(&doc, Emulator::get().region());
             assert_eq!(
                 read_from_snapshot(&file, &["/etc/which"])[0].as_deref(),
                 Some(format!("{i}\n").as_str())
@@ -707,7 +750,7 @@ async fn copy_files_bind_mounts_shell_local_and_download() {
         track_result(&janitor, &doc);
         let _ = std::fs::remove_file(&host_copy);
         assert!(ok, "{}\n{doc:#}\n{stderr}", doc["error"]);
-        let file = PathBuf::from(doc["artifacts"][Emulator::get().region()]["snapshot_files"][0].as_str().expect("file"));
+        let file = result_snapshot_data(&doc, Emulator::get().region());
         let got = read_from_snapshot(&file, &["/etc/seen-copy", "/etc/from-bind", "/etc/from-local"]);
         assert_eq!(got[0].as_deref(), Some("copied for the build\n"), "the copy was there during the build");
         assert_eq!(got[1].as_deref(), Some("bound from the template dir\n"));

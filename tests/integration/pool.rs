@@ -207,9 +207,7 @@ async fn the_stack_deploys_and_a_worker_builds_from_its_queue() {
         cmd.args(["worker", "--queue", &queue, "--result-queue", &results])
             .arg("--config")
             .arg(&config_file)
-            .args(["--bucket", &bucket, "--backend", "loop"])
-            .arg("--state-dir")
-            .arg(crate::worker::state_dir())
+            .args(["--bucket", &bucket, "--backend", "ebs"])
             .stdout(std::fs::File::create(&metrics_file).expect("metrics file"))
             .stderr(std::process::Stdio::piped());
         for (k, v) in &emu.vars {
@@ -287,8 +285,14 @@ impl Drop for StackGuard {
 async fn host_in_group() -> (String, String, String, String) {
     let emu = Emulator::get();
     let name = unique("asg-host");
-    let host: Value =
-        serde_json::from_str(&crate::support::emulator_script(&["host", &name])).expect("host");
+    let host: Value = serde_json::from_str(&crate::support::emulator_script(&[
+        "host",
+        &name,
+        // Nitro nodes are named by the volume: hosts may share the default host's directory.
+        "--dev-dir",
+        emu.var("KILN_DEVICE_DIR"),
+    ]))
+    .expect("host");
     let instance = host["instance_id"].as_str().expect("instance").to_owned();
     let imds = host["imds_endpoint"].as_str().expect("imds").to_owned();
     let config = emu.sdk_config(emu.region()).await;
@@ -428,8 +432,14 @@ async fn a_termination_notice_drains_then_completes_the_hook() {
 async fn a_spot_notice_stops_the_build_and_returns_its_message() {
     with_janitor(|_janitor| async move {
         let name = unique("spot-host");
-        let host: Value =
-            serde_json::from_str(&crate::support::emulator_script(&["host", &name])).expect("host");
+        let host: Value = serde_json::from_str(&crate::support::emulator_script(&[
+            "host",
+            &name,
+            // Nitro nodes are named by the volume: hosts may share the default host's directory.
+            "--dev-dir",
+            crate::support::Emulator::get().var("KILN_DEVICE_DIR"),
+        ]))
+        .expect("host");
         let imds = host["imds_endpoint"].as_str().expect("imds").to_owned();
         let s = crate::worker::setup(5).await;
         let key = crate::worker::upload(&s, &unique("tpl")).await;

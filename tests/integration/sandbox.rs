@@ -50,8 +50,7 @@ fn start_other_build(t: &Tpl, marker: &str, ready: &Path) -> std::process::Child
     let tpl = t.write("other.pkr.hcl", &busybox(&unique("sb-other"), "", &provs));
     let emu = Emulator::get();
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(["build", "--backend", "loop", "--json", "--state-dir"])
-        .arg(crate::pipeline::state_dir_path())
+    c.args(["build", "--backend", "ebs", "--json"])
         .arg(&tpl)
         .current_dir(&t.0)
         .stdout(Stdio::piped())
@@ -404,11 +403,8 @@ async fn environment_values_stay_off_command_lines() {
             Some(expected.as_str()),
             "the script did not get TOKEN"
         );
-        let file = doc["artifacts"][Emulator::get().region()]["snapshot_files"][0]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let left: Vec<String> = crate::pipeline::with_snapshot(Path::new(&file), |mnt| {
+        let file = crate::support::result_snapshot_data(&doc, Emulator::get().region());
+        let left: Vec<String> = crate::pipeline::with_snapshot(&file, |mnt| {
             std::fs::read_dir(mnt.join("tmp"))
                 .into_iter()
                 .flatten()

@@ -307,11 +307,23 @@ pub async fn tagged(region: &str, id: &str) -> Tagged {
     }
 }
 
-/// Asserts that the loop backend left nothing of `volume` on this host: no sparse file under
-/// `state_dir`, no loop device on it.
-pub fn assert_volume_gone_from_host(id: &str, state_dir: &std::path::Path, volume: &str) {
-    let file = state_dir.join("volumes").join(format!("{volume}.img"));
-    assert!(!file.exists(), "{id}: volume file {} left", file.display());
+/// Asserts that nothing of `volume` is left on this host: the emulator holds no data file for it
+/// (DeleteVolume ran), no loop device is on that file, and no host shows a node for it.
+pub fn assert_volume_gone_from_host(id: &str, volume: &str) {
+    let file = volume_data(volume);
+    assert!(
+        !file.exists(),
+        "{id}: volume {volume}'s data {} left (the volume was not deleted)",
+        file.display()
+    );
+    assert_volume_data_unattached(volume);
+}
+
+/// Asserts that no host shows `volume`: no loop device on its data file, no attachment in the
+/// emulator's data plane.
+pub fn assert_volume_data_unattached(volume: &str) {
+    let id = volume;
+    let file = volume_data(volume);
     let out = Command::new("losetup")
         .arg("-j")
         .arg(&file)
@@ -322,6 +334,60 @@ pub fn assert_volume_gone_from_host(id: &str, state_dir: &std::path::Path, volum
         "{id}: loop device left: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+    let state: serde_json::Value =
+        serde_json::from_str(&emulator_script(&["state"])).expect("emulator state");
+    assert!(
+        state["ebs"]["attached"].get(volume).is_none(),
+        "{id}: {volume} still attached on a host: {}",
+        state["ebs"]["attached"][volume]
+    );
+}
+
+/// The emulator's data file of volume `id`.
+pub fn volume_data(id: &str) -> PathBuf {
+    PathBuf::from(Emulator::get().var("KILN_EMULATOR_DATA"))
+        .join("volumes")
+        .join(format!("{id}.img"))
+}
+
+/// The emulator's data file of snapshot `id` (what an image made from it holds).
+pub fn snapshot_data(id: &str) -> PathBuf {
+    PathBuf::from(Emulator::get().var("KILN_EMULATOR_DATA"))
+        .join("snapshots")
+        .join(format!("{id}.img"))
+}
+
+/// The data file of the first snapshot of a result document's artifacts in `region`.
+pub fn result_snapshot_data(doc: &serde_json::Value, region: &str) -> PathBuf {
+    let id = doc["artifacts"][region]["snapshot_ids"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("the result names no snapshot in {region}: {doc:#}"));
+    snapshot_data(id)
+}
+
+/// A builder host of this test process in the emulator with the given device naming (`xen` or
+/// `nitro`), made once: the environment that points `kiln` at it (its IMDS, device directory
+/// and naming). The default host (`builder-1`, Nitro naming) is in [`Emulator::vars`].
+pub fn host_env(naming: &str) -> Vec<(String, String)> {
+    static HOSTS: OnceLock<std::sync::Mutex<HashMap<String, serde_json::Value>>> = OnceLock::new();
+    let mut hosts = HOSTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let host = hosts.entry(naming.to_owned()).or_insert_with(|| {
+        let name = format!("tests-{}-{naming}", std::process::id());
+        serde_json::from_str(&emulator_script(&["host", &name, "--naming", naming]))
+            .expect("scripts/emulator host prints JSON")
+    });
+    let get = |k: &str| host[k].as_str().unwrap_or_default().to_owned();
+    vec![
+        (
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
+            get("imds_endpoint"),
+        ),
+        ("KILN_DEVICE_DIR".into(), get("dev_dir")),
+        ("KILN_DEVICE_NAMING".into(), get("naming")),
+    ]
 }
 
 /// A volume tagged as build `build`'s, `snapshots` snapshots of it (at least one) and an AMI that

@@ -3,7 +3,7 @@
 //! before the next line), and no log lines repeating the `==>` lines; off a terminal, no escape
 //! codes at all.
 
-use crate::pipeline::{Tpl, busybox, read_from_result, state_dir_path};
+use crate::pipeline::{Tpl, busybox, read_from_result};
 use crate::support::{Emulator, track_result, unique, with_janitor};
 use std::process::Command;
 
@@ -22,9 +22,8 @@ async fn a_terminal_gets_a_progress_line_for_long_steps() {
         let result = t.0.join("result.json");
         let emu = Emulator::get();
         let inner = format!(
-            "{} build --backend loop --state-dir {} --json {} > {}",
+            "{} build --backend ebs --json {} > {}",
             env!("CARGO_BIN_EXE_kiln"),
-            state_dir_path().display(),
             tpl.display(),
             result.display()
         );

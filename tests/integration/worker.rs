@@ -1,9 +1,8 @@
-//! `kiln worker` on the emulator with the loop backend: builds through the queue, every kind of
+//! `kiln worker` on the emulator with the ebs backend: builds through the queue, every kind of
 //! malformed message, two workers sharing a queue, and SIGTERM draining or cancelling a build.
 
 use crate::support::{Emulator, track_result, unique, with_janitor};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -87,12 +86,6 @@ pub(crate) async fn setup(max_receive: u32) -> Setup {
     }
 }
 
-pub(crate) fn state_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-test-worker-state-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("state dir");
-    d
-}
-
 /// A worker process that is stopped (SIGTERM, then SIGKILL) when dropped, so a failing test
 /// leaves no worker running.
 pub(crate) struct WorkerProc(Option<Child>);
@@ -134,10 +127,8 @@ pub(crate) fn start_worker_with(s: &Setup, extra: &[&str], env: &[(&str, &str)])
         "--bucket",
         &s.bucket,
         "--backend",
-        "loop",
+        "ebs",
     ])
-    .arg("--state-dir")
-    .arg(state_dir())
     .args(if extra.contains(&"--visibility") {
         &[][..]
     } else {

@@ -33,7 +33,7 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
             }
             (name, lock)
         }
-        None => devices::allocate(&b.lock_dir, &in_use)?,
+        None => devices::allocate(&b.lock_dir, &in_use, b.backend.device_dir())?,
     };
     b.state.device_name = Some(name.clone());
     b.state.device_lock = Some(lock);
