@@ -19,6 +19,8 @@ pub mod ec2;
 pub mod gc;
 #[cfg(feature = "builder")]
 pub mod host;
+#[cfg(feature = "builder")]
+pub mod lint;
 pub mod observe;
 #[cfg(feature = "builder")]
 pub mod pipeline;

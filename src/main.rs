@@ -97,6 +97,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a mounted image root against what its AMI registration promises (a template's
+    /// fields, or flags): ENA and NVMe drivers, boot loader, architecture, fstab, IMDSv2. Exits 1
+    /// when a finding is an error.
+    Lint(LintArgs),
 }
 
 /// `kiln submit`'s arguments.
@@ -262,6 +266,51 @@ impl WorkerArgs {
     }
 }
 
+/// `kiln lint`'s arguments: the promises come from `--template` (its one selected build), and
+/// the flags override them.
+#[derive(Debug, Args)]
+struct LintArgs {
+    /// Take the registration's fields from this template (one build; see --only).
+    #[arg(long)]
+    template: Option<PathBuf>,
+    /// Template variables: --var name=value (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+    /// Template variable files (repeatable).
+    #[arg(long = "var-file", value_name = "FILE")]
+    var_files: Vec<PathBuf>,
+    /// The template's build to lint for, as Packer's -only.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// ami_architecture: x86_64, arm64, i386, x86_64_mac, arm64_mac (default x86_64).
+    #[arg(long)]
+    arch: Option<String>,
+    /// boot_mode: legacy-bios, uefi or uefi-preferred.
+    #[arg(long)]
+    boot_mode: Option<String>,
+    /// ena_support = true.
+    #[arg(long)]
+    ena: bool,
+    /// imds_support: v2.0.
+    #[arg(long)]
+    imds_support: Option<String>,
+    /// The instance type the image is for (a Xen type needs no NVMe); default: Nitro.
+    #[arg(long)]
+    instance_type: Option<String>,
+    /// The image's disk (block device or raw image file) for the partition, boot loader and
+    /// fstab checks.
+    #[arg(long)]
+    device: Option<PathBuf>,
+    /// Turn a check off (repeatable; see the README's "Image lint").
+    #[arg(long = "skip", value_name = "CHECK")]
+    skip: Vec<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The image's root directory (a mounted image, or an unpacked tree).
+    root: PathBuf,
+}
+
 /// Where volume data lives.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum BackendKind {
@@ -393,6 +442,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Validate { template, json } => cli::template::validate(template, *json),
         Command::Inspect { template, json } => cli::template::inspect(template, *json),
+        Command::Lint(args) => cli::lint::lint(args),
         other => match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -415,7 +465,9 @@ fn main() -> ExitCode {
                         older_than,
                         dry_run,
                     } => cli::gc::gc(bucket, regions, build_id, older_than, *dry_run).await,
-                    Command::Validate { .. } | Command::Inspect { .. } => Ok(ExitCode::FAILURE),
+                    Command::Validate { .. } | Command::Inspect { .. } | Command::Lint(_) => {
+                        Ok(ExitCode::FAILURE)
+                    }
                 }
             }),
         },

@@ -3,12 +3,13 @@
 
 pub(crate) mod build;
 pub(crate) mod gc;
+pub(crate) mod lint;
 pub(crate) mod progress;
 pub(crate) mod submit;
 pub(crate) mod template;
 pub(crate) mod worker;
 
-pub(crate) use super::{BackendKind, BuildFlags, SubmitArgs, TemplateArgs, WorkerArgs};
+pub(crate) use super::{BackendKind, BuildFlags, LintArgs, SubmitArgs, TemplateArgs, WorkerArgs};
 
 /// Packer's single-dash flags (`-only=amazon-chroot`, `-var 'k=v'`, `-var-file=f`, `-except`,
 /// `-on-error=abort`) as kiln's double-dash ones, so commands from a repository's

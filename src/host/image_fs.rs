@@ -26,7 +26,7 @@
 //!
 //! This file owns resolution inside the image, the checks on what is at a path, and the writes
 //! (create, remove, rename, link) the rest goes through; uploads and downloads are in `transfer`,
-//! mounts in `mounts`.
+//! mounts in `mounts`, reads for inspection (the image linter) in `read`.
 
 use super::HostError;
 use pathrs::flags::OpenFlags;
@@ -37,6 +37,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 mod mounts;
+mod read;
 mod transfer;
 
 pub use mounts::ImageMount;

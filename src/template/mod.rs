@@ -16,6 +16,7 @@ pub mod host_features;
 pub mod inspect;
 pub mod json;
 mod lazy;
+pub mod lint;
 pub mod node;
 pub mod packer_json;
 pub mod provisioner;

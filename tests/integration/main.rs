@@ -18,6 +18,7 @@ mod gc_generations;
 mod host_paths;
 mod host_safety;
 mod lambda;
+mod lint;
 mod nightly;
 mod packer_diff;
 mod pipeline;

@@ -13,6 +13,7 @@ mod create_volume;
 mod deregister;
 mod early_cleanup;
 mod instance_info;
+mod lint_image;
 mod modify_attributes;
 mod mount_commands;
 mod mount_device;
@@ -59,6 +60,8 @@ pub enum StepId {
     CopyFiles,
     /// The provisioners.
     Provision,
+    /// The image linter: what the registration promises, checked on the mounted image.
+    LintImage,
     /// Copies, mounts and the attachment undone before the snapshot.
     EarlyCleanup,
     /// The snapshot of the volume.
@@ -93,6 +96,7 @@ impl StepId {
             StepId::Sandbox => "sandbox",
             StepId::CopyFiles => "copy-files",
             StepId::Provision => "provision",
+            StepId::LintImage => "lint-image",
             StepId::EarlyCleanup => "early-cleanup",
             StepId::Snapshot => "snapshot",
             StepId::BootTest => "boot-test",
@@ -120,6 +124,7 @@ impl StepId {
             StepId::Sandbox => "Preparing the build's sandbox",
             StepId::CopyFiles => "Copying files from host to chroot",
             StepId::Provision => "Provisioning inside the chroot",
+            StepId::LintImage => "Checking the image against its registration",
             StepId::EarlyCleanup => "Unmounting and detaching before the snapshot",
             StepId::Snapshot => "Creating a snapshot",
             StepId::BootTest => "Booting the new image to test it",
@@ -150,6 +155,7 @@ pub fn plan_steps(c: &ChrootConfig) -> Vec<StepId> {
         Sandbox,
         CopyFiles,
         Provision,
+        LintImage,
         EarlyCleanup,
         Snapshot,
     ]);
@@ -170,8 +176,8 @@ pub fn skipped(step: StepId, b: &Build) -> bool {
     match step {
         Reclaim => b.attempt <= 1,
         AllocateDevice | CreateVolume | AttachVolume | PreMountCommands | MountDevice
-        | PostMountCommands | MountExtra | Sandbox | CopyFiles | Provision | EarlyCleanup
-        | Snapshot => b.state.reused_snapshot,
+        | PostMountCommands | MountExtra | Sandbox | CopyFiles | Provision | LintImage
+        | EarlyCleanup | Snapshot => b.state.reused_snapshot,
         _ => false,
     }
 }
@@ -207,6 +213,7 @@ pub async fn run(step: StepId, b: &mut Build) -> Result<serde_json::Value, StepE
         Sandbox => sandbox::run(b).await,
         CopyFiles => copy_files::run(b).await,
         Provision => provision::run(b).await,
+        LintImage => lint_image::run(b).await,
         EarlyCleanup => early_cleanup::run(b).await,
         Snapshot => snapshot::run(b).await,
         BootTest => boot_test::run(b).await,

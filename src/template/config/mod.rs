@@ -182,6 +182,8 @@ pub struct ChrootConfig {
     pub boot_test: Option<super::boot_test::BootTest>,
     /// kiln's build sandbox: network and limits the template asks for (`sandbox` block).
     pub sandbox: super::sandbox::SandboxConfig,
+    /// kiln's image linter: the checks the template turns off (`lint` block).
+    pub lint: super::lint::LintSettings,
     /// UEFI variable store.
     pub uefi_data: Option<String>,
     /// `v2.0` for NitroTPM.
@@ -280,6 +282,7 @@ impl ChrootConfig {
         c.ami_block_device_mappings = decode_mappings(f);
         c.boot_test = super::boot_test::decode(f);
         c.sandbox = super::sandbox::decode(f);
+        c.lint = super::lint::decode(f);
         let copy_files_set = f.has("copy_files");
         c.copy_files = f.string_list("copy_files", &[]).unwrap_or_default();
         let mounts_set = f.has("chroot_mounts");
