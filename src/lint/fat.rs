@@ -9,6 +9,8 @@ use super::disk::{Disk, Partition};
 /// Clusters followed in one chain at most: a directory or file header never needs more, and a
 /// looping or absurd chain cannot keep kiln reading.
 const MAX_CHAIN: usize = 4096;
+/// Bytes of a found file read for its header (a PE header is within the first KiB or so).
+const HEAD: usize = 4096;
 /// FAT12 has fewer clusters than this, FAT16 fewer than [`FAT16_MAX`] (Microsoft's FAT
 /// specification, "FAT type determination").
 const FAT12_MAX: u64 = 4085;
@@ -20,7 +22,7 @@ const FAT16_MAX: u64 = 65525;
 pub struct FatFile {
     /// Its size in bytes.
     pub size: u32,
-    /// Its first bytes (up to one cluster, at most 4 KiB): enough for a PE header.
+    /// Its first bytes (at most [`HEAD`]): enough for a PE header.
     pub head: Vec<u8>,
 }
 
@@ -171,12 +173,20 @@ pub fn find(disk: &Disk, p: &Partition, path: &str) -> Option<FatFile> {
             return None;
         }
         let size = u32::from_le_bytes([entry[28], entry[29], entry[30], entry[31]]);
-        let mut head = if size > 0 {
-            fat.cluster(first).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        head.truncate((size as usize).min(4096));
+        // The first bytes, across clusters when they are small (512-byte clusters are common).
+        let want = (size as usize).min(HEAD);
+        let mut head = Vec::new();
+        let mut c = (size > 0).then_some(first);
+        while let Some(at) = c
+            && head.len() < want
+        {
+            match fat.cluster(at) {
+                Some(data) => head.extend(data),
+                None => break,
+            }
+            c = fat.next(at);
+        }
+        head.truncate(want);
         return Some(FatFile { size, head });
     }
     None

@@ -8,8 +8,9 @@
 
 use super::{Lint, LintError};
 
-/// Agents that configure an instance from IMDS (and speak IMDSv2 in their current releases).
-pub const AGENTS: [(&str, &str); 8] = [
+/// Agents that configure an instance from IMDS, or give access to it, and speak IMDSv2 in their
+/// current releases (a query tool such as amazon-ec2-utils' `ec2-metadata` configures nothing).
+pub const AGENTS: [(&str, &str); 7] = [
     ("/usr/bin/cloud-init", "cloud-init"),
     ("/usr/local/bin/cloud-init", "cloud-init"),
     ("/usr/bin/afterburn", "afterburn"),
@@ -20,7 +21,6 @@ pub const AGENTS: [(&str, &str); 8] = [
         "ec2-instance-connect",
     ),
     ("/usr/bin/amazon-ssm-agent", "amazon-ssm-agent"),
-    ("/usr/bin/ec2-metadata", "amazon-ec2-utils"),
 ];
 /// Directories searched for the image's own IMDSv2 client.
 const OWN_DIRS: [&str; 3] = ["/etc/systemd/system", "/usr/local/bin", "/usr/local/sbin"];

@@ -309,4 +309,18 @@ fn kiln_lint_on_a_directory() {
     // An unknown check is refused, naming the checks.
     let (ok, out) = kiln_lint(&["--skip", "nope", r]);
     assert!(!ok && out.contains("unknown lint check \"nope\""), "{out}");
+    // ... in a template too, where kiln validate says so.
+    let text = std::fs::read_to_string(&tpl).expect("read");
+    std::fs::write(&tpl, text.replace("[\"ena-driver\"]", "[\"nope\"]")).expect("write");
+    let (ok, out) = kiln_lint(&["--template", t, r]);
+    assert!(!ok && out.contains("unknown lint check \"nope\""), "{out}");
+    let v = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["validate", t])
+        .output()
+        .expect("kiln validate");
+    assert!(!v.status.success());
+    assert!(
+        String::from_utf8_lossy(&v.stderr).contains("lint.skip"),
+        "{v:?}"
+    );
 }
