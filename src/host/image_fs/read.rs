@@ -3,7 +3,10 @@
 //! path here (a link, even `/sbin/init -> /lib/systemd/systemd` or one pointing out of the image,
 //! leads to a place in the image). Opens are `O_NOFOLLOW|O_NONBLOCK` on a handle whose type was
 //! checked first, so a FIFO or device node in the image is reported, never read from; reads are
-//! bounded by the caller's cap, so a huge or sparse file costs at most that.
+//! bounded by the caller's cap, so a huge or sparse file costs at most that. Files and directories
+//! on the kernel's pseudo file systems (the host's `/proc` and `/sys`, mounted into the image by
+//! `chroot_mounts`) are refused: what kiln reads may end up in a finding, and those hold the
+//! host's and kiln's own state.
 
 use super::{ImageFs, ensure_regular, err, errno_of, in_image, read_only};
 use crate::host::HostError;
@@ -14,6 +17,43 @@ use std::os::fd::AsFd;
 /// Names a directory listing returns at most: more than any real `/boot` or `/lib/modules`, few
 /// enough that a directory of millions of entries cannot exhaust memory.
 const MAX_ENTRIES: usize = 100_000;
+
+/// Kernel pseudo file systems whose files kiln never reads through an image (values from
+/// `linux/magic.h`): with `chroot_mounts` the image's `/proc` and `/sys` are the host kernel's,
+/// so a link such as `/etc/fstab -> /proc/self/environ` would otherwise put kiln's own
+/// environment into a finding. proc, sysfs, cgroup, cgroup2, debugfs, tracefs, securityfs, bpf,
+/// efivarfs, devpts, binfmt_misc, configfs, pstore.
+const PSEUDO_FS: [u64; 13] = [
+    0x9fa0,
+    0x6265_6572,
+    0x0027_e0eb,
+    0x6367_7270,
+    0x6462_6720,
+    0x7472_6163,
+    0x7363_6673,
+    0xcafe_4a11,
+    0xde5e_81e4,
+    0x1cd1,
+    0x4249_4e4d,
+    0x6265_6570,
+    0x6165_676c,
+];
+
+/// Refuses a descriptor on a kernel pseudo file system ([`PSEUDO_FS`]).
+fn ensure_not_pseudo(fd: impl AsFd, path: &std::path::Path) -> Result<(), HostError> {
+    let st = nix::sys::statfs::fstatfs(fd).map_err(err("reading", path))?;
+    let kind = st.filesystem_type().0 as u64 & 0xffff_ffff;
+    if PSEUDO_FS.contains(&kind) {
+        return Err(HostError::InImage {
+            what: "reading",
+            path: path.to_owned(),
+            detail: format!(
+                "it is on a kernel pseudo file system (magic {kind:#x}), mounted into the image for the build; kiln reads only the image's own files"
+            ),
+        });
+    }
+    Ok(())
+}
 
 /// Whether a pathrs error means "nothing there" (a missing name, or a link leading nowhere).
 fn missing(e: &pathrs::error::Error) -> bool {
@@ -42,6 +82,7 @@ impl ImageFs {
         }
         let f = h.reopen(read_only()).map_err(err("reading", &p))?;
         ensure_regular(&f, "reading", &p, Some(&st))?;
+        ensure_not_pseudo(&f, &p)?;
         Ok(Some(f))
     }
 
@@ -72,6 +113,7 @@ impl ImageFs {
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Ok(None);
         }
+        ensure_not_pseudo(&h, &p)?;
         let f = h
             .reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY | OpenFlags::O_CLOEXEC)
             .map_err(err("listing", &p))?;
@@ -123,5 +165,29 @@ mod tests {
             Some(vec!["init".to_owned(), "out".to_owned()])
         );
         assert_eq!(fs.list_dir("/sbin/init").unwrap(), None);
+    }
+
+    /// A link into the host's /proc, mounted into the image as chroot_mounts does, is refused:
+    /// kiln's own environment never reaches a finding.
+    #[test]
+    fn pseudo_file_systems_are_refused() {
+        let t = Tree::new("pseudo");
+        let img = t.image();
+        std::fs::create_dir_all(img.join("proc")).unwrap();
+        nix::mount::mount(
+            Some("proc"),
+            &img.join("proc"),
+            Some("proc"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/proc/self/environ", img.join("etc/fstab")).unwrap();
+        let fs = ImageFs::open(&img).unwrap();
+        let e = fs.read_head("/etc/fstab", 100).unwrap_err().to_string();
+        assert!(e.contains("pseudo file system"), "{e}");
+        let e = fs.list_dir("/proc").unwrap_err().to_string();
+        assert!(e.contains("pseudo file system"), "{e}");
+        nix::mount::umount2(&img.join("proc"), nix::mount::MntFlags::MNT_DETACH).unwrap();
     }
 }
