@@ -236,7 +236,8 @@ class Plane:
 
     def _uevents(self) -> None:
         try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_KOBJECT_UEVENT)
+            # NETLINK_KOBJECT_UEVENT (15): not every Python names it.
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, getattr(socket, "NETLINK_KOBJECT_UEVENT", 15))
             sock.bind((0, 1))
         except OSError:
             return  # no uevents here (a container without them): the poll alone keeps the nodes

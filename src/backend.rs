@@ -231,6 +231,21 @@ impl Backend {
         }
     }
 
+    /// The node volume `volume_id`, attached to this host as `attach_name`, has right now (ebs;
+    /// `None` when the host shows none, and always for loop, whose devices follow the file).
+    /// Read only: a resumed build finds what its dead attempt left mounted.
+    pub fn node_now(
+        &self,
+        volume_id: &str,
+        attach_name: &str,
+        nvme_device_path: Option<&str>,
+    ) -> Option<PathBuf> {
+        let Backend::Ebs(d) = self else { return None };
+        d.candidates(volume_id, attach_name, nvme_device_path)
+            .iter()
+            .find_map(|c| std::fs::canonicalize(c).ok())
+    }
+
     /// Whether `{{.Device}}` needs alias names so that `{{.Device}}N` names partition N.
     pub fn needs_aliases(&self, block_device: &Path) -> bool {
         block_device

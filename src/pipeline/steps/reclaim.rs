@@ -1,6 +1,7 @@
 //! Step `reclaim` (only when resuming a build an earlier attempt started): whatever that attempt
 //! left is found by the build's tag and removed (a boot test's instance, terminated, and its
-//! private image; mounts and loop devices on this host, then the volume: detached from whichever
+//! private image; mounts of its device on this host (the attachment's node to this instance, or
+//! the loop devices on its file), then the volume: detached from whichever
 //! instance holds it, and deleted); a snapshot it finished is
 //! reused, so the volume steps are skipped. Undo (on failure): delete the reused snapshot.
 
@@ -56,12 +57,28 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         if !crate::ec2::made_by(v.tags(), &me) {
             continue;
         }
-        // This host's leftovers of the volume (loop backend): mounts, then the loop device.
+        // This host's leftovers of the volume: the mounts of its device (ebs: the node of its
+        // attachment to this instance; loop: the loop devices on its file), then the device.
+        let mut devs = Vec::new();
         if let Some(file) = b.backend.volume_file(id) {
-            for dev in loopdev::find_for_file(&file) {
-                for m in mount::mounts_of(&dev) {
-                    mount::unmount_tree(&m).await?;
+            devs.extend(loopdev::find_for_file(&file));
+        }
+        if let Some(instance) = &b.state.instance {
+            for a in v.attachments() {
+                if a.instance_id() == Some(instance.instance_id.as_str())
+                    && let Some(name) = a.device()
+                {
+                    devs.extend(b.backend.node_now(
+                        id,
+                        name,
+                        b.plan.config.nvme_device_path.as_deref(),
+                    ));
                 }
+            }
+        }
+        for dev in &devs {
+            for m in mount::mounts_of(dev) {
+                mount::unmount_tree(&m).await?;
             }
         }
         b.backend.detaching(id, None)?;
