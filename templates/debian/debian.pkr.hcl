@@ -50,7 +50,7 @@ build {
     environment_vars = ["DEBIAN_FRONTEND=noninteractive"]
     inline = [
       "apt-get update -q",
-      "apt-get install -y -q --no-install-recommends linux-image-cloud-${local.deb_arch} systemd-sysv udev openssh-server grub-efi-${local.deb_arch}-bin grub2-common",
+      "apt-get install -y -q --no-install-recommends linux-image-cloud-${local.deb_arch} systemd-sysv udev openssh-server grub-efi-${local.deb_arch}-bin grub2-common curl",
       "printf 'LABEL=root / ext4 defaults 0 1\\nLABEL=ESP /boot/efi vfat umask=0077,nofail 0 2\\n' > /etc/fstab",
       "echo debian > /etc/hostname",
       "printf '[Match]\\nName=en* eth*\\n\\n[Network]\\nDHCP=yes\\n' > /etc/systemd/network/80-dhcp.network",
@@ -63,6 +63,22 @@ build {
       "mkdir -p /boot/efi/EFI/BOOT",
       "grub-mkstandalone -O ${local.grub_target} -o /boot/efi/EFI/BOOT/${local.efi_binary} 'boot/grub/grub.cfg=/tmp/grub-embed.cfg'",
       "rm /tmp/grub-embed.cfg",
+      # The instance's SSH key for root from the instance metadata service with an IMDSv2 token,
+      # as cloud-init does on larger images: imds_support = "v2.0" registers the AMI for
+      # IMDSv2-only instances (kiln's image lint, check imds-client, wants such a reader).
+      "cat > /usr/local/sbin/imds-ssh-key <<'SCRIPT'",
+      "#!/bin/sh",
+      "set -eu",
+      "imds=http://169.254.169.254/latest",
+      "token=$(curl -fsS -m 5 --retry 5 --retry-connrefused -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' $imds/api/token)",
+      "key=$(curl -fsS -m 5 -H \"X-aws-ec2-metadata-token: $token\" $imds/meta-data/public-keys/0/openssh-key)",
+      "install -d -m 700 /root/.ssh",
+      "echo \"$key\" > /root/.ssh/authorized_keys",
+      "chmod 600 /root/.ssh/authorized_keys",
+      "SCRIPT",
+      "chmod 755 /usr/local/sbin/imds-ssh-key",
+      "printf '[Unit]\\nDescription=SSH key from the instance metadata (IMDSv2)\\nAfter=systemd-networkd.service\\n\\n[Service]\\nType=oneshot\\nExecStart=/usr/local/sbin/imds-ssh-key\\n\\n[Install]\\nWantedBy=multi-user.target\\n' > /etc/systemd/system/imds-ssh-key.service",
+      "systemctl enable imds-ssh-key",
       "apt-get clean",
     ]
   }

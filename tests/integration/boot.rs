@@ -143,6 +143,17 @@ async fn the_debian_example_boots_under_uefi() {
             doc["error"],
             stderr.lines().rev().take(40).collect::<Vec<_>>().join("\n")
         );
+        // Issue 23: the image lint finds nothing in the example.
+        let lint = doc["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == "lint-image");
+        assert_eq!(
+            lint.map(|l| &l["outputs"]["findings"]),
+            Some(&serde_json::json!([])),
+            "{lint:#?}"
+        );
         let boot = &boot_step(&doc);
         assert_eq!(boot["outputs"]["firmware"], "uefi", "{boot:#}");
         assert!(
