@@ -270,6 +270,12 @@ pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Re
                     for (region, a) in &r.artifacts {
                         println!("{region}: {}", a.ami_id);
                     }
+                    for f in r.lint_findings() {
+                        println!(
+                            "    lint warning [{}] {}: {} (fix: {})",
+                            f.check, f.file, f.message, f.fix
+                        );
+                    }
                 }
                 (_, Some(e)) => println!(
                     "--> {}: failed in step {}: {}",

@@ -93,6 +93,20 @@ pub struct BuildResult {
 /// The result document's version.
 pub const RESULT_VERSION: u32 = 1;
 
+impl BuildResult {
+    /// The image lint's findings: step `lint-image`'s outputs (warnings in a build that went on;
+    /// empty when the step did not run or found nothing). An error that failed the build is in
+    /// `error` instead. Pure.
+    pub fn lint_findings(&self) -> Vec<crate::lint::Finding> {
+        self.steps
+            .iter()
+            .find(|s| s.name == "lint-image")
+            .and_then(|s| s.outputs.get("findings"))
+            .and_then(|f| serde_json::from_value(f.clone()).ok())
+            .unwrap_or_default()
+    }
+}
+
 /// Writes (or extends) Packer's manifest file for a finished build, as the `manifest`
 /// post-processor does: one entry per build with `artifact_id` `region:ami,...`.
 pub fn write_manifest(

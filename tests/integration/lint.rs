@@ -216,6 +216,12 @@ async fn imds_v2_without_cloud_init_is_a_warning_in_the_result() {
                 .as_str()
                 .is_some_and(|f| f.contains("cloud-init"))
         );
+        // Result readers get them through the library too.
+        let result: kiln::pipeline::BuildResult =
+            serde_json::from_value(doc.clone()).expect("a result document");
+        let warnings = result.lint_findings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].severity, kiln::lint::Severity::Warning);
         // The skipped check is listed, not silently passed.
         assert!(
             out["not_checked"]
