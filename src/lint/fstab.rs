@@ -108,6 +108,41 @@ fn tag(spec: &str) -> Option<(&'static str, String)> {
     None
 }
 
+/// The values of `key` (`LABEL`, `UUID`, `PARTUUID`, `PARTLABEL`) on the disk.
+fn on_disk(disk: &super::Disk, key: &str) -> Vec<String> {
+    disk.partitions
+        .iter()
+        .map(|p| match key {
+            "PARTUUID" => Some(p.partuuid.clone()),
+            "PARTLABEL" => p.partlabel.clone(),
+            _ => None,
+        })
+        .chain(disk.file_systems().map(|fs| match key {
+            "LABEL" => fs.label.clone(),
+            "UUID" => fs.uuid.clone(),
+            _ => None,
+        }))
+        .flatten()
+        .collect()
+}
+
+/// What the disk has instead of `value`, for the message: a value differing only in case, and
+/// the values there are.
+fn what_is_there(found: &[String], key: &str, value: &str) -> String {
+    let case = found
+        .iter()
+        .find(|v| v.eq_ignore_ascii_case(value))
+        .map(|v| {
+            format!(" (the disk has {key}={v}, which differs in case: udev's names are exact)")
+        })
+        .unwrap_or_default();
+    if found.is_empty() {
+        return format!("{case}; the disk has no {key}");
+    }
+    let all: Vec<String> = found.iter().map(|v| format!("{key}={v}")).collect();
+    format!("{case}; the disk has {}", all.join(", "))
+}
+
 /// `fstab-device`.
 pub fn check(l: &mut Lint<'_>) -> Result<(), LintError> {
     const ID: &str = "fstab-device";
@@ -145,46 +180,16 @@ pub fn check(l: &mut Lint<'_>) -> Result<(), LintError> {
             }
             continue;
         };
-        let found = disk
-            .partitions
-            .iter()
-            .map(|p| match key {
-                "PARTUUID" => Some(p.partuuid.clone()),
-                "PARTLABEL" => p.partlabel.clone(),
-                _ => None,
-            })
-            .chain(disk.file_systems().map(|fs| match key {
-                "LABEL" => fs.label.clone(),
-                "UUID" => fs.uuid.clone(),
-                _ => None,
-            }))
-            .flatten()
-            .collect::<Vec<_>>();
+        let found = on_disk(disk, key);
         if found.contains(&value) {
             continue;
         }
-        let case = found
-            .iter()
-            .find(|v| v.eq_ignore_ascii_case(&value))
-            .map(|v| {
-                format!(" (the disk has {key}={v}, which differs in case: udev's names are exact)")
-            })
-            .unwrap_or_default();
-        let known = if found.is_empty() {
-            format!("the disk has no {key}")
-        } else {
-            format!(
-                "the disk has {}",
-                found
-                    .iter()
-                    .map(|v| format!("{key}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        };
         let message = format!(
-            "line {}: {} (mounted at {}) names no file system or partition on the image's disk{case}; {known}",
-            e.line, e.spec, e.file
+            "line {}: {} (mounted at {}) names no file system or partition on the image's disk{}",
+            e.line,
+            e.spec,
+            e.file,
+            what_is_there(&found, key, &value)
         );
         let fix = "name a file system the image has (blkid on the build's device shows them: UUIDs change with every mkfs, labels do not), or add nofail to the entry's options".to_owned();
         let lenient = e.options.iter().any(|o| o == "nofail" || o == "noauto");

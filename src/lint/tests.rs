@@ -442,3 +442,81 @@ fn an_image_without_a_kernel_gets_one_warning() {
     assert!(validate_skip(&["nope".into()]).is_err());
     assert!(validate_skip(&["imds-client".into()]).is_ok());
 }
+
+#[test]
+fn promises_follow_the_registration_fields() {
+    use crate::ec2::instance_types::Hypervisor;
+    let p = |arch: &str, mode: Option<&str>, hv: Hypervisor| Promises {
+        architecture: arch.into(),
+        boot_mode: mode.map(str::to_owned),
+        hypervisor: hv,
+        ..promises()
+    };
+    let nitro = Hypervisor::Nitro;
+    // EC2 boots x86 without a boot mode with BIOS, arm64 always with UEFI.
+    assert!(p("x86_64", None, nitro).boots_bios());
+    assert!(!p("x86_64", None, nitro).boots_uefi());
+    assert!(p("arm64", None, nitro).boots_uefi());
+    assert!(!p("arm64", Some("legacy-bios"), nitro).boots_bios());
+    // uefi-preferred: UEFI on Nitro, and BIOS too on a Xen type (which has no UEFI).
+    let pref = p("x86_64", Some("uefi-preferred"), nitro);
+    assert!(pref.boots_uefi() && !pref.boots_bios());
+    assert!(p("x86_64", Some("uefi-preferred"), Hypervisor::Xen).boots_bios());
+    // From a template: its fields, and the boot test's instance type for the hypervisor.
+    let dir = std::env::temp_dir().join(format!("kiln-lint-tpl-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tpl = dir.join("t.pkr.hcl");
+    std::fs::write(
+        &tpl,
+        r#"source "amazon-chroot" "x" {
+  from_scratch = true
+  ami_name = "lint-x"
+  ami_virtualization_type = "hvm"
+  root_volume_size = 1
+  pre_mount_commands = ["true"]
+  root_device_name = "/dev/xvda"
+  ami_architecture = "arm64"
+  ena_support = true
+  imds_support = "v2.0"
+  boot_mode = "uefi"
+  ami_block_device_mappings {
+    device_name = "/dev/xvda"
+  }
+  ami_block_device_mappings {
+    device_name = "/dev/xvdb"
+    volume_size = 10
+  }
+  boot_test {
+    instance_type = "m4.large"
+  }
+  lint {
+    skip = ["imds-client"]
+  }
+}
+build { sources = ["source.amazon-chroot.x"] }
+"#,
+    )
+    .unwrap();
+    let loaded = crate::template::load(&tpl, &Default::default());
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !loaded.has_errors(),
+        "{:?}",
+        loaded.errors().collect::<Vec<_>>()
+    );
+    let c = &loaded.plans[0].config;
+    let got = Promises::from_config(c, None, &c.ami_architecture);
+    assert_eq!(
+        got,
+        Promises {
+            architecture: "arm64".into(),
+            boot_mode: Some("uefi".into()),
+            ena_support: true,
+            imds_v2: true,
+            hypervisor: Hypervisor::Xen,
+            uefi_data: false,
+            other_volumes: true,
+        }
+    );
+    assert_eq!(c.lint.skip, ["imds-client"]);
+}
