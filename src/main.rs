@@ -159,7 +159,7 @@ struct WorkerArgs {
     /// Builds at once.
     #[arg(long, env = "KILN_CONCURRENCY")]
     concurrency: Option<usize>,
-    /// ebs or loop.
+    /// ebs (the default) or loop.
     #[arg(long, env = "KILN_BACKEND")]
     backend: Option<String>,
     /// The loop backend's state directory.
@@ -316,7 +316,8 @@ struct LintArgs {
 enum BackendKind {
     /// Real EBS attachments on an EC2 builder instance.
     Ebs,
-    /// Sparse files on loop devices (development, tests, the local demo).
+    /// Sparse files on loop devices next to kiln, EC2's volumes holding nothing: the `qemu`
+    /// boot-test method's local data; never a pool.
     Loop,
 }
 
@@ -398,7 +399,8 @@ impl DeviceFlags {
 /// `kiln build`'s options besides the template.
 #[derive(Debug, clap::Args)]
 struct BuildFlags {
-    /// Where volume data lives: real EBS attachments, or sparse files on loop devices (local).
+    /// Where volume data lives: real EBS attachments (the default; locally, the emulator's), or
+    /// sparse files on loop devices (the `qemu` boot test's local data).
     #[arg(long, value_enum, default_value = "ebs", env = "KILN_BACKEND")]
     backend: BackendKind,
     /// The loop backend's directory for volume and snapshot files.

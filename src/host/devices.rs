@@ -289,8 +289,8 @@ fn devt_of(path: &Path) -> Option<String> {
 }
 
 /// The partitions the kernel holds for block device `dev` (from sysfs): their numbers and
-/// device numbers. Read only.
-fn kernel_partitions(dev: &Path) -> Vec<(u32, String)> {
+/// device numbers, by number. Read only.
+pub fn kernel_partitions(dev: &Path) -> Vec<(u32, String)> {
     let Some(devt) = devt_of(dev) else {
         return Vec::new();
     };

@@ -155,6 +155,9 @@ pub(crate) async fn journal_of(s: &Setup, id: &str) -> Value {
     serde_json::from_slice(&o.body.collect().await.expect("body").into_bytes()).expect("JSON")
 }
 
+/// A worker's extra environment.
+type Env = Vec<(String, String)>;
+
 /// Where the crashing worker and the one that resumes run.
 #[derive(Clone, Copy)]
 enum Hosts {
@@ -191,7 +194,8 @@ async fn crash_and_resume_with(
                 ("KILN_DEVICE_NAMING".into(), get("naming")),
             ]
         };
-        let (crash_env, host_env): (Vec<(String, String)>, Vec<(String, String)>) = match hosts {
+        // The environment of the crashing worker, then of the worker that resumes.
+        let (crash_env, host_env): (Env, Env) = match hosts {
             Hosts::Same => (Vec::new(), Vec::new()),
             Hosts::Xen => (
                 crate::support::host_env("xen"),

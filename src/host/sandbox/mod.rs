@@ -135,23 +135,16 @@ pub struct Sandbox {
 }
 
 /// The device nodes of `block_device` (the whole device and its partitions, as the kernel lists
-/// them in `/sys/class/block`), and of `alias` (`{{.Device}}`, with `{{.Device}}N` where those
-/// exist), as `(host node, path inside the sandbox)`.
+/// them, under the host's names for them: `nvme1n1p1`, `xvdf1`, `loop3p1`, so a tool in the
+/// image that looks up the root file system's device by its mount source, as grub-probe does,
+/// finds it), and of `alias` (`{{.Device}}`, with `{{.Device}}N` where those exist), as
+/// `(host node, path inside the sandbox)`.
 pub fn device_nodes(block_device: &Path, alias: Option<&Path>) -> Vec<(PathBuf, PathBuf)> {
     let mut out = vec![(block_device.to_owned(), block_device.to_owned())];
-    if let Some(name) = block_device.file_name().and_then(|n| n.to_str()) {
-        let sys = Path::new("/sys/class/block").join(name);
-        if let Ok(rd) = std::fs::read_dir(&sys) {
-            let mut parts: Vec<String> = rd
-                .flatten()
-                .filter(|e| e.path().join("partition").exists())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            parts.sort();
-            for p in parts {
-                let node = Path::new("/dev").join(p);
-                out.push((node.clone(), node));
-            }
+    for n in crate::host::devices::kernel_partitions(block_device) {
+        let node = crate::host::devices::partition_path(block_device, n.0);
+        if node.exists() {
+            out.push((node.clone(), node));
         }
     }
     if let Some(alias) = alias.filter(|a| *a != block_device) {
