@@ -4,6 +4,7 @@
 
 pub mod identity;
 pub mod images;
+pub mod instance_types;
 pub mod instances;
 pub mod schedule;
 pub mod volumes;

@@ -1,8 +1,9 @@
 //! Booting a disk image in QEMU for the boot test: the image is opened with `snapshot=on` (the
 //! guest's writes go to a temporary file QEMU deletes, so the snapshot stays untouched and no
-//! overlay is left), no network, the serial console read line by line until a marker line, a
-//! timeout, the guest's exit or cancellation. QEMU runs in its own process group and is killed
-//! with it in every case.
+//! overlay is left), no network, the disk attached as the instance type presents an EBS root
+//! volume ([`DiskBus`]: NVMe on Nitro, virtio for Xen), the serial console read line by line
+//! until a marker line, a timeout, the guest's exit or cancellation. QEMU runs in its own process
+//! group and is killed with it in every case.
 
 use super::HostError;
 use nix::sys::signal::{Signal, killpg};
@@ -50,6 +51,39 @@ pub enum Arch {
     Arm64,
 }
 
+/// NVMe serial numbers are at most 20 characters (NVMe base specification, Identify Controller
+/// `SN`); EC2's are `vol` and the volume id's 17 hex digits, exactly 20.
+const NVME_SERIAL_MAX: usize = 20;
+
+/// How the guest sees its disk: as the instance type's hypervisor presents an EBS root volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskBus {
+    /// An NVMe controller with an EBS-like serial (`vol0123...`), as on the Nitro System: the
+    /// image's initramfs needs the `nvme` driver to find its root.
+    Nvme {
+        /// The controller's serial number.
+        serial: String,
+    },
+    /// virtio-blk, for Xen types. Xen presents EBS as a paravirtual disk (`xen-blkfront`) that
+    /// QEMU cannot offer outside Xen; virtio-blk is QEMU's paravirtual disk and asks the same of
+    /// an image (a paravirtual block driver, no NVMe), where IDE would ask for an AHCI driver
+    /// that cloud kernels may leave out and Xen guests never use for their root.
+    Virtio,
+}
+
+/// An EBS-like NVMe serial for `resource_id` (`snap-0abc...` or `vol-0abc...`): `vol` and its
+/// hex digits, as EC2 reports a volume's serial (`vol0abc...`), at most 20 characters.
+pub fn ebs_serial(resource_id: &str) -> String {
+    let digits = resource_id
+        .split_once('-')
+        .map_or(resource_id, |(_, d)| d)
+        .chars()
+        .filter(char::is_ascii_alphanumeric);
+    let mut serial: String = "vol".chars().chain(digits).collect();
+    serial.truncate(NVME_SERIAL_MAX);
+    serial
+}
+
 /// What to boot and what counts as success.
 #[derive(Debug, Clone)]
 pub struct BootSpec {
@@ -59,6 +93,8 @@ pub struct BootSpec {
     pub firmware: Firmware,
     /// The guest's architecture.
     pub arch: Arch,
+    /// How the disk is attached.
+    pub bus: DiskBus,
     /// Guest memory, MiB.
     pub memory_mib: i64,
     /// How long to wait for the marker.
@@ -155,11 +191,8 @@ fn command(spec: &BootSpec) -> Result<tokio::process::Command, HostError> {
         "2",
     ]);
     cmd.args(["-display", "none", "-monitor", "none", "-serial", "stdio"]);
-    cmd.args(["-nic", "none", "-no-reboot", "-drive"]);
-    cmd.arg(format!(
-        "file={},format=raw,if=virtio,snapshot=on",
-        spec.disk.display().to_string().replace(',', ",,")
-    ));
+    cmd.args(["-nic", "none", "-no-reboot"]);
+    cmd.args(drive_args(&spec.disk, &spec.bus));
     if arm64 {
         cmd.args(["-cpu", ARM64_CPU]);
         cmd.args(["-bios", firmware_file(AAVMF, "qemu-efi-aarch64")?]);
@@ -172,6 +205,30 @@ fn command(spec: &BootSpec) -> Result<tokio::process::Command, HostError> {
         }
     }
     Ok(cmd)
+}
+
+/// The arguments attaching `disk` (copy-on-write) on `bus`.
+fn drive_args(disk: &Path, bus: &DiskBus) -> Vec<String> {
+    let file = disk.display().to_string().replace(',', ",,");
+    match bus {
+        DiskBus::Virtio => vec![
+            "-drive".into(),
+            format!("file={file},format=raw,if=virtio,snapshot=on"),
+        ],
+        DiskBus::Nvme { serial } => {
+            let serial: String = serial
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(NVME_SERIAL_MAX)
+                .collect();
+            vec![
+                "-drive".into(),
+                format!("file={file},format=raw,if=none,id=root,snapshot=on"),
+                "-device".into(),
+                format!("nvme,drive=root,serial={serial},bootindex=0"),
+            ]
+        }
+    }
 }
 
 /// Boots `spec.disk` and waits for the marker. Each console line also goes to `sink`.
@@ -308,6 +365,39 @@ pub async fn boot(
 
 #[cfg(test)]
 mod tests {
+    use super::{DiskBus, drive_args, ebs_serial};
+    use std::path::Path;
+
+    #[test]
+    fn the_disk_is_nvme_with_an_ebs_serial_or_virtio() {
+        assert_eq!(ebs_serial("snap-0123456789abcdef0"), "vol0123456789abcdef0");
+        assert_eq!(
+            ebs_serial("snap-0123456789abcdef0ff"),
+            "vol0123456789abcdef0"
+        );
+        assert_eq!(ebs_serial("snap-1,a=b"), "vol1ab");
+        let nvme = drive_args(
+            Path::new("/s/a,b.img"),
+            &DiskBus::Nvme {
+                serial: "vol01,x".into(),
+            },
+        );
+        assert_eq!(
+            nvme,
+            [
+                "-drive",
+                "file=/s/a,,b.img,format=raw,if=none,id=root,snapshot=on",
+                "-device",
+                "nvme,drive=root,serial=vol01x,bootindex=0"
+            ]
+        );
+        let virtio = drive_args(Path::new("/s/a.img"), &DiskBus::Virtio);
+        assert_eq!(
+            virtio,
+            ["-drive", "file=/s/a.img,format=raw,if=virtio,snapshot=on"]
+        );
+    }
+
     #[test]
     fn console_lines_are_cleaned() {
         assert_eq!(

@@ -9,7 +9,9 @@
 //!   memory  = 1024       # MiB
 //!   accelerator = "tcg"  # or "kvm" where /dev/kvm works (bare metal)
 //!   method  = "qemu"     # or "instance": launch the AMI on EC2 (default on the ebs backend)
-//!   instance_type = "t3.micro"   # instance method: the test instance (t4g.micro for arm64)
+//!   instance_type = "t3.micro"   # the instance the image is for (t4g.micro for arm64): the
+//!                                # instance method launches it; both methods attach the disk
+//!                                # as it sees it (NVMe on Nitro, virtio for Xen types)
 //!   subnet_id     = "subnet-..." # instance method: default the builder's subnet
 //! }
 //! ```
@@ -27,7 +29,8 @@ pub const DEFAULT_TIMEOUT_S: f64 = 300.0;
 /// Default guest memory in MiB: enough for a systemd distribution's initramfs to unpack.
 pub const DEFAULT_MEMORY_MIB: i64 = 1024;
 /// Default test instance for x86_64 images: the smallest current burstable type with a Nitro
-/// serial console (1 GiB, like the QEMU default), in every region.
+/// serial console (1 GiB, like the QEMU default), in every region. A Nitro type, so by default
+/// the boot test sees the root volume as NVMe, as most instances will.
 pub const DEFAULT_INSTANCE_TYPE: &str = "t3.micro";
 /// Default test instance for arm64 images (Graviton).
 pub const DEFAULT_INSTANCE_TYPE_ARM64: &str = "t4g.micro";
@@ -57,7 +60,9 @@ pub struct BootTest {
     /// `method`; `None` picks by backend: `qemu` on loop, `instance` on ebs (where the
     /// snapshot's data is on EBS, not on the builder).
     pub method: Option<BootMethod>,
-    /// `instance_type` for the instance method (default by architecture).
+    /// `instance_type`: the instance method's test instance, and for both methods the type
+    /// whose hypervisor decides how the disk is attached (default by architecture, see
+    /// [`BootTest::instance_type_for`]).
     pub instance_type: Option<String>,
     /// `subnet_id` for the instance method (default: the builder's subnet).
     pub subnet_id: Option<String>,
@@ -73,6 +78,18 @@ impl Default for BootTest {
             method: None,
             instance_type: None,
             subnet_id: None,
+        }
+    }
+}
+
+impl BootTest {
+    /// The instance type the image is tested for: `instance_type`, else the default of the
+    /// image's architecture (both Nitro).
+    pub fn instance_type_for(&self, arm64: bool) -> &str {
+        match &self.instance_type {
+            Some(t) => t,
+            None if arm64 => DEFAULT_INSTANCE_TYPE_ARM64,
+            None => DEFAULT_INSTANCE_TYPE,
         }
     }
 }
@@ -128,15 +145,11 @@ pub fn decode(f: &mut Fields<'_>) -> Option<BootTest> {
     }
     b.instance_type = g.string("instance_type", &[]).filter(|t| !t.is_empty());
     b.subnet_id = g.string("subnet_id", &[]).filter(|t| !t.is_empty());
-    if b.method == Some(BootMethod::Qemu) {
-        for k in ["instance_type", "subnet_id"] {
-            if g.has(k) {
-                g.warn(
-                    k,
-                    format!("{k} is for method = \"instance\"; ignored with qemu"),
-                );
-            }
-        }
+    if b.method == Some(BootMethod::Qemu) && g.has("subnet_id") {
+        g.warn(
+            "subnet_id",
+            "subnet_id is for method = \"instance\"; ignored with qemu",
+        );
     }
     g.finish(&[]);
     f.diags.append(&mut diags);

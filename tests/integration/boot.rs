@@ -4,11 +4,15 @@
 //! boot test stops QEMU at once. The `instance` method (EC2's path) runs against the emulator,
 //! whose RunInstances boots the snapshot's data file: the image is launched, its console read with
 //! GetConsoleOutput, the instance terminated and the test image deregistered, also on failure and
-//! on SIGTERM.
+//! on SIGTERM. Both methods boot the disk as the instance type sees it (issue 23): the example
+//! boots from NVMe on the default (Nitro) type, and an image whose initramfs lacks the NVMe driver
+//! boots on a Xen type (virtio) and fails on a Nitro one.
 
+use crate::host_safety::from_base;
 use crate::pipeline::{Tpl, assert_nothing_left, build, build_then_sigterm, busybox};
 use crate::support::{Emulator, repo_root, tagged, track_result, unique, with_janitor};
 use serde_json::Value;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// QEMU processes whose command line names `needle` (a snapshot id).
@@ -162,12 +166,153 @@ async fn the_debian_example_boots_under_uefi() {
                 .is_some_and(|l| l.contains("login:") || l.contains("Multi-User")),
             "{boot:#}"
         );
+        // The default test instance is a Nitro type: the kernel found its root on NVMe.
+        assert!(
+            stderr.contains("nvme0n1p2") && !stderr.contains("vda2"),
+            "the root is not on NVMe:\n{}",
+            console(&stderr)
+        );
         let region = Emulator::get().region();
         assert!(doc["artifacts"][region]["ami_id"].as_str().is_some());
         let vols = tagged(region, doc["build_id"].as_str().expect("id"))
             .await
             .volumes;
         assert!(vols.is_empty(), "{vols:?}");
+    })
+    .await;
+}
+
+/// The boot test's console lines in `kiln build`'s log (for failure messages).
+fn console(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|l| l.contains("boot-test:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A shell provisioner's script: an initramfs-tools hook that leaves the NVMe driver out of every
+/// initramfs made after it, as an image made for Xen types (or with `MODULES=dep` on one) lacks it.
+const NO_NVME_HOOK: &str = r#"#!/bin/sh
+set -e
+mkdir -p /etc/initramfs-tools/hooks
+cat > /etc/initramfs-tools/hooks/no-nvme <<'HOOK'
+#!/bin/sh
+[ "$1" = prereqs ] && exit 0
+find "$DESTDIR" -path '*/kernel/drivers/nvme' -prune -exec rm -rf {} +
+HOOK
+chmod +x /etc/initramfs-tools/hooks/no-nvme
+"#;
+
+/// The example Debian template changed to make an image whose initramfs lacks the NVMe driver:
+/// Debian's generic kernel (the cloud kernel has the driver built in, the generic one as a module)
+/// installed after the hook above. The linter's NVMe check is skipped (the boot test is what
+/// must catch it here), and its BIOS check (the boot test starts the image with UEFI).
+/// `boot_test` is the source's block. Returns the template's directory.
+fn debian_without_nvme(t: &Tpl, boot_test: &str) -> PathBuf {
+    let example = repo_root().join("templates/debian");
+    let read =
+        |f: &str| std::fs::read_to_string(example.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    let hook = t.write("no-nvme.sh", NO_NVME_HOOK);
+    let mut text = read("debian.pkr.hcl");
+    for (from, to) in [
+        (
+            "linux-image-cloud-${local.deb_arch}",
+            "linux-image-${local.deb_arch}".to_owned(),
+        ),
+        (
+            "  provisioner \"shell\" {\n",
+            format!(
+                "  provisioner \"shell\" {{\n    script = \"{}\"\n  }}\n\n  provisioner \"shell\" {{\n",
+                hook.display()
+            ),
+        ),
+        (
+            "  tags = {\n",
+            format!(
+                "  lint {{\n    skip = [\"nvme-initramfs\", \"bios-loader\"]\n  }}\n\n  {boot_test}\n\n  tags = {{\n"
+            ),
+        ),
+    ] {
+        assert!(
+            text.contains(from),
+            "templates/debian/debian.pkr.hcl no longer has `{from}`: update this test"
+        );
+        text = text.replacen(from, &to, 1);
+    }
+    let dir = t.0.join("debian-no-nvme");
+    std::fs::create_dir_all(&dir).expect("template dir");
+    std::fs::write(dir.join("debian.pkr.hcl"), text).expect("debian.pkr.hcl");
+    std::fs::write(dir.join("variables.pkr.hcl"), read("variables.pkr.hcl"))
+        .expect("variables.pkr.hcl");
+    dir
+}
+
+/// An image whose initramfs lacks the NVMe driver boots where its root volume is a paravirtual
+/// disk (a Xen type, t2.micro: virtio) and fails the boot test on a Nitro type (the default),
+/// where the volume is an NVMe device, as it would fail on EC2: the console shows the initramfs
+/// giving up on its root, the build fails at the boot test and leaves nothing. Both builds use the
+/// loop backend: the Xen boot runs in kiln's own QEMU (method qemu, which boots the loop
+/// backend's snapshot file), the Nitro one in the emulator's RunInstances (method instance), so
+/// both attach the disk by the type. The Nitro build starts from the Xen build's AMI: one Debian
+/// build.
+#[tokio::test]
+async fn an_image_without_the_nvme_driver_boots_on_xen_and_fails_on_nitro() {
+    require_qemu();
+    let _alone = VMS.write().await;
+    with_janitor(|janitor| async move {
+        let t = Tpl::new();
+        let xen = "boot_test {\n    instance_type = \"t2.micro\"\n  }";
+        let dir = debian_without_nvme(&t, xen);
+        let loop_backend = ["--backend".to_owned(), "loop".to_owned()];
+        let (ok, doc, stderr) = build(
+            &dir,
+            &[&loop_backend[..], &["--var".into(), "volume_size=2".into()]].concat(),
+        );
+        track_result(&janitor, &doc);
+        assert!(
+            ok,
+            "{}\n{}",
+            doc["error"],
+            stderr.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+        );
+        let boot = boot_step(&doc);
+        assert_eq!(boot["outputs"]["method"], "qemu", "{boot:#}");
+        assert_eq!(boot["outputs"]["instance_type"], "t2.micro", "{boot:#}");
+        assert_eq!(boot["outputs"]["disk"], "virtio", "{boot:#}");
+        assert!(
+            stderr.contains("vda2") && !stderr.contains("nvme0n1"),
+            "on a Xen type the root is on virtio:\n{}",
+            console(&stderr)
+        );
+        let region = Emulator::get().region();
+        let ami = doc["artifacts"][region]["ami_id"]
+            .as_str()
+            .expect("an AMI")
+            .to_owned();
+
+        let id = unique("nonvme");
+        let nitro = "mount_partition = \"2\"\n  lint {\n    skip = [\"nvme-initramfs\", \"bios-loader\"]\n  }\n  boot_test {\n    method  = \"instance\"\n    timeout = \"2m\"\n  }";
+        let tpl = t.write(
+            "nitro.pkr.hcl",
+            &from_base(&ami, &unique("nonvme"), nitro, ""),
+        );
+        let (ok, doc, stderr) = build(
+            &tpl,
+            &[&loop_backend[..], &["--build-id".into(), id.clone()]].concat(),
+        );
+        track_result(&janitor, &doc);
+        assert!(!ok, "{doc:#}\n{stderr}");
+        assert_eq!(doc["error"]["step"], "boot-test", "{doc:#}");
+        let msg = doc["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("LABEL=root does not exist"),
+            "the initramfs found no root on NVMe: {msg}\n{}",
+            console(&stderr)
+        );
+        assert_nothing_left(&id, &doc).await;
+        assert_no_test_instance(&id).await;
+        assert_no_qemu(&doc);
     })
     .await;
 }

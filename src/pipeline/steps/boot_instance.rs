@@ -11,7 +11,7 @@ use crate::ec2::instances::{self, Launch};
 use crate::ec2::{api, client_token, images, kiln_tags};
 use crate::host::vm;
 use crate::pipeline::{Build, StepError};
-use crate::template::boot_test::{BootTest, DEFAULT_INSTANCE_TYPE, DEFAULT_INSTANCE_TYPE_ARM64};
+use crate::template::boot_test::BootTest;
 use aws_sdk_ec2::types::InstanceStateName;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -54,13 +54,9 @@ pub async fn run(
         Some(s) => Some(s.clone()),
         None => builder_subnet(b).await?,
     };
-    let instance_type = test.instance_type.clone().unwrap_or_else(|| {
-        if super::register_image::architecture(b) == "arm64" {
-            DEFAULT_INSTANCE_TYPE_ARM64.into()
-        } else {
-            DEFAULT_INSTANCE_TYPE.into()
-        }
-    });
+    let instance_type = test
+        .instance_type_for(super::register_image::architecture(b) == "arm64")
+        .to_owned();
     let launch = Launch {
         image_id: image.clone(),
         instance_type: instance_type.clone(),

@@ -4,10 +4,14 @@
 //! for any failed build. Two methods: `qemu` boots the snapshot's data file on the builder (loop
 //! backend; OVMF for `uefi`/`uefi-preferred`, SeaBIOS otherwise), `instance` launches it on EC2
 //! (`boot_instance.rs`; the default on the ebs backend, where the data is not on the builder).
+//! Both boot the disk as `boot_test.instance_type` will see it: `qemu` attaches it as NVMe for a
+//! Nitro type (the default) and as virtio for a Xen one (`ec2::instance_types`), so an image
+//! whose initramfs lacks the NVMe driver fails here as it would on EC2.
 //! Undo: the instance method's instance terminated and its private image deregistered (QEMU is
 //! gone when the step returns; `snapshot=on` leaves no overlay).
 
-use crate::host::vm::{self, Arch, BootSpec, Firmware};
+use crate::ec2::instance_types::{self, Hypervisor};
+use crate::host::vm::{self, Arch, BootSpec, DiskBus, Firmware};
 use crate::pipeline::{Build, StepError};
 use crate::template::boot_test::{BootMethod, BootTest};
 use std::time::Duration;
@@ -41,6 +45,35 @@ pub async fn undo(b: &mut Build) -> Result<(), StepError> {
     super::boot_instance::remove(b).await
 }
 
+/// The firmware EC2 starts the AMI with: its boot mode is the template's, else the source
+/// image's (as `register-image` registers it); arm64 AMIs boot only with UEFI.
+fn firmware(b: &Build, arch: Arch) -> Firmware {
+    let boot_mode = b
+        .plan
+        .config
+        .boot_mode
+        .clone()
+        .or_else(|| b.state.source.as_ref().and_then(|s| s.boot_mode.clone()));
+    match (arch, boot_mode.as_deref()) {
+        (Arch::Arm64, _) | (_, Some("uefi") | Some("uefi-preferred")) => Firmware::Uefi,
+        _ => Firmware::Bios,
+    }
+}
+
+/// The disk as an instance of `instance_type` sees the snapshot's volume, and its name for the
+/// result: NVMe (with an EBS-like serial) on Nitro, virtio for Xen types (see [`DiskBus`]).
+fn disk_bus(instance_type: &str, snapshot: &str) -> (DiskBus, &'static str) {
+    match instance_types::hypervisor(instance_type) {
+        Hypervisor::Nitro => (
+            DiskBus::Nvme {
+                serial: vm::ebs_serial(snapshot),
+            },
+            "nvme",
+        ),
+        Hypervisor::Xen => (DiskBus::Virtio, "virtio"),
+    }
+}
+
 async fn qemu(
     b: &mut Build,
     test: &BootTest,
@@ -57,17 +90,16 @@ async fn qemu(
             "boot_test boots arm64 images in QEMU's emulation (TCG): remove accelerator = \"kvm\"",
         ));
     }
-    // arm64 AMIs boot only with UEFI on EC2.
-    let firmware = match (arch, b.plan.config.boot_mode.as_deref()) {
-        (Arch::Arm64, _) | (_, Some("uefi") | Some("uefi-preferred")) => Firmware::Uefi,
-        _ => Firmware::Bios,
-    };
+    let firmware = firmware(b, arch);
     let marker = regex::Regex::new(&test.marker)
         .map_err(|e| super::invalid(format!("boot_test.marker: {e}")))?;
+    let instance_type = test.instance_type_for(arch == Arch::Arm64).to_owned();
+    let (bus, disk_name) = disk_bus(&instance_type, snapshot);
     let spec = BootSpec {
         disk,
         firmware,
         arch,
+        bus,
         memory_mib: test.memory_mib,
         timeout: Duration::from_secs_f64(test.timeout_s),
         marker,
@@ -76,7 +108,7 @@ async fn qemu(
     (b.sink)(
         "boot-test",
         &format!(
-            "booting {} ({}) with {} (timeout {} s), waiting for `{}`",
+            "booting {} ({}) with {} on {disk_name} as a {instance_type} sees it (timeout {} s), waiting for `{}`",
             snapshot,
             if arch == Arch::Arm64 {
                 "arm64"
@@ -99,6 +131,8 @@ async fn qemu(
         "firmware": if firmware == Firmware::Uefi { "uefi" } else { "bios" },
         "architecture": if arch == Arch::Arm64 { "arm64" } else { "x86_64" },
         "kvm": booted.kvm,
+        "instance_type": instance_type,
+        "disk": disk_name,
         "marker_line": booted.line,
         "console_tail": booted.tail,
     }))
