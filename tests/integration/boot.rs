@@ -60,10 +60,18 @@ fn assert_no_qemu(doc: &Value) {
     );
 }
 
-/// Builds `tpl` as build `id`, sends SIGTERM once the boot test's console shows the firmware,
-/// and checks the build stopped promptly, at the boot test, leaving nothing; returns its result.
-async fn sigterm_once_booting(tpl: &std::path::Path, id: &str) -> Value {
-    let (out, took) = build_then_sigterm(tpl, &["--build-id".into(), id.to_owned()], |l| {
+/// `kiln build` arguments for the loop backend, whose snapshot files the `qemu` method boots (the
+/// suite's default backend, ebs, keeps the data in the emulator).
+fn on_loop(extra: &[String]) -> Vec<String> {
+    [&["--backend".to_owned(), "loop".to_owned()][..], extra].concat()
+}
+
+/// Builds `tpl` as build `id` (with `extra` arguments), sends SIGTERM once the boot test's console
+/// shows the firmware, and checks the build stopped promptly, at the boot test, leaving nothing;
+/// returns its result.
+async fn sigterm_once_booting(tpl: &std::path::Path, id: &str, extra: &[String]) -> Value {
+    let args = [&["--build-id".to_owned(), id.to_owned()][..], extra].concat();
+    let (out, took) = build_then_sigterm(tpl, &args, |l| {
         l.contains("boot-test: BdsDxe") || l.contains("boot-test: UEFI")
     });
     assert!(
@@ -97,7 +105,7 @@ async fn an_image_that_does_not_boot_fails_with_its_console() {
     let t = Tpl::new();
     let id = unique("noboot");
     let tpl = t.write("nb.pkr.hcl", &busybox(&unique("noboot"), NO_KERNEL, ""));
-    let (ok, doc, stderr) = build(&tpl, &["--build-id".into(), id.clone()]);
+    let (ok, doc, stderr) = build(&tpl, &on_loop(&["--build-id".into(), id.clone()]));
     assert!(!ok, "{doc:#}\n{stderr}");
     assert_eq!(doc["error"]["step"], "boot-test", "{doc:#}");
     let msg = doc["error"]["message"].as_str().unwrap_or_default();
@@ -120,7 +128,7 @@ async fn sigterm_during_the_boot_test_stops_qemu_at_once() {
         &busybox(&unique("bootcancel"), &NO_KERNEL.replace("20s", "10m"), ""),
     );
     // Signalled once the firmware runs: QEMU is up.
-    let doc = sigterm_once_booting(&tpl, &id).await;
+    let doc = sigterm_once_booting(&tpl, &id, &on_loop(&[])).await;
     assert_no_qemu(&doc);
 }
 
@@ -264,11 +272,7 @@ async fn an_image_without_the_nvme_driver_boots_on_xen_and_fails_on_nitro() {
         let t = Tpl::new();
         let xen = "boot_test {\n    instance_type = \"t2.micro\"\n  }";
         let dir = debian_without_nvme(&t, xen);
-        let loop_backend = ["--backend".to_owned(), "loop".to_owned()];
-        let (ok, doc, stderr) = build(
-            &dir,
-            &[&loop_backend[..], &["--var".into(), "volume_size=2".into()]].concat(),
-        );
+        let (ok, doc, stderr) = build(&dir, &on_loop(&["--var".into(), "volume_size=2".into()]));
         track_result(&janitor, &doc);
         assert!(
             ok,
@@ -297,10 +301,7 @@ async fn an_image_without_the_nvme_driver_boots_on_xen_and_fails_on_nitro() {
             "nitro.pkr.hcl",
             &from_base(&ami, &unique("nonvme"), nitro, ""),
         );
-        let (ok, doc, stderr) = build(
-            &tpl,
-            &[&loop_backend[..], &["--build-id".into(), id.clone()]].concat(),
-        );
+        let (ok, doc, stderr) = build(&tpl, &on_loop(&["--build-id".into(), id.clone()]));
         track_result(&janitor, &doc);
         assert!(!ok, "{doc:#}\n{stderr}");
         assert_eq!(doc["error"]["step"], "boot-test", "{doc:#}");
@@ -467,7 +468,7 @@ async fn sigterm_during_the_instance_boot_test_terminates_the_instance() {
         &busybox(&unique("instcancel"), &instance_method(None, "10m"), ""),
     );
     // Signalled once the instance's console shows the firmware.
-    let doc = sigterm_once_booting(&tpl, &id).await;
+    let doc = sigterm_once_booting(&tpl, &id, &[]).await;
     assert_no_test_instance(&id).await;
     assert_no_qemu(&doc);
 }
@@ -498,7 +499,11 @@ async fn arm64_images_boot_with_both_methods() {
                 &format!("{method}.pkr.hcl"),
                 &busybox(&unique("arm64boot"), &extra, ""),
             );
-            let (ok, doc, stderr) = build(&tpl, &["--build-id".into(), id.clone()]);
+            let mut args = vec!["--build-id".to_owned(), id.clone()];
+            if method == "qemu" {
+                args = on_loop(&args);
+            }
+            let (ok, doc, stderr) = build(&tpl, &args);
             track_result(&janitor, &doc);
             assert!(ok, "{method}: {doc:#}\n{stderr}");
             let boot = boot_step(&doc);
