@@ -567,7 +567,8 @@ def emergency_cleanup(ec2, ec2_start: dict, mounts_start: list) -> None:
     """After a failure: whatever this run made that is still there (the emulator is the bench's own)."""
     log("failed: removing what this run left")
     for pid, p in processes().items():
-        if p["root"].startswith(MOUNT_ROOT) or MOUNT_ROOT in p["cmd"]:
+        # Both tools' command lines name the run's mount root (the template's mount_root variable).
+        if pid != os.getpid() and (p["root"].startswith(MOUNT_ROOT) or MOUNT_ROOT in p["cmd"]):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -604,6 +605,9 @@ def main() -> int:
     for p in ("/dev/sdf", "/dev/sdf1", "/dev/xvdf", "/dev/xvdf1"):
         if os.path.exists(p):
             sys.exit(f"bench packer: {p} exists: Packer 1.6.6 would refuse it (Device is in use); remove what holds it")
+    # SIGTERM and SIGHUP unwind like ^C: the cleanup in `finally` runs.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     region = os.environ.get("AWS_REGION", "us-east-1")
     endpoint = os.environ["AWS_ENDPOINT_URL"]
     tag = f"{os.getpid()}"
@@ -685,6 +689,7 @@ def main() -> int:
         ok = True
     finally:
         if not ok:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the cleanup finish
             emergency_cleanup(ec2, ec2_start, mounts_start)
         for d in (os.path.join(MOUNT_ROOT, "sdf"), MOUNT_ROOT):
             try:
