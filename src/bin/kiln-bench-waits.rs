@@ -1,8 +1,14 @@
-//! `scripts/bench waits`: kiln's snapshot wait (predictive schedule) against fixed-interval
-//! pollers at 1 s and at 15 s (Packer's), each waiting for its own snapshot of the same delay,
-//! in the same run against the emulator. Prints lateness (time from the snapshot's completion to
-//! the wait noticing it) and DescribeSnapshots calls per wait. Expects `scripts/emulator delays
-//! REGION snapshot=S` set for each `REGION=S` argument.
+//! `scripts/bench waits`: kiln's waits against fixed-interval pollers at 1 s and at 15 s
+//! (Packer's), against the emulator. Lateness is the time from the resource's readiness to the
+//! wait noticing it; calls are the Describe* calls of the wait.
+//!
+//! - `kiln-bench-waits REGION=S...`: snapshot waits, all in this process, each poller waiting for
+//!   its own snapshot of the same delay; expects `scripts/emulator delays REGION snapshot=S`.
+//! - `kiln-bench-waits fresh KIND REGION DELAY POLLER [--history FILE] [--instance ID --device
+//!   DEV]`: one volume, attachment or image wait in this (fresh) process, printed as a JSON line;
+//!   POLLER is `kiln` (history from FILE when given, none otherwise), `fixed-1` or `fixed-15`;
+//!   expects `scripts/emulator delays REGION KIND=DELAY` and, for attachments, a host instance.
+//! - `kiln-bench-waits table`: those JSON lines (stdin) as a Markdown table.
 
 use aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
@@ -35,6 +41,25 @@ impl Intercept for Counting {
     }
 }
 
+#[path = "kiln-bench-waits/fresh.rs"]
+mod fresh;
+
+/// The client for `region` with a request counter.
+async fn counted_client(region: &str) -> anyhow::Result<(aws_sdk_ec2::Client, Counting)> {
+    let config = kiln::aws::load(&AwsSettings {
+        region: Some(region.to_owned()),
+        ..AwsSettings::default()
+    })
+    .await?;
+    let counter = Counting::default();
+    let ec2 = aws_sdk_ec2::Client::from_conf(
+        aws_sdk_ec2::config::Builder::from(&config)
+            .interceptor(counter.clone())
+            .build(),
+    );
+    Ok((ec2, counter))
+}
+
 /// One measured wait.
 struct Measured {
     delay_s: f64,
@@ -49,17 +74,7 @@ async fn one(
     poller: &'static str,
     schedule: Schedule,
 ) -> anyhow::Result<Measured> {
-    let config = kiln::aws::load(&AwsSettings {
-        region: Some(region.clone()),
-        ..AwsSettings::default()
-    })
-    .await?;
-    let counter = Counting::default();
-    let ec2 = aws_sdk_ec2::Client::from_conf(
-        aws_sdk_ec2::config::Builder::from(&config)
-            .interceptor(counter.clone())
-            .build(),
-    );
+    let (ec2, counter) = counted_client(&region).await?;
     let build = BuildRef {
         id: format!("bench-waits-{}", uuid::Uuid::new_v4()),
         generation: String::new(),
@@ -90,6 +105,7 @@ async fn one(
         schedule,
         deadline: Duration::from_secs(3600),
         successes: 1,
+        history_key: format!("bench snapshot ({poller})"),
     };
     images::wait_snapshot_as(&ec2, &region, &snapshot, &spec, &CancellationToken::new()).await?;
     let took = created.elapsed().as_secs_f64();
@@ -106,8 +122,18 @@ async fn one(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("fresh") => fresh::run(&args[1..]).await,
+        Some("table") => fresh::table(),
+        _ => snapshots(&args).await,
+    }
+}
+
+/// Snapshot waits of every poller and delay, at once in this process.
+async fn snapshots(args: &[String]) -> anyhow::Result<()> {
     let mut jobs = Vec::new();
-    for arg in std::env::args().skip(1) {
+    for arg in args {
         let Some((region, delay)) = arg.split_once('=') else {
             anyhow::bail!("usage: kiln-bench-waits REGION=SECONDS...");
         };

@@ -100,6 +100,8 @@ pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Re
     } = flags;
     let (backend, on_error, json) = (*backend, *on_error, *json);
     let (build_id, checkpoint_bucket) = (build_id.clone(), checkpoint_bucket.as_deref());
+    // Waits start from what earlier runs on this builder observed (ec2/history.rs).
+    kiln::ec2::history::use_state_dir(state_dir);
     let inputs = args.inputs()?;
     let mut loaded = template::load(&args.template, &inputs);
     if !loaded.data_requests.is_empty() {

@@ -191,12 +191,15 @@ pub async fn wait_available(
     polling: &Polling,
     cancel: &CancellationToken,
 ) -> Result<Image, Ec2Error> {
-    let spec = polling.wait(
-        format!("image {id} in {region} to become available"),
-        IMAGE_POLL,
-        IMAGE_DEADLINE,
-        1,
-    );
+    // Per region: copies to other regions take longer than registering in the build's.
+    let spec = polling
+        .wait(
+            format!("image {id} in {region} to become available"),
+            IMAGE_POLL,
+            IMAGE_DEADLINE,
+            1,
+        )
+        .class(region);
     until(&spec, cancel, || async {
         Ok(match describe(ec2, region, id).await? {
             None => Probe::Pending("not visible yet".into()),

@@ -2,6 +2,7 @@
 //! and their copies, the boot test's instances, and the one generic wait for eventual
 //! consistency. Only this module calls EC2; the pipeline's steps call it.
 
+pub mod history;
 pub mod identity;
 pub mod images;
 pub mod instance_types;

@@ -20,6 +20,8 @@ pub const ATTACH_DEADLINE: Duration = Duration::from_secs(200);
 /// missing attachment right after AttachVolume (packer#1854), which the wait treats as pending;
 /// the block device node appearing afterwards is the second, independent confirmation.
 pub const ATTACH_SUCCESSES: u32 = 1;
+/// The history key of attachment waits.
+pub const ATTACH_KIND: &str = "volume to attach";
 
 /// What to create.
 #[derive(Debug, Clone)]
@@ -83,20 +85,43 @@ async fn describe(
     }
 }
 
-/// Waits until the volume is `available`; `error` fails at once.
+/// What makes one new volume's creation take longer than another's, as EC2 reports it: its
+/// source (blank or a snapshot) and its size, to a power of two. Waits for volumes of the same
+/// class share a history (`history.rs`).
+pub fn class_of(v: &NewVolume) -> String {
+    let source = if v.snapshot_id.is_some() {
+        "from a snapshot"
+    } else {
+        "blank"
+    };
+    match v
+        .size
+        .and_then(|s| u32::try_from(s).ok())
+        .filter(|s| *s > 0)
+    {
+        Some(s) => format!("{source}, up to {} GiB", s.next_power_of_two()),
+        None => format!("{source}, of the snapshot's size"),
+    }
+}
+
+/// Waits until the volume is `available`; `error` fails at once. `class` is the volume's
+/// [`class_of`].
 pub async fn wait_available(
     ec2: &Client,
     region: &str,
     id: &str,
+    class: &str,
     polling: &Polling,
     cancel: &CancellationToken,
 ) -> Result<(), Ec2Error> {
-    let spec = polling.wait(
-        format!("volume {id} to become available"),
-        VOLUME_POLL,
-        VOLUME_DEADLINE,
-        1,
-    );
+    let spec = polling
+        .wait(
+            format!("volume {id} to become available"),
+            VOLUME_POLL,
+            VOLUME_DEADLINE,
+            1,
+        )
+        .class(class);
     until(&spec, cancel, || async {
         Ok(match describe(ec2, region, id).await? {
             None => Probe::Pending("not visible yet".into()),
@@ -130,12 +155,14 @@ pub async fn attach(
         .send()
         .await
         .map_err(api("AttachVolume", id, region))?;
-    let spec = polling.wait(
+    let mut spec = polling.wait(
         format!("volume {id} to attach to {instance} as {device}"),
         ATTACH_POLL,
         ATTACH_DEADLINE,
         ATTACH_SUCCESSES,
     );
+    // One history for every device name.
+    spec.history_key = ATTACH_KIND.to_owned();
     until(&spec, cancel, || async {
         let v = describe(ec2, region, id).await?;
         let att = v.and_then(|v| {

@@ -1,8 +1,10 @@
 //! The one wait for eventual consistency: poll until a probe reports ready a number of times in
 //! a row, fail fast on terminal states, give up at a deadline, stop on cancel, slow down (not fail)
-//! when EC2 throttles. When to poll is `schedule.rs`'s: predicted from progress and history.
+//! when EC2 throttles. When to poll is `schedule.rs`'s: predicted from progress and history
+//! (`history.rs`), which every finished wait adds to.
 
 use super::Ec2Error;
+use super::history;
 use super::schedule::{self, Schedule};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,19 @@ pub struct Wait {
     pub deadline: Duration,
     /// Ready results needed in a row (more than one rides out eventual consistency).
     pub successes: u32,
+    /// Which waits this one is like (its kind and class, e.g. `volume to become available
+    /// [blank, 8 GiB]`): the key of its history. [`Polling::wait`] sets the kind from `what`;
+    /// [`Wait::class`] adds what makes waits of a kind differ.
+    pub history_key: String,
+}
+
+impl Wait {
+    /// Waits of this kind that share `class` share a history (e.g. a volume's source and size
+    /// class, an image's region), apart from the kind's other waits.
+    pub fn class(mut self, class: impl std::fmt::Display) -> Self {
+        self.history_key = format!("{} [{class}]", schedule::kind_of(&self.what));
+        self
+    }
 }
 
 /// Polling settings from the template's `aws_polling` or `AWS_POLL_DELAY_SECONDS` /
@@ -81,8 +96,10 @@ impl Polling {
             Some(n) => interval * u32::try_from(n).unwrap_or(u32::MAX),
             None => deadline,
         };
+        let what = what.into();
         Wait {
-            what: what.into(),
+            history_key: schedule::kind_of(&what),
+            what,
             interval,
             schedule,
             deadline,
@@ -92,9 +109,11 @@ impl Polling {
 }
 
 /// Polls `probe` as `spec` says. Returns the last ready value. Remembers how long the wait took
-/// for the next wait of its kind.
+/// for the next wait of its kind: the time of its last not-ready poll (the resource became ready
+/// after it), so the history never runs ahead of the resource.
 ///
-/// Side effects: only the probe's. Cancellable at every pause.
+/// Side effects: the probe's, and a sample in the wait history (`history.rs`). Cancellable at
+/// every pause.
 pub async fn until<T, F, Fut>(
     spec: &Wait,
     cancel: &CancellationToken,
@@ -105,8 +124,10 @@ where
     Fut: std::future::Future<Output = Result<Probe<T>, Ec2Error>>,
 {
     let start = Instant::now();
-    let kind = schedule::kind_of(&spec.what);
-    let history = schedule::remembered(&kind);
+    let history = history::recent(&spec.history_key)
+        .into_iter()
+        .reduce(f64::min);
+    let (mut polls, mut last_pending) = (0u32, 0.0);
     let mut streak = 0;
     let mut throttled = 0;
     let mut last_state = "unknown".to_owned();
@@ -114,6 +135,8 @@ where
         if cancel.is_cancelled() {
             return Err(Ec2Error::Cancelled(spec.what.clone()));
         }
+        let sent = start.elapsed().as_secs_f64();
+        polls += 1;
         let seen = probe().await;
         let elapsed = start.elapsed().as_secs_f64();
         let mut progress = None;
@@ -121,34 +144,25 @@ where
             Ok(Probe::Ready(v)) => {
                 streak += 1;
                 if streak >= spec.successes {
-                    schedule::remember(&kind, elapsed);
+                    done(spec, polls, elapsed, last_pending, history);
                     return Ok(v);
                 }
                 None
             }
             Ok(Probe::Pending(state)) => {
                 streak = 0;
+                last_pending = sent;
                 note(spec, &mut last_state, state);
                 None
             }
             Ok(Probe::Progress(state, fraction)) => {
                 streak = 0;
+                last_pending = sent;
                 progress = Some(fraction);
                 note(spec, &mut last_state, state);
                 None
             }
-            Ok(Probe::Terminal(state, detail)) => {
-                let detail = if detail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {detail}")
-                };
-                return Err(Ec2Error::Terminal {
-                    what: spec.what.clone(),
-                    state,
-                    detail,
-                });
-            }
+            Ok(Probe::Terminal(state, detail)) => return Err(terminal(spec, state, detail)),
             Err(e) if e.code().is_some_and(|c| THROTTLING.contains(&c)) => {
                 throttled += 1;
                 let pause = schedule::throttled_pause(throttled);
@@ -180,6 +194,32 @@ where
     }
 }
 
+/// Records the finished wait in the history (the last not-ready poll's time) and the log.
+fn done(spec: &Wait, polls: u32, elapsed: f64, last_pending: f64, history: Option<f64>) {
+    history::record(&spec.history_key, last_pending);
+    tracing::info!(
+        what = %spec.what,
+        polls,
+        waited_s = elapsed,
+        history_s = history,
+        key = %spec.history_key,
+        "wait done"
+    );
+}
+
+fn terminal(spec: &Wait, state: String, detail: String) -> Ec2Error {
+    let detail = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    };
+    Ec2Error::Terminal {
+        what: spec.what.clone(),
+        state,
+        detail,
+    }
+}
+
 fn note(spec: &Wait, last_state: &mut String, state: String) {
     if state != *last_state {
         tracing::info!(what = %spec.what, state = %state, "waiting");
@@ -198,6 +238,7 @@ mod tests {
             schedule: Schedule::Fixed(Duration::from_millis(5)),
             deadline: Duration::from_millis(300),
             successes,
+            history_key: "thing".into(),
         }
     }
 
@@ -273,6 +314,30 @@ mod tests {
         .unwrap();
         assert_eq!(v, 7);
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_finished_wait_leaves_its_last_pending_poll_in_the_history() {
+        let cancel = CancellationToken::new();
+        let mut w = spec(1);
+        w.history_key = "wait-test [last pending]".into();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        until(&w, &cancel, || {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                Ok(if n < 2 {
+                    Probe::Pending("creating".into())
+                } else {
+                    Probe::Ready(())
+                })
+            }
+        })
+        .await
+        .unwrap();
+        let seen = history::recent("wait-test [last pending]");
+        // The second poll's time (a pause of 5 ms after the first), not the ready poll's.
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(seen[0] >= 0.005, "{seen:?}");
     }
 
     #[test]

@@ -33,4 +33,5 @@ mod templates;
 mod terminal;
 mod trigger;
 mod undo;
+mod waits;
 mod worker;

@@ -59,7 +59,9 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     };
     let id = volumes::create(&b.clients.ec2, &b.region, &spec).await?;
     b.state.volume_id = Some(id.clone());
-    volumes::wait_available(&b.clients.ec2, &b.region, &id, &b.polling, &b.cancel).await?;
+    let class = volumes::class_of(&spec);
+    let (ec2, polling) = (&b.clients.ec2, &b.polling);
+    volumes::wait_available(ec2, &b.region, &id, &class, polling, &b.cancel).await?;
     b.backend
         .volume_created(&id, size as u64, snapshot.as_deref())?;
     Ok(serde_json::json!({ "volume_id": id, "size_gib": size, "from_snapshot": snapshot }))
