@@ -6,7 +6,7 @@ plane: attachments make loop devices and device nodes).
     bench_packer.py KILN WORK [RUNS]      (as root; the emulator's exports in the environment)
 
 - Each tool gets its own emulator builder host (xen naming): Packer's makes its nodes in /dev
-  (Packer 1.6.6 mounts `/dev/sdf1` by that name), kiln's in a private directory (`--device-dir`).
+  (Packer 1.6.6 mounts `/dev/sdn1` by that name), kiln's in a private directory (`--device-dir`).
 - Packer runs in a network namespace of its own (scripts/packer_netns.py) where 127.0.0.1:PORT is
   the emulator (its `custom_endpoint_ec2`) and where its instance-metadata requests reach its
   host's IMDS; only the network namespace is entered, so it mounts and chroots for real.
@@ -50,12 +50,17 @@ KILN_LOCKS = "/run/kiln/locks"
 # EBS-like times for one more build each (scripts/emulator delays): seconds a volume stays creating,
 # an attachment attaching, a detachment detaching, a snapshot pending, an image pending.
 DELAYS = {"volume": 2, "attachment": 1, "detachment": 1, "snapshot": 5, "image": 3}
+# The attachment point both use (`device_path`): not sdf, the one other builds on this machine use
+# first (kiln's device locks in /run/kiln/locks are the machine's: a build taking a dead build's lock
+# cleans what that build left, which would change what this bench lists).
+DEVICE = "sdn"
 KILL_SLEEP = 10  # the provisioner's sleep in the kill runs (killed 1 s into it)
 
 TEMPLATE = {
     "_comment": "scripts/bench packer: one template for kiln and Packer 1.6.6 (amazon-chroot, from scratch). "
-    "A file system on the whole volume (mount_partition 0): this machine's kernel reads no partition "
-    "tables, so a partition would need partx and the emulator's partition nodes (see BENCHMARKS.md).",
+    "partx --update: this machine's kernel reads no partition tables (BLKRRPART finds none on a loop "
+    "device), so the partition is added from user space (BLKPG), as kiln's loop backend does; the loop "
+    "waits for the emulator's stand-in for udev to make its node.",
     "variables": {"endpoint": "", "region": "us-east-1", "name": "kiln-vs-packer", "sleep": "0",
                   "mount_root": "/mnt/packer-amazon-chroot-volumes"},
     "builders": [
@@ -69,14 +74,18 @@ TEMPLATE = {
             "ami_virtualization_type": "hvm",
             "root_device_name": "/dev/xvda",
             "root_volume_size": 1,
-            "device_path": "/dev/sdf",
+            "device_path": f"/dev/{DEVICE}",
             "mount_path": "{{user `mount_root`}}/{{.Device}}",
             "copy_files": [],
             "ami_block_device_mappings": [
                 {"device_name": "/dev/xvda", "volume_type": "gp2", "delete_on_termination": True}
             ],
-            "mount_partition": "0",
-            "pre_mount_commands": ["mkfs.ext4 -q -L root {{.Device}}"],
+            "pre_mount_commands": [
+                "sfdisk --quiet {{.Device}} <<'PARTS'\nlabel: gpt\n,,L\nPARTS",
+                "partx --update {{.Device}}",
+                "for i in $(seq 50); do [ -b {{.Device}}1 ] && break; sleep 0.1; done",
+                "mkfs.ext4 -q -L root {{.Device}}1",
+            ],
             "post_mount_commands": [
                 "mkdir -p {{.MountPath}}/bin {{.MountPath}}/etc {{.MountPath}}/proc {{.MountPath}}/sys "
                 "{{.MountPath}}/dev {{.MountPath}}/tmp",
@@ -318,10 +327,14 @@ class Kiln(Tool):
     def __init__(self, host, calls, kiln: str, proxy_url: str, imds_url: str, template: str, cwd: str):
         super().__init__("kiln", host, calls)
         self.kiln, self.proxy_url, self.imds_url, self.template, self.cwd = kiln, proxy_url, imds_url, template, cwd
+        self.history: str | None = None  # another build's name: use its wait history
 
     def argv(self, ami_name, sleep):
         env = dict(os.environ)
-        env.update({"AWS_ENDPOINT_URL": self.proxy_url, "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds_url})
+        env.update({"AWS_ENDPOINT_URL": self.proxy_url, "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds_url,
+                    # Its own wait history (ec2/history.rs), never the machine's: a fresh builder's
+                    # unless a build names another's.
+                    "KILN_WAIT_HISTORY": os.path.join(self.cwd, f"wait-history-{self.history or ami_name}.json")})
         cmd = [self.kiln, "build", "--backend", "ebs", "--device-dir", self.host["dev_dir"],
                "--device-naming", "xen", "--var", f"endpoint={os.environ['AWS_ENDPOINT_URL']}",
                "--var", f"name={ami_name}", "--var", f"sleep={sleep}", "--var", f"mount_root={MOUNT_ROOT}",
@@ -366,7 +379,7 @@ def leftovers(tool: Tool, ec2, ec2_before: dict, before: dict, after: dict, run:
     ours = [m for m in new_mounts
             if m[0] == mount_root or m[0].startswith(mount_root + "/") or m[2] in our_loops
             or (tool.host["dev_dir"] != "/dev" and m[2].startswith(tool.host["dev_dir"] + "/"))
-            or (tool.host["dev_dir"] == "/dev" and re.fullmatch(r"/dev/(sd|xvd)f\d*", m[2]))]
+            or (tool.host["dev_dir"] == "/dev" and re.fullmatch(rf"/dev/(sd|xvd){DEVICE[-1]}\d*", m[2]))]
     procs = {}
     for pid, p in after["procs"].items():
         if pid in before["procs"] and before["procs"][pid]["cmd"] == p["cmd"]:
@@ -523,8 +536,8 @@ def kill_run(tool: Tool, ec2, mode: str, ami_name: str, work: str) -> dict:
     """Builds with a sleeping provisioner, SIGKILLs 1 s into the sleep (`pid`: the process started;
     `all`: every process of the build), lets what survives finish (up to a minute), lists what is
     left and removes it."""
-    # Packer's host makes its nodes in the machine's /dev: only /dev/sdf* (the template's device).
-    node_names = re.compile(r"^(sd|xvd)f\d*$") if tool.host["dev_dir"] == "/dev" else re.compile(".")
+    # Packer's host makes its nodes in the machine's /dev: only the template's device's.
+    node_names = re.compile(rf"^(sd|xvd){DEVICE[-1]}\d*$") if tool.host["dev_dir"] == "/dev" else re.compile(".")
     ec2_before = ec2_inventory(ec2)
     before = machine_inventory(tool.host["dev_dir"], node_names)
     logp = os.path.join(work, f"{tool.name}-kill-{mode}.log")
@@ -602,7 +615,7 @@ def main() -> int:
     version = subprocess.run(["packer", "version"], capture_output=True, text=True, check=False).stdout
     if "1.6.6" not in version:
         sys.exit(f"bench packer: needs Debian's Packer 1.6.6 (apt-get install -y packer); found {version.strip() or 'none'}")
-    for p in ("/dev/sdf", "/dev/sdf1", "/dev/xvdf", "/dev/xvdf1"):
+    for p in (f"/dev/{DEVICE}", f"/dev/{DEVICE}1", f"/dev/xvd{DEVICE[-1]}", f"/dev/xvd{DEVICE[-1]}1"):
         if os.path.exists(p):
             sys.exit(f"bench packer: {p} exists: Packer 1.6.6 would refuse it (Device is in use); remove what holds it")
     # SIGTERM and SIGHUP unwind like ^C: the cleanup in `finally` runs.
@@ -678,6 +691,18 @@ def main() -> int:
                 delayed[name] = r
                 remove_artifacts(ec2, before)
                 log(f"with delays: {name} {r['wall']:.2f} s, {describe_calls(r['calls']['counts'])[0]} EC2 calls")
+            # kiln once more on the same builder: with the wait history the first build left.
+            before = ec2_inventory(ec2)
+            tools["kiln"].history = f"kvp-kiln-{tag}-delayed"
+            try:
+                r = tools["kiln"].run(f"kvp-kiln-{tag}-delayed-again", 0, None, os.path.join(work, "kiln-delayed-again.log"))
+            finally:
+                tools["kiln"].history = None
+            if r["rc"] != 0:
+                raise RuntimeError(f"kiln's second build with delays failed (exit {r['rc']})")
+            delayed["kiln-again"] = r
+            remove_artifacts(ec2, before)
+            log(f"with delays, again: kiln {r['wall']:.2f} s, {describe_calls(r['calls']['counts'])[0]} EC2 calls")
         finally:
             emulator("delays", region)
 
@@ -691,7 +716,7 @@ def main() -> int:
         if not ok:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the cleanup finish
             emergency_cleanup(ec2, ec2_start, mounts_start)
-        for d in (os.path.join(MOUNT_ROOT, "sdf"), MOUNT_ROOT):
+        for d in (os.path.join(MOUNT_ROOT, DEVICE), MOUNT_ROOT):
             try:
                 os.rmdir(d)  # empty mount points only: never removes anything mounted or written
             except OSError:
@@ -720,11 +745,16 @@ def main() -> int:
           f"| {dp['wall']:.1f} s | {dk['wall']:.1f} s | {dk['wall'] / dp['wall']:.2f}x |")
     print(f"| ... its EC2 calls | {describe_calls(dp['calls']['counts'])[0]} | {describe_calls(dk['calls']['counts'])[0]} "
           f"| {describe_calls(dk['calls']['counts'])[0] / describe_calls(dp['calls']['counts'])[0]:.2f}x |")
+    da = delayed["kiln-again"]
+    print(f"| ... kiln's next build on the same builder (its wait history): wall time, EC2 calls | {dp['wall']:.1f} s, "
+          f"{describe_calls(dp['calls']['counts'])[0]} | {da['wall']:.1f} s, {describe_calls(da['calls']['counts'])[0]} "
+          f"| {da['wall'] / dp['wall']:.2f}x, {describe_calls(da['calls']['counts'])[0] / describe_calls(dp['calls']['counts'])[0]:.2f}x |")
     print()
     print(f"EC2 calls, Packer: {pd}")
     print(f"EC2 calls, kiln: {kd}")
     print(f"EC2 calls with EBS-like times, Packer: {describe_calls(dp['calls']['counts'])[2]}")
     print(f"EC2 calls with EBS-like times, kiln: {describe_calls(dk['calls']['counts'])[2]}")
+    print(f"EC2 calls with EBS-like times, kiln with its wait history: {describe_calls(da['calls']['counts'])[2]}")
     print(f"walls: packer {' '.join(f'{w:.2f}' for w in walls['packer'])}; kiln {' '.join(f'{w:.2f}' for w in walls['kiln'])}")
     print()
     for mode, what in (("pid", "`kill -9` of the process started (packer / kiln)"),
