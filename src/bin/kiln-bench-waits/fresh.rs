@@ -81,8 +81,8 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
         let snapshot = made.snapshot.as_deref().unwrap_or_default();
         ami = Some(register(&ec2, region, snapshot, &made.tags).await?);
     }
-    // Only the measured wait reads and writes the history file.
-    history::use_file(opts.history.clone());
+    // Only kiln's measured wait reads and writes the history file.
+    history::use_file(opts.history.clone().filter(|_| poller == "kiln"));
     let (start, before) = (Instant::now(), count());
     let mut not_describe = 0;
     match (kind.as_str(), &ami) {
