@@ -77,7 +77,8 @@ pub async fn run(
     sink: &Sink,
     cancel: &CancellationToken,
 ) -> Result<(), HostError> {
-    let mut child = tokio::process::Command::new("/bin/sh")
+    let mut command = tokio::process::Command::new("/bin/sh");
+    command
         .arg("-c")
         .arg(&cmd.script)
         .env_clear()
@@ -87,7 +88,27 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    // If kiln itself is killed (SIGKILL: no undo runs), the command dies with it, and with the
+    // command the sandbox's bubblewrap (`--die-with-parent`) and everything in the build's PID
+    // namespace: nothing of the build keeps running against a volume the next attempt reclaims.
+    // (The signal follows the thread that started the command: a runtime worker thread, which
+    // lives as long as kiln.)
+    // SAFETY: between fork and exec only async-signal-safe calls: prctl and getppid.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)?;
+            // kiln died between the fork and the prctl: do not run at all.
+            if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+                return Err(std::io::Error::other(
+                    "kiln exited before the command started",
+                ));
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
         .spawn()
         .map_err(HostError::io("starting /bin/sh for", cmd.name.clone()))?;
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));

@@ -332,19 +332,54 @@ async fn crash_then_resume_on_a_second_host() {
     crash_and_resume(&["provision", "snapshot"], Hosts::SecondZoneXen).await;
 }
 
-/// SIGKILL in the middle of a long provisioner: its process in the chroot dies with the mount.
+/// The provisioner's sleep in [`crash_in_the_middle_of_provisioning_then_resume`]: no other test
+/// sleeps this long, so its process is found by its command line.
+const MIDCRASH_SLEEP_S: u32 = 27;
+
+/// Processes running `/bin/busybox sleep SECONDS` (the in-image provisioner's).
+fn sleeping(seconds: u32) -> Vec<String> {
+    let want = format!("/bin/busybox\0sleep\0{seconds}\0");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want.as_bytes()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// SIGKILL of the worker in the middle of a long provisioner: the provisioner's process in the
+/// image dies with the worker at once (it does not sleep on against the volume the next attempt
+/// reclaims), and the resumed build succeeds.
 #[tokio::test]
 async fn crash_in_the_middle_of_provisioning_then_resume() {
     with_janitor(|janitor| async move {
         let s = setup(10).await;
         let key = upload(&s, &unique("tpl")).await;
         let id = unique("midcrash");
-        send(&s, &request_with_regions(&id, &s, &key, 25)).await;
+        send(&s, &request_with_regions(&id, &s, &key, MIDCRASH_SLEEP_S)).await;
         let w = start_worker(&s, &["--visibility", "3"]);
         wait_for_log(&s, &id).await;
+        let start = std::time::Instant::now();
+        while sleeping(MIDCRASH_SLEEP_S).is_empty() && start.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            !sleeping(MIDCRASH_SLEEP_S).is_empty(),
+            "the provisioner's sleep started"
+        );
         let mut w = w.take();
         let _ = w.kill();
         let _ = w.wait();
+        let killed = std::time::Instant::now();
+        while !sleeping(MIDCRASH_SLEEP_S).is_empty() && killed.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            sleeping(MIDCRASH_SLEEP_S).is_empty(),
+            "the provisioner still runs after its worker was killed: {:?}",
+            sleeping(MIDCRASH_SLEEP_S)
+        );
         // The next attempt must not sleep 25 s again for the test to be quick; it does, so allow it.
         let next = start_worker(&s, &["--visibility", "3"]);
         let doc = result(&s, &id, Duration::from_secs(120)).await;
