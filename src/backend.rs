@@ -299,3 +299,47 @@ impl Backend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn devices(naming: Naming) -> Devices {
+        Devices {
+            dir: PathBuf::from("/dev/kiln-ebs/e1/h"),
+            naming,
+            node_timeout: NODE_TIMEOUT,
+        }
+    }
+
+    #[test]
+    fn candidates_follow_the_hosts_naming() {
+        assert_eq!(
+            devices(Naming::Xen).candidates("vol-0abc", "/dev/sdg", None),
+            vec![
+                PathBuf::from("/dev/kiln-ebs/e1/h/xvdg"),
+                PathBuf::from("/dev/kiln-ebs/e1/h/sdg")
+            ]
+        );
+        assert_eq!(
+            devices(Naming::Nitro).candidates("vol-0abc", "/dev/sdg", None),
+            vec![PathBuf::from(
+                "/dev/kiln-ebs/e1/h/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0abc"
+            )]
+        );
+        // The template's nvme_device_path wins on every host, as in Packer.
+        assert_eq!(
+            devices(Naming::Xen).candidates("vol-0abc", "/dev/sdg", Some("/dev/nvme3n1")),
+            vec![PathBuf::from("/dev/nvme3n1")]
+        );
+    }
+
+    #[test]
+    fn naming_parses_and_refuses_with_the_choices() {
+        assert_eq!("xen".parse::<Naming>(), Ok(Naming::Xen));
+        assert_eq!("nitro".parse::<Naming>(), Ok(Naming::Nitro));
+        assert_eq!("auto".parse::<Naming>(), Ok(Naming::Auto));
+        let e = "kvm".parse::<Naming>().unwrap_err();
+        assert!(e.contains("xen") && e.contains("nitro"), "{e}");
+    }
+}

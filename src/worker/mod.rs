@@ -254,6 +254,7 @@ pub async fn run(
         &lane_clients,
         &owner.instance_id,
         Path::new(crate::host::lock::LOCK_DIR),
+        &backend,
     )
     .await;
     let pool = pool::Pool::new(

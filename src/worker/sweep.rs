@@ -7,13 +7,16 @@ use tokio_util::sync::CancellationToken;
 
 /// Detaches kiln's volumes that are attached to this instance at a device no live build holds (a
 /// dead worker's), each with the clients of the team its `kiln:team` tag names (`team_clients`;
-/// its build role may detach only its team's volumes), else the worker's own. They stay for the
-/// build's next attempt to reclaim, or for `kiln gc`.
+/// its build role may detach only its team's volumes), else the worker's own; what is still
+/// mounted from the volume's node on this host is unmounted first (a mounted volume's detach
+/// would not complete on EC2, and once its node is gone nothing names that mount any more).
+/// They stay for the build's next attempt to reclaim, or for `kiln gc`.
 pub async fn sweep_attachments(
     clients: &Clients,
     team_clients: &[(crate::team::Team, Clients)],
     instance_id: &str,
     lock_dir: &Path,
+    backend: &crate::backend::Backend,
 ) {
     let filters = [
         aws_sdk_ec2::types::Filter::builder()
@@ -45,6 +48,18 @@ pub async fn sweep_attachments(
         let Ok(Some(lock)) = crate::host::lock::DeviceLock::try_lock(lock_dir, &name) else {
             continue;
         };
+        if let Some(dev) = backend.node_now(id, device, None) {
+            for m in crate::host::mount::mounts_of(&dev) {
+                match crate::host::mount::unmount_tree(&m).await {
+                    Ok(_) => {
+                        tracing::warn!(volume = id, mount = %m.display(), "unmounted what a dead build left mounted")
+                    }
+                    Err(e) => {
+                        tracing::error!(volume = id, mount = %m.display(), error = %e, "could not unmount a dead build's mount")
+                    }
+                }
+            }
+        }
         let polling = crate::ec2::wait::Polling::default();
         let tag = v
             .tags()
