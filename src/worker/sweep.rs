@@ -48,6 +48,12 @@ pub async fn sweep_attachments(
         let Ok(Some(lock)) = crate::host::lock::DeviceLock::try_lock(lock_dir, &name) else {
             continue;
         };
+        // `kiln build --on-error=abort` kept it attached on purpose, for a look.
+        if crate::host::lock::DeviceLock::read_note(lock_dir, &name)
+            .is_some_and(|n| crate::host::lock::DeviceLock::is_kept(&n))
+        {
+            continue;
+        }
         if let Some(dev) = backend.node_now(id, device, None) {
             for m in crate::host::mount::mounts_of(&dev) {
                 match crate::host::mount::unmount_tree(&m).await {

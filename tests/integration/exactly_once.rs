@@ -108,10 +108,27 @@ async fn a_failure_after_the_copies_is_retried_then_dead_lettered() {
         send(&s, &request_shared(&retried, &s, &key, &once)).await;
         send(&s, &request_shared(&dead, &s, &key, &always)).await;
         let w = start_worker(&s, &["--retry-delay", "1", "--concurrency", "2"]);
-        let ok = result(&s, &retried, Duration::from_secs(180)).await;
+        // On a timeout the worker's log says where the builds stand.
+        let (ok, failed) = match (
+            crate::worker::try_result(&s, &retried, Duration::from_secs(180)).await,
+            crate::worker::try_result(&s, &dead, Duration::from_secs(180)).await,
+        ) {
+            (Some(ok), Some(failed)) => (ok, failed),
+            (ok, failed) => {
+                if let Some(d) = &ok {
+                    track_result(&janitor, d);
+                }
+                let (_, log) = stop_worker(w);
+                panic!(
+                    "no result for {} ({:?}) or {} ({:?}); the worker's log:\n{log}",
+                    retried,
+                    ok.map(|d| d["status"].clone()),
+                    dead,
+                    failed.map(|d| d["status"].clone())
+                );
+            }
+        };
         track_result(&janitor, &ok);
-        // The dead build's result is written on its last attempt (receive count 2).
-        let failed = result(&s, &dead, Duration::from_secs(180)).await;
         wait_queue_empty(&s, &s.queue, Duration::from_secs(60)).await;
         let (_, log) = stop_worker(w);
         assert_eq!(ok["status"], "succeeded", "{ok:#}\n{log}");

@@ -260,6 +260,13 @@ pub(crate) fn request(build_id: &str, bucket: &str, key: &str, pause: u32) -> St
 
 /// Waits until `results/<id>.json` exists; returns it.
 pub(crate) async fn result(s: &Setup, id: &str, timeout: Duration) -> Value {
+    try_result(s, id, timeout)
+        .await
+        .unwrap_or_else(|| panic!("no result for {id}"))
+}
+
+/// Waits until `results/<id>.json` exists; returns it, or `None` after `timeout`.
+pub(crate) async fn try_result(s: &Setup, id: &str, timeout: Duration) -> Option<Value> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(o) =
@@ -270,9 +277,11 @@ pub(crate) async fn result(s: &Setup, id: &str, timeout: Duration) -> Value {
                 .await
         {
             let bytes = o.body.collect().await.expect("body").into_bytes();
-            return serde_json::from_slice(&bytes).expect("result JSON");
+            return Some(serde_json::from_slice(&bytes).expect("result JSON"));
         }
-        assert!(Instant::now() < deadline, "no result for {id}");
+        if Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
