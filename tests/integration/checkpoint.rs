@@ -35,22 +35,19 @@ pub(crate) fn request_fixed_name(id: &str, s: &Setup, key: &str, pause: u32) -> 
 
 /// Waits for a worker to exit by itself (killed by its fault hook, or stopped by a pool notice);
 /// its log.
-pub(crate) fn wait_exit(w: crate::worker::WorkerProc, timeout: Duration) -> String {
-    let mut child = w.take();
+pub(crate) fn wait_exit(mut w: crate::worker::WorkerProc, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
-    while child.try_wait().ok().flatten().is_none() {
+    loop {
+        if w.exited() {
+            return w.log();
+        }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "the worker did not exit by itself:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let log = w.log();
+            drop(w);
+            panic!("the worker did not exit by itself:\n{log}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = child.wait_with_output().expect("output");
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Exactly one AMI per region and nothing else of the build left.

@@ -3,6 +3,7 @@
 
 use crate::support::{Emulator, track_result, unique, with_janitor};
 use serde_json::Value;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -87,25 +88,45 @@ pub(crate) async fn setup(max_receive: u32) -> Setup {
 }
 
 /// A worker process that is stopped (SIGTERM, then SIGKILL) when dropped, so a failing test
-/// leaves no worker running.
-pub(crate) struct WorkerProc(Option<Child>);
+/// leaves no worker running. Its log goes to a file, not a pipe: a pipe nobody reads until the
+/// end fills up (64 KiB) and then stops the worker in the middle of a log line.
+pub(crate) struct WorkerProc(Option<Child>, Option<PathBuf>);
 
 impl WorkerProc {
-    /// Wraps a worker process started elsewhere.
+    /// Wraps a worker process started elsewhere (its log, if piped, is read when it stops).
     pub(crate) fn from_child(child: Child) -> Self {
-        WorkerProc(Some(child))
+        WorkerProc(Some(child), None)
     }
 
     /// The process, no longer stopped on drop.
     pub(crate) fn take(mut self) -> Child {
         self.0.take().expect("worker process")
     }
+
+    /// Whether the worker has exited (it is reaped then).
+    pub(crate) fn exited(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    /// The log the worker wrote so far.
+    pub(crate) fn log(&self) -> String {
+        self.1
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for WorkerProc {
     fn drop(&mut self) {
         if let Some(child) = self.0.take() {
-            let _ = stop_worker_child(child);
+            let _ = stop_worker_child(child, self.1.as_deref());
+        }
+        if let Some(p) = self.1.take() {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
@@ -117,6 +138,7 @@ pub(crate) fn start_worker(s: &Setup, extra: &[&str]) -> WorkerProc {
 /// A worker with extra environment (fault injection, another host's IMDS).
 pub(crate) fn start_worker_with(s: &Setup, extra: &[&str], env: &[(&str, &str)]) -> WorkerProc {
     let emu = Emulator::get();
+    let log = std::env::temp_dir().join(format!("{}.log", unique("worker-log")));
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
     c.args([
         "worker",
@@ -136,7 +158,7 @@ pub(crate) fn start_worker_with(s: &Setup, extra: &[&str], env: &[(&str, &str)])
     })
     .args(extra)
     .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    .stderr(std::fs::File::create(&log).expect("worker log file"));
     for (k, v) in &emu.vars {
         c.env(k, v);
     }
@@ -144,15 +166,20 @@ pub(crate) fn start_worker_with(s: &Setup, extra: &[&str], env: &[(&str, &str)])
     for (k, v) in env {
         c.env(k, v);
     }
-    WorkerProc(Some(c.spawn().expect("start kiln worker")))
+    WorkerProc(Some(c.spawn().expect("start kiln worker")), Some(log))
 }
 
 /// SIGTERM, then the worker's exit status and log.
 pub(crate) fn stop_worker(w: WorkerProc) -> (bool, String) {
-    stop_worker_child(w.take())
+    let log = w.1.clone();
+    let out = stop_worker_child(w.take(), log.as_deref());
+    if let Some(p) = log {
+        let _ = std::fs::remove_file(p);
+    }
+    out
 }
 
-fn stop_worker_child(mut child: Child) -> (bool, String) {
+fn stop_worker_child(mut child: Child, log: Option<&Path>) -> (bool, String) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -163,10 +190,11 @@ fn stop_worker_child(mut child: Child) -> (bool, String) {
     }
     let _ = child.kill();
     let out = child.wait_with_output().expect("worker output");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    if let Some(bytes) = log.and_then(|p| std::fs::read(p).ok()) {
+        text.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    (out.status.success(), text)
 }
 
 pub(crate) const TEMPLATE: &str = r#"
