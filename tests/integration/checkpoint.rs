@@ -39,7 +39,9 @@ pub(crate) fn wait_exit(mut w: crate::worker::WorkerProc, timeout: Duration) -> 
     let deadline = Instant::now() + timeout;
     loop {
         if w.exited() {
-            return w.log();
+            let log = w.log();
+            let _ = crate::worker::stop_worker(w);
+            return log;
         }
         if Instant::now() >= deadline {
             let log = w.log();

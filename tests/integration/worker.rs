@@ -121,12 +121,14 @@ impl WorkerProc {
 }
 
 impl Drop for WorkerProc {
+    /// A worker still running is stopped and its log removed; after [`WorkerProc::take`] the
+    /// log stays for whoever reads it ([`stop_worker`] removes it).
     fn drop(&mut self) {
         if let Some(child) = self.0.take() {
             let _ = stop_worker_child(child, self.1.as_deref());
-        }
-        if let Some(p) = self.1.take() {
-            let _ = std::fs::remove_file(p);
+            if let Some(p) = self.1.take() {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 }
@@ -180,10 +182,13 @@ pub(crate) fn stop_worker(w: WorkerProc) -> (bool, String) {
 }
 
 fn stop_worker_child(mut child: Child, log: Option<&Path>) -> (bool, String) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
+    // Not to a worker already reaped: its pid may be another process's by now.
+    if child.try_wait().ok().flatten().is_none() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
