@@ -430,6 +430,9 @@ async fn from_scratch_then_application_image(naming: &'static str) {
         // The application image on top, from the JSON example template.
         let app_id = unique("app-build");
         let app_tpl = repo_root().join("templates/app.json");
+        // The template names its AMI `kiln-app-<version>-<timestamp>`: the Xen and Nitro runs of
+        // this test build it in the same second, so each gets its own version.
+        let version = format!("2.5.0-{naming}{}", std::process::id());
         let (ok, app, stderr) = build(
             &app_tpl,
             &[
@@ -442,7 +445,7 @@ async fn from_scratch_then_application_image(naming: &'static str) {
                 "--var".into(),
                 "api_token=t0ps3cret".into(),
                 "--var".into(),
-                "app_version=2.5.0".into(),
+                format!("app_version={version}"),
             ],
         );
         track_result(&janitor, &app);
@@ -462,7 +465,7 @@ async fn from_scratch_then_application_image(naming: &'static str) {
                 "/etc/motd",
             ],
         );
-        assert_eq!(got[0].as_deref(), Some("2.5.0\n"));
+        assert_eq!(got[0].as_deref(), Some(format!("{version}\n").as_str()));
         assert!(
             got[1]
                 .as_deref()
