@@ -27,11 +27,20 @@ as AWS documents, so kiln's own code needs no emulator workaround:
 14. The EBS data plane (`emulator_ebs.py`): volumes and snapshots keep their data in sparse files, and
    an attachment to a builder host on this machine is a loop device with the nodes EC2 would make
    (Xen or Nitro naming, per host).
+15. The EBS direct APIs (`emulator_direct.py`) replace moto's: 512 KiB blocks kept in the data plane's
+   snapshot files (EC2 sees the same snapshot: VolumeId vol-ffffffff, pending until CompleteSnapshot
+   and the `direct` delay), checksums, ChangedBlocksCount, block/page tokens, ClientToken, children of
+   a ParentSnapshotId; StartSnapshot from kiln needs the kiln:build-id tag (as patch 9); on request a
+   share of the calls answer 400 RequestThrottledException (POST /_kiln/throttle-direct).
 
 Control endpoints (under the moto port, never used by kiln): GET /_kiln/state, POST /_kiln/reset,
 POST /_kiln/hosts {"name": ..., "az": ..., "naming": "xen"|"nitro", "dev_dir": ..., "nodes": bool,
 "detach_delay": s},
-POST /_kiln/delays {"region": ..., "volume": s, "attachment": s, "detachment": s, "snapshot": s, "image": s}, POST /_kiln/metadata {"host": ..., "path": ..., "value": ... or null}.
+POST /_kiln/delays {"region": ..., "volume": s, "attachment": s, "detachment": s, "snapshot": s, "image": s,
+"direct": s (CompleteSnapshot to completed), "put-block": s (each PutSnapshotBlock's latency)},
+POST /_kiln/metadata {"host": ..., "path": ..., "value": ... or null},
+POST /_kiln/throttle-direct {"share": 0..1, "actions": [EBS direct actions; default all six],
+"snapshot": substring of the snapshot id (default any)}.
 """
 
 from __future__ import annotations
@@ -80,10 +89,12 @@ ACCOUNT_ID = "123456789012"
 LOCK = threading.RLock()
 
 # ---------------------------------------------------------------------------------------------------
-# 6. Delays, per region, in seconds. Kinds: volume, attachment, snapshot, image.
+# 6. Delays, per region, in seconds. Kinds: volume, attachment, detachment, snapshot, image; for the
+#    EBS direct APIs (section 15) direct (CompleteSnapshot to `completed`) and put-block (how long
+#    each PutSnapshotBlock takes to answer).
 # ---------------------------------------------------------------------------------------------------
 DELAYS: dict[str, dict[str, float]] = {}
-DELAY_KINDS = ("volume", "attachment", "detachment", "snapshot", "image")
+DELAY_KINDS = ("volume", "attachment", "detachment", "snapshot", "image", "direct", "put-block")
 
 
 def delay_for(region: str, kind: str) -> float:
@@ -607,6 +618,16 @@ def _detach_volume_late(self, volume_id, instance_id=None, device_path=None):
 EBSBackend.detach_volume = _detach_volume_late
 
 # ---------------------------------------------------------------------------------------------------
+# 15. The EBS direct APIs (emulator_direct.py): KilnControl hands it every request signed for the
+#     `ebs` service (moto's own EBS direct backend is never reached); its snapshots are EC2 snapshots
+#     whose data is the plane's snapshot file. DeleteSnapshot ends a direct snapshot's writes.
+# ---------------------------------------------------------------------------------------------------
+import emulator_direct  # noqa: E402
+
+DIRECT = emulator_direct.Direct(LOCK, lambda: PLANE, delay_for)
+_hook("delete_snapshot", lambda self, snap, snapshot_id: DIRECT.snapshot_deleted(snapshot_id))
+
+# ---------------------------------------------------------------------------------------------------
 # 7. Conditional PutObject is atomic, and as on AWS a conditional write to a key that another
 #    conditional write is still writing answers 409 ConditionalRequestConflict.
 # ---------------------------------------------------------------------------------------------------
@@ -1004,6 +1025,8 @@ def public_state() -> dict:
         "delays": DELAYS,
         "throttle": THROTTLE,
         "ebs": PLANE.state() if PLANE is not None else None,
+        "direct": DIRECT.state(),
+        "throttle_direct": dict(DIRECT.throttle),
     }
 
 
@@ -1017,6 +1040,7 @@ def reset() -> None:
         LIFECYCLE_CALLS.clear()
         THROTTLE.update({"share": 0.0, "actions": [], "body": ""})
         stop_all_vms()
+        DIRECT.reset()
         if PLANE is not None:
             PLANE.reset()
         for host in HOSTS.values():
@@ -1120,6 +1144,8 @@ class KilnControl:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
+        if not path.startswith("/_kiln/") and DIRECT.region_of(environ) is not None:
+            return self.direct(environ, start_response, path, body)
         if not path.startswith("/_kiln/"):
             from_kiln = KILN_AGENT.search(
                 environ.get("HTTP_USER_AGENT", "") + " " + environ.get("HTTP_X_AMZ_USER_AGENT", "")
@@ -1174,6 +1200,25 @@ class KilnControl:
         start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
         return [data]
 
+    def direct(self, environ, start_response, path: str, body: bytes):
+        """An EBS direct API call (section 15); an injected fault (section 8) answers first, in the
+        service's restJson1 error shape."""
+        fault = _take_fault(environ.get("REQUEST_METHOD", ""), path, body) if FAULTS else None
+        if fault is not None:
+            data = json.dumps({"Message": fault.get("message", "injected by the kiln emulator")}).encode()
+            start_response(
+                f"{fault['status']} Injected",
+                [("Content-Type", "application/json"), ("x-amzn-ErrorType", fault["code"]),
+                 ("Content-Length", str(len(data)))],
+            )
+            return [data]
+        from_kiln = KILN_AGENT.search(
+            environ.get("HTTP_USER_AGENT", "") + " " + environ.get("HTTP_X_AMZ_USER_AGENT", "")
+        )
+        status, headers, data = DIRECT.handle(environ, body, bool(from_kiln), ACCOUNT_ID)
+        start_response(status, headers)
+        return [data]
+
     def handle(self, method: str, path: str, body: dict) -> dict:
         if path == "/_kiln/state":
             return public_state()
@@ -1221,6 +1266,9 @@ class KilnControl:
                 THROTTLE["share"] = share
                 THROTTLE["actions"] = [str(a) for a in body.get("actions", [])]
                 THROTTLE["body"] = str(body.get("body", ""))
+            return public_state()
+        if path == "/_kiln/throttle-direct":
+            DIRECT.set_throttle(body)
             return public_state()
         if path == "/_kiln/metadata":
             with LOCK:

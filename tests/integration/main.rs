@@ -11,6 +11,7 @@ mod debian;
 mod duplicates;
 mod ebs;
 mod emulator;
+mod emulator_direct;
 mod emulator_strict;
 mod eval_bombs;
 mod exactly_once;
