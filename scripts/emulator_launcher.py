@@ -573,7 +573,8 @@ _hook(
 )
 _hook(
     "copy_snapshot",
-    lambda self, snap, source_id, *a, **k: PLANE.snapshot_copied(source_id, snap.id),
+    # moto's CopySnapshot passes its arguments by keyword.
+    lambda self, snap, *a, **k: PLANE.snapshot_copied(k.get("source_snapshot_id", *a[:1]), snap.id),
 )
 _hook("delete_volume", lambda self, vol, volume_id: PLANE.volume_deleted(volume_id))
 _hook("delete_snapshot", lambda self, snap, snapshot_id: PLANE.snapshot_deleted(snapshot_id))

@@ -5,7 +5,7 @@
 //! and throttling on request.
 
 use crate::support::{
-    Emulator, Janitor, Resource, emulator_script, unique, volume_data, with_janitor,
+    Emulator, Janitor, Resource, emulator_script, snapshot_data, unique, volume_data, with_janitor,
 };
 use aws_sdk_ebs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ebs::primitives::ByteStream;
@@ -563,6 +563,22 @@ async fn ec2_sees_the_snapshot_pending_then_completed_with_its_data() {
             .image_id
             .expect("id");
         janitor.track(region, Resource::Image(ami));
+        // CopySnapshot copies the data (the plane's file of the copy).
+        let copy = ec2
+            .copy_snapshot()
+            .source_snapshot_id(&id)
+            .source_region(region)
+            .send()
+            .await
+            .expect("CopySnapshot of the direct snapshot")
+            .snapshot_id
+            .expect("id");
+        janitor.track(region, Resource::Snapshot(copy.clone()));
+        let copied = std::fs::File::open(snapshot_data(&copy)).expect("the copy's data");
+        let mut got = vec![0u8; BLOCK];
+        std::os::unix::fs::FileExt::read_exact_at(&copied, &mut got, 2 * BLOCK as u64)
+            .expect("read");
+        assert!(got == data, "the copy holds block 2");
     })
     .await;
 }
