@@ -207,8 +207,8 @@ class Direct:
         self.records: dict[str, Record] = {}
         self.tokens: dict[tuple, tuple[str, str]] = {}  # (account, region, token) -> (id, params)
         self.stats: dict[str, dict] = {}
-        self.throttle: dict = {"share": 0.0, "actions": list(ACTIONS), "snapshot": "", "seen": 0,
-                               "throttled": 0}
+        self.throttle: dict = {"share": 0.0, "actions": list(ACTIONS), "snapshot": "", "region": "",
+                               "seen": 0, "throttled": 0}
         self.listed: dict[str, tuple[tuple, set[int]]] = {}  # path -> (stat key, blocks with data)
 
     # -- control ----------------------------------------------------------------------------------
@@ -222,7 +222,8 @@ class Direct:
             raise ValueError(f"unknown actions {sorted(unknown)}; known: {list(ACTIONS)}")
         with self.mutex:
             self.throttle = {"share": share, "actions": actions,
-                             "snapshot": str(body.get("snapshot") or ""), "seen": 0, "throttled": 0}
+                             "snapshot": str(body.get("snapshot") or ""),
+                             "region": str(body.get("region") or ""), "seen": 0, "throttled": 0}
             return dict(self.throttle)
 
     def state(self) -> dict:
@@ -243,8 +244,8 @@ class Direct:
             self.tokens.clear()
             self.stats.clear()
             self.listed.clear()
-            self.throttle = {"share": 0.0, "actions": list(ACTIONS), "snapshot": "", "seen": 0,
-                             "throttled": 0}
+            self.throttle = {"share": 0.0, "actions": list(ACTIONS), "snapshot": "", "region": "",
+                             "seen": 0, "throttled": 0}
 
     def snapshot_deleted(self, snapshot_id: str) -> None:
         """DeleteSnapshot (hooked by the launcher): the snapshot's puts now fail, its stats stay."""
@@ -274,7 +275,7 @@ class Direct:
                    if k.startswith("HTTP_")}
         try:
             action, snapshot_id = self._route(method, parts)
-            self._maybe_throttle(action, snapshot_id)
+            self._maybe_throttle(action, snapshot_id, region)
             handler = getattr(self, "_" + re.sub(r"(?<!^)([A-Z])", r"_\1", action).lower())
             status, out_headers, data = handler(
                 region=region, account=account, parts=parts, query=query, headers=headers,
@@ -309,7 +310,7 @@ class Direct:
         raise DirectError(404, "UnknownOperationException",
                           f"No EBS direct operation {method} /{'/'.join(parts)}")
 
-    def _maybe_throttle(self, action: str, snapshot_id: str | None) -> None:
+    def _maybe_throttle(self, action: str, snapshot_id: str | None, region: str) -> None:
         """Answers a `share` of the matching calls as AWS answers a throttled one: evenly spread
         (the k-th matching call is throttled when floor(k * share) grows), so a test can count."""
         with self.mutex:
@@ -317,6 +318,8 @@ class Direct:
             if t["share"] <= 0 or action not in t["actions"]:
                 return
             if t["snapshot"] and t["snapshot"] not in (snapshot_id or ""):
+                return
+            if t["region"] and t["region"] != region:
                 return
             seen = t["seen"]
             t["seen"] = seen + 1

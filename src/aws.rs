@@ -134,6 +134,16 @@ impl Clients {
         self.config.region().map(|r| r.as_ref()).unwrap_or("")
     }
 
+    /// An EBS direct APIs client for `region` (the `direct` backend), sharing credentials and
+    /// retry policy.
+    #[cfg(feature = "builder")]
+    pub fn ebs_in(&self, region: &str) -> aws_sdk_ebs::Client {
+        let conf = aws_sdk_ebs::config::Builder::from(&self.config)
+            .region(Region::new(region.to_owned()))
+            .build();
+        aws_sdk_ebs::Client::from_conf(conf)
+    }
+
     /// An EC2 client for another region (AMI copies), sharing credentials and retry policy.
     pub fn ec2_in(&self, region: &str) -> aws_sdk_ec2::Client {
         let conf = aws_sdk_ec2::config::Builder::from(&self.config)

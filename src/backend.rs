@@ -9,8 +9,12 @@
 //!   real loop devices with the nodes EC2 would make.
 //! - `loop`: the volume's data in a sparse file next to kiln, a loop device for the attachment
 //!   (EC2 calls still go to the EC2 API, whose volumes then hold no data). Kept for the `qemu`
-//!   boot-test method, which boots that local file, and as the local-data half of the `direct`
-//!   backend to come; never for a pool.
+//!   boot-test method, which boots that local file; never for a pool.
+//! - `direct`: no volume at all. The source snapshot's blocks are read with the EBS direct APIs
+//!   into a sparse file (cached by snapshot id under `direct/cache/`), the build works on a copy
+//!   of it (`direct/work/`) through a loop device, and only the blocks that differ from the
+//!   source are written to a child snapshot in each region (`crate::ebs`, steps `read-source`
+//!   and `upload-delta`).
 //!
 //! The pipeline is the same for both; only these hooks differ.
 
@@ -120,6 +124,11 @@ pub enum Backend {
         /// Holds `volumes/` and `snapshots/`.
         state_dir: PathBuf,
     },
+    /// EBS direct APIs and a local sparse file per build.
+    Direct {
+        /// Holds `direct/cache/` and `direct/work/`.
+        state_dir: PathBuf,
+    },
 }
 
 impl Backend {
@@ -127,8 +136,41 @@ impl Backend {
     pub fn device_dir(&self) -> &Path {
         match self {
             Backend::Ebs(d) => &d.dir,
-            Backend::Loop { .. } => Path::new(DEVICE_DIR),
+            Backend::Loop { .. } | Backend::Direct { .. } => Path::new(DEVICE_DIR),
         }
+    }
+
+    /// Whether this is the `direct` backend (its steps differ: `read-source`, `upload-delta`,
+    /// `register-regions`).
+    pub fn is_direct(&self) -> bool {
+        matches!(self, Backend::Direct { .. })
+    }
+
+    /// The direct backend's cache of source snapshots (`None` for the others).
+    pub fn snapshot_cache(&self) -> Option<crate::ebs::cache::Cache> {
+        match self {
+            Backend::Direct { state_dir } => Some(crate::ebs::cache::Cache::new(
+                state_dir.join("direct").join("cache"),
+            )),
+            _ => None,
+        }
+    }
+
+    /// The direct backend's working image for the build `key` names (`None` for the others).
+    /// `key` is hashed: the file name never carries a build id's characters.
+    pub fn work_file(&self, key: &str) -> Option<PathBuf> {
+        use sha2::Digest as _;
+        let Backend::Direct { state_dir } = self else {
+            return None;
+        };
+        let hash = sha2::Sha256::digest(key.as_bytes());
+        let name: String = hash[..12].iter().map(|b| format!("{b:02x}")).collect();
+        Some(
+            state_dir
+                .join("direct")
+                .join("work")
+                .join(format!("work-{name}.img")),
+        )
     }
 
     /// The backend's name (`ebs` or `loop`).
@@ -136,6 +178,7 @@ impl Backend {
         match self {
             Backend::Ebs(_) => "ebs",
             Backend::Loop { .. } => "loop",
+            Backend::Direct { .. } => "direct",
         }
     }
 
@@ -145,7 +188,7 @@ impl Backend {
             Backend::Loop { state_dir } => {
                 Some(state_dir.join("volumes").join(format!("{id}.img")))
             }
-            Backend::Ebs(_) => None,
+            Backend::Ebs(_) | Backend::Direct { .. } => None,
         }
     }
 
@@ -155,7 +198,7 @@ impl Backend {
             Backend::Loop { state_dir } => {
                 Some(state_dir.join("snapshots").join(format!("{id}.img")))
             }
-            Backend::Ebs(_) => None,
+            Backend::Ebs(_) | Backend::Direct { .. } => None,
         }
     }
 
@@ -203,6 +246,9 @@ impl Backend {
                 }
                 loopdev::attach(&file)
             }
+            Backend::Direct { .. } => Err(HostError::Invalid(format!(
+                "the direct backend attaches no volume ({volume_id}): kiln bug"
+            ))),
             Backend::Ebs(d) => {
                 let candidates = d.candidates(volume_id, attach_name, nvme_device_path);
                 devices::wait_for_node(&candidates, d.node_timeout, cancel)

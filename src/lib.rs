@@ -14,6 +14,8 @@ pub mod backend;
 #[cfg(feature = "builder")]
 pub mod checkpoint;
 pub mod data_sources;
+#[cfg(feature = "builder")]
+pub mod ebs;
 pub mod ec2;
 #[cfg(feature = "builder")]
 pub mod gc;

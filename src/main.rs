@@ -319,6 +319,9 @@ enum BackendKind {
     /// Sparse files on loop devices next to kiln, EC2's volumes holding nothing: the `qemu`
     /// boot-test method's local data; never a pool.
     Loop,
+    /// No volume: the source snapshot read with the EBS direct APIs into a local file, only the
+    /// changed blocks written to a child snapshot in every region.
+    Direct,
 }
 
 /// The arguments every command that reads a template takes.
@@ -399,11 +402,13 @@ impl DeviceFlags {
 /// `kiln build`'s options besides the template.
 #[derive(Debug, clap::Args)]
 struct BuildFlags {
-    /// Where volume data lives: real EBS attachments (the default; locally, the emulator's), or
-    /// sparse files on loop devices (the `qemu` boot test's local data).
+    /// Where volume data lives: real EBS attachments (the default; locally, the emulator's),
+    /// the EBS direct APIs and a local file (direct), or sparse files on loop devices (the
+    /// `qemu` boot test's local data).
     #[arg(long, value_enum, default_value = "ebs", env = "KILN_BACKEND")]
     backend: BackendKind,
-    /// The loop backend's directory for volume and snapshot files.
+    /// The loop backend's directory for volume and snapshot files, and the direct backend's for
+    /// its cache of source snapshots and working images.
     #[arg(long, default_value = "/var/lib/kiln", env = "KILN_STATE_DIR")]
     state_dir: PathBuf,
     #[command(flatten)]

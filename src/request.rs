@@ -89,6 +89,20 @@ pub struct BuildRequest {
     /// The bake key the trigger computed, with its parts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake: Option<Bake>,
+    /// Where the build's data lives, if not the worker's setting: `ebs` (a volume attached to
+    /// the builder) or `direct` (the EBS direct APIs; no volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<RequestBackend>,
+}
+
+/// The backends a request may ask for (a pool never builds on `loop`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestBackend {
+    /// A volume attached to the builder.
+    Ebs,
+    /// The EBS direct APIs.
+    Direct,
 }
 
 /// The build id of a request that names none: derived from the queue message's id and the body,

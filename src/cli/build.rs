@@ -141,6 +141,9 @@ pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Re
         BackendKind::Loop => Backend::Loop {
             state_dir: state_dir.to_owned(),
         },
+        BackendKind::Direct => Backend::Direct {
+            state_dir: state_dir.to_owned(),
+        },
     };
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());

@@ -62,6 +62,7 @@ pub(crate) async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
             except: except.to_vec(),
             force,
             bake: None,
+            backend: None,
         };
         clients
             .sqs

@@ -348,3 +348,48 @@ pub async fn share_snapshot(
         .map_err(api("ModifySnapshotAttribute", id, region))?;
     Ok(())
 }
+
+/// This account's snapshots carrying every tag of `tags` (`(key, value)`), as DescribeSnapshots
+/// reports them. Read only.
+pub async fn snapshots_tagged(
+    ec2: &Client,
+    region: &str,
+    tags: &[(&str, &str)],
+) -> Result<Vec<aws_sdk_ec2::types::Snapshot>, Ec2Error> {
+    let filters = tags
+        .iter()
+        .map(|(k, v)| {
+            aws_sdk_ec2::types::Filter::builder()
+                .name(format!("tag:{k}"))
+                .values(*v)
+                .build()
+        })
+        .collect();
+    let out = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .set_filters(Some(filters))
+        .send()
+        .await
+        .map_err(api("DescribeSnapshots", format!("{tags:?}"), region))?;
+    Ok(out.snapshots.unwrap_or_default())
+}
+
+/// A snapshot's state, `None` when it does not exist. Read only.
+pub async fn snapshot_state(
+    ec2: &Client,
+    region: &str,
+    id: &str,
+) -> Result<Option<aws_sdk_ec2::types::SnapshotState>, Ec2Error> {
+    match ec2.describe_snapshots().snapshot_ids(id).send().await {
+        Ok(out) => Ok(out.snapshots().first().and_then(|s| s.state().cloned())),
+        Err(e) => {
+            let err = api("DescribeSnapshots", id, region)(e);
+            if err.is_not_found() {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}

@@ -231,6 +231,11 @@ pub const TAG_BUILD_ID: &str = "kiln:build-id";
 /// The tag naming the step that created it.
 pub const TAG_STEP: &str = "kiln:step";
 
+/// On a snapshot in another region: the build region's snapshot it holds the same data as (a
+/// CopyImage copy, or the direct backend's upload to that region). The direct backend builds on
+/// it in that region, as on the original in the build region.
+pub const TAG_COPY_OF: &str = "kiln:copy-of";
+
 /// The tag naming the build's generation (see [`BuildRef`]).
 pub const TAG_GENERATION: &str = "kiln:generation";
 

@@ -84,6 +84,36 @@ pub fn create(path: &Path, len: u64) -> Result<(), HostError> {
     f.set_len(len).map_err(HostError::io("sizing", path))
 }
 
+/// The data extents of `path` as `(start, end)` byte ranges, in order (holes read as zeros and
+/// are left out). Read only.
+pub fn data_ranges(path: &Path) -> Result<Vec<(u64, u64)>, HostError> {
+    let f = File::open(path).map_err(HostError::io("opening", path))?;
+    let len = f
+        .metadata()
+        .map_err(HostError::io("reading the size of", path))?
+        .len() as i64;
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    while pos < len {
+        let data = match lseek(f.as_fd(), pos, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::Error::ENXIO) => break,
+            Err(e) => {
+                return Err(HostError::Sys {
+                    what: "seeking data in",
+                    path: path.to_owned(),
+                    source: e,
+                });
+            }
+        };
+        let hole = lseek(f.as_fd(), data, Whence::SeekHole)
+            .map_err(HostError::sys("seeking a hole in", path))?;
+        out.push((data as u64, hole as u64));
+        pos = hole;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

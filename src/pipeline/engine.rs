@@ -91,7 +91,7 @@ pub async fn run(
         attempt: options.attempt.max(1),
         generation: options.generation.clone(),
     };
-    let plan_steps = steps::plan_steps(&b.plan.config);
+    let plan_steps = steps::plan_steps(&b.plan.config, b.backend.is_direct());
     let mut records = Vec::new();
     let mut ran: Vec<StepId> = Vec::new();
     let mut failure: Option<(StepId, StepError)> = None;

@@ -43,6 +43,9 @@ pub enum StepError {
     /// From the host (a host operation cancelled becomes [`StepError::Cancelled`]).
     #[error(transparent)]
     Host(HostError),
+    /// From the EBS direct APIs or the direct backend's files.
+    #[error(transparent)]
+    Ebs(crate::ebs::EbsError),
     /// The template or the source image cannot be built as asked.
     #[error("{0}")]
     Invalid(String),
@@ -77,12 +80,23 @@ impl From<HostError> for StepError {
     }
 }
 
+impl From<crate::ebs::EbsError> for StepError {
+    fn from(e: crate::ebs::EbsError) -> Self {
+        match e {
+            crate::ebs::EbsError::Cancelled(_) => StepError::Cancelled,
+            crate::ebs::EbsError::Host(h) => h.into(),
+            other => StepError::Ebs(other),
+        }
+    }
+}
+
 impl StepError {
     /// Whether retrying the build could succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
             StepError::Ec2(e) => e.is_retryable(),
             StepError::Host(e) => e.is_retryable(),
+            StepError::Ebs(e) => e.is_retryable(),
             StepError::Cancelled => true,
             StepError::HandedOver
             | StepError::Invalid(_)

@@ -107,6 +107,15 @@ pub struct BuildState {
     pub reused_snapshot: bool,
     /// The boot test's instance method: its private image and its instance, while they exist.
     pub boot_test: BootTestResources,
+    /// The direct backend's working image (`read-source` to `upload-delta`).
+    pub work_file: Option<PathBuf>,
+    /// The direct backend's snapshot in each region (`upload-delta`), the build region's also
+    /// in `snapshot_id`.
+    pub region_snapshots: BTreeMap<String, String>,
+    /// When resuming a direct build whose upload an earlier attempt on this host started: its
+    /// working image is final, so the steps up to `early-cleanup` are skipped and `upload-delta`
+    /// continues the same snapshots.
+    pub resume_upload: bool,
     /// The build's sandbox (step `sandbox` to `early-cleanup`).
     pub sandbox: Option<crate::host::sandbox::Sandbox>,
 }

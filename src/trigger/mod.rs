@@ -331,6 +331,7 @@ async fn uploaded(
         except: Vec::new(),
         force: false,
         bake,
+        backend: None,
     };
     // A template with several builds: one request per build, each with its own id and result.
     let requests: Vec<(BuildRequest, Option<String>)> = match per_build_ids(&build_id, &builds) {

@@ -423,6 +423,7 @@ pub(super) async fn run(
                 except: Vec::new(),
                 force: n.force,
                 bake: Some(bake.clone()),
+                backend: None,
             };
             if let Err(e) = enqueue(clients, queue, &req).await {
                 tracing::error!(template = %t, error = %e, "nightly: could not enqueue");

@@ -546,7 +546,7 @@ async fn run_request(
     let options = BuildOptions {
         build_id: build_id.to_owned(),
         team: d.lane.team.clone(),
-        backend: ctx.backend.clone(),
+        backend: ctx.backend_for(req.backend),
         on_error: OnError::Cleanup,
         lock_dir: crate::host::lock::LOCK_DIR.into(),
         sink,

@@ -193,6 +193,25 @@ pub(crate) struct Ctx {
     owner: Owner,
 }
 
+impl Ctx {
+    /// The backend for a request: the one it asks for (with this worker's devices and state
+    /// directory), else the worker's.
+    pub(crate) fn backend_for(&self, asked: Option<crate::request::RequestBackend>) -> Backend {
+        use crate::request::RequestBackend;
+        match (asked, &self.backend) {
+            (None, b) | (Some(RequestBackend::Ebs), b @ Backend::Ebs(_)) => b.clone(),
+            (Some(RequestBackend::Direct), _) => Backend::Direct {
+                state_dir: self.cfg.state_dir.clone(),
+            },
+            (Some(RequestBackend::Ebs), _) => Backend::Ebs(crate::backend::Devices {
+                dir: self.cfg.device_dir.clone(),
+                naming: self.cfg.device_naming,
+                node_timeout: Duration::from_secs(self.cfg.device_timeout_s),
+            }),
+        }
+    }
+}
+
 /// A received request and the team lane whose queue it came on: the team is the queue's, never
 /// what the request's body says.
 pub(crate) struct Delivery {
@@ -221,9 +240,12 @@ pub async fn run(
         "loop" => Backend::Loop {
             state_dir: cfg.state_dir.clone(),
         },
+        "direct" => Backend::Direct {
+            state_dir: cfg.state_dir.clone(),
+        },
         other => {
             return Err(WorkerError::Config(format!(
-                "unknown backend {other:?}: use ebs or loop"
+                "unknown backend {other:?}: use ebs, direct or loop"
             )));
         }
     };

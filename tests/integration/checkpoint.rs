@@ -122,7 +122,7 @@ fn assert_no_volume_left_on_host(id: &str, volumes: &[String]) {
 }
 
 /// Overwrites a build's journal (unconditionally, as another owner's write would).
-async fn put_journal(s: &Setup, id: &str, journal: &Value) {
+pub(crate) async fn put_journal(s: &Setup, id: &str, journal: &Value) {
     s.s3.put_object()
         .bucket(&s.bucket)
         .key(format!("checkpoints/{id}.json"))

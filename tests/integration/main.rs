@@ -8,6 +8,7 @@ mod build_timeout;
 mod checkpoint;
 mod data_sources;
 mod debian;
+mod direct;
 mod duplicates;
 mod ebs;
 mod emulator;

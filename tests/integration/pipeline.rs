@@ -19,7 +19,7 @@ const COPY_REGION: &str = "us-west-2";
 /// host (Nitro naming), or on this process's Xen or Nitro host when `extra` holds
 /// `--device-naming xen|nitro`; `extra` may name another `--backend` (the boot test's `qemu`
 /// method needs `loop`'s local data).
-fn kiln_command(template: &Path, extra: &[String]) -> Command {
+pub(crate) fn kiln_command(template: &Path, extra: &[String]) -> Command {
     let emu = Emulator::get();
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
     c.arg("build").arg("--json");

@@ -50,12 +50,26 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     if let Some(lock) = &b.state.device_lock {
         lock.note(&format!("{volume} {}", dev.display()))?;
     }
+    let (device_path, mount) = name_and_mount_path(b, &name, &dev).await?;
+    Ok(
+        serde_json::json!({ "attached_as": attach_name, "block_device": dev, "device": device_path, "mount_path": mount }),
+    )
+}
+
+/// For the block device `dev` holding the build's image (an attachment, or the direct backend's
+/// loop device): its partitions scanned, the `{{.Device}}` name (an alias named after the
+/// allocated `name` where `N` must name partition N) and the mount path. Sets them in the state.
+pub(super) async fn name_and_mount_path(
+    b: &mut Build,
+    name: &str,
+    dev: &std::path::Path,
+) -> Result<(std::path::PathBuf, std::path::PathBuf), StepError> {
     // The partitions of a volume made from a snapshot: not every kernel scans them on attach.
-    devices::rescan_partitions(&dev).await?;
-    let device_path = if b.backend.needs_aliases(&dev) {
-        devices::make_aliases(&name, &dev)?
+    devices::rescan_partitions(dev).await?;
+    let device_path = if b.backend.needs_aliases(dev) {
+        devices::make_aliases(name, dev)?
     } else {
-        dev.clone()
+        dev.to_owned()
     };
     b.state.device_path = Some(device_path.clone());
     // Packer's mount_path data: Device is the device's base name.
@@ -67,9 +81,7 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     let mount = std::path::absolute(&mount)
         .map_err(|e| super::invalid(format!("mount_path {mount}: {e}")))?;
     b.state.mount_path = Some(mount.clone());
-    Ok(
-        serde_json::json!({ "attached_as": attach_name, "block_device": dev, "device": device_path, "mount_path": mount }),
-    )
+    Ok((device_path, mount))
 }
 
 pub async fn undo(b: &mut Build) -> Result<(), StepError> {

@@ -29,11 +29,12 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         None => None,
     };
     let image_tags = super::register_image::image_tags(b, "copy-regions")?;
-    let snap_tags = kiln_tags(
-        &b.build_ref(),
-        "copy-regions",
-        &super::snapshot::snapshot_tags(b)?,
-    );
+    // A copy of a one-snapshot image names its original: the direct backend builds on it there.
+    let mut snap_extra = super::snapshot::snapshot_tags(b)?;
+    if let [one] = src.snapshot_ids.as_slice() {
+        snap_extra.insert(crate::ec2::TAG_COPY_OF.into(), one.clone());
+    }
+    let snap_tags = kiln_tags(&b.build_ref(), "copy-regions", &snap_extra);
     let targets: Vec<String> = c
         .ami_regions
         .iter()

@@ -20,11 +20,14 @@ mod mount_device;
 mod mount_extra;
 mod pre_validate;
 mod provision;
+mod read_source;
 mod reclaim;
 mod register_image;
+mod register_regions;
 mod sandbox;
 mod snapshot;
 mod source_image;
+mod upload_delta;
 
 use super::{Build, StepError};
 use crate::template::config::ChrootConfig;
@@ -44,6 +47,8 @@ pub enum StepId {
     AllocateDevice,
     /// The build volume.
     CreateVolume,
+    /// Direct backend: the source snapshot read (or found in the cache) into the working image.
+    ReadSource,
     /// Attached, and its block device present.
     AttachVolume,
     /// `pre_mount_commands`.
@@ -66,6 +71,8 @@ pub enum StepId {
     EarlyCleanup,
     /// The snapshot of the volume.
     Snapshot,
+    /// Direct backend: the changed blocks written to a child snapshot in every region.
+    UploadDelta,
     /// `boot_test`: the snapshot booted in QEMU, or on a test instance.
     BootTest,
     /// `force_deregister`: same-named AMIs removed.
@@ -74,6 +81,8 @@ pub enum StepId {
     RegisterImage,
     /// Copies to `ami_regions`.
     CopyRegions,
+    /// Direct backend: the uploaded snapshots registered in `ami_regions`.
+    RegisterRegions,
     /// Launch and snapshot permissions.
     ModifyAttributes,
 }
@@ -88,6 +97,7 @@ impl StepId {
             StepId::Reclaim => "reclaim",
             StepId::AllocateDevice => "allocate-device",
             StepId::CreateVolume => "create-volume",
+            StepId::ReadSource => "read-source",
             StepId::AttachVolume => "attach-volume",
             StepId::PreMountCommands => "pre-mount-commands",
             StepId::MountDevice => "mount-device",
@@ -99,10 +109,12 @@ impl StepId {
             StepId::LintImage => "lint-image",
             StepId::EarlyCleanup => "early-cleanup",
             StepId::Snapshot => "snapshot",
+            StepId::UploadDelta => "upload-delta",
             StepId::BootTest => "boot-test",
             StepId::Deregister => "deregister",
             StepId::RegisterImage => "register-image",
             StepId::CopyRegions => "copy-regions",
+            StepId::RegisterRegions => "register-regions",
             StepId::ModifyAttributes => "modify-attributes",
         }
     }
@@ -116,6 +128,7 @@ impl StepId {
             StepId::Reclaim => "Reclaiming what an earlier attempt of this build left",
             StepId::AllocateDevice => "Choosing a device for the volume",
             StepId::CreateVolume => "Creating the root volume",
+            StepId::ReadSource => "Reading the source snapshot's blocks",
             StepId::AttachVolume => "Attaching the root volume",
             StepId::PreMountCommands => "Running pre-mount commands",
             StepId::MountDevice => "Mounting the root device",
@@ -127,27 +140,34 @@ impl StepId {
             StepId::LintImage => "Checking the image against its registration",
             StepId::EarlyCleanup => "Unmounting and detaching before the snapshot",
             StepId::Snapshot => "Creating a snapshot",
+            StepId::UploadDelta => "Uploading the changed blocks",
             StepId::BootTest => "Booting the new image to test it",
             StepId::Deregister => "Deregistering AMIs of the same name (force_deregister)",
             StepId::RegisterImage => "Registering the AMI",
             StepId::CopyRegions => "Copying the AMI to other regions",
+            StepId::RegisterRegions => "Registering the AMI in other regions",
             StepId::ModifyAttributes => "Setting launch and snapshot permissions",
         }
     }
 }
 
-/// The steps a configuration runs, in order.
-pub fn plan_steps(c: &ChrootConfig) -> Vec<StepId> {
+/// The steps a configuration runs, in order. The direct backend reads and writes snapshots
+/// (`read-source`, `upload-delta`, `register-regions`) where the others make, attach and snapshot
+/// a volume and copy the image.
+pub fn plan_steps(c: &ChrootConfig, direct: bool) -> Vec<StepId> {
     use StepId::*;
     let mut v = vec![PreValidate, InstanceInfo];
     if !c.from_scratch {
         v.push(SourceImage);
     }
     v.push(Reclaim);
+    v.push(AllocateDevice);
+    if direct {
+        v.push(ReadSource);
+    } else {
+        v.extend([CreateVolume, AttachVolume]);
+    }
     v.extend([
-        AllocateDevice,
-        CreateVolume,
-        AttachVolume,
         PreMountCommands,
         MountDevice,
         PostMountCommands,
@@ -157,7 +177,7 @@ pub fn plan_steps(c: &ChrootConfig) -> Vec<StepId> {
         Provision,
         LintImage,
         EarlyCleanup,
-        Snapshot,
+        if direct { UploadDelta } else { Snapshot },
     ]);
     if c.boot_test.is_some() {
         v.push(BootTest);
@@ -165,7 +185,11 @@ pub fn plan_steps(c: &ChrootConfig) -> Vec<StepId> {
     if c.force_deregister {
         v.push(Deregister);
     }
-    v.extend([RegisterImage, CopyRegions, ModifyAttributes]);
+    v.extend([
+        RegisterImage,
+        if direct { RegisterRegions } else { CopyRegions },
+        ModifyAttributes,
+    ]);
     v
 }
 
@@ -175,9 +199,10 @@ pub fn skipped(step: StepId, b: &Build) -> bool {
     use StepId::*;
     match step {
         Reclaim => b.attempt <= 1,
-        AllocateDevice | CreateVolume | AttachVolume | PreMountCommands | MountDevice
-        | PostMountCommands | MountExtra | Sandbox | CopyFiles | Provision | LintImage
-        | EarlyCleanup | Snapshot => b.state.reused_snapshot,
+        Snapshot | UploadDelta => b.state.reused_snapshot,
+        AllocateDevice | CreateVolume | ReadSource | AttachVolume | PreMountCommands
+        | MountDevice | PostMountCommands | MountExtra | Sandbox | CopyFiles | Provision
+        | LintImage | EarlyCleanup => b.state.reused_snapshot || b.state.resume_upload,
         _ => false,
     }
 }
@@ -188,9 +213,9 @@ pub fn skipped(step: StepId, b: &Build) -> bool {
 pub fn undo_applies(step: StepId, failed: bool) -> bool {
     use StepId::*;
     match step {
-        AllocateDevice | CreateVolume | AttachVolume | MountDevice | MountExtra | Sandbox
-        | CopyFiles | BootTest => true,
-        Reclaim | Snapshot | RegisterImage | CopyRegions => failed,
+        AllocateDevice | CreateVolume | ReadSource | AttachVolume | MountDevice | MountExtra
+        | Sandbox | CopyFiles | BootTest => true,
+        Reclaim | Snapshot | UploadDelta | RegisterImage | CopyRegions | RegisterRegions => failed,
         _ => false,
     }
 }
@@ -205,6 +230,7 @@ pub async fn run(step: StepId, b: &mut Build) -> Result<serde_json::Value, StepE
         Reclaim => reclaim::run(b).await,
         AllocateDevice => allocate_device::run(b).await,
         CreateVolume => create_volume::run(b).await,
+        ReadSource => read_source::run(b).await,
         AttachVolume => attach_volume::run(b).await,
         PreMountCommands => mount_commands::run_pre(b).await,
         MountDevice => mount_device::run(b).await,
@@ -216,10 +242,12 @@ pub async fn run(step: StepId, b: &mut Build) -> Result<serde_json::Value, StepE
         LintImage => lint_image::run(b).await,
         EarlyCleanup => early_cleanup::run(b).await,
         Snapshot => snapshot::run(b).await,
+        UploadDelta => upload_delta::run(b).await,
         BootTest => boot_test::run(b).await,
         Deregister => deregister::run(b).await,
         RegisterImage => register_image::run(b).await,
         CopyRegions => copy_regions::run(b).await,
+        RegisterRegions => register_regions::run(b).await,
         ModifyAttributes => modify_attributes::run(b).await,
     }
 }
@@ -231,15 +259,17 @@ pub async fn undo(step: StepId, b: &mut Build) -> Result<(), StepError> {
         Reclaim => reclaim::undo(b).await,
         AllocateDevice => allocate_device::undo(b),
         CreateVolume => create_volume::undo(b).await,
+        ReadSource => read_source::undo(b).await,
         AttachVolume => attach_volume::undo(b).await,
         MountDevice => mount_device::undo(b).await,
         MountExtra => mount_extra::undo(b).await,
         Sandbox => sandbox::undo(b).await,
         CopyFiles => copy_files::undo(b),
         Snapshot => snapshot::undo(b).await,
+        UploadDelta => upload_delta::undo(b).await,
         BootTest => boot_test::undo(b).await,
         RegisterImage => register_image::undo(b).await,
-        CopyRegions => copy_regions::undo(b).await,
+        CopyRegions | RegisterRegions => copy_regions::undo(b).await,
         _ => Ok(()),
     }
 }
@@ -312,7 +342,24 @@ pub fn inventory_of(step: StepId, b: &Build) -> Vec<String> {
                 .as_ref()
                 .map(|id| format!("snapshot {id} in {}", b.region)),
         ),
-        RegisterImage | CopyRegions => v.extend(s.images.iter().map(|(r, i)| {
+        ReadSource => {
+            v.extend(
+                s.work_file
+                    .as_ref()
+                    .map(|f| format!("working image {}", f.display())),
+            );
+            v.extend(
+                s.block_device
+                    .as_ref()
+                    .map(|d| format!("device {}", d.display())),
+            );
+        }
+        UploadDelta => v.extend(
+            s.region_snapshots
+                .iter()
+                .map(|(r, id)| format!("snapshot {id} in {r}")),
+        ),
+        RegisterImage | CopyRegions | RegisterRegions => v.extend(s.images.iter().map(|(r, i)| {
             format!(
                 "image {} (snapshots {}) in {r}",
                 i.ami_id,
@@ -331,12 +378,14 @@ pub fn inventory(b: &Build) -> Vec<String> {
     for step in [
         AllocateDevice,
         CreateVolume,
+        ReadSource,
         AttachVolume,
         MountDevice,
         MountExtra,
         Sandbox,
         CopyFiles,
         Snapshot,
+        UploadDelta,
         RegisterImage,
     ] {
         v.extend(inventory_of(step, b));

@@ -3,7 +3,8 @@
 //! private image; mounts of its device on this host (the attachment's node to this instance, or
 //! the loop devices on its file), then the volume: detached from whichever
 //! instance holds it, and deleted); a snapshot it finished is
-//! reused, so the volume steps are skipped. Undo (on failure): delete the reused snapshot.
+//! reused, so the volume steps are skipped; the direct backend's leftovers as [`direct`] says.
+//! Undo (on failure): delete the reused snapshot(s).
 
 use crate::ec2::{TAG_BUILD_ID, TAG_STEP, api, images, instances, volumes};
 use crate::host::{loopdev, mount};
@@ -116,12 +117,74 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         b.state.snapshot_id = Some(id.clone());
         b.state.reused_snapshot = true;
     }
+    let direct = if b.backend.is_direct() {
+        direct(b).await?
+    } else {
+        serde_json::Value::Null
+    };
     Ok(
-        serde_json::json!({ "attempt": b.attempt, "reclaimed_volumes": reclaimed, "terminated_instances": test_instances, "reused_snapshot": reused }),
+        serde_json::json!({ "attempt": b.attempt, "reclaimed_volumes": reclaimed, "terminated_instances": test_instances, "reused_snapshot": reused, "direct": direct }),
+    )
+}
+
+/// The direct backend's leftovers: the working image's mounts and loop devices on this host are
+/// removed; then, when every region has a completed snapshot of this generation, they are reused
+/// (nothing is built again); else, when the working image and its upload progress are here, the
+/// upload continues (its snapshots are kept, the steps before it skipped); else every snapshot an
+/// earlier attempt started is deleted and the build starts over.
+async fn direct(b: &mut Build) -> Result<serde_json::Value, StepError> {
+    let work = super::read_source::work_file(b)?;
+    for dev in loopdev::find_for_file(&work) {
+        for m in mount::mounts_of(&dev) {
+            mount::unmount_tree(&m).await?;
+        }
+        loopdev::detach(&dev)?;
+    }
+    let made = super::upload_delta::made_before(b).await?;
+    let completed: std::collections::BTreeMap<String, String> = made
+        .iter()
+        .filter_map(|(r, snaps)| {
+            snaps
+                .iter()
+                .find(|s| s.state() == Some(&SnapshotState::Completed))
+                .and_then(|s| s.snapshot_id())
+                .map(|id| (r.clone(), id.to_owned()))
+        })
+        .collect();
+    let progress = super::upload_delta::progress_file(&work);
+    let (keep, outcome): (Vec<String>, &str) = if completed.len() == made.len() {
+        b.state.snapshot_id = completed.get(&b.region).cloned();
+        b.state.region_snapshots = completed.clone();
+        b.state.reused_snapshot = true;
+        super::read_source::remove_work(&work);
+        (completed.into_values().collect(), "reused")
+    } else if work.exists() && progress.exists() {
+        b.state.work_file = Some(work.clone());
+        b.state.resume_upload = true;
+        (super::upload_delta::kept_snapshots(&work), "resumed")
+    } else {
+        super::read_source::remove_work(&work);
+        (Vec::new(), "started over")
+    };
+    let mut deleted = Vec::new();
+    for (r, snaps) in &made {
+        let ec2 = b.clients.ec2_in(r);
+        for id in snaps.iter().filter_map(|s| s.snapshot_id()) {
+            if !keep.iter().any(|k| k == id) {
+                images::delete_snapshot(&ec2, r, id).await?;
+                deleted.push(id.to_owned());
+            }
+        }
+    }
+    Ok(
+        serde_json::json!({ "upload": outcome, "kept_snapshots": keep, "deleted_snapshots": deleted }),
     )
 }
 
 pub async fn undo(b: &mut Build) -> Result<(), StepError> {
+    if b.state.reused_snapshot && b.backend.is_direct() {
+        return super::upload_delta::undo(b).await;
+    }
     if b.state.reused_snapshot
         && let Some(id) = b.state.snapshot_id.clone()
     {

@@ -13,7 +13,7 @@ use aws_sdk_ec2::types::{
 };
 use std::collections::BTreeMap;
 
-fn mappings(b: &Build, snapshot: &str, root: &str) -> Vec<BlockDeviceMapping> {
+pub(super) fn mappings(b: &Build, snapshot: &str, root: &str) -> Vec<BlockDeviceMapping> {
     let c = &b.plan.config;
     if c.from_scratch || !c.ami_block_device_mappings.is_empty() {
         return c
@@ -149,6 +149,19 @@ pub(super) fn request(
     step: &str,
 ) -> Result<aws_sdk_ec2::operation::register_image::builders::RegisterImageFluentBuilder, StepError>
 {
+    request_in(b, &b.clients.ec2, snapshot, name, step)
+}
+
+/// [`request`] made with `ec2` (another region's client: the direct backend registers its
+/// snapshot in each region).
+pub(super) fn request_in(
+    b: &Build,
+    ec2: &aws_sdk_ec2::Client,
+    snapshot: &str,
+    name: &str,
+    step: &str,
+) -> Result<aws_sdk_ec2::operation::register_image::builders::RegisterImageFluentBuilder, StepError>
+{
     let c = &b.plan.config;
     let source = b.state.source.clone();
     let root = root_device(b);
@@ -163,9 +176,7 @@ pub(super) fn request(
         .filter(|v| !v.is_empty())
         .or_else(|| source.as_ref().and_then(|s| s.virtualization_type.clone()));
     let hvm = virt.as_deref() == Some("hvm");
-    let mut req = b
-        .clients
-        .ec2
+    let mut req = ec2
         .register_image()
         .name(name)
         .set_description(description)

@@ -1,0 +1,336 @@
+//! The `direct` backend end to end: a busybox base built on `ebs` (and copied to a second
+//! region), then an application layer on top built with `--backend direct`: only the changed
+//! 512 KiB blocks are written (PutSnapshotBlock calls counted by the emulator), to both regions
+//! on top of each region's parent, the files are in both regions' images and equal the same
+//! template built on `ebs`, no volume is made, the cache serves the second build, a crash
+//! mid-upload resumes the same snapshots, and throttling slows the upload without failing it.
+
+use crate::pipeline::{Tpl, build, busybox, read_from_snapshot};
+use crate::support::{
+    Emulator, emulator_script, result_snapshot_data, tagged, track_result, unique, with_janitor,
+};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// The second region (the base is copied there by CopyImage; the app layer uploads its delta).
+const COPY_REGION: &str = "us-west-2";
+/// A region whose direct calls the throttling test slows (no other test uploads there).
+const THROTTLED_REGION: &str = "eu-west-3";
+
+/// The busybox base, built on ebs and copied to [`COPY_REGION`]. Returns its AMI.
+fn base(t: &Tpl) -> String {
+    let tpl = t.write(
+        "base.pkr.hcl",
+        &busybox(
+            &unique("direct-base"),
+            &format!(r#"ami_regions = ["{COPY_REGION}"]"#),
+            r#"provisioner "shell" { inline = ["echo base > /etc/motd"] }"#,
+        ),
+    );
+    let (ok, doc, stderr) = build(&tpl, &["--build-id".into(), unique("direct-base-build")]);
+    assert!(ok, "base build failed: {}\n{doc:#}\n{stderr}", doc["error"]);
+    doc["artifacts"][Emulator::get().region()]["ami_id"]
+        .as_str()
+        .expect("ami")
+        .to_owned()
+}
+
+/// An application layer on `source`: a small file and 3 MiB of data, copied to `regions`.
+fn app_template(t: &Tpl, source: &str, regions: &[&str]) -> PathBuf {
+    let name = unique("direct-app");
+    let regions = regions
+        .iter()
+        .map(|r| format!("\"{r}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    t.write(
+        &format!("{name}.pkr.hcl"),
+        &format!(
+            r#"
+source "amazon-chroot" "app" {{
+  source_ami    = "{source}"
+  ami_name      = "{name}"
+  ami_regions   = [{regions}]
+  copy_files    = []
+  chroot_mounts = [["proc", "proc", "/proc"], ["sysfs", "sysfs", "/sys"], ["bind", "/dev", "/dev"]]
+  tags = {{ Name = "kiln-direct-app" }}
+}}
+build {{
+  sources = ["source.amazon-chroot.app"]
+  provisioner "shell" {{
+    inline = [
+      "echo app-1.0 > /etc/app-version",
+      "dd if=/dev/urandom of=/opt-data bs=1M count=3 2>/dev/null",
+      "sha256sum /opt-data | cut -d' ' -f1 > /etc/app-data.sha256",
+    ]
+  }}
+}}
+"#
+        ),
+    )
+}
+
+/// A private state directory for the direct backend's cache and working images.
+struct StateDir(PathBuf);
+
+impl StateDir {
+    fn new() -> Self {
+        let d = std::env::temp_dir().join(unique("direct-state"));
+        std::fs::create_dir_all(&d).expect("state dir");
+        StateDir(d)
+    }
+    fn args(&self, id: &str) -> Vec<String> {
+        vec![
+            "--backend".into(),
+            "direct".into(),
+            "--state-dir".into(),
+            self.0.display().to_string(),
+            "--build-id".into(),
+            id.into(),
+        ]
+    }
+    fn work_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.0.join("direct/work"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn step<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .map(|s| &s["outputs"])
+        .unwrap_or_else(|| panic!("no step {name} in {doc:#}"))
+}
+
+fn direct_stats(snapshot: &str) -> Value {
+    let state: Value = serde_json::from_str(&emulator_script(&["state"])).expect("state");
+    state["direct"][snapshot].clone()
+}
+
+fn files(file: &Path) -> Vec<Option<String>> {
+    read_from_snapshot(
+        file,
+        &["/etc/motd", "/etc/app-version", "/etc/app-data.sha256"],
+    )
+}
+
+#[tokio::test]
+async fn an_app_layer_uploads_only_its_changed_blocks_to_every_region() {
+    with_janitor(|janitor| async move {
+        let emu = Emulator::get();
+        let region = emu.region().to_owned();
+        let t = Tpl::new();
+        let state = StateDir::new();
+        let ami = base(&t);
+        let base_doc = tagged_base_snapshot(&region, &ami).await;
+        let tpl = app_template(&t, &ami, &[COPY_REGION]);
+        let id = unique("direct-app-build");
+        let (ok, doc, stderr) = build(&tpl, &state.args(&id));
+        track_result(&janitor, &doc);
+        assert!(
+            ok,
+            "direct build failed: {}\n{doc:#}\n{stderr}",
+            doc["error"]
+        );
+        assert_eq!(doc["backend"], "direct");
+        let names: Vec<&str> = doc["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        for absent in ["create-volume", "attach-volume", "snapshot", "copy-regions"] {
+            assert!(!names.contains(&absent), "{absent} ran: {names:?}");
+        }
+        // Read from the service on the first build (no cache yet).
+        let read = step(&doc, "read-source");
+        assert_eq!(read["cache_hit"], false);
+        assert!(read["bytes_read"].as_u64().unwrap_or(0) > 0, "{read}");
+        // Only the changed blocks went out, as many PutSnapshotBlock calls as changed blocks,
+        // to each region on top of its own parent.
+        let up = step(&doc, "upload-delta");
+        let changed = up["changed_blocks"].as_u64().expect("changed");
+        let image = up["image_blocks"].as_u64().expect("image blocks");
+        assert!(changed >= 6, "3 MiB of data is at least 6 blocks: {up}");
+        assert!(changed < image, "the whole image was written: {up}");
+        let regions = up["regions"].as_array().expect("regions");
+        assert_eq!(regions.len(), 2, "{up}");
+        for r in regions {
+            let snap = r["snapshot_id"].as_str().expect("snapshot");
+            assert_eq!(r["full_upload"], false, "{r}");
+            assert_eq!(r["puts"].as_u64(), Some(changed), "{r}");
+            let stats = direct_stats(snap);
+            assert_eq!(stats["puts"].as_u64(), Some(changed), "{stats}");
+            assert_eq!(stats["written"].as_u64(), Some(changed), "{stats}");
+        }
+        assert_eq!(regions[0]["parent"], base_doc.as_str());
+        // Both regions' images hold the layer and the base's files.
+        for r in [region.as_str(), COPY_REGION] {
+            let got = files(&result_snapshot_data(&doc, r));
+            assert_eq!(got[0].as_deref(), Some("base\n"), "{r}");
+            assert_eq!(got[1].as_deref(), Some("app-1.0\n"), "{r}");
+            assert!(
+                got[2].as_deref().is_some_and(|s| s.len() == 65),
+                "{r}: {got:?}"
+            );
+        }
+        // No volume was made, and the working image is gone.
+        for r in [region.as_str(), COPY_REGION] {
+            assert!(tagged(r, &id).await.volumes.is_empty(), "{r}");
+        }
+        assert!(state.work_files().is_empty(), "{:?}", state.work_files());
+
+        // The second build on the same base reads nothing: the cache has it.
+        let id2 = unique("direct-app-build");
+        let tpl2 = app_template(&t, &ami, &[]);
+        let (ok, doc2, stderr) = build(&tpl2, &state.args(&id2));
+        track_result(&janitor, &doc2);
+        assert!(ok, "{}\n{stderr}", doc2["error"]);
+        let read = step(&doc2, "read-source");
+        assert_eq!(read["cache_hit"], true, "{read}");
+        assert_eq!(read["bytes_read"], 0, "{read}");
+
+        // The same template on ebs makes an image with the same files.
+        let id3 = unique("direct-app-on-ebs");
+        let tpl3 = app_template(&t, &ami, &[]);
+        let (ok, doc3, stderr) = build(&tpl3, &["--build-id".into(), id3]);
+        track_result(&janitor, &doc3);
+        assert!(ok, "{}\n{stderr}", doc3["error"]);
+        let on_ebs = files(&result_snapshot_data(&doc3, &region));
+        let direct = files(&result_snapshot_data(&doc2, &region));
+        assert_eq!(on_ebs[0], direct[0]);
+        assert_eq!(on_ebs[1], direct[1]);
+    })
+    .await;
+}
+
+/// The base image's root snapshot in `region`.
+async fn tagged_base_snapshot(region: &str, ami: &str) -> String {
+    let ec2 = Emulator::get().clients(region).await.ec2;
+    let img = ec2
+        .describe_images()
+        .image_ids(ami)
+        .send()
+        .await
+        .expect("DescribeImages")
+        .images
+        .unwrap_or_default()
+        .pop()
+        .expect("base image");
+    img.block_device_mappings()
+        .iter()
+        .find_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
+        .expect("root snapshot")
+        .to_owned()
+}
+
+/// A crash in the middle of the upload: the next run of the same build on this host continues
+/// the same snapshots (no second snapshot, no block written twice beyond the last save) and
+/// ends with one snapshot and one AMI per region.
+#[tokio::test]
+async fn a_crash_mid_upload_resumes_the_same_snapshots() {
+    with_janitor(|janitor| async move {
+        let emu = Emulator::get();
+        let region = emu.region().to_owned();
+        let t = Tpl::new();
+        let state = StateDir::new();
+        let ami = base(&t);
+        let tpl = app_template(&t, &ami, &[COPY_REGION]);
+        let id = unique("direct-crash");
+        let s = crate::worker::setup(10).await;
+        let mut args = state.args(&id);
+        args.extend(["--checkpoint-bucket".into(), s.bucket.clone()]);
+        // Killed after 5 blocks of the upload, as a dying builder would be.
+        let mut c = crate::pipeline::kiln_command(&tpl, &args);
+        c.env("KILN_FAULT_CRASH_AFTER_BLOCKS", "5");
+        let out = c.output().expect("kiln build");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("KILN_FAULT_CRASH_AFTER_BLOCKS"),
+            "the build was not killed mid-upload:\n{err}"
+        );
+        let before: Vec<String> = tagged(&region, &id)
+            .await
+            .snapshots
+            .iter()
+            .filter_map(|s| s.snapshot_id().map(str::to_owned))
+            .collect();
+        assert_eq!(before.len(), 1, "{before:?}");
+        let stats = direct_stats(&before[0]);
+        assert_eq!(stats["status"], "pending", "{stats}");
+        // The lease lapses (as 60 s after a crash); the next run resumes.
+        let mut journal = crate::checkpoint::journal_of(&s, &id).await;
+        journal["lease_expires"] = Value::from(0);
+        crate::checkpoint::put_journal(&s, &id, &journal).await;
+        let (ok, doc, stderr) = build(&tpl, &args);
+        track_result(&janitor, &doc);
+        assert!(ok, "resume failed: {}\n{doc:#}\n{stderr}", doc["error"]);
+        let reclaim = step(&doc, "reclaim");
+        assert_eq!(reclaim["direct"]["upload"], "resumed", "{reclaim}");
+        for r in [region.as_str(), COPY_REGION] {
+            let left = tagged(r, &id).await;
+            assert_eq!(left.snapshots.len(), 1, "{r}: {:?}", left.snapshots);
+            assert_eq!(left.images.len(), 1, "{r}: {:?}", left.images);
+        }
+        assert_eq!(
+            doc["artifacts"][&region]["snapshot_ids"][0].as_str(),
+            before.first().map(String::as_str),
+            "the resumed build made another snapshot"
+        );
+        let got = files(&result_snapshot_data(&doc, COPY_REGION));
+        assert_eq!(got[1].as_deref(), Some("app-1.0\n"));
+        assert!(state.work_files().is_empty(), "{:?}", state.work_files());
+    })
+    .await;
+}
+
+/// A third of the PutSnapshotBlock calls to one region throttled (after the SDK's own retries
+/// too): the upload slows down and the build succeeds with every block written once.
+#[tokio::test]
+async fn throttling_slows_the_upload_without_failing_it() {
+    with_janitor(|janitor| async move {
+        let t = Tpl::new();
+        let state = StateDir::new();
+        let ami = base(&t);
+        let tpl = app_template(&t, &ami, &[THROTTLED_REGION]);
+        let id = unique("direct-throttled");
+        emulator_script(&[
+            "throttle-direct",
+            "0.5",
+            "PutSnapshotBlock",
+            "--region",
+            THROTTLED_REGION,
+        ]);
+        let (ok, doc, stderr) = build(&tpl, &state.args(&id));
+        emulator_script(&["throttle-direct", "0"]);
+        track_result(&janitor, &doc);
+        assert!(
+            ok,
+            "throttled build failed: {}\n{doc:#}\n{stderr}",
+            doc["error"]
+        );
+        let up = step(&doc, "upload-delta");
+        let throttled = up["regions"]
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["region"] == THROTTLED_REGION))
+            .expect("the throttled region")
+            .clone();
+        let snap = throttled["snapshot_id"].as_str().expect("snapshot");
+        let stats = direct_stats(snap);
+        assert!(stats["throttled"].as_u64().unwrap_or(0) > 0, "{stats}");
+        assert_eq!(stats["puts"], stats["written"], "{stats}");
+        // No parent there: a full upload.
+        assert_eq!(throttled["full_upload"], true, "{throttled}");
+        let got = files(&result_snapshot_data(&doc, THROTTLED_REGION));
+        assert_eq!(got[1].as_deref(), Some("app-1.0\n"));
+    })
+    .await;
+}
