@@ -32,7 +32,7 @@ ROLES = {
 # Where each of the worker's calls is made: a build's EC2 calls and data-source reads with its
 # team's build role (assumed through STS with the kiln:team session tag); the rest with the
 # builders' own role.
-BUILD_SERVICES = ("ec2:", "ssm:", "secretsmanager:")
+BUILD_SERVICES = ("ec2:", "ebs:", "ssm:", "secretsmanager:")
 # Calls the SDK makes for kiln rather than through an `.operation()` in kiln's sources: the
 # worker's AssumeRoleProvider (aws-config) for each team's build role, with session tags.
 IMPLICIT = {"BuilderRole": {"sts:AssumeRole": "src/worker/mod.rs:team_clients",
@@ -48,7 +48,7 @@ def sdk_operations() -> dict[str, set[str]]:
     lock = open(os.path.join(ROOT, "Cargo.lock"), encoding="utf-8").read()
     home = os.environ.get("CARGO_HOME", os.path.expanduser("~/.cargo"))
     ops: dict[str, set[str]] = {}
-    for svc in ("ec2", "s3", "sqs", "autoscaling", "ssm", "secretsmanager"):
+    for svc in ("ec2", "ebs", "s3", "sqs", "autoscaling", "ssm", "secretsmanager"):
         m = re.search(rf'name = "aws-sdk-{svc}"\nversion = "([^"]+)"', lock)
         if not m:
             sys.exit(f"check_policy: aws-sdk-{svc} is not in Cargo.lock")
