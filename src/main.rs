@@ -131,6 +131,10 @@ struct SubmitArgs {
     /// Build again even if this id finished.
     #[arg(long)]
     force: bool,
+    /// Where the build's data lives, if not the worker's setting: ebs (a volume attached to the
+    /// builder) or direct (the EBS direct APIs, no volume).
+    #[arg(long, value_parser = parse_request_backend)]
+    backend: Option<kiln::request::RequestBackend>,
     /// Wait for the result, print it, and exit non-zero when the build failed.
     #[arg(long)]
     wait: bool,
@@ -322,6 +326,17 @@ enum BackendKind {
     /// No volume: the source snapshot read with the EBS direct APIs into a local file, only the
     /// changed blocks written to a child snapshot in every region.
     Direct,
+}
+
+/// `--backend` of `kiln submit`: the backends a request may ask for.
+fn parse_request_backend(s: &str) -> Result<kiln::request::RequestBackend, String> {
+    match s {
+        "ebs" => Ok(kiln::request::RequestBackend::Ebs),
+        "direct" => Ok(kiln::request::RequestBackend::Direct),
+        other => Err(format!(
+            "backend {other:?}: a request may ask for ebs or direct (loop is never a pool's)"
+        )),
+    }
 }
 
 /// The arguments every command that reads a template takes.

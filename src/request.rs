@@ -177,6 +177,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_request_may_ask_for_ebs_or_direct_and_never_loop() {
+        let body = |b: &str| {
+            format!(r#"{{"version":1,"template":{{"bucket":"b","key":"t.json"}},"backend":"{b}"}}"#)
+        };
+        assert_eq!(
+            parse(&body("direct")).map(|r| r.backend),
+            Ok(Some(RequestBackend::Direct))
+        );
+        assert_eq!(
+            parse(&body("ebs")).map(|r| r.backend),
+            Ok(Some(RequestBackend::Ebs))
+        );
+        let e = parse(&body("loop")).unwrap_err().to_string();
+        assert!(e.contains("ebs") && e.contains("direct"), "{e}");
+        let none = r#"{"version":1,"template":{"bucket":"b","key":"t.json"}}"#;
+        assert_eq!(parse(none).map(|r| r.backend), Ok(None));
+    }
+
+    #[test]
     fn derived_build_ids_follow_the_message() {
         let a = derived_build_id("m-1", "{}");
         assert_eq!(a, derived_build_id("m-1", "{}"));

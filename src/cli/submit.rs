@@ -17,6 +17,7 @@ pub(crate) async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
         except,
         build_id,
         force,
+        backend,
         wait,
         timeout,
         template,
@@ -62,7 +63,7 @@ pub(crate) async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
             except: except.to_vec(),
             force,
             bake: None,
-            backend: None,
+            backend: *backend,
         };
         clients
             .sqs

@@ -393,3 +393,18 @@ pub async fn snapshot_state(
         }
     }
 }
+
+/// Whether snapshot `id` is encrypted (`false` when it does not exist). Read only.
+pub async fn snapshot_encrypted(ec2: &Client, region: &str, id: &str) -> Result<bool, Ec2Error> {
+    let out = ec2
+        .describe_snapshots()
+        .snapshot_ids(id)
+        .send()
+        .await
+        .map_err(api("DescribeSnapshots", id, region))?;
+    Ok(out
+        .snapshots()
+        .first()
+        .and_then(|s| s.encrypted())
+        .unwrap_or(false))
+}

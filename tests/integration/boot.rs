@@ -189,11 +189,84 @@ async fn the_debian_example_boots_under_uefi() {
             console(&stderr)
         );
         let region = Emulator::get().region();
-        assert!(doc["artifacts"][region]["ami_id"].as_str().is_some());
+        let base = doc["artifacts"][region]["ami_id"]
+            .as_str()
+            .expect("ami")
+            .to_owned();
         let vols = tagged(region, doc["build_id"].as_str().expect("id"))
             .await
             .volumes;
         assert!(vols.is_empty(), "{vols:?}");
+
+        // Issue 24: an application layer on top with the direct backend boots too (the image is
+        // the parent's blocks plus only the changed ones), and its file system is consistent.
+        let t = Tpl::new();
+        let state = t.0.join("state");
+        let app = t.write(
+            "app.pkr.hcl",
+            &format!(
+                r#"
+source "amazon-chroot" "app" {{
+  source_ami      = "{base}"
+  ami_name        = "{}"
+  copy_files      = []
+  mount_partition = "2"
+}}
+build {{
+  sources = ["source.amazon-chroot.app"]
+  provisioner "shell" {{
+    inline = ["echo app-1.0 > /etc/app-version", "dd if=/dev/urandom of=/opt/app.bin bs=1M count=8 2>/dev/null"]
+  }}
+}}
+"#,
+                unique("debian-direct-app")
+            ),
+        );
+        let (ok, app_doc, stderr) = build(
+            &app,
+            &[
+                "--backend".into(),
+                "direct".into(),
+                "--state-dir".into(),
+                state.display().to_string(),
+                "--boot-test".into(),
+            ],
+        );
+        track_result(&janitor, &app_doc);
+        assert!(
+            ok,
+            "{}\n{}",
+            app_doc["error"],
+            stderr.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+        );
+        let boot = &boot_step(&app_doc);
+        assert!(
+            boot["outputs"]["marker_line"]
+                .as_str()
+                .is_some_and(|l| l.contains("login:") || l.contains("Multi-User")),
+            "{boot:#}"
+        );
+        let up = app_doc["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == "upload-delta")
+            .map(|s| s["outputs"].clone())
+            .expect("upload-delta ran");
+        let source = app_doc["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == "read-source")
+            .and_then(|s| s["outputs"]["source_blocks"].as_u64())
+            .unwrap_or(0);
+        let changed = up["changed_blocks"].as_u64().unwrap_or(0);
+        assert!(
+            changed >= 16 && changed * 4 < source,
+            "8 MiB changed, not the whole image of {source} blocks: {up}"
+        );
+        let file = crate::support::result_snapshot_data(&app_doc, region);
+        crate::direct::fsck_root(&file, 2);
     })
     .await;
 }

@@ -115,6 +115,40 @@ fn direct_stats(snapshot: &str) -> Value {
     state["direct"][snapshot].clone()
 }
 
+/// Asserts that partition `part` of the image in `file` passes `e2fsck -fn` (read only): a block
+/// the upload missed or misplaced shows as an inconsistent file system.
+pub(crate) fn fsck_root(file: &Path, part: u32) {
+    let dev = crate::pipeline::losetup_show(&["-f", "-P", "-r", "--show"], file);
+    let node = format!("{dev}p{part}");
+    let mut out = None;
+    for _ in 0..10 {
+        if Path::new(&node).exists() {
+            out = Some(
+                std::process::Command::new("e2fsck")
+                    .args(["-f", "-n", &node])
+                    .output()
+                    .expect("e2fsck"),
+            );
+            break;
+        }
+        let _ = std::process::Command::new("partx")
+            .args(["-u", &dev])
+            .status();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let _ = std::process::Command::new("losetup")
+        .args(["-d", &dev])
+        .status();
+    let out = out.unwrap_or_else(|| panic!("no partition {node} of {}", file.display()));
+    assert!(
+        out.status.success(),
+        "e2fsck -fn {node} ({}):\n{}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn files(file: &Path) -> Vec<Option<String>> {
     read_from_snapshot(
         file,
@@ -158,9 +192,12 @@ async fn an_app_layer_uploads_only_its_changed_blocks_to_every_region() {
         // to each region on top of its own parent.
         let up = step(&doc, "upload-delta");
         let changed = up["changed_blocks"].as_u64().expect("changed");
-        let image = up["image_blocks"].as_u64().expect("image blocks");
+        let source = read["source_blocks"].as_u64().expect("source blocks");
         assert!(changed >= 6, "3 MiB of data is at least 6 blocks: {up}");
-        assert!(changed < image, "the whole image was written: {up}");
+        assert!(
+            changed < source,
+            "the whole image was written: {up} (source: {read})"
+        );
         let regions = up["regions"].as_array().expect("regions");
         assert_eq!(regions.len(), 2, "{up}");
         for r in regions {
@@ -172,8 +209,9 @@ async fn an_app_layer_uploads_only_its_changed_blocks_to_every_region() {
             assert_eq!(stats["written"].as_u64(), Some(changed), "{stats}");
         }
         assert_eq!(regions[0]["parent"], base_doc.as_str());
-        // Both regions' images hold the layer and the base's files.
+        // Both regions' images hold the layer and the base's files, in a consistent file system.
         for r in [region.as_str(), COPY_REGION] {
+            fsck_root(&result_snapshot_data(&doc, r), 1);
             let got = files(&result_snapshot_data(&doc, r));
             assert_eq!(got[0].as_deref(), Some("base\n"), "{r}");
             assert_eq!(got[1].as_deref(), Some("app-1.0\n"), "{r}");
@@ -297,6 +335,7 @@ async fn a_crash_mid_upload_resumes_the_same_snapshots() {
 /// written (without the slow-down, the first block the SDK gives up on fails the build).
 #[tokio::test]
 async fn throttling_slows_the_upload_without_failing_it() {
+    let _turn = crate::emulator_direct::THROTTLE.lock().await;
     with_janitor(|janitor| async move {
         let t = Tpl::new();
         let state = StateDir::new();
@@ -340,6 +379,94 @@ async fn throttling_slows_the_upload_without_failing_it() {
         assert_eq!(throttled["full_upload"], true, "{throttled}");
         let got = files(&result_snapshot_data(&doc, THROTTLED_REGION));
         assert_eq!(got[1].as_deref(), Some("app-1.0\n"));
+    })
+    .await;
+}
+
+/// A request that asks for `"backend": "direct"` is built on it by a worker whose own backend is
+/// `ebs` (a from-scratch image: a full upload, no parent), with no volume made.
+#[tokio::test]
+async fn a_request_asks_the_worker_for_direct() {
+    with_janitor(|janitor| async move {
+        let s = crate::worker::setup(3).await;
+        let state = StateDir::new();
+        let key = crate::worker::upload(&s, &unique("direct-tpl")).await;
+        let id = unique("direct-req");
+        let mut req: Value =
+            serde_json::from_str(&crate::worker::request(&id, &s.bucket, &key, 0)).expect("req");
+        req["backend"] = Value::from("direct");
+        crate::worker::send(&s, &req.to_string()).await;
+        let state_dir = state.0.display().to_string();
+        let w = crate::worker::start_worker(&s, &["--state-dir", &state_dir]);
+        let doc = crate::worker::result(&s, &id, std::time::Duration::from_secs(240)).await;
+        track_result(&janitor, &doc);
+        let (_, log) = crate::worker::stop_worker(w);
+        assert_eq!(doc["status"], "succeeded", "{doc:#}\n{log}");
+        assert_eq!(doc["backend"], "direct", "{doc:#}");
+        let up = step(&doc, "upload-delta");
+        assert_eq!(up["regions"][0]["full_upload"], true, "{up}");
+        assert!(up["changed_blocks"].as_u64().unwrap_or(0) > 0, "{up}");
+        let region = Emulator::get().region();
+        assert!(tagged(region, &id).await.volumes.is_empty());
+        assert!(state.work_files().is_empty(), "{:?}", state.work_files());
+    })
+    .await;
+}
+
+/// Encryption within what StartSnapshot can do: `encrypt_boot` on an unencrypted base uploads
+/// the whole image, encrypted, with no parent (EBS cannot encrypt the child of an unencrypted
+/// snapshot); a layer on that encrypted image is a delta and encrypted too.
+#[tokio::test]
+async fn encryption_follows_the_parent_or_uploads_whole() {
+    with_janitor(|janitor| async move {
+        let region = Emulator::get().region().to_owned();
+        let t = Tpl::new();
+        let state = StateDir::new();
+        let ami = base(&t);
+        let ec2 = Emulator::get().clients(&region).await.ec2;
+        let encrypted = |doc: &Value| {
+            let id = doc["artifacts"][&region]["snapshot_ids"][0]
+                .as_str()
+                .expect("snapshot")
+                .to_owned();
+            let ec2 = ec2.clone();
+            async move {
+                ec2.describe_snapshots()
+                    .snapshot_ids(&id)
+                    .send()
+                    .await
+                    .expect("DescribeSnapshots")
+                    .snapshots()
+                    .first()
+                    .and_then(|s| s.encrypted())
+            }
+        };
+        let tpl = app_template(&t, &ami, &[]);
+        let text = std::fs::read_to_string(&tpl).expect("template").replace(
+            "  copy_files    = []",
+            "  copy_files    = []\n  encrypt_boot  = true",
+        );
+        std::fs::write(&tpl, text).expect("template");
+        let (ok, doc, stderr) = build(&tpl, &state.args(&unique("direct-enc")));
+        track_result(&janitor, &doc);
+        assert!(ok, "{}\n{stderr}", doc["error"]);
+        let up = step(&doc, "upload-delta");
+        assert_eq!(up["regions"][0]["full_upload"], true, "{up}");
+        assert_eq!(encrypted(&doc).await, Some(true));
+        let enc_ami = doc["artifacts"][&region]["ami_id"]
+            .as_str()
+            .expect("ami")
+            .to_owned();
+        // A layer on the encrypted image: a delta on top of it, encrypted as its parent is.
+        let tpl = app_template(&t, &enc_ami, &[]);
+        let (ok, doc, stderr) = build(&tpl, &state.args(&unique("direct-enc-child")));
+        track_result(&janitor, &doc);
+        assert!(ok, "{}\n{stderr}", doc["error"]);
+        let up = step(&doc, "upload-delta");
+        assert_eq!(up["regions"][0]["full_upload"], false, "{up}");
+        let source = step(&doc, "read-source")["source_blocks"].as_u64();
+        assert!(up["changed_blocks"].as_u64() < source, "{up}");
+        assert_eq!(encrypted(&doc).await, Some(true));
     })
     .await;
 }

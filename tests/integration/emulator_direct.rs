@@ -661,10 +661,14 @@ async fn list_snapshot_blocks_pages_and_puts_run_concurrently() {
     .await;
 }
 
+/// The emulator keeps one throttle-direct setting: the tests that set it take turns.
+pub(crate) static THROTTLE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `scripts/emulator throttle-direct`: a share of the matching calls answer 400
 /// RequestThrottledException, counted per snapshot; the SDK's retries get through.
 #[tokio::test]
 async fn throttled_calls_answer_request_throttled_and_are_counted() {
+    let _turn = THROTTLE.lock().await;
     with_janitor(|janitor| async move {
         let region = Emulator::get().region();
         let ebs = ebs(region).await;

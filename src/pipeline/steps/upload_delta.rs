@@ -85,6 +85,63 @@ async fn parent_in(b: &Build, region: &str, source: &str) -> Result<Option<Strin
         .find_map(|s| s.snapshot_id().map(str::to_owned)))
 }
 
+/// One region's upload: its parent (none: a full upload) and what StartSnapshot says of
+/// encryption.
+struct Target {
+    region: String,
+    parent: Option<String>,
+    encrypted: Option<bool>,
+    kms_key_arn: Option<String>,
+}
+
+/// Encryption as the template asks, within what StartSnapshot can do (AWS, "Encryption outcomes
+/// for EBS direct APIs"): a child of an encrypted parent is encrypted (with the template's key if
+/// it names one); a child of an unencrypted parent cannot be encrypted, so `encrypt_boot = true`
+/// on an unencrypted source uploads the whole image without a parent, encrypted; and
+/// `encrypt_boot = false` on an encrypted source is an error naming the field.
+async fn encryption(
+    b: &Build,
+    region: String,
+    parent: Option<String>,
+) -> Result<Target, StepError> {
+    let c = &b.plan.config;
+    let key = c
+        .region_kms_key_ids
+        .get(&region)
+        .cloned()
+        .or(c.kms_key_id.clone());
+    let parent_encrypted = match &parent {
+        Some(p) => images::snapshot_encrypted(&b.clients.ec2_in(&region), &region, p).await?,
+        None => false,
+    };
+    let target = match (parent, parent_encrypted, c.encrypt_boot) {
+        (Some(p), true, Some(false)) => {
+            return Err(super::invalid(format!(
+                "encrypt_boot = false, but the source snapshot {p} in {region} is encrypted: EBS cannot make an unencrypted image of it; drop encrypt_boot or use a source whose snapshot is not encrypted"
+            )));
+        }
+        (Some(p), true, _) => Target {
+            region,
+            parent: Some(p),
+            encrypted: None,
+            kms_key_arn: key,
+        },
+        (Some(_), false, Some(true)) | (None, _, Some(true)) => Target {
+            region,
+            parent: None,
+            encrypted: Some(true),
+            kms_key_arn: key,
+        },
+        (parent, _, _) => Target {
+            region,
+            parent,
+            encrypted: None,
+            kms_key_arn: None,
+        },
+    };
+    Ok(target)
+}
+
 /// Crash injection for tests: `KILN_FAULT_CRASH_AFTER_BLOCKS=N` kills the process with SIGKILL
 /// once N blocks are written and saved, as a dying builder would mid-upload.
 fn crash_after_blocks() -> Option<usize> {
@@ -117,15 +174,32 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
             })?,
         None => BlockMap::default(),
     };
+    // Each region's parent and encryption first: they decide which block lists are needed.
+    let mut targets = Vec::new();
+    for r in target_regions(b) {
+        let parent = match &source {
+            Some(s) => parent_in(b, &r, s).await?,
+            None => None,
+        };
+        targets.push(encryption(b, r, parent).await?);
+    }
     let (delta, full) = {
         let work = work.clone();
+        let need_delta = targets.iter().any(|t| t.parent.is_some());
+        let need_full = targets.iter().any(|t| t.parent.is_none());
         tokio::task::spawn_blocking(move || {
-            let delta = changed_blocks(&work, &parent_map)?;
-            let full = if parent_map.blocks.is_empty() {
-                delta.clone()
+            let delta = if need_delta {
+                changed_blocks(&work, &parent_map)?
             } else {
-                changed_blocks(&work, &BlockMap::default())?
+                Delta::new()
             };
+            let full = if need_full {
+                changed_blocks(&work, &BlockMap::default())?
+            } else {
+                Delta::new()
+            };
+            // Without a parent anywhere, what changed is the whole image.
+            let delta = if need_delta { delta } else { full.clone() };
             Ok::<_, crate::ebs::EbsError>((delta, full))
         })
         .await
@@ -133,16 +207,17 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     };
     let progress_path = progress_file(&work);
     let mut progress = load(&progress_path);
-    let c = b.plan.config.clone();
     let tags = super::snapshot::snapshot_tags(b)?;
     let description = format!("kiln build {} of {}", b.id, b.plan.name);
     let mut plans = Vec::new();
     let mut first: Option<String> = None;
-    for r in target_regions(b) {
-        let parent = match &source {
-            Some(s) => parent_in(b, &r, s).await?,
-            None => None,
-        };
+    for Target {
+        region: r,
+        parent,
+        encrypted,
+        kms_key_arn,
+    } in targets
+    {
         let ec2 = b.clients.ec2_in(&r);
         let kept = progress.regions.get(&r).cloned();
         let state = match &kept {
@@ -175,13 +250,8 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
                         &b.build_ref(),
                         &["direct", &r, &b.attempt.to_string()],
                     ),
-                    encrypted: c.encrypt_boot,
-                    kms_key_arn: c
-                        .region_kms_key_ids
-                        .get(&r)
-                        .cloned()
-                        .or(c.kms_key_id.clone())
-                        .filter(|_| c.encrypt_boot == Some(true)),
+                    encrypted,
+                    kms_key_arn,
                     timeout_minutes: SNAPSHOT_TIMEOUT_MIN,
                 };
                 let id = write::start(&b.clients.ebs_in(&r), &r, &spec).await?;
@@ -278,7 +348,8 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         "snapshot_id": b.state.snapshot_id,
         "changed_blocks": delta.len(),
         "changed_bytes": delta.len() as u64 * BLOCK_SIZE,
-        "image_blocks": full.len(),
+        // The blocks of the whole image, when a region needed them (a full upload).
+        "image_blocks": (!full.is_empty()).then_some(full.len()),
         "regions": regions,
     }))
 }
