@@ -27,25 +27,11 @@ pub fn copy(src: &Path, dst: &Path, min_len: u64) -> Result<u64, HostError> {
         .open(&tmp)
         .map_err(HostError::io("creating", &tmp))?;
     let mut copied = 0u64;
-    let mut pos: i64 = 0;
-    let end = len as i64;
-    while pos < end {
-        let data = match lseek(from.as_fd(), pos, Whence::SeekData) {
-            Ok(d) => d,
-            Err(nix::Error::ENXIO) => break, // only a hole remains
-            Err(e) => {
-                return Err(HostError::Sys {
-                    what: "seeking data in",
-                    path: src.to_owned(),
-                    source: e,
-                });
-            }
-        };
-        let hole = lseek(from.as_fd(), data, Whence::SeekHole)
-            .map_err(HostError::sys("seeking a hole in", src))?;
+    for (start, end) in data_ranges(src)? {
         // The kernel copies the extent (no trip through user space); holes stay holes.
-        let mut off_in = data;
-        let mut off_out = data;
+        let mut off_in = start as i64;
+        let mut off_out = start as i64;
+        let hole = end as i64;
         while off_in < hole {
             let want = (hole - off_in) as usize;
             let n = nix::fcntl::copy_file_range(
@@ -61,7 +47,6 @@ pub fn copy(src: &Path, dst: &Path, min_len: u64) -> Result<u64, HostError> {
             }
             copied += n as u64;
         }
-        pos = hole;
     }
     to.set_len(len.max(min_len))
         .map_err(HostError::io("sizing", &tmp))?;

@@ -87,6 +87,17 @@ pub fn image_tags(b: &Build, step: &str) -> Result<Vec<aws_sdk_ec2::types::Tag>,
 
 /// When resuming: the AMI an earlier attempt registered (found by the build's tag), if any.
 async fn registered_before(b: &Build) -> Result<Option<String>, StepError> {
+    registered_before_in(b, &b.clients.ec2, &b.region, "register-image").await
+}
+
+/// When resuming: the AMI an earlier attempt of this generation registered in `region` at `step`
+/// (found by the build's and the step's tags), if any. Read only.
+pub(super) async fn registered_before_in(
+    b: &Build,
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    step: &str,
+) -> Result<Option<String>, StepError> {
     if b.attempt <= 1 {
         return Ok(None);
     }
@@ -96,16 +107,14 @@ async fn registered_before(b: &Build) -> Result<Option<String>, StepError> {
             .values(v)
             .build()
     };
-    let out = b
-        .clients
-        .ec2
+    let out = ec2
         .describe_images()
         .owners("self")
         .filters(tag(crate::ec2::TAG_BUILD_ID, &b.id))
-        .filters(tag(crate::ec2::TAG_STEP, "register-image"))
+        .filters(tag(crate::ec2::TAG_STEP, step))
         .send()
         .await
-        .map_err(api("DescribeImages", b.id.clone(), &b.region))?;
+        .map_err(api("DescribeImages", b.id.clone(), region))?;
     // Only this generation's: a forced rebuild never adopts the previous build's AMI.
     let me = b.build_ref();
     Ok(out

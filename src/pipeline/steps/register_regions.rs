@@ -5,43 +5,12 @@
 //! `skip_save_build_region` removes the build region's image afterwards.
 //! Undo (on failure): deregister them and delete their snapshots (as `copy-regions`' undo).
 
-use crate::ec2::{TAG_BUILD_ID, TAG_STEP, api, images};
+use crate::ec2::{api, images};
 use crate::pipeline::state::ImageRecord;
 use crate::pipeline::{Build, StepError};
 use futures_util::future::join_all;
 
 const STEP: &str = "register-regions";
-
-/// An image this generation registered in `region` before (a resumed attempt's).
-async fn registered_before(
-    b: &Build,
-    ec2: &aws_sdk_ec2::Client,
-    region: &str,
-) -> Result<Option<String>, StepError> {
-    if b.attempt <= 1 {
-        return Ok(None);
-    }
-    let tag = |k: &str, v: &str| {
-        aws_sdk_ec2::types::Filter::builder()
-            .name(format!("tag:{k}"))
-            .values(v)
-            .build()
-    };
-    let out = ec2
-        .describe_images()
-        .owners("self")
-        .filters(tag(TAG_BUILD_ID, &b.id))
-        .filters(tag(TAG_STEP, STEP))
-        .send()
-        .await
-        .map_err(api("DescribeImages", b.id.clone(), region))?;
-    let me = b.build_ref();
-    Ok(out
-        .images()
-        .iter()
-        .filter(|i| crate::ec2::made_by(i.tags(), &me))
-        .find_map(|i| i.image_id().map(str::to_owned)))
-}
 
 pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     let c = b.plan.config.clone();
@@ -82,7 +51,7 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
             .get(r)
             .cloned()
             .ok_or_else(|| super::invalid(format!("no snapshot uploaded to {r}")))?;
-        let ami = match registered_before(b, &ec2, r).await? {
+        let ami = match super::register_image::registered_before_in(b, &ec2, r, STEP).await? {
             Some(a) => a,
             None => {
                 let req = super::register_image::request_in(b, &ec2, &snapshot, &name, STEP)?;
