@@ -1,8 +1,11 @@
 //! The builder's cache of source snapshots, by snapshot id: `<dir>/<snap>.img` (the sparse image)
 //! and `<dir>/<snap>.json` (its block map and size, written last: a snapshot is cached only when
 //! both are there). A snapshot's data never changes, so a cached copy is good for as long as the
-//! id exists; the second build on the same base reads nothing. One build fills an entry at a
-//! time (a lock per snapshot); the others wait and then use it.
+//! id exists; the second build on the same base reads no block. One build fills an entry at a
+//! time (a lock per snapshot); the others wait and then use it. A build served from the cache
+//! first proves with its own credentials that it may read the snapshot (one ListSnapshotBlocks
+//! call): builds of several teams share a builder, and its cache must not widen what a team's
+//! role may read.
 
 use super::read::{Read, read_snapshot};
 use super::{BlockMap, EbsError};
@@ -95,6 +98,9 @@ impl Cache {
             )));
         }
         if let Some(c) = self.load(snapshot) {
+            // Cached for another build (perhaps another team's): this caller must still be
+            // allowed to read it.
+            super::read::check_access(ebs, region, snapshot).await?;
             return Ok(c);
         }
         std::fs::create_dir_all(&self.dir).map_err(EbsError::io("creating", &self.dir))?;
@@ -109,6 +115,7 @@ impl Cache {
         };
         // Another build may have filled it while this one waited.
         if let Some(c) = self.load(snapshot) {
+            super::read::check_access(ebs, region, snapshot).await?;
             return Ok(c);
         }
         let (img, meta) = self.paths(snapshot);

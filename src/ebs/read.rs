@@ -58,6 +58,26 @@ pub async fn list(
     Ok((blocks, size))
 }
 
+/// Whether the caller may read `snapshot`: one ListSnapshotBlocks call of the smallest page,
+/// made with the caller's (the team's) credentials. A cached copy is only handed to a build that
+/// passes it, so the cache never gives one team a snapshot its role may not read.
+pub async fn check_access(
+    ebs: &aws_sdk_ebs::Client,
+    region: &str,
+    snapshot: &str,
+) -> Result<(), EbsError> {
+    ebs.list_snapshot_blocks()
+        .snapshot_id(snapshot)
+        .max_results(MIN_PAGE)
+        .send()
+        .await
+        .map_err(api("ListSnapshotBlocks", snapshot, region))?;
+    Ok(())
+}
+
+/// ListSnapshotBlocks' smallest page (API reference: MaxResults 100 to 10,000).
+const MIN_PAGE: i32 = 100;
+
 /// Reads `snapshot` into `file` (created or truncated; sparse, sized to the volume). Returns the
 /// snapshot's block map. Stops at the next block when `cancel` fires. Safe to run twice (the file
 /// is rewritten).

@@ -470,3 +470,49 @@ async fn encryption_follows_the_parent_or_uploads_whole() {
     })
     .await;
 }
+
+/// The builder's cache is shared by every team's builds: a build whose credentials may not read
+/// the source snapshot (the emulator answers its ListSnapshotBlocks AccessDeniedException, as
+/// IAM does for another team's role) is refused even though the snapshot is cached, and leaves
+/// nothing. Without the check it would be built from the cached copy.
+#[tokio::test]
+async fn the_cache_never_serves_a_snapshot_its_caller_may_not_read() {
+    with_janitor(|janitor| async move {
+        let region = Emulator::get().region().to_owned();
+        let t = Tpl::new();
+        let state = StateDir::new();
+        let ami = base(&t);
+        let snap = tagged_base_snapshot(&region, &ami).await;
+        let tpl = app_template(&t, &ami, &[]);
+        let (ok, doc, stderr) = build(&tpl, &state.args(&unique("direct-cache-a")));
+        track_result(&janitor, &doc);
+        assert!(ok, "{}\n{stderr}", doc["error"]);
+        emulator_script(&[
+            "fault",
+            "GET",
+            &format!("/snapshots/{snap}/blocks"),
+            "403",
+            "AccessDeniedException",
+            "1",
+        ]);
+        let id = unique("direct-cache-b");
+        let tpl = app_template(&t, &ami, &[]);
+        let (ok, doc, _) = build(&tpl, &state.args(&id));
+        track_result(&janitor, &doc);
+        assert!(
+            !ok,
+            "served from the cache without the right to read: {doc:#}"
+        );
+        assert_eq!(doc["error"]["step"], "read-source", "{doc:#}");
+        let msg = doc["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("AccessDenied") && msg.contains(&snap),
+            "the error names the snapshot and the refusal: {msg}"
+        );
+        let left = tagged(&region, &id).await;
+        assert!(left.snapshots.is_empty(), "{:?}", left.snapshots);
+        assert!(left.volumes.is_empty(), "{:?}", left.volumes);
+        assert!(state.work_files().is_empty(), "{:?}", state.work_files());
+    })
+    .await;
+}
