@@ -185,16 +185,17 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     }
     let (delta, full) = {
         let work = work.clone();
+        let cancel = b.cancel.clone();
         let need_delta = targets.iter().any(|t| t.parent.is_some());
         let need_full = targets.iter().any(|t| t.parent.is_none());
         tokio::task::spawn_blocking(move || {
             let delta = if need_delta {
-                changed_blocks(&work, &parent_map)?
+                changed_blocks(&work, &parent_map, &cancel)?
             } else {
                 Delta::new()
             };
             let full = if need_full {
-                changed_blocks(&work, &BlockMap::default())?
+                changed_blocks(&work, &BlockMap::default(), &cancel)?
             } else {
                 Delta::new()
             };
