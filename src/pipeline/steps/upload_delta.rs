@@ -232,7 +232,12 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
                 (k.snapshot, all.keys().copied().collect())
             }
             Some(k) if state == Some(SnapshotState::Pending) => (k.snapshot, k.written),
-            _ => {
+            stale => {
+                // An earlier attempt's snapshot that cannot be continued (timed out, or on
+                // another parent): removed by id before a new one starts, never left behind.
+                if let Some(k) = stale {
+                    images::delete_snapshot(&ec2, &r, &k.snapshot).await?;
+                }
                 let mut t = tags.clone();
                 if let Some(f) = &first {
                     t.insert(TAG_COPY_OF.into(), f.clone());
