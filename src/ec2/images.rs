@@ -375,14 +375,14 @@ pub async fn snapshots_tagged(
     Ok(out.snapshots.unwrap_or_default())
 }
 
-/// A snapshot's state, `None` when it does not exist. Read only.
-pub async fn snapshot_state(
+/// A snapshot as DescribeSnapshots reports it, `None` when it does not exist. Read only.
+pub async fn snapshot(
     ec2: &Client,
     region: &str,
     id: &str,
-) -> Result<Option<aws_sdk_ec2::types::SnapshotState>, Ec2Error> {
+) -> Result<Option<aws_sdk_ec2::types::Snapshot>, Ec2Error> {
     match ec2.describe_snapshots().snapshot_ids(id).send().await {
-        Ok(out) => Ok(out.snapshots().first().and_then(|s| s.state().cloned())),
+        Ok(out) => Ok(out.snapshots.unwrap_or_default().into_iter().next()),
         Err(e) => {
             let err = api("DescribeSnapshots", id, region)(e);
             if err.is_not_found() {
@@ -392,19 +392,4 @@ pub async fn snapshot_state(
             }
         }
     }
-}
-
-/// Whether snapshot `id` is encrypted (`false` when it does not exist). Read only.
-pub async fn snapshot_encrypted(ec2: &Client, region: &str, id: &str) -> Result<bool, Ec2Error> {
-    let out = ec2
-        .describe_snapshots()
-        .snapshot_ids(id)
-        .send()
-        .await
-        .map_err(api("DescribeSnapshots", id, region))?;
-    Ok(out
-        .snapshots()
-        .first()
-        .and_then(|s| s.encrypted())
-        .unwrap_or(false))
 }

@@ -72,17 +72,30 @@ pub(super) fn target_regions(b: &Build) -> Vec<String> {
     v
 }
 
-/// The parent in `region`: the source root snapshot in the build region, its copy elsewhere.
-async fn parent_in(b: &Build, region: &str, source: &str) -> Result<Option<String>, StepError> {
-    if region == b.region {
-        return Ok(Some(source.to_owned()));
-    }
+/// The parent in `region` and whether it is encrypted: the source root snapshot in the build
+/// region, its copy elsewhere (one DescribeSnapshots either way).
+async fn parent_in(
+    b: &Build,
+    region: &str,
+    source: &str,
+) -> Result<Option<(String, bool)>, StepError> {
     let ec2 = b.clients.ec2_in(region);
-    let copies = images::snapshots_tagged(&ec2, region, &[(TAG_COPY_OF, source)]).await?;
-    Ok(copies
-        .iter()
-        .filter(|s| s.state() == Some(&SnapshotState::Completed))
-        .find_map(|s| s.snapshot_id().map(str::to_owned)))
+    let found = if region == b.region {
+        images::snapshot(&ec2, region, source)
+            .await?
+            .into_iter()
+            .collect()
+    } else {
+        images::snapshots_tagged(&ec2, region, &[(TAG_COPY_OF, source)])
+            .await?
+            .into_iter()
+            .filter(|s| s.state() == Some(&SnapshotState::Completed))
+            .collect::<Vec<_>>()
+    };
+    Ok(found.iter().find_map(|s| {
+        s.snapshot_id()
+            .map(|id| (id.to_owned(), s.encrypted().unwrap_or(false)))
+    }))
 }
 
 /// One region's upload: its parent (none: a full upload) and what StartSnapshot says of
@@ -99,10 +112,10 @@ struct Target {
 /// it names one); a child of an unencrypted parent cannot be encrypted, so `encrypt_boot = true`
 /// on an unencrypted source uploads the whole image without a parent, encrypted; and
 /// `encrypt_boot = false` on an encrypted source is an error naming the field.
-async fn encryption(
+fn encryption(
     b: &Build,
     region: String,
-    parent: Option<String>,
+    parent: Option<(String, bool)>,
 ) -> Result<Target, StepError> {
     let c = &b.plan.config;
     let key = c
@@ -110,9 +123,9 @@ async fn encryption(
         .get(&region)
         .cloned()
         .or(c.kms_key_id.clone());
-    let parent_encrypted = match &parent {
-        Some(p) => images::snapshot_encrypted(&b.clients.ec2_in(&region), &region, p).await?,
-        None => false,
+    let (parent, parent_encrypted) = match parent {
+        Some((p, encrypted)) => (Some(p), encrypted),
+        None => (None, false),
     };
     let target = match (parent, parent_encrypted, c.encrypt_boot) {
         (Some(p), true, Some(false)) => {
@@ -181,7 +194,7 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
             Some(s) => parent_in(b, &r, s).await?,
             None => None,
         };
-        targets.push(encryption(b, r, parent).await?);
+        targets.push(encryption(b, r, parent)?);
     }
     let (delta, full) = {
         let work = work.clone();
@@ -222,7 +235,9 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         let ec2 = b.clients.ec2_in(&r);
         let kept = progress.regions.get(&r).cloned();
         let state = match &kept {
-            Some(k) if k.parent == parent => images::snapshot_state(&ec2, &r, &k.snapshot).await?,
+            Some(k) if k.parent == parent => images::snapshot(&ec2, &r, &k.snapshot)
+                .await?
+                .and_then(|s| s.state().cloned()),
             _ => None,
         };
         let (snapshot, done) = match kept {
