@@ -55,6 +55,33 @@ fn unified_only() -> bool {
     Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
 }
 
+/// Removes one group directory. A process that has left `cgroup.procs` may still hold the group
+/// until the kernel has released it (its exit is not finished: on v1 hierarchies rmdir then fails
+/// with EBUSY for a moment), so EBUSY is retried until [`DRAIN_TIMEOUT`]. A missing directory is
+/// not an error.
+fn remove_group_dir(dir: &Path) -> Result<(), SandboxError> {
+    let start = Instant::now();
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e)
+                if e.raw_os_error() == Some(nix::libc::EBUSY)
+                    && start.elapsed() < DRAIN_TIMEOUT =>
+            {
+                std::thread::sleep(DRAIN_POLL);
+            }
+            Err(source) => {
+                return Err(SandboxError::Io {
+                    what: "removing the cgroup",
+                    path: dir.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 impl BuildCgroup {
     /// Creates the group `kiln/<name>` with `limits` in every hierarchy that holds a needed
     /// controller. Fails (closed) when the memory or pids controller is missing.
@@ -258,17 +285,7 @@ impl BuildCgroup {
     pub fn remove(&self) -> Result<(), SandboxError> {
         self.kill_all()?;
         for dir in &self.dirs {
-            match std::fs::remove_dir(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(SandboxError::Io {
-                        what: "removing the cgroup",
-                        path: dir.clone(),
-                        source,
-                    });
-                }
-            }
+            remove_group_dir(dir)?;
         }
         Ok(())
     }
