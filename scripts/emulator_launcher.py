@@ -32,6 +32,9 @@ as AWS documents, so kiln's own code needs no emulator workaround:
    and the `direct` delay), checksums, ChangedBlocksCount, block/page tokens, ClientToken, children of
    a ParentSnapshotId; StartSnapshot from kiln needs the kiln:build-id tag (as patch 9); on request a
    share of the calls answer 400 RequestThrottledException (POST /_kiln/throttle-direct).
+16. AMI deprecation (`emulator_images.py`): EnableImageDeprecation (owner only; rounded to the nearest
+   minute; not in the past, at most 10 years out) and DisableImageDeprecation; DescribeImages reports
+   DeprecationTime and, without ImageIds or IncludeDeprecated, leaves out other owners' deprecated AMIs.
 
 Control endpoints (under the moto port, never used by kiln): GET /_kiln/state, POST /_kiln/reset,
 POST /_kiln/hosts {"name": ..., "az": ..., "naming": "xen"|"nitro", "dev_dir": ..., "nodes": bool,
@@ -627,6 +630,14 @@ import emulator_direct  # noqa: E402
 
 DIRECT = emulator_direct.Direct(LOCK, lambda: PLANE, delay_for)
 _hook("delete_snapshot", lambda self, snap, snapshot_id: DIRECT.snapshot_deleted(snapshot_id))
+
+# ---------------------------------------------------------------------------------------------------
+# 16. AMI deprecation (emulator_images.py): EnableImageDeprecation, DisableImageDeprecation and
+#     DescribeImages' DeprecationTime, on moto's own AMIs.
+# ---------------------------------------------------------------------------------------------------
+import emulator_images  # noqa: E402
+
+emulator_images.install(LOCK)
 
 # ---------------------------------------------------------------------------------------------------
 # 7. Conditional PutObject is atomic, and as on AWS a conditional write to a key that another

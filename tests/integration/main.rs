@@ -13,6 +13,7 @@ mod duplicates;
 mod ebs;
 mod emulator;
 mod emulator_direct;
+mod emulator_images;
 mod emulator_strict;
 mod eval_bombs;
 mod exactly_once;
