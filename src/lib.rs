@@ -27,6 +27,7 @@ pub mod observe;
 #[cfg(feature = "builder")]
 pub mod pipeline;
 pub mod request;
+pub mod sbom;
 pub mod team;
 pub mod template;
 pub mod template_store;

@@ -1,0 +1,311 @@
+//! rpm's database: `rpmdb.sqlite` (Fedora 33 and later, RHEL 9, Amazon Linux 2023), read with a
+//! bundled SQLite from a private read-only copy; each row's blob is a header (`rpm/header.rs`).
+//! The older formats, Berkeley DB (`Packages`: RHEL 7 and 8, Amazon Linux 2) and ndb
+//! (`Packages.db`: openSUSE), are recognised and named in the inventory's note, not read.
+
+#[cfg_attr(not(feature = "builder"), allow(dead_code))]
+mod header;
+
+use super::{ImageFiles, Package, SbomError};
+
+/// Where rpm keeps its SQLite database: the classic place, and the one rpm 4.16 moved it to.
+pub(super) const SQLITE_PATHS: [&str; 2] = [
+    "/var/lib/rpm/rpmdb.sqlite",
+    "/usr/lib/sysimage/rpm/rpmdb.sqlite",
+];
+/// The formats kiln recognises but does not read, where they live, and who uses them.
+const UNREAD: [(&str, &str); 4] = [
+    (
+        "/var/lib/rpm/Packages",
+        "Berkeley DB format (Amazon Linux 2, RHEL 7)",
+    ),
+    (
+        "/usr/lib/sysimage/rpm/Packages",
+        "Berkeley DB format (Amazon Linux 2, RHEL 7)",
+    ),
+    ("/var/lib/rpm/Packages.db", "ndb format (openSUSE)"),
+    ("/usr/lib/sysimage/rpm/Packages.db", "ndb format (openSUSE)"),
+];
+
+/// What [`read`] found.
+pub(super) enum Found {
+    /// The database read and its packages.
+    #[cfg_attr(not(feature = "builder"), allow(dead_code))]
+    Read(String, Vec<Package>),
+    /// A database kiln did not read, and why (for the inventory's note).
+    Unread(String),
+    /// No rpm database.
+    Nothing,
+}
+
+/// Reads the first rpm database found. Side effects: a private temporary copy of
+/// `rpmdb.sqlite` on the host, removed before it returns.
+pub(super) fn read(files: &dyn ImageFiles) -> Result<Found, SbomError> {
+    for path in SQLITE_PATHS {
+        if files.read(path, 0)?.is_some() {
+            return read_sqlite(files, path);
+        }
+    }
+    for (path, what) in UNREAD {
+        if files.read(path, 0)?.is_some() {
+            return Ok(Found::Unread(format!(
+                "the RPM database at {path} is in {what}, which kiln does not read yet"
+            )));
+        }
+    }
+    Ok(Found::Nothing)
+}
+
+#[cfg(not(feature = "builder"))]
+fn read_sqlite(_files: &dyn ImageFiles, path: &str) -> Result<Found, SbomError> {
+    Ok(Found::Unread(format!(
+        "the RPM database at {path} was not read: this kiln was built without the `builder` feature, which brings SQLite"
+    )))
+}
+
+#[cfg(feature = "builder")]
+fn read_sqlite(files: &dyn ImageFiles, path: &str) -> Result<Found, SbomError> {
+    let pkgs = sqlite::packages(files, path)?;
+    Ok(Found::Read(path.to_owned(), pkgs))
+}
+
+#[cfg(feature = "builder")]
+mod sqlite {
+    //! The SQLite side: the private copy, the locked-down connection, the rows.
+
+    use super::header::{self, MAX_HEADER_BLOB};
+    use crate::sbom::{ImageFiles, MAX_PACKAGES, Package, SbomError, read_bounded};
+    use rusqlite::{Connection, OpenFlags, config::DbConfig, limits::Limit, types::ValueRef};
+    use std::path::PathBuf;
+
+    /// Bytes of `rpmdb.sqlite` kiln reads at most: a Fedora workstation's (about 2,500
+    /// packages) is under 200 MiB, a minimal Amazon Linux 2023's about 30 MiB.
+    const MAX_RPMDB: u64 = 1024 * 1024 * 1024;
+
+    /// The magic string every SQLite 3 database starts with.
+    const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+    /// A private copy of the database on the host (mode 0600, a new name made with `O_EXCL`),
+    /// removed when dropped.
+    struct TempCopy(PathBuf);
+
+    impl TempCopy {
+        fn new(bytes: &[u8]) -> Result<Self, SbomError> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let path = std::env::temp_dir().join(format!(
+                "kiln-rpmdb-{}.sqlite",
+                uuid::Uuid::new_v4().simple()
+            ));
+            let io = |source| SbomError::Io {
+                path: path.display().to_string(),
+                source,
+            };
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io)?;
+            let copy = TempCopy(path.clone());
+            f.write_all(bytes).map_err(io)?;
+            Ok(copy)
+        }
+    }
+
+    impl Drop for TempCopy {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// The packages in the database at `path` (gpg-pubkey entries left out).
+    pub(super) fn packages(files: &dyn ImageFiles, path: &str) -> Result<Vec<Package>, SbomError> {
+        let Some(mut bytes) = read_bounded(files, path, MAX_RPMDB)? else {
+            return Err(SbomError::bad(path, "it disappeared while kiln read it"));
+        };
+        if !bytes.starts_with(SQLITE_MAGIC) {
+            return Err(SbomError::bad(path, "not a SQLite 3 database"));
+        }
+        // Bytes 18 and 19 are the write and read versions: 2 is WAL mode, which would make
+        // SQLite create `-wal` and `-shm` files beside the copy. The copy has no WAL to replay
+        // (rpm checkpoints on close), so it is read in the rollback-journal mode, 1.
+        for b in bytes.iter_mut().skip(18).take(2) {
+            if *b == 2 {
+                *b = 1;
+            }
+        }
+        let copy = TempCopy::new(&bytes)?;
+        drop(bytes);
+        let conn = open(&copy, path)?;
+        rows(&conn, path)
+    }
+
+    /// Opens the copy read-only with everything a crafted schema could use turned off.
+    fn open(copy: &TempCopy, path: &str) -> Result<Connection, SbomError> {
+        let e = |e| sql_error(path, e);
+        let conn = Connection::open_with_flags(
+            &copy.0,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(e)?;
+        // Extension loading is off unless asked for (rusqlite's `load_extension` feature is
+        // not enabled). No views or triggers (`Packages` must be a table), only innocuous
+        // functions in the schema, defensive mode, no value longer than a header can be.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)
+            .map_err(e)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
+            .map_err(e)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false)
+            .map_err(e)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)
+            .map_err(e)?;
+        let max_len = i32::try_from(MAX_HEADER_BLOB).unwrap_or(i32::MAX);
+        conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, max_len)
+            .map_err(e)?;
+        conn.execute_batch(
+            "PRAGMA trusted_schema=OFF; PRAGMA cell_size_check=ON; PRAGMA query_only=ON;",
+        )
+        .map_err(e)?;
+        Ok(conn)
+    }
+
+    /// Every row's header, as packages.
+    fn rows(conn: &Connection, path: &str) -> Result<Vec<Package>, SbomError> {
+        let e = |e| sql_error(path, e);
+        let mut stmt = conn.prepare("SELECT hnum, blob FROM Packages").map_err(e)?;
+        let mut rows = stmt.query([]).map_err(e)?;
+        let mut out = Vec::new();
+        let mut seen = 0usize;
+        while let Some(row) = rows.next().map_err(e)? {
+            seen += 1;
+            if seen > MAX_PACKAGES {
+                return Err(SbomError::bad(
+                    path,
+                    format!("more than {MAX_PACKAGES} packages"),
+                ));
+            }
+            let hnum: i64 = row.get(0).map_err(e)?;
+            let ValueRef::Blob(blob) = row.get_ref(1).map_err(e)? else {
+                return Err(SbomError::bad(
+                    path,
+                    format!("package {hnum}: its header is not a blob"),
+                ));
+            };
+            match header::package(blob) {
+                Ok(Some(p)) => out.push(p),
+                Ok(None) => {}
+                Err(d) => {
+                    return Err(SbomError::bad(
+                        path,
+                        format!("package {hnum}'s header: {d}"),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// SQLite's errors: the host's (I/O, memory) are retryable, the rest is the database's.
+    fn sql_error(path: &str, e: rusqlite::Error) -> SbomError {
+        use rusqlite::ErrorCode::*;
+        match e.sqlite_error_code() {
+            Some(SystemIoFailure | OutOfMemory | DiskFull | CannotOpen) => SbomError::Io {
+                path: path.to_owned(),
+                source: std::io::Error::other(e),
+            },
+            _ => SbomError::bad(path, format!("reading it with SQLite: {e}")),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::sbom::tests::TempDir;
+        use crate::sbom::{DirFiles, PackageKind};
+
+        /// Writes an rpmdb.sqlite with rpm's schema holding these blobs, into `root`.
+        pub(crate) fn rpmdb(t: &TempDir, rel: &str, blobs: &[Vec<u8>]) {
+            let path = t.0.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "PRAGMA journal_mode=WAL; CREATE TABLE Packages (hnum INTEGER PRIMARY KEY AUTOINCREMENT, blob BLOB NOT NULL);",
+            )
+            .unwrap();
+            for b in blobs {
+                conn.execute("INSERT INTO Packages (blob) VALUES (?1)", [b])
+                    .unwrap();
+            }
+        }
+
+        /// The private copy exists while it is used and is gone after.
+        #[test]
+        fn rpm_temp_copy_is_private_and_removed() {
+            use std::os::unix::fs::PermissionsExt;
+            let copy = TempCopy::new(b"data").unwrap();
+            let path = copy.0.clone();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            drop(copy);
+            assert!(!path.exists());
+        }
+
+        #[test]
+        fn rpm_sqlite_packages_and_no_gpg_pubkey() {
+            let t = TempDir::new("rpmdb");
+            let blobs = [header::gpg_pubkey(), header::sample()];
+            rpmdb(&t, "root/usr/lib/sysimage/rpm/rpmdb.sqlite", &blobs);
+            std::fs::create_dir_all(t.0.join("root/var/lib")).unwrap();
+            std::os::unix::fs::symlink("../../usr/lib/sysimage/rpm", t.0.join("root/var/lib/rpm"))
+                .unwrap();
+            let files = DirFiles(t.0.join("root"));
+            let super::super::Found::Read(db, pkgs) = super::super::read(&files).unwrap() else {
+                panic!("not read");
+            };
+            assert_eq!(db, "/var/lib/rpm/rpmdb.sqlite");
+            assert_eq!(pkgs.len(), 1);
+            assert_eq!(pkgs[0].name, "openssl-libs");
+            assert_eq!(pkgs[0].version, "1:3.0.8-1.amzn2023.0.14");
+            assert_eq!(pkgs[0].kind, PackageKind::Rpm);
+            let inv = crate::sbom::inventory(&files).unwrap();
+            assert_eq!(inv.packages, pkgs);
+            assert_eq!(inv.note, None);
+        }
+
+        #[test]
+        fn rpm_sqlite_bad_rows_are_errors() {
+            let t = TempDir::new("rpmdb-bad");
+            let mut truncated = header::sample();
+            truncated.truncate(30);
+            rpmdb(&t, "root/var/lib/rpm/rpmdb.sqlite", &[truncated]);
+            let e = super::super::read(&DirFiles(t.0.join("root")))
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains("package 1's header"), "{e}");
+            assert!(!e.is_retryable());
+
+            let t = TempDir::new("rpmdb-notsql");
+            t.write(
+                "root/var/lib/rpm/rpmdb.sqlite",
+                "not sqlite at all, just text",
+            );
+            let e = super::super::read(&DirFiles(t.0.join("root")))
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains("not a SQLite 3 database"), "{e}");
+
+            let t = TempDir::new("rpmdb-view");
+            let path = t.0.join("root/var/lib/rpm/rpmdb.sqlite");
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            Connection::open(&path)
+                .unwrap()
+                .execute_batch("CREATE VIEW Packages AS SELECT 1 AS hnum, zeroblob(100) AS blob;")
+                .unwrap();
+            let e = super::super::read(&DirFiles(t.0.join("root")))
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains("SQLite"), "{e}");
+        }
+    }
+}
