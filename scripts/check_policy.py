@@ -22,11 +22,12 @@ from cfnlint.decode import cfn_yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Operator commands (kiln gc, submit, status) run with the operator's credentials, not a role of
+# Operator commands (kiln gc, submit, status, promote, revoke) run with the operator's credentials, not a role of
 # the stack; the worker and the trigger run under the stack's roles.
 ROLES = {
     "BuilderRole": lambda p: not (p.startswith("src/trigger/") or p.startswith("src/bin/")
-                                  or p in ("src/main.rs", "src/gc.rs")),
+                                  or p in ("src/main.rs", "src/gc.rs", "src/release.rs",
+                                            "src/cli/lineage.rs")),
     "TriggerRole": lambda p: p.startswith("src/trigger/") or p == "src/bin/kiln-trigger.rs",
 }
 # Where each of the worker's calls is made: a build's EC2 calls and data-source reads with its

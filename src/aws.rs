@@ -144,6 +144,14 @@ impl Clients {
         aws_sdk_ebs::Client::from_conf(conf)
     }
 
+    /// An SSM client for `region` (channels), sharing credentials and retry policy.
+    pub fn ssm_in(&self, region: &str) -> aws_sdk_ssm::Client {
+        let conf = aws_sdk_ssm::config::Builder::from(&self.config)
+            .region(Region::new(region.to_owned()))
+            .build();
+        aws_sdk_ssm::Client::from_conf(conf)
+    }
+
     /// An EC2 client for another region (AMI copies), sharing credentials and retry policy.
     pub fn ec2_in(&self, region: &str) -> aws_sdk_ec2::Client {
         let conf = aws_sdk_ec2::config::Builder::from(&self.config)

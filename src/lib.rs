@@ -11,6 +11,7 @@
 pub mod aws;
 #[cfg(feature = "builder")]
 pub mod backend;
+pub mod channels;
 #[cfg(feature = "builder")]
 pub mod checkpoint;
 pub mod data_sources;
@@ -26,6 +27,7 @@ pub mod lint;
 pub mod observe;
 #[cfg(feature = "builder")]
 pub mod pipeline;
+pub mod release;
 pub mod request;
 pub mod sbom;
 pub mod team;

@@ -89,6 +89,45 @@ enum Command {
         /// The build id.
         build_id: String,
     },
+    /// Show an image's lineage: its parents up to the first image kiln did not build, and every
+    /// image built on it (by the `kiln:parent-ami` tags of this account's images).
+    Lineage {
+        /// The AMI id.
+        ami: String,
+        /// Print the lineage as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point a channel of the image's template at the image (the SSM parameter
+    /// `/kiln/<team>/<template>/<channel>`), in this region and each --region.
+    Promote {
+        /// The AMI id (in this region).
+        ami: String,
+        /// The channel to point at it.
+        #[arg(long)]
+        to: String,
+        /// Only when this channel holds the image now (dev -> prod).
+        #[arg(long)]
+        from: Option<String>,
+        /// Also the same build's image in these regions.
+        #[arg(long = "region")]
+        regions: Vec<String>,
+    },
+    /// Withdraw an image: deprecate it now, tag it kiln:revoked, remove it from every channel;
+    /// the same for every image built on it (asked first on a terminal, or with --descendants).
+    Revoke {
+        /// The AMI id (in this region).
+        ami: String,
+        /// Why (kept in the kiln:revoked tag).
+        #[arg(long)]
+        reason: String,
+        /// Also revoke every image built on it, without asking.
+        #[arg(long)]
+        descendants: bool,
+        /// Also the same builds' images in these regions.
+        #[arg(long = "region")]
+        regions: Vec<String>,
+    },
     /// Show the resolved build(s): source, target, volume, mounts, copied files, provisioners.
     Inspect {
         #[command(flatten)]
@@ -135,6 +174,10 @@ struct SubmitArgs {
     /// builder) or direct (the EBS direct APIs, no volume).
     #[arg(long, value_parser = parse_request_backend)]
     backend: Option<kiln::request::RequestBackend>,
+    /// Publish the AMIs to this channel when the build succeeds (repeatable): the SSM parameter
+    /// `/kiln/<team>/<template>/<channel>` in each region.
+    #[arg(long = "channel")]
+    channels: Vec<String>,
     /// Wait for the result, print it, and exit non-zero when the build failed.
     #[arg(long)]
     wait: bool,
@@ -446,6 +489,18 @@ struct BuildFlags {
     /// Print the result document as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// The SBOM's format: SPDX 2.3 JSON or CycloneDX 1.5 JSON.
+    #[arg(long, value_enum, default_value = "spdx", env = "KILN_SBOM_FORMAT")]
+    sbom_format: kiln::sbom::Format,
+    /// Publish the AMIs to this channel when the build succeeds (repeatable): the SSM parameter
+    /// `/kiln/<team>/<template>/<channel>` in each region (the template's name is its file name
+    /// without the extension, with `.<build>` when it has several builds).
+    #[arg(long = "channel")]
+    channels: Vec<String>,
+    /// Where the SBOM is written (`<build-id>.spdx.json` or `.cdx.json`; default
+    /// `<state-dir>/sbom`); with --checkpoint-bucket it goes to that bucket's `results/`.
+    #[arg(long, env = "KILN_SBOM_DIR")]
+    sbom_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -480,6 +535,19 @@ fn main() -> ExitCode {
                         team,
                         build_id,
                     } => cli::submit::status(bucket, team, build_id).await,
+                    Command::Lineage { ami, json } => cli::lineage::lineage(ami, *json).await,
+                    Command::Promote {
+                        ami,
+                        to,
+                        from,
+                        regions,
+                    } => cli::lineage::promote(ami, to, from.as_deref(), regions).await,
+                    Command::Revoke {
+                        ami,
+                        reason,
+                        descendants,
+                        regions,
+                    } => cli::lineage::revoke(ami, reason, *descendants, regions).await,
                     Command::Gc {
                         bucket,
                         regions,

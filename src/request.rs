@@ -93,6 +93,10 @@ pub struct BuildRequest {
     /// the builder) or `direct` (the EBS direct APIs; no volume).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<RequestBackend>,
+    /// The channels a successful build publishes its AMIs to (`dev`, `prod`, ...: SSM
+    /// parameters `/kiln/<team>/<template>/<channel>`, see `crate::channels`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
 }
 
 /// The backends a request may ask for (a pool never builds on `loop`).
@@ -163,6 +167,13 @@ pub fn parse(body: &str) -> Result<BuildRequest, RequestError> {
         return Err(RequestError::Invalid(format!(
             "build_id {id:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"
         )));
+    }
+    if let Some(e) = req
+        .channels
+        .iter()
+        .find_map(|c| crate::channels::check_channel(c).err())
+    {
+        return Err(RequestError::Invalid(format!("channels: {e}")));
     }
     if req.template.bucket.is_empty() || req.template.key.is_empty() {
         return Err(RequestError::Invalid(

@@ -67,6 +67,13 @@ pub(crate) async fn acquire_journal(
     }
 }
 
+/// A local template's identity across its builds (`kiln:template`): its absolute path and the
+/// build's name, so rebuilding the same file finds its previous image.
+fn template_ref(template: &std::path::Path, build: &str) -> String {
+    let path = std::fs::canonicalize(template).unwrap_or_else(|_| template.to_owned());
+    format!("file://{}#{build}", path.display())
+}
+
 /// Cancels `token` on the first SIGINT or SIGTERM (the build then unwinds its undos).
 pub(crate) fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
@@ -97,6 +104,9 @@ pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Re
         checkpoint_bucket,
         boot_test,
         json,
+        sbom_format,
+        sbom_dir,
+        channels,
     } = flags;
     let (backend, on_error, json) = (*backend, *on_error, *json);
     let (build_id, checkpoint_bucket) = (build_id.clone(), checkpoint_bucket.as_deref());
@@ -221,6 +231,30 @@ pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Re
                 |(j, ..)| j.journal().generation,
             ),
             handed_over: handed_over.clone(),
+            template_ref: template_ref(&args.template, &plan.name),
+            template_name: kiln::channels::template_name(
+                &args
+                    .template
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                several.then_some(plan.name.as_str()),
+            ),
+            channels: channels.clone(),
+            bake_key: None,
+            sbom: kiln::sbom::store::Target {
+                location: match checkpoint_bucket {
+                    Some(bucket) => kiln::sbom::store::Location::S3 {
+                        s3: clients.s3.clone(),
+                        bucket: bucket.to_owned(),
+                        prefix: kiln::team::Team::default_team().key("results/"),
+                    },
+                    None => kiln::sbom::store::Location::Dir(
+                        sbom_dir.clone().unwrap_or_else(|| state_dir.join("sbom")),
+                    ),
+                },
+                format: *sbom_format,
+            },
         };
         let post = plan.post_processors.clone();
         let result = pipeline::run(plan, masker.clone(), clients, options, plan_cancel).await;
@@ -280,6 +314,10 @@ pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Re
                             "    lint warning [{}] {}: {} (fix: {})",
                             f.check, f.file, f.message, f.fix
                         );
+                    }
+                    let doc = serde_json::to_value(r).unwrap_or_default();
+                    for line in pipeline::result::changes_text(&doc) {
+                        println!("    {line}");
                     }
                 }
                 (_, Some(e)) => println!(

@@ -3,6 +3,7 @@
 
 pub(crate) mod build;
 pub(crate) mod gc;
+pub(crate) mod lineage;
 pub(crate) mod lint;
 pub(crate) mod progress;
 pub(crate) mod submit;

@@ -18,6 +18,7 @@ pub(crate) async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
         build_id,
         force,
         backend,
+        channels,
         wait,
         timeout,
         template,
@@ -64,6 +65,7 @@ pub(crate) async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
             force,
             bake: None,
             backend: *backend,
+            channels: channels.clone(),
         };
         clients
             .sqs
@@ -231,6 +233,12 @@ pub(crate) async fn status(
     {
         // A closed pipe (`| head`) is not an error worth a panic.
         let _ = writeln!(std::io::stdout(), "{text}");
+        // What changed, for people (stdout stays the document).
+        if let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) {
+            for line in kiln::pipeline::result::changes_text(&doc) {
+                eprintln!("{line}");
+            }
+        }
         return Ok(ExitCode::SUCCESS);
     }
     match read_object(&clients, bucket, &kiln::worker::log_key(team, build_id)).await? {

@@ -7,6 +7,7 @@ pub mod identity;
 pub mod images;
 pub mod instance_types;
 pub mod instances;
+pub mod lineage;
 pub mod schedule;
 pub mod volumes;
 pub mod wait;

@@ -90,6 +90,11 @@ pub async fn run(
         started,
         attempt: options.attempt.max(1),
         generation: options.generation.clone(),
+        template_ref: options.template_ref.clone(),
+        bake_key: options.bake_key.clone(),
+        sbom: options.sbom.clone(),
+        template_name: options.template_name.clone(),
+        channels: options.channels.clone(),
     };
     let plan_steps = steps::plan_steps(&b.plan.config, b.backend.is_direct());
     let mut records = Vec::new();

@@ -46,6 +46,12 @@ pub enum StepError {
     /// From the EBS direct APIs or the direct backend's files.
     #[error(transparent)]
     Ebs(crate::ebs::EbsError),
+    /// A channel could not be published.
+    #[error(transparent)]
+    Channel(crate::channels::ChannelError),
+    /// The SBOM could not be stored, or the previous one read.
+    #[error(transparent)]
+    Sbom(crate::sbom::store::StoreError),
     /// The template or the source image cannot be built as asked.
     #[error("{0}")]
     Invalid(String),
@@ -97,6 +103,8 @@ impl StepError {
             StepError::Ec2(e) => e.is_retryable(),
             StepError::Host(e) => e.is_retryable(),
             StepError::Ebs(e) => e.is_retryable(),
+            StepError::Sbom(e) => e.is_retryable(),
+            StepError::Channel(e) => e.is_retryable(),
             StepError::Cancelled => true,
             StepError::HandedOver
             | StepError::Invalid(_)
@@ -134,6 +142,19 @@ pub struct BuildOptions {
     /// unwinding then undoes this attempt's volume, attachment, mounts and device lock, but leaves
     /// the snapshot and AMIs, which the new owner finds by their tags and reuses.
     pub handed_over: CancellationToken,
+    /// The template's identity across its builds (`kiln:template` on the AMI: the request's
+    /// template key, or a local template's path, with the build's name): the previous image of
+    /// the same template is found by it. Empty: none (no comparison with a previous image).
+    pub template_ref: String,
+    /// The request's bake key (`kiln:bake-key` on the AMI), for builds `kiln-trigger` asked for.
+    pub bake_key: Option<String>,
+    /// Where the SBOM goes, in which format.
+    pub sbom: crate::sbom::store::Target,
+    /// The template's name in channel parameters (`channels::template_name`; tagged
+    /// `kiln:template-name`).
+    pub template_name: String,
+    /// The channels a successful build publishes its AMIs to (`publish-channels`).
+    pub channels: Vec<String>,
 }
 
 /// Everything a step can see: the plan, the AWS clients, the host settings and the typed state.
@@ -168,6 +189,16 @@ pub struct Build {
     pub attempt: u32,
     /// The generation (see [`BuildOptions::generation`]).
     pub generation: String,
+    /// See [`BuildOptions::template_ref`].
+    pub template_ref: String,
+    /// See [`BuildOptions::bake_key`].
+    pub bake_key: Option<String>,
+    /// See [`BuildOptions::sbom`].
+    pub sbom: crate::sbom::store::Target,
+    /// See [`BuildOptions::template_name`].
+    pub template_name: String,
+    /// See [`BuildOptions::channels`].
+    pub channels: Vec<String>,
 }
 
 impl Build {

@@ -107,6 +107,52 @@ impl BuildResult {
     }
 }
 
+/// What changed in a result document's image, for people: step `sbom`'s package changes against
+/// the parent image and against the previous image of the template, one line each ("openssl
+/// 3.0.13 → 3.0.14"), under a heading naming the image compared with. Empty when the step did
+/// not run. Pure.
+pub fn changes_text(doc: &serde_json::Value) -> Vec<String> {
+    let Some(sbom) = doc["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "sbom")
+        .map(|s| &s["outputs"])
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(loc) = sbom["location"].as_str() {
+        out.push(format!("SBOM: {loc} ({} packages)", sbom["packages"]));
+    }
+    if let Some(note) = sbom["note"].as_str() {
+        out.push(format!("SBOM note: {note}"));
+    }
+    for (what, title) in [
+        ("previous", "since the previous image of this template"),
+        ("parent", "against the parent image"),
+    ] {
+        let c = &sbom["changes"][what];
+        if c.is_null() {
+            continue;
+        }
+        let lines: Vec<&str> = c["lines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str())
+            .collect();
+        let ami = c["ami"].as_str().unwrap_or("?");
+        if lines.is_empty() {
+            out.push(format!("No package changes {title} ({ami})."));
+        } else {
+            out.push(format!("Package changes {title} ({ami}):"));
+            out.extend(lines.iter().map(|l| format!("  {l}")));
+        }
+    }
+    out
+}
+
 /// Writes (or extends) Packer's manifest file for a finished build, as the `manifest`
 /// post-processor does: one entry per build with `artifact_id` `region:ami,...`.
 pub fn write_manifest(

@@ -118,6 +118,13 @@ pub struct BuildState {
     pub resume_upload: bool,
     /// The build's sandbox (step `sandbox` to `early-cleanup`).
     pub sandbox: Option<crate::host::sandbox::Sandbox>,
+    /// The source image's packages, read before anything ran in it (`inventory-source`); `None`
+    /// when the step did not run (from_scratch, or a resumed build).
+    pub base_packages: Option<Vec<crate::sbom::Package>>,
+    /// Where step `sbom` wrote the SBOM (tagged `kiln:sbom` on the AMIs).
+    pub sbom_uri: Option<String>,
+    /// The ancestry tags (`ec2::lineage`), worked out once before the first registration.
+    pub ancestry: Option<BTreeMap<String, String>>,
 }
 
 /// What the boot test's instance method has made and not removed yet.

@@ -24,6 +24,7 @@ mod os;
 mod purl;
 mod rpm;
 mod spdx;
+pub mod store;
 
 pub use changes::{Change, Changes, changes};
 pub use files::{DirFiles, ImageFiles};

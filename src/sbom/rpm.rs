@@ -78,9 +78,11 @@ mod sqlite {
     use rusqlite::{Connection, OpenFlags, config::DbConfig, limits::Limit, types::ValueRef};
     use std::path::PathBuf;
 
-    /// Bytes of `rpmdb.sqlite` kiln reads at most: a Fedora workstation's (about 2,500
-    /// packages) is under 200 MiB, a minimal Amazon Linux 2023's about 30 MiB.
-    const MAX_RPMDB: u64 = 1024 * 1024 * 1024;
+    /// Bytes of `rpmdb.sqlite` kiln reads at most (into memory, then a private copy): a Fedora
+    /// workstation's (about 2,500 packages) is under 200 MiB, a minimal Amazon Linux 2023's
+    /// about 30 MiB; 384 MiB leaves room for a large server and bounds what several builds on one
+    /// builder hold at once.
+    const MAX_RPMDB: u64 = 384 * 1024 * 1024;
 
     /// The magic string every SQLite 3 database starts with.
     const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";

@@ -332,6 +332,7 @@ async fn uploaded(
         force: false,
         bake,
         backend: None,
+        channels: Vec::new(),
     };
     // A template with several builds: one request per build, each with its own id and result.
     let requests: Vec<(BuildRequest, Option<String>)> = match per_build_ids(&build_id, &builds) {

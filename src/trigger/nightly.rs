@@ -424,6 +424,7 @@ pub(super) async fn run(
                 force: n.force,
                 bake: Some(bake.clone()),
                 backend: None,
+                channels: Vec::new(),
             };
             if let Err(e) = enqueue(clients, queue, &req).await {
                 tracing::error!(template = %t, error = %e, "nightly: could not enqueue");

@@ -554,6 +554,27 @@ async fn run_request(
         attempt,
         generation,
         handed_over: handed_over.clone(),
+        template_ref: format!(
+            "s3://{}/{}#{}",
+            req.template.bucket, req.template.key, plan.name
+        ),
+        bake_key: req.bake.as_ref().map(|b| b.key.clone()),
+        template_name: crate::channels::template_name_of_key(
+            req.template
+                .key
+                .strip_prefix(&d.lane.team.key_root())
+                .unwrap_or(&req.template.key),
+            (!req.only.is_empty()).then_some(plan.name.as_str()),
+        ),
+        channels: req.channels.clone(),
+        sbom: crate::sbom::store::Target {
+            location: crate::sbom::store::Location::S3 {
+                s3: ctx.clients.s3.clone(),
+                bucket: ctx.cfg.buckets[0].clone(),
+                prefix: d.lane.team.key("results/"),
+            },
+            format: ctx.cfg.sbom_format,
+        },
     };
     let result = pipeline::run(
         plan,

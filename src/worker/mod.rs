@@ -58,6 +58,10 @@ pub struct WorkerConfig {
     /// `ebs` or `loop`.
     #[serde(default = "default_backend")]
     pub backend: String,
+    /// The SBOM's format, `spdx` (SPDX 2.3 JSON, the default) or `cyclonedx` (CycloneDX 1.5
+    /// JSON), written next to each result (`results/<build-id>.spdx.json` or `.cdx.json`).
+    #[serde(default)]
+    pub sbom_format: crate::sbom::Format,
     /// The loop backend's state directory.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,

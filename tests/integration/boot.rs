@@ -197,6 +197,12 @@ async fn the_debian_example_boots_under_uefi() {
             .await
             .volumes;
         assert!(vols.is_empty(), "{vols:?}");
+        // Issue 25: its SBOM lists what its dpkg database holds.
+        crate::pipeline::with_snapshot_partition(
+            &crate::support::result_snapshot_data(&doc, region),
+            2,
+            |root| crate::sbom::assert_sbom_matches_dpkg(&doc, root),
+        );
 
         // Issue 24: an application layer on top with the direct backend boots too (the image is
         // the parent's blocks plus only the changed ones), and its file system is consistent.
@@ -267,6 +273,16 @@ build {{
         );
         let file = crate::support::result_snapshot_data(&app_doc, region);
         crate::direct::fsck_root(&file, 2);
+        // Its SBOM: the parent's packages unchanged (the layer only wrote files).
+        let sbom = app_doc["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == "sbom")
+            .map(|s| s["outputs"].clone())
+            .expect("sbom ran");
+        assert_eq!(sbom["changes"]["parent"]["lines"], serde_json::json!([]), "{sbom:#}");
+        assert!(sbom["packages"].as_u64().is_some_and(|n| n > 50), "{sbom:#}");
     })
     .await;
 }

@@ -27,6 +27,7 @@ mod packer_diff;
 mod pipeline;
 mod pool;
 mod sandbox;
+mod sbom;
 mod submit;
 mod support;
 mod teams;

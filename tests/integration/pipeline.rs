@@ -40,8 +40,16 @@ pub(crate) fn kiln_command(template: &Path, extra: &[String]) -> Command {
         }
     }
     c.env("RUST_LOG", "kiln=info");
+    // SBOMs of the tests' builds: one directory for this test process, not the machine's
+    // /var/lib/kiln (a test that reads them back passes its own --sbom-dir).
+    c.env("KILN_SBOM_DIR", test_sbom_dir());
     c.current_dir(template.parent().unwrap_or(Path::new(".")));
     c
+}
+
+/// Where `kiln build` writes the SBOMs of this test process's builds (see [`kiln_command`]).
+pub(crate) fn test_sbom_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("kiln-test-sbom-{}", std::process::id()))
 }
 
 /// Runs `kiln build` and returns its output as it is (for builds that stop before a result).
@@ -194,6 +202,11 @@ const SNAPSHOT_MOUNT_TRIES: u32 = 10;
 /// Mounts the first partition of a snapshot file read-only, runs `f` on the mount point, and
 /// undoes the mount and the loop device.
 pub(crate) fn with_snapshot<T>(file: &Path, f: impl FnOnce(&Path) -> T) -> T {
+    with_snapshot_partition(file, 1, f)
+}
+
+/// [`with_snapshot`] on partition `part`.
+pub(crate) fn with_snapshot_partition<T>(file: &Path, part: u32, f: impl FnOnce(&Path) -> T) -> T {
     let mnt = std::env::temp_dir().join(unique("inspect"));
     std::fs::create_dir_all(&mnt).expect("mnt");
     let dev = losetup_show(&["-f", "-P", "-r", "--show"], file);
@@ -203,7 +216,7 @@ pub(crate) fn with_snapshot<T>(file: &Path, f: impl FnOnce(&Path) -> T) -> T {
     let mut ok = false;
     for _ in 0..SNAPSHOT_MOUNT_TRIES {
         ok = Command::new("mount")
-            .args(["-o", "ro", &format!("{dev}p1")])
+            .args(["-o", "ro", &format!("{dev}p{part}")])
             .arg(&mnt)
             .status()
             .expect("mount")
@@ -220,7 +233,7 @@ pub(crate) fn with_snapshot<T>(file: &Path, f: impl FnOnce(&Path) -> T) -> T {
     }
     let _ = Command::new("losetup").args(["-d", &dev]).status();
     let _ = std::fs::remove_dir(&mnt);
-    result.unwrap_or_else(|| panic!("could not mount {dev}p1 of {}", file.display()))
+    result.unwrap_or_else(|| panic!("could not mount {dev}p{part} of {}", file.display()))
 }
 
 /// Reads files from the first partition of the build's own snapshot (the emulator's data of the

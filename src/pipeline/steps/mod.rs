@@ -13,6 +13,7 @@ mod create_volume;
 mod deregister;
 mod early_cleanup;
 mod instance_info;
+mod inventory_source;
 mod lint_image;
 mod modify_attributes;
 mod mount_commands;
@@ -20,11 +21,13 @@ mod mount_device;
 mod mount_extra;
 mod pre_validate;
 mod provision;
+mod publish_channels;
 mod read_source;
 mod reclaim;
 mod register_image;
 mod register_regions;
 mod sandbox;
+mod sbom;
 mod snapshot;
 mod source_image;
 mod upload_delta;
@@ -55,6 +58,8 @@ pub enum StepId {
     PreMountCommands,
     /// The root filesystem mounted.
     MountDevice,
+    /// The source image's packages read, before anything runs in it (the SBOM's "parent").
+    InventorySource,
     /// `post_mount_commands`.
     PostMountCommands,
     /// `chroot_mounts`.
@@ -67,6 +72,9 @@ pub enum StepId {
     Provision,
     /// The image linter: what the registration promises, checked on the mounted image.
     LintImage,
+    /// The image's SBOM from its package databases, and what changed against its parent and the
+    /// previous image of its template.
+    Sbom,
     /// Copies, mounts and the attachment undone before the snapshot.
     EarlyCleanup,
     /// The snapshot of the volume.
@@ -85,6 +93,8 @@ pub enum StepId {
     RegisterRegions,
     /// Launch and snapshot permissions.
     ModifyAttributes,
+    /// The AMIs published to the build's channels (SSM parameters).
+    PublishChannels,
 }
 
 impl StepId {
@@ -101,12 +111,14 @@ impl StepId {
             StepId::AttachVolume => "attach-volume",
             StepId::PreMountCommands => "pre-mount-commands",
             StepId::MountDevice => "mount-device",
+            StepId::InventorySource => "inventory-source",
             StepId::PostMountCommands => "post-mount-commands",
             StepId::MountExtra => "mount-extra",
             StepId::Sandbox => "sandbox",
             StepId::CopyFiles => "copy-files",
             StepId::Provision => "provision",
             StepId::LintImage => "lint-image",
+            StepId::Sbom => "sbom",
             StepId::EarlyCleanup => "early-cleanup",
             StepId::Snapshot => "snapshot",
             StepId::UploadDelta => "upload-delta",
@@ -116,6 +128,7 @@ impl StepId {
             StepId::CopyRegions => "copy-regions",
             StepId::RegisterRegions => "register-regions",
             StepId::ModifyAttributes => "modify-attributes",
+            StepId::PublishChannels => "publish-channels",
         }
     }
 
@@ -132,12 +145,14 @@ impl StepId {
             StepId::AttachVolume => "Attaching the root volume",
             StepId::PreMountCommands => "Running pre-mount commands",
             StepId::MountDevice => "Mounting the root device",
+            StepId::InventorySource => "Reading the source image's packages",
             StepId::PostMountCommands => "Running post-mount commands",
             StepId::MountExtra => "Mounting additional paths within the chroot",
             StepId::Sandbox => "Preparing the build's sandbox",
             StepId::CopyFiles => "Copying files from host to chroot",
             StepId::Provision => "Provisioning inside the chroot",
             StepId::LintImage => "Checking the image against its registration",
+            StepId::Sbom => "Writing the image's SBOM",
             StepId::EarlyCleanup => "Unmounting and detaching before the snapshot",
             StepId::Snapshot => "Creating a snapshot",
             StepId::UploadDelta => "Uploading the changed blocks",
@@ -147,6 +162,7 @@ impl StepId {
             StepId::CopyRegions => "Copying the AMI to other regions",
             StepId::RegisterRegions => "Registering the AMI in other regions",
             StepId::ModifyAttributes => "Setting launch and snapshot permissions",
+            StepId::PublishChannels => "Publishing the AMIs to their channels",
         }
     }
 }
@@ -167,15 +183,18 @@ pub fn plan_steps(c: &ChrootConfig, direct: bool) -> Vec<StepId> {
     } else {
         v.extend([CreateVolume, AttachVolume]);
     }
+    v.extend([PreMountCommands, MountDevice]);
+    if !c.from_scratch {
+        v.push(InventorySource);
+    }
     v.extend([
-        PreMountCommands,
-        MountDevice,
         PostMountCommands,
         MountExtra,
         Sandbox,
         CopyFiles,
         Provision,
         LintImage,
+        Sbom,
         EarlyCleanup,
         if direct { UploadDelta } else { Snapshot },
     ]);
@@ -189,6 +208,7 @@ pub fn plan_steps(c: &ChrootConfig, direct: bool) -> Vec<StepId> {
         RegisterImage,
         if direct { RegisterRegions } else { CopyRegions },
         ModifyAttributes,
+        PublishChannels,
     ]);
     v
 }
@@ -201,8 +221,10 @@ pub fn skipped(step: StepId, b: &Build) -> bool {
         Reclaim => b.attempt <= 1,
         Snapshot | UploadDelta => b.state.reused_snapshot,
         AllocateDevice | CreateVolume | ReadSource | AttachVolume | PreMountCommands
-        | MountDevice | PostMountCommands | MountExtra | Sandbox | CopyFiles | Provision
-        | LintImage | EarlyCleanup => b.state.reused_snapshot || b.state.resume_upload,
+        | MountDevice | InventorySource | PostMountCommands | MountExtra | Sandbox | CopyFiles
+        | Provision | LintImage | Sbom | EarlyCleanup => {
+            b.state.reused_snapshot || b.state.resume_upload
+        }
         _ => false,
     }
 }
@@ -240,6 +262,8 @@ pub async fn run(step: StepId, b: &mut Build) -> Result<serde_json::Value, StepE
         CopyFiles => copy_files::run(b).await,
         Provision => provision::run(b).await,
         LintImage => lint_image::run(b).await,
+        InventorySource => inventory_source::run(b).await,
+        Sbom => sbom::run(b).await,
         EarlyCleanup => early_cleanup::run(b).await,
         Snapshot => snapshot::run(b).await,
         UploadDelta => upload_delta::run(b).await,
@@ -249,6 +273,7 @@ pub async fn run(step: StepId, b: &mut Build) -> Result<serde_json::Value, StepE
         CopyRegions => copy_regions::run(b).await,
         RegisterRegions => register_regions::run(b).await,
         ModifyAttributes => modify_attributes::run(b).await,
+        PublishChannels => publish_channels::run(b).await,
     }
 }
 

@@ -8,6 +8,10 @@ use crate::ec2::{api, images};
 use crate::pipeline::{Build, StepError};
 
 pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
+    // A channel that cannot be a parameter name fails now, not after the whole build.
+    for channel in &b.channels {
+        crate::channels::check_channel(channel).map_err(StepError::Channel)?;
+    }
     let c = &b.plan.config;
     if !c.ami_regions.is_empty() && !c.skip_region_validation {
         let out = b

@@ -76,11 +76,37 @@ pub(super) fn mappings(b: &Build, snapshot: &str, root: &str) -> Vec<BlockDevice
         .collect()
 }
 
-/// The AMI's tags: `tags`, rendered, plus kiln's.
+/// The AMI's tags: `tags`, rendered, plus kiln's (which win over a template's of the same
+/// name): its build's, its ancestry, its template, bake key and SBOM (`ec2::lineage`).
 pub fn image_tags(b: &Build, step: &str) -> Result<Vec<aws_sdk_ec2::types::Tag>, StepError> {
+    use crate::ec2::lineage::{TAG_BAKE_KEY, TAG_SBOM, TAG_TEMPLATE, tag_value};
     let mut tags = BTreeMap::new();
     for (k, v) in &b.plan.config.tags {
         tags.insert(k.clone(), b.render("tags", v, &b.source_values())?);
+    }
+    tags.extend(b.state.ancestry.clone().unwrap_or_default());
+    if !b.template_ref.is_empty() {
+        tags.insert(TAG_TEMPLATE.to_owned(), tag_value(&b.template_ref));
+    }
+    if !b.template_name.is_empty() {
+        tags.insert(
+            crate::ec2::lineage::TAG_TEMPLATE_NAME.to_owned(),
+            tag_value(&b.template_name),
+        );
+    }
+    if let Some(k) = &b.bake_key {
+        tags.insert(TAG_BAKE_KEY.to_owned(), tag_value(k));
+    }
+    // A resumed build skipped `sbom`: the earlier attempt wrote the document where the target
+    // says, before its snapshot.
+    let resumed = b.state.reused_snapshot || b.state.resume_upload;
+    let sbom = b
+        .state
+        .sbom_uri
+        .clone()
+        .or_else(|| resumed.then(|| b.sbom.uri(&b.id)).flatten());
+    if let Some(uri) = sbom {
+        tags.insert(TAG_SBOM.to_owned(), tag_value(&uri));
     }
     Ok(kiln_tags(&b.build_ref(), step, &tags))
 }

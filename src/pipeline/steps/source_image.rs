@@ -73,7 +73,15 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
             "the source AMI {id}'s root device {root_name} has no snapshot"
         )));
     }
-    let out = serde_json::to_value(&src).unwrap_or_default();
+    // The image's parent in its ancestry tags; the parent's own kiln tags count only when this
+    // account owns it (anyone can tag an image they share with kiln's tag names).
+    let own = crate::ec2::lineage::owned_by_self(&b.clients.ec2, &b.region, &src.id).await?;
+    b.state.ancestry = Some(crate::ec2::lineage::ancestry_tags(
+        Some((&src.id, &src.tags)),
+        own,
+    ));
+    let mut out = serde_json::to_value(&src).unwrap_or_default();
+    out["owned_by_this_account"] = own.into();
     b.state.source = Some(src);
     Ok(out)
 }

@@ -1,0 +1,304 @@
+//! Whether an image should still be launched: `kiln promote` points another channel at an image
+//! (`--from` checks the channel it comes from holds it), `kiln revoke` withdraws an image and,
+//! when asked, every image built on it: EC2 EnableImageDeprecation now, the `kiln:revoked` tag with the
+//! reason, and every channel parameter that points at it removed, in each region the build has
+//! an image. Images are found by their kiln tags (`ec2::lineage`), channels by their SSM
+//! parameters (`channels`).
+
+use crate::aws::Clients;
+use crate::channels::{self, ChannelError};
+use crate::ec2::lineage::{self, TAG_REVOKED, TAG_TEMPLATE_NAME};
+use crate::ec2::{Ec2Error, TAG_BUILD_ID, api};
+use aws_sdk_ec2::types::{Filter, Image, Tag};
+use aws_sdk_ssm::Client;
+
+/// How far ahead `revoke` deprecates: EC2 refuses a time in the past (the EnableImageDeprecation
+/// reference: "You can't specify a date in the past") and rounds to the nearest minute.
+const DEPRECATE_DELAY_S: i64 = 60;
+
+/// An error promoting or revoking.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// From EC2.
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+    /// From SSM.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// The image cannot be promoted or revoked as asked (what to do is in the message).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl ReleaseError {
+    /// Whether a retry could succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ReleaseError::Ec2(e) => e.is_retryable(),
+            ReleaseError::Channel(e) => e.is_retryable(),
+            ReleaseError::Refused(_) => false,
+        }
+    }
+}
+
+/// One thing done (or found already done), for the command's output.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Action {
+    /// The region.
+    pub region: String,
+    /// The AMI.
+    pub ami: String,
+    /// What was done: `published /kiln/...`, `deprecated`, `tagged kiln:revoked`, `removed
+    /// /kiln/...`.
+    pub what: String,
+}
+
+fn tag_of(image: &Image, key: &str) -> Option<String> {
+    lineage::tag(image.tags(), key).map(str::to_owned)
+}
+
+async fn image(clients: &Clients, region: &str, ami: &str) -> Result<Image, ReleaseError> {
+    crate::ec2::images::describe(&clients.ec2_in(region), region, ami)
+        .await?
+        .ok_or_else(|| ReleaseError::Refused(format!("{ami} does not exist in {region}")))
+}
+
+/// The same build's image in `region` (`home`'s own id there), found by its build id and team
+/// tags; `None` when the build has none there. Read only.
+async fn in_region(
+    clients: &Clients,
+    home: &str,
+    region: &str,
+    src: &Image,
+) -> Result<Option<String>, ReleaseError> {
+    if region == home {
+        return Ok(src.image_id().map(str::to_owned));
+    }
+    let Some(build) = tag_of(src, TAG_BUILD_ID) else {
+        return Ok(None);
+    };
+    let team = tag_of(src, crate::team::TAG_TEAM).unwrap_or_default();
+    let out = clients
+        .ec2_in(region)
+        .describe_images()
+        .owners("self")
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{TAG_BUILD_ID}"))
+                .values(&build)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{}", crate::team::TAG_TEAM))
+                .values(&team)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(api("DescribeImages", build.clone(), region))?;
+    // Only the registered image of the build (not the boot test's private image, which is
+    // deregistered after the test).
+    Ok(out
+        .images()
+        .iter()
+        .find(|i| lineage::tag(i.tags(), crate::ec2::TAG_STEP) != Some("boot-test"))
+        .and_then(|i| i.image_id().map(str::to_owned)))
+}
+
+/// Points channel `to` of the image's template at `ami` in the clients' region and `regions`
+/// (the same build's image in each). With `from`, refuses unless channel `from` holds the image
+/// now in every region. Refuses a revoked image. Side effects: a new version of each channel
+/// parameter. Safe to run twice.
+pub async fn promote(
+    clients: &Clients,
+    regions: &[String],
+    ami: &str,
+    to: &str,
+    from: Option<&str>,
+) -> Result<Vec<Action>, ReleaseError> {
+    channels::check_channel(to)?;
+    let home = clients.region().to_owned();
+    let src = image(clients, &home, ami).await?;
+    let Some(template) = tag_of(&src, TAG_TEMPLATE_NAME) else {
+        return Err(ReleaseError::Refused(format!(
+            "{ami} has no {TAG_TEMPLATE_NAME} tag: only images kiln built have channels"
+        )));
+    };
+    if let Some(reason) = tag_of(&src, TAG_REVOKED) {
+        return Err(ReleaseError::Refused(format!(
+            "{ami} was revoked ({reason}): build a new image and promote that one"
+        )));
+    }
+    let team = tag_of(&src, crate::team::TAG_TEAM).unwrap_or_else(|| "default".into());
+    let mut all = vec![home.clone()];
+    all.extend(regions.iter().filter(|r| **r != home).cloned());
+    let mut targets = Vec::new();
+    for region in &all {
+        let Some(id) = in_region(clients, &home, region, &src).await? else {
+            return Err(ReleaseError::Refused(format!(
+                "build {} has no image in {region}: promote without --region {region}, or copy the image there first",
+                tag_of(&src, TAG_BUILD_ID).unwrap_or_default()
+            )));
+        };
+        if let Some(from) = from {
+            let name = channels::parameter(&team, &template, from)?;
+            let ssm = clients.ssm_in(region);
+            let now = current(&ssm, region, &name).await?;
+            if now.as_deref() != Some(id.as_str()) {
+                return Err(ReleaseError::Refused(format!(
+                    "channel {from} ({name}) in {region} holds {}, not {id}: promote what {from} holds, or leave out --from",
+                    now.as_deref().unwrap_or("nothing")
+                )));
+            }
+        }
+        targets.push((region.clone(), id));
+    }
+    let name = channels::parameter(&team, &template, to)?;
+    let mut done = Vec::new();
+    for (region, id) in targets {
+        channels::publish(&clients.ssm_in(&region), &region, &name, &id).await?;
+        done.push(Action {
+            region,
+            ami: id,
+            what: format!("published {name}"),
+        });
+    }
+    Ok(done)
+}
+
+/// Withdraws each of `amis` (an image and, as the caller chose, its descendants) in the clients'
+/// region and `regions`: EnableImageDeprecation (EC2 CLI: deprecate) now, tag `kiln:revoked` = `reason`, and every channel
+/// parameter under `/kiln` that holds it removed. An image already revoked is revoked again
+/// (the same calls). Side effects: as said. Safe to run twice.
+pub async fn revoke(
+    clients: &Clients,
+    regions: &[String],
+    amis: &[String],
+    reason: &str,
+) -> Result<Vec<Action>, ReleaseError> {
+    let home = clients.region().to_owned();
+    let mut all = vec![home.clone()];
+    all.extend(regions.iter().filter(|r| **r != home).cloned());
+    // EC2 refuses a deprecation time in the past and rounds to the nearest minute: a minute from
+    // now is the soonest it takes.
+    let now = aws_sdk_ec2::primitives::DateTime::from_secs(
+        time::OffsetDateTime::now_utc().unix_timestamp() + DEPRECATE_DELAY_S,
+    );
+    let mut done = Vec::new();
+    for ami in amis {
+        let src = image(clients, &home, ami).await?;
+        for region in &all {
+            let Some(id) = in_region(clients, &home, region, &src).await? else {
+                continue;
+            };
+            let ec2 = clients.ec2_in(region);
+            ec2.enable_image_deprecation()
+                .image_id(&id)
+                .deprecate_at(now)
+                .send()
+                .await
+                .map_err(api("EnableImageDeprecation", id.clone(), region))?;
+            done.push(action(region, &id, "deprecated (in a minute)"));
+            ec2.create_tags()
+                .resources(&id)
+                .tags(
+                    Tag::builder()
+                        .key(TAG_REVOKED)
+                        .value(lineage::tag_value(reason))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(api("CreateTags", id.clone(), region))?;
+            done.push(action(region, &id, &format!("tagged {TAG_REVOKED}")));
+            let ssm = clients.ssm_in(region);
+            for name in pointing_at(&ssm, region, channels::ROOT, &id).await? {
+                remove(&ssm, region, &name).await?;
+                done.push(action(region, &id, &format!("removed {name}")));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// How many parameters `pointing_at` reads under the root (10 per GetParametersByPath page, so
+/// 1,000 pages at most; SSM's standard tier holds 10,000 parameters per account and region).
+pub const SCAN_MAX: usize = 10_000;
+
+/// The AMI `name` points at now; `None` when the channel has no parameter. Read only.
+pub async fn current(
+    ssm: &Client,
+    region: &str,
+    name: &str,
+) -> Result<Option<String>, ChannelError> {
+    match ssm.get_parameter().name(name).send().await {
+        Ok(o) => Ok(o.parameter().and_then(|p| p.value()).map(str::to_owned)),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_parameter_not_found()) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(channels::ssm_error("GetParameter", name, region)(e)),
+    }
+}
+
+/// Every channel parameter under `path` (recursively) whose value is `ami`. Read only; at most
+/// [`SCAN_MAX`] parameters are looked at.
+pub async fn pointing_at(
+    ssm: &Client,
+    region: &str,
+    path: &str,
+    ami: &str,
+) -> Result<Vec<String>, ChannelError> {
+    let mut found = Vec::new();
+    let mut seen = 0;
+    let mut token: Option<String> = None;
+    loop {
+        let out = ssm
+            .get_parameters_by_path()
+            .path(path)
+            .recursive(true)
+            .set_next_token(token.clone())
+            .send()
+            .await
+            .map_err(channels::ssm_error("GetParametersByPath", path, region))?;
+        for p in out.parameters() {
+            seen += 1;
+            if p.value() == Some(ami)
+                && let Some(n) = p.name()
+            {
+                found.push(n.to_owned());
+            }
+        }
+        token = out.next_token().map(str::to_owned);
+        if token.is_none() || seen >= SCAN_MAX {
+            return Ok(found);
+        }
+    }
+}
+
+/// Removes channel parameter `name` (its history goes with it, as SSM deletes parameters whole).
+/// A parameter already gone is not an error. Side effects: the parameter deleted. Safe to run
+/// twice.
+pub async fn remove(ssm: &Client, region: &str, name: &str) -> Result<(), ChannelError> {
+    match ssm.delete_parameter().name(name).send().await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_parameter_not_found()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(channels::ssm_error("DeleteParameter", name, region)(e)),
+    }
+}
+
+fn action(region: &str, ami: &str, what: &str) -> Action {
+    Action {
+        region: region.to_owned(),
+        ami: ami.to_owned(),
+        what: what.to_owned(),
+    }
+}
