@@ -18,9 +18,12 @@ pub const DATA_TYPE: &str = "aws:ec2:image";
 /// The longest channel name (SSM parameter names are at most 1011 characters in all; a channel
 /// is one path segment, kept short as Image Builder's are).
 pub const CHANNEL_MAX: usize = 64;
-/// The longest template part of a parameter name (the rest of SSM's 1011, with room for the
-/// root, the team and the channel).
-pub const TEMPLATE_MAX: usize = 512;
+/// The longest template part of a parameter name: within an EC2 tag value (256, as
+/// `kiln:template-name`, which `kiln promote` reads back) and far within SSM's 1011.
+pub const TEMPLATE_MAX: usize = 200;
+/// The most path segments of the template part: SSM allows 15 levels in a parameter name, and
+/// `/kiln/<team>/.../<channel>` takes three.
+pub const TEMPLATE_LEVELS: usize = 12;
 
 /// An error naming a channel or publishing to it.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,18 @@ pub enum ChannelError {
         "channel {0:?}: a channel is 1 to {CHANNEL_MAX} letters, digits, '-', '_' or '.' (as `dev`, `prod`, `canary-1`)"
     )]
     BadName(String),
+    /// A parameter of the channel's name exists and is not a channel.
+    #[error(
+        "{name} in {region} exists and is not a channel (its data type is {data_type}, not {DATA_TYPE}): kiln does not overwrite it; rename the parameter, or publish to another channel"
+    )]
+    NotAChannel {
+        /// The parameter.
+        name: String,
+        /// The region.
+        region: String,
+        /// Its data type.
+        data_type: String,
+    },
     /// SSM refused or could not be reached.
     #[error("SSM {call} {name} in {region}: {message}")]
     Ssm {
@@ -50,7 +65,7 @@ impl ChannelError {
     /// Whether a retry could succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ChannelError::BadName(_) => false,
+            ChannelError::BadName(_) | ChannelError::NotAChannel { .. } => false,
             ChannelError::Ssm { retryable, .. } => *retryable,
         }
     }
@@ -141,15 +156,26 @@ pub fn template_name(path: &str, build: Option<&str>) -> String {
     }
     // No empty or dot-only segments (`a//b`, `../x`): SSM refuses them, and they would read as
     // another template's path.
-    let segments: Vec<&str> = name
-        .split('/')
-        .filter(|s| !s.is_empty() && s.chars().any(|c| c != '.'))
-        .collect();
-    let mut out = segments.join("/");
-    if out.is_empty() {
-        out = "template".into();
+    let clean = |n: &str| -> String {
+        n.split('/')
+            .filter(|s| !s.is_empty() && s.chars().any(|c| c != '.'))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let mut segments: Vec<String> = clean(&name).split('/').map(str::to_owned).collect();
+    // Deep paths keep their last levels (the template's own name) joined by `-`.
+    if segments.len() > TEMPLATE_LEVELS {
+        let tail = segments.split_off(TEMPLATE_LEVELS - 1).join("-");
+        segments.push(tail);
     }
-    out.chars().take(TEMPLATE_MAX).collect()
+    // Cut to the limit, then clean again (a cut may leave an empty or dot-only last segment).
+    let cut: String = segments.join("/").chars().take(TEMPLATE_MAX).collect();
+    let out = clean(&cut);
+    if out.is_empty() {
+        "template".into()
+    } else {
+        out
+    }
 }
 
 /// [`template_name`] of a template's key under its team's root: `templates/web/base.pkr.hcl` is
@@ -172,14 +198,32 @@ pub fn parameter(team: &str, template: &str, channel: &str) -> Result<String, Ch
     Ok(format!("{ROOT}/{team}/{template}/{channel}"))
 }
 
-/// Points `name` at `ami` in the client's region. Side effects: a new version of the
-/// parameter (SSM keeps the previous ones). Safe to run twice.
+/// Points `name` at `ami` in the client's region. A parameter of that name that is not a
+/// channel (its data type is not `aws:ec2:image`: a team's data-source value) is never
+/// overwritten. Side effects: a new version of the parameter (SSM keeps the previous ones).
+/// Safe to run twice.
 pub async fn publish(
     ssm: &Client,
     region: &str,
     name: &str,
     ami: &str,
 ) -> Result<(), ChannelError> {
+    match ssm.get_parameter().name(name).send().await {
+        Ok(o) => {
+            let kind = o.parameter().and_then(|p| p.data_type()).unwrap_or("text");
+            if kind != DATA_TYPE {
+                return Err(ChannelError::NotAChannel {
+                    name: name.to_owned(),
+                    region: region.to_owned(),
+                    data_type: kind.to_owned(),
+                });
+            }
+        }
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_parameter_not_found()) => {}
+        Err(e) => return Err(ssm_error("GetParameter", name, region)(e)),
+    }
     ssm.put_parameter()
         .name(name)
         .value(ami)
@@ -215,6 +259,15 @@ mod tests {
             "app"
         );
         assert!(template_name(&"x".repeat(2000), None).len() <= TEMPLATE_MAX);
+        let deep = (0..20)
+            .map(|i| format!("d{i}"))
+            .collect::<Vec<_>>()
+            .join("/");
+        let n = template_name(&deep, None);
+        assert_eq!(n.split('/').count(), TEMPLATE_LEVELS, "{n}");
+        assert!(n.ends_with("d11-d12-d13-d14-d15-d16-d17-d18-d19"), "{n}");
+        let cut = template_name(&format!("{}/.x", "y".repeat(TEMPLATE_MAX - 1)), None);
+        assert!(!cut.ends_with('/') && !cut.ends_with('.'), "{cut}");
     }
 
     #[test]

@@ -498,7 +498,7 @@ struct BuildFlags {
     #[arg(long = "channel")]
     channels: Vec<String>,
     /// Where the SBOM is written (`<build-id>.spdx.json` or `.cdx.json`; default
-    /// `<state-dir>/sbom`); with --checkpoint-bucket it goes to that bucket's `results/`.
+    /// `<state-dir>/sbom`); with --checkpoint-bucket it goes to that bucket's `sboms/`.
     #[arg(long, env = "KILN_SBOM_DIR")]
     sbom_dir: Option<PathBuf>,
 }

@@ -78,6 +78,7 @@ async fn in_region(
         return Ok(None);
     };
     let team = tag_of(src, crate::team::TAG_TEAM).unwrap_or_default();
+    let generation = tag_of(src, crate::ec2::TAG_GENERATION).unwrap_or_default();
     let out = clients
         .ec2_in(region)
         .describe_images()
@@ -97,13 +98,24 @@ async fn in_region(
         .send()
         .await
         .map_err(api("DescribeImages", build.clone(), region))?;
-    // Only the registered image of the build (not the boot test's private image, which is
-    // deregistered after the test).
-    Ok(out
+    // Only the registered image of the build's generation (not the boot test's private image,
+    // which is deregistered after the test, nor a forced rebuild's under the same build id).
+    let found: Vec<String> = out
         .images()
         .iter()
-        .find(|i| lineage::tag(i.tags(), crate::ec2::TAG_STEP) != Some("boot-test"))
-        .and_then(|i| i.image_id().map(str::to_owned)))
+        .filter(|i| lineage::tag(i.tags(), crate::ec2::TAG_STEP) != Some("boot-test"))
+        .filter(|i| lineage::tag(i.tags(), crate::ec2::TAG_GENERATION).unwrap_or("") == generation)
+        .filter_map(|i| i.image_id().map(str::to_owned))
+        .collect();
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        more => Err(ReleaseError::Refused(format!(
+            "build {build} has {} images in {region} ({}): name the one meant in that region",
+            more.len(),
+            more.join(", ")
+        ))),
+    }
 }
 
 /// Points channel `to` of the image's template at `ami` in the clients' region and `regions`
@@ -213,7 +225,11 @@ pub async fn revoke(
                 .map_err(api("CreateTags", id.clone(), region))?;
             done.push(action(region, &id, &format!("tagged {TAG_REVOKED}")));
             let ssm = clients.ssm_in(region);
-            for name in pointing_at(&ssm, region, channels::ROOT, &id).await? {
+            // Only the image's team's channels: another team's parameters are not this
+            // revocation's (and that team's role may not delete them).
+            let team = tag_of(&src, crate::team::TAG_TEAM).unwrap_or_else(|| "default".into());
+            let path = format!("{}/{team}/", channels::ROOT);
+            for name in pointing_at(&ssm, region, &path, &id).await? {
                 remove(&ssm, region, &name).await?;
                 done.push(action(region, &id, &format!("removed {name}")));
             }
@@ -244,14 +260,15 @@ pub async fn current(
     }
 }
 
-/// Every channel parameter under `path` (recursively) whose value is `ami`. Read only; at most
-/// [`SCAN_MAX`] parameters are looked at.
+/// Every channel parameter (data type `aws:ec2:image`) under `path` (recursively) whose value is
+/// `ami`. Read only; more than [`SCAN_MAX`] parameters under `path` is an error (a revoke that
+/// looked at only some channels must not look complete).
 pub async fn pointing_at(
     ssm: &Client,
     region: &str,
     path: &str,
     ami: &str,
-) -> Result<Vec<String>, ChannelError> {
+) -> Result<Vec<String>, ReleaseError> {
     let mut found = Vec::new();
     let mut seen = 0;
     let mut token: Option<String> = None;
@@ -267,14 +284,20 @@ pub async fn pointing_at(
         for p in out.parameters() {
             seen += 1;
             if p.value() == Some(ami)
+                && p.data_type() == Some(channels::DATA_TYPE)
                 && let Some(n) = p.name()
             {
                 found.push(n.to_owned());
             }
         }
         token = out.next_token().map(str::to_owned);
-        if token.is_none() || seen >= SCAN_MAX {
+        if token.is_none() {
             return Ok(found);
+        }
+        if seen >= SCAN_MAX {
+            return Err(ReleaseError::Refused(format!(
+                "more than {SCAN_MAX} parameters under {path} in {region}: kiln stopped looking for channels holding {ami}; remove it from them by hand"
+            )));
         }
     }
 }

@@ -133,7 +133,9 @@ pub enum RequestError {
     Version(u64),
 }
 
-fn valid_id(id: &str) -> bool {
+/// Whether `id` can be a build id: 1 to 128 letters, digits, `-`, `_` or `.` (it names S3 keys
+/// and files).
+pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id

@@ -110,6 +110,13 @@ pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Re
     } = flags;
     let (backend, on_error, json) = (*backend, *on_error, *json);
     let (build_id, checkpoint_bucket) = (build_id.clone(), checkpoint_bucket.as_deref());
+    if let Some(id) = &build_id
+        && !kiln::request::valid_id(id)
+    {
+        bail!(
+            "--build-id {id:?}: use 1 to 128 letters, digits, '-', '_' or '.' (it names the build's files and S3 keys)"
+        );
+    }
     // Waits start from what earlier runs on this builder observed (ec2/history.rs).
     kiln::ec2::history::use_state_dir(state_dir);
     let inputs = args.inputs()?;
@@ -247,7 +254,7 @@ pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Re
                     Some(bucket) => kiln::sbom::store::Location::S3 {
                         s3: clients.s3.clone(),
                         bucket: bucket.to_owned(),
-                        prefix: kiln::team::Team::default_team().key("results/"),
+                        prefix: kiln::team::Team::default_team().key(kiln::sbom::store::PREFIX),
                     },
                     None => kiln::sbom::store::Location::Dir(
                         sbom_dir.clone().unwrap_or_else(|| state_dir.join("sbom")),

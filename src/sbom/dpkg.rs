@@ -105,18 +105,28 @@ fn packages(
 pub(super) fn stanzas(text: &str) -> Vec<Vec<(&str, String)>> {
     let mut out = Vec::new();
     let mut cur: Vec<(&str, String)> = Vec::new();
+    // Whether the field the continuation lines belong to is kept.
+    let mut keeping = false;
     for line in text.lines() {
         if line.trim().is_empty() {
             if !cur.is_empty() {
                 out.push(std::mem::take(&mut cur));
+                if out.len() > MAX_STANZAS {
+                    break;
+                }
             }
         } else if line.starts_with([' ', '\t']) {
-            if let Some((_, v)) = cur.last_mut() {
+            if keeping && let Some((_, v)) = cur.last_mut() {
                 v.push('\n');
                 v.push_str(line.trim());
             }
         } else if let Some((k, v)) = line.split_once(':') {
-            cur.push((k.trim(), v.trim().to_owned()));
+            // Only the fields an SBOM uses are kept: a status file of millions of tiny or
+            // long fields (Description, Conffiles) costs no more than its packages.
+            keeping = KEPT_FIELDS.contains(&k.trim());
+            if keeping {
+                cur.push((k.trim(), v.trim().to_owned()));
+            }
         }
     }
     if !cur.is_empty() {
@@ -124,6 +134,12 @@ pub(super) fn stanzas(text: &str) -> Vec<Vec<(&str, String)>> {
     }
     out
 }
+
+/// The status fields an SBOM reads (every other field is skipped while parsing).
+const KEPT_FIELDS: [&str; 5] = ["Package", "Status", "Version", "Architecture", "Source"];
+/// Stanzas parsed at most: the packages an inventory holds, and as many again of removed ones
+/// (`deinstall ok config-files`) a long-lived system keeps.
+const MAX_STANZAS: usize = 2 * super::MAX_PACKAGES;
 
 /// `Source: name` or `Source: name (version)`, whitespace normalized.
 fn source(v: &str) -> Option<String> {
@@ -245,10 +261,15 @@ Version: 2024a-0+deb12u1
 
     #[test]
     fn stanza_continuation_lines_join_their_field() {
-        let s = stanzas("A: 1\nB: first\n second\n\tthird\n\n\n\nA: 2\n");
+        let s = stanzas(
+            "Package: 1\nSource: first\n second\n\tthird\nDescription: x\n long\n\n\n\nPackage: 2\n",
+        );
         assert_eq!(s.len(), 2);
-        assert_eq!(s[0][1], ("B", "first\nsecond\nthird".to_owned()));
-        assert_eq!(s[1], vec![("A", "2".to_owned())]);
+        assert_eq!(s[0].len(), 2, "Description is not kept: {s:?}");
+        assert_eq!(s[0][1], ("Source", "first\nsecond\nthird".to_owned()));
+        assert_eq!(s[1], vec![("Package", "2".to_owned())]);
+        // A file of nothing but unknown fields keeps nothing.
+        assert!(stanzas(&"a:\n\n".repeat(1000)).is_empty());
     }
 
     #[test]

@@ -25,20 +25,31 @@ pub trait ImageFiles {
     fn list_dir(&self, path: &str) -> Result<Option<Vec<String>>, SbomError>;
 }
 
+/// A read of the image that failed: what the image itself holds (a FIFO, a device node, a link
+/// into `/proc` or a loop: `HostError::InImage`) is bad data, which the parsers treat as they
+/// treat a malformed file (a license left out, a database named in the note); the host's own
+/// failures stay host errors.
+#[cfg(feature = "builder")]
+fn image_error(path: &str, source: crate::host::HostError) -> SbomError {
+    match source {
+        e @ crate::host::HostError::InImage { .. } => SbomError::bad(path, e.to_string()),
+        source => SbomError::Host {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
 #[cfg(feature = "builder")]
 impl ImageFiles for crate::host::image_fs::ImageFs {
     fn read(&self, path: &str, max: u64) -> Result<Option<Vec<u8>>, SbomError> {
-        self.read_head(path, max).map_err(|source| SbomError::Host {
-            path: path.to_owned(),
-            source,
-        })
+        self.read_head(path, max)
+            .map_err(|source| image_error(path, source))
     }
 
     fn list_dir(&self, path: &str) -> Result<Option<Vec<String>>, SbomError> {
-        crate::host::image_fs::ImageFs::list_dir(self, path).map_err(|source| SbomError::Host {
-            path: path.to_owned(),
-            source,
-        })
+        crate::host::image_fs::ImageFs::list_dir(self, path)
+            .map_err(|source| image_error(path, source))
     }
 }
 

@@ -162,14 +162,55 @@ mod sqlite {
             .map_err(e)?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)
             .map_err(e)?;
-        let max_len = i32::try_from(MAX_HEADER_BLOB).unwrap_or(i32::MAX);
+        let max_len = i32::try_from(MAX_HEADER_BLOB.min(MAX_ROW_BYTES)).unwrap_or(i32::MAX);
         conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, max_len)
             .map_err(e)?;
         conn.execute_batch(
             "PRAGMA trusted_schema=OFF; PRAGMA cell_size_check=ON; PRAGMA query_only=ON;",
         )
         .map_err(e)?;
+        check_schema(&conn, path)?;
         Ok(conn)
+    }
+
+    /// The largest value kiln lets SQLite make (a row's header blob): rpm's own headers are
+    /// tens of KiB, a few MiB for packages with tens of thousands of files.
+    const MAX_ROW_BYTES: u64 = 16 * 1024 * 1024;
+
+    /// `Packages` must be a plain table of stored columns: a virtual table (FTS and the like) or
+    /// a generated column would compute values (`zeroblob`, `replace`, ... are innocuous
+    /// functions, and still make hundreds of MiB from a few bytes of schema).
+    fn check_schema(conn: &Connection, path: &str) -> Result<(), SbomError> {
+        let e = |e| sql_error(path, e);
+        let mut stmt = conn
+            .prepare("SELECT type, coalesce(sql, '') FROM sqlite_schema WHERE name = 'Packages'")
+            .map_err(e)?;
+        let defs: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(e)?
+            .collect::<Result<_, _>>()
+            .map_err(e)?;
+        let plain = matches!(defs.as_slice(), [(kind, sql)] if kind == "table"
+            && !sql.trim_start().to_ascii_uppercase().starts_with("CREATE VIRTUAL"));
+        if !plain {
+            return Err(SbomError::bad(
+                path,
+                "`Packages` is not a plain table (rpm makes one; a view, a virtual table or none is not an rpm database)",
+            ));
+        }
+        let mut stmt = conn.prepare("PRAGMA table_xinfo(Packages)").map_err(e)?;
+        let hidden: Vec<i64> = stmt
+            .query_map([], |r| r.get::<_, i64>(6))
+            .map_err(e)?
+            .collect::<Result<_, _>>()
+            .map_err(e)?;
+        if hidden.iter().any(|h| *h != 0) {
+            return Err(SbomError::bad(
+                path,
+                "`Packages` has generated or hidden columns (rpm's has none)",
+            ));
+        }
+        Ok(())
     }
 
     /// Every row's header, as packages.
@@ -307,7 +348,36 @@ mod sqlite {
             let e = super::super::read(&DirFiles(t.0.join("root")))
                 .err()
                 .unwrap();
-            assert!(e.to_string().contains("SQLite"), "{e}");
+            assert!(e.to_string().contains("not a plain table"), "{e}");
+
+            // A generated column would make hundreds of MiB from a few bytes of schema.
+            let t = TempDir::new("rpmdb-generated");
+            let path = t.0.join("root/var/lib/rpm/rpmdb.sqlite");
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            Connection::open(&path)
+                .unwrap()
+                .execute_batch(
+                    "CREATE TABLE Packages (hnum INTEGER PRIMARY KEY, x INTEGER, blob BLOB AS (zeroblob(x)));
+                     INSERT INTO Packages (hnum, x) VALUES (1, 100000000);",
+                )
+                .unwrap();
+            let e = super::super::read(&DirFiles(t.0.join("root")))
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains("generated"), "{e}");
+
+            // So would a virtual table.
+            let t = TempDir::new("rpmdb-virtual");
+            let path = t.0.join("root/var/lib/rpm/rpmdb.sqlite");
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            Connection::open(&path)
+                .unwrap()
+                .execute_batch("CREATE VIRTUAL TABLE Packages USING rtree(hnum, a, b);")
+                .unwrap();
+            let e = super::super::read(&DirFiles(t.0.join("root")))
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains("not a plain table"), "{e}");
         }
     }
 }

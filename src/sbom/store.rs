@@ -1,12 +1,17 @@
-//! Where a build's SBOM document goes and how an earlier build's is read back: next to the
-//! build's result in S3 (`<team root>results/<build-id>.spdx.json` or `.cdx.json`, the worker,
-//! and `kiln build --checkpoint-bucket`), in a local directory (`kiln build`), or nowhere. A
+//! Where a build's SBOM document goes and how an earlier build's is read back: beside the
+//! build's result in S3 (`<team root>sboms/<build-id>.spdx.json` or `.cdx.json`, the worker,
+//! and `kiln build --checkpoint-bucket`; a prefix of their own, since a build id may hold dots
+//! and `results/<id>.spdx.json` would be the result of build `<id>.spdx`), in a local directory
+//! (`kiln build`), or nowhere. A
 //! document is read back only from this store's own place (the same bucket and team prefix, or
 //! the same directory): a `kiln:sbom` tag is a string anyone allowed to tag an image could have
 //! written, so it never leads a build to another team's documents or a host file.
 
 use super::Format;
 use std::path::PathBuf;
+
+/// The key prefix of SBOM documents under a team's root in the bucket.
+pub const PREFIX: &str = "sboms/";
 
 /// The largest SBOM document read back (a distribution's full package set renders to a few MiB:
 /// Debian's ~60,000 binary packages would be ~60 MiB in SPDX, so no real image comes near).
@@ -70,7 +75,7 @@ pub enum Location {
         s3: aws_sdk_s3::Client,
         /// The bucket.
         bucket: String,
-        /// The key prefix (`<team root>results/`).
+        /// The key prefix (`<team root>sboms/`).
         prefix: String,
     },
 }
@@ -166,7 +171,17 @@ impl Target {
                 std::fs::create_dir_all(d).map_err(io(d.clone()))?;
                 let path = d.join(self.name(build_id));
                 let tmp = d.join(format!(".{}.{}", self.name(build_id), std::process::id()));
-                std::fs::write(&tmp, &body).map_err(io(tmp.clone()))?;
+                // A new file (never through a link someone left at that name).
+                {
+                    use std::io::Write as _;
+                    let _ = std::fs::remove_file(&tmp);
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&tmp)
+                        .map_err(io(tmp.clone()))?;
+                    f.write_all(&body).map_err(io(tmp.clone()))?;
+                }
                 std::fs::rename(&tmp, &path).map_err(io(path.clone()))?;
             }
             Location::S3 { s3, bucket, prefix } => {

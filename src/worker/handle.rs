@@ -290,6 +290,8 @@ async fn answered_before(ctx: &Ctx, d: &Delivery, req: &BuildRequest, build_id: 
         && let Ok(bytes) = o.body.collect().await
         && let Ok(existing) = serde_json::from_slice::<serde_json::Value>(&bytes.into_bytes())
         && existing["status"] != "running"
+        // Only a result document of this very build (never another document at that key).
+        && existing["build_id"] == build_id
     {
         tracing::info!(build_id = %build_id, "this build id already finished; answering with its result (set force to build again)");
         if let Some(q) = &ctx.cfg.result_queue
@@ -571,7 +573,7 @@ async fn run_request(
             location: crate::sbom::store::Location::S3 {
                 s3: ctx.clients.s3.clone(),
                 bucket: ctx.cfg.buckets[0].clone(),
-                prefix: d.lane.team.key("results/"),
+                prefix: d.lane.team.key(crate::sbom::store::PREFIX),
             },
             format: ctx.cfg.sbom_format,
         },

@@ -59,7 +59,7 @@ pub struct WorkerConfig {
     #[serde(default = "default_backend")]
     pub backend: String,
     /// The SBOM's format, `spdx` (SPDX 2.3 JSON, the default) or `cyclonedx` (CycloneDX 1.5
-    /// JSON), written next to each result (`results/<build-id>.spdx.json` or `.cdx.json`).
+    /// JSON), written beside each result (`sboms/<build-id>.spdx.json` or `.cdx.json`).
     #[serde(default)]
     pub sbom_format: crate::sbom::Format,
     /// The loop backend's state directory.

@@ -9,13 +9,15 @@ use crate::pipeline::{Build, StepError};
 
 pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     let mount = b.mount_path()?;
-    let inv = super::sbom::read_inventory(mount).await?;
+    let (inv, readable) = super::sbom::read_inventory(mount).await?;
     let packages = crate::sbom::all_packages(&inv);
     let out = serde_json::json!({
         "packages": packages.len(),
         "databases": inv.databases,
         "note": inv.note,
     });
-    b.state.base_packages = Some(packages);
+    // A parent whose databases could not be read is not compared with (every package would
+    // show as added).
+    b.state.base_packages = readable.then_some(packages);
     Ok(out)
 }

@@ -12,6 +12,7 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     for channel in &b.channels {
         crate::channels::check_channel(channel).map_err(StepError::Channel)?;
     }
+    check_tags(&b.plan.config.tags)?;
     let c = &b.plan.config;
     if !c.ami_regions.is_empty() && !c.skip_region_validation {
         let out = b
@@ -69,4 +70,28 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
         }
     }
     Ok(serde_json::json!({ "ami_name": name }))
+}
+
+/// EC2 holds at most 50 tags on a resource.
+const MAX_TAGS: usize = 50;
+/// The tags kiln adds to an AMI at most: build id, team, step, generation, parent AMI, parent
+/// build id, parent bake key, template, template name, bake key, SBOM.
+const KILN_TAGS: usize = 11;
+
+/// A template's `tags` must leave room for kiln's and never name one of kiln's own (`kiln:`):
+/// caught here, before the build, not by RegisterImage after it.
+fn check_tags(tags: &std::collections::BTreeMap<String, String>) -> Result<(), StepError> {
+    if let Some(k) = tags.keys().find(|k| k.starts_with("kiln:")) {
+        return Err(super::invalid(format!(
+            "tags: {k:?} is one of kiln's own tags (kiln: names its build, team and ancestry): rename it"
+        )));
+    }
+    if tags.len() + KILN_TAGS > MAX_TAGS {
+        return Err(super::invalid(format!(
+            "tags: {} tags, and kiln adds up to {KILN_TAGS}: EC2 holds at most {MAX_TAGS} on an AMI; keep at most {}",
+            tags.len(),
+            MAX_TAGS - KILN_TAGS
+        )));
+    }
+    Ok(())
 }

@@ -16,18 +16,27 @@ use crate::pipeline::{Build, StepError};
 use crate::sbom::{self, Changes, Inventory, Package};
 use std::path::PathBuf;
 
-/// Reads the inventory of the image mounted at `mount` (off the async runtime's threads). A
-/// database that cannot be read is the inventory's note; only a cancelled or broken read of the
-/// mount itself is an error.
-pub(super) async fn read_inventory(mount: PathBuf) -> Result<Inventory, StepError> {
+/// The change lines a result holds per comparison (the counts are always whole; the full lists
+/// are the two SBOMs): a large upgrade must not push the result past what a queue message holds
+/// (SQS: 256 KiB).
+const MAX_CHANGE_LINES: usize = 200;
+
+/// Reads the inventory of the image mounted at `mount` (off the async runtime's threads), and
+/// whether its databases could be read. A database that cannot be read is the inventory's note
+/// (and no comparison is made with it); only a cancelled or broken read of the mount itself is
+/// an error.
+pub(super) async fn read_inventory(mount: PathBuf) -> Result<(Inventory, bool), StepError> {
     tokio::task::spawn_blocking(move || {
         let fs = ImageFs::open(&mount)?;
         Ok::<_, crate::host::HostError>(match sbom::inventory(&fs) {
-            Ok(inv) => inv,
-            Err(e) => Inventory {
-                note: Some(format!("the package databases could not be read: {e}")),
-                ..Inventory::default()
-            },
+            Ok(inv) => (inv, true),
+            Err(e) => (
+                Inventory {
+                    note: Some(format!("the package databases could not be read: {e}")),
+                    ..Inventory::default()
+                },
+                false,
+            ),
         })
     })
     .await
@@ -37,11 +46,17 @@ pub(super) async fn read_inventory(mount: PathBuf) -> Result<Inventory, StepErro
 
 /// The changes as the result shows them.
 fn changes_json(c: &Changes) -> serde_json::Value {
+    let mut lines = c.lines();
+    if lines.len() > MAX_CHANGE_LINES {
+        let more = lines.len() - MAX_CHANGE_LINES;
+        lines.truncate(MAX_CHANGE_LINES);
+        lines.push(format!("… and {more} more (compare the two SBOMs)"));
+    }
     serde_json::json!({
         "added": c.added.len(),
         "removed": c.removed.len(),
         "changed": c.changed.len(),
-        "lines": c.lines(),
+        "lines": lines,
     })
 }
 
@@ -87,16 +102,16 @@ async fn previous(b: &Build) -> Result<Option<(String, Option<String>, Vec<Packa
 
 pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     let mount = b.mount_path()?;
-    let inv = read_inventory(mount).await?;
+    let (inv, readable) = read_inventory(mount).await?;
     let packages = sbom::all_packages(&inv);
     let mut changes = serde_json::Map::new();
-    if let Some(base) = &b.state.base_packages {
+    if readable && let Some(base) = &b.state.base_packages {
         let c = sbom::changes(base, &packages);
         let mut v = changes_json(&c);
         v["ami"] = b.state.source.as_ref().map(|s| s.id.clone()).into();
         changes.insert("parent".into(), v);
     }
-    if let Some((ami, build, old)) = previous(b).await? {
+    if readable && let Some((ami, build, old)) = previous(b).await? {
         let c = sbom::changes(&old, &packages);
         let mut v = changes_json(&c);
         v["ami"] = ami.into();
