@@ -160,6 +160,20 @@ async fn parameter(name: &str) -> Option<String> {
     }
 }
 
+/// Puts a plain text parameter (a team's data-source value; the test removes it by its unique
+/// name).
+async fn put_text_parameter(name: &str, value: &str) {
+    let config = Emulator::get().sdk_config(Emulator::get().region()).await;
+    aws_sdk_ssm::Client::new(&config)
+        .put_parameter()
+        .name(name)
+        .value(value)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .expect("PutParameter");
+}
+
 /// The image's deprecation time, if it has one.
 async fn deprecation(ami: &str) -> Option<String> {
     let ec2 = Emulator::get().clients(Emulator::get().region()).await.ec2;
@@ -235,8 +249,11 @@ async fn sboms_changes_and_lineage_of_a_three_level_chain() {
         assert!(!listed.contains_key("gone"), "a removed package is not listed: {listed:?}");
 
         std::fs::write(&mid_tpl, layer(&name, &base, &dpkg_status("1.1-1"))).expect("write");
+        // A data-source value of the team where a channel would go: never overwritten.
+        let qa = format!("/kiln/default/{name}/qa");
+        put_text_parameter(&qa, "not-an-ami").await;
         let mut args = sbom_dir.clone();
-        args.extend(["--channel".to_owned(), "dev".to_owned()]);
+        args.extend(["--channel", "dev", "--channel", "qa"].map(str::to_owned));
         let (ok, re_doc, stderr) = build(&mid_tpl, &args);
         track_result(&janitor, &re_doc);
         assert!(ok, "{}\n{stderr}", re_doc["error"]);
@@ -285,6 +302,9 @@ async fn sboms_changes_and_lineage_of_a_three_level_chain() {
         );
 
         // Channels: the rebuild is in dev; promoted from dev to prod; the first image is not in dev.
+        assert_eq!(parameter(&qa).await.as_deref(), Some("not-an-ami"));
+        let warned = step(&re_doc, "publish-channels")["not_published"].to_string();
+        assert!(warned.contains("is not a channel"), "{warned}");
         let dev = format!("/kiln/default/{name}/dev");
         let prod = format!("/kiln/default/{name}/prod");
         assert_eq!(parameter(&dev).await.as_deref(), Some(rebuilt.as_str()));
@@ -328,6 +348,12 @@ async fn sboms_changes_and_lineage_of_a_three_level_chain() {
         assert_eq!(parameter(&prod).await, None, "{out}");
         let (ok, out) = kiln(&["promote", &rebuilt, "--to", "dev"]);
         assert!(!ok && out.contains("revoked"), "{out}");
+        let config = Emulator::get().sdk_config(Emulator::get().region()).await;
+        let _ = aws_sdk_ssm::Client::new(&config)
+            .delete_parameter()
+            .name(&qa)
+            .send()
+            .await;
     })
     .await;
 }
