@@ -31,34 +31,10 @@ pub struct Kernel {
     pub modules: Option<String>,
 }
 
-/// Compares versions as `sort -V` does: runs of digits by value, the rest as text.
+/// Compares versions as `sort -V` does (`crate::sbom::os::version_cmp`, which the SBOM's kernels
+/// sort by too).
 pub fn version_cmp(a: &str, b: &str) -> Ordering {
-    fn parts(s: &str) -> Vec<(bool, &str)> {
-        let mut out = Vec::new();
-        let mut start = 0;
-        let bytes = s.as_bytes();
-        for i in 1..=bytes.len() {
-            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
-                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
-                start = i;
-            }
-        }
-        out
-    }
-    let (pa, pb) = (parts(a), parts(b));
-    for (x, y) in pa.iter().zip(&pb) {
-        let o = match (x.0, y.0) {
-            (true, true) => {
-                let (tx, ty) = (x.1.trim_start_matches('0'), y.1.trim_start_matches('0'));
-                tx.len().cmp(&ty.len()).then_with(|| tx.cmp(ty))
-            }
-            _ => x.1.cmp(y.1),
-        };
-        if o != Ordering::Equal {
-            return o;
-        }
-    }
-    pa.len().cmp(&pb.len())
+    crate::sbom::os::version_cmp(a, b)
 }
 
 /// The kernels of the image, oldest first.

@@ -20,7 +20,7 @@ mod cyclonedx;
 mod dpkg;
 mod files;
 mod format;
-mod os;
+pub mod os;
 mod purl;
 mod rpm;
 mod spdx;

@@ -100,8 +100,9 @@ pub(super) fn kernels(files: &dyn ImageFiles) -> Result<Vec<String>, SbomError> 
     Ok(versions)
 }
 
-/// Compares versions as `sort -V` does: runs of digits by value, the rest as text.
-pub(super) fn version_cmp(a: &str, b: &str) -> Ordering {
+/// Compares versions as `sort -V` does: runs of digits by value, the rest as text (equal runs
+/// then by their text, so the order is total). Pure; the image linter's kernels use it too.
+pub fn version_cmp(a: &str, b: &str) -> Ordering {
     fn parts(s: &str) -> Vec<(bool, &str)> {
         let mut out = Vec::new();
         let mut rest = s;

@@ -102,7 +102,8 @@ impl Drop for StateDir {
     }
 }
 
-fn step<'a>(doc: &'a Value, name: &str) -> &'a Value {
+/// Step `name`'s outputs in the result document `doc` (panics, showing `doc`, without it).
+pub(crate) fn step<'a>(doc: &'a Value, name: &str) -> &'a Value {
     doc["steps"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["name"] == name))

@@ -7,19 +7,12 @@
 //! rebuild is published to channel `dev`, promoted to `prod`, and revoked with its descendant:
 //! both deprecated, tagged, and out of every channel.
 
+use crate::direct::step;
 use crate::pipeline::{Tpl, build, busybox};
 use crate::support::{Emulator, track_result, unique, with_janitor};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-fn step<'a>(doc: &'a Value, name: &str) -> &'a Value {
-    doc["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == name))
-        .map(|s| &s["outputs"])
-        .unwrap_or_else(|| panic!("no step {name} in {doc:#}"))
-}
 
 fn ami(doc: &Value) -> String {
     doc["artifacts"][Emulator::get().region()]["ami_id"]
