@@ -75,7 +75,13 @@ pub async fn run(b: &mut Build) -> Result<serde_json::Value, StepError> {
     }
     // The image's parent in its ancestry tags; the parent's own kiln tags count only when this
     // account owns it (anyone can tag an image they share with kiln's tag names).
-    let own = crate::ec2::lineage::owned_by_self(&b.clients.ec2, &b.region, &src.id).await?;
+    // (Asked only when the parent carries kiln's tags: a marketplace or community image costs no
+    // call.)
+    let kiln_tagged = [crate::ec2::TAG_BUILD_ID, crate::ec2::lineage::TAG_BAKE_KEY]
+        .iter()
+        .any(|k| src.tags.contains_key(*k));
+    let own = kiln_tagged
+        && crate::ec2::lineage::owned_by_self(&b.clients.ec2, &b.region, &src.id).await?;
     b.state.ancestry = Some(crate::ec2::lineage::ancestry_tags(
         Some((&src.id, &src.tags)),
         own,
