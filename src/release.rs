@@ -1,8 +1,8 @@
 //! Whether an image should still be launched: `kiln promote` points another channel at an image
 //! (`--from` checks the channel it comes from holds it), `kiln revoke` withdraws an image and,
-//! when asked, every image built on it: EC2 EnableImageDeprecation now, the `kiln:revoked` tag with the
-//! reason, and every channel parameter that points at it removed, in each region the build has
-//! an image. Images are found by their kiln tags (`ec2::lineage`), channels by their SSM
+//! when asked, every image built on it: deprecated (EC2 EnableImageDeprecation, a minute ahead),
+//! the `kiln:revoked` tag with the reason, and every channel parameter of its team that points at
+//! it removed, in each region asked where the build has an image. Images are found by their kiln tags (`ec2::lineage`), channels by their SSM
 //! parameters (`channels`).
 
 use crate::aws::Clients;
@@ -180,15 +180,20 @@ pub async fn promote(
 }
 
 /// Withdraws each of `amis` (an image and, as the caller chose, its descendants) in the clients'
-/// region and `regions`: EnableImageDeprecation (EC2 CLI: deprecate) now, tag `kiln:revoked` = `reason`, and every channel
-/// parameter under `/kiln` that holds it removed. An image already revoked is revoked again
-/// (the same calls). Side effects: as said. Safe to run twice.
+/// region and `regions` (the same build's copy there): deprecated a minute from now
+/// (EnableImageDeprecation), tagged `kiln:revoked` = `reason`, and every channel parameter of
+/// its team (`/kiln/<team>/`, `aws:ec2:image`) that holds it deleted. An image already revoked
+/// is revoked again (the same calls). Side effects: as said. Safe to run twice.
+///
+/// What was done goes into `done` as it is done, so a revocation that fails half way still says
+/// which images are already withdrawn.
 pub async fn revoke(
     clients: &Clients,
     regions: &[String],
     amis: &[String],
     reason: &str,
-) -> Result<Vec<Action>, ReleaseError> {
+    done: &mut Vec<Action>,
+) -> Result<(), ReleaseError> {
     let home = clients.region().to_owned();
     let mut all = vec![home.clone()];
     all.extend(regions.iter().filter(|r| **r != home).cloned());
@@ -197,7 +202,6 @@ pub async fn revoke(
     let now = aws_sdk_ec2::primitives::DateTime::from_secs(
         time::OffsetDateTime::now_utc().unix_timestamp() + DEPRECATE_DELAY_S,
     );
-    let mut done = Vec::new();
     for ami in amis {
         let src = image(clients, &home, ami).await?;
         for region in &all {
@@ -235,7 +239,7 @@ pub async fn revoke(
             }
         }
     }
-    Ok(done)
+    Ok(())
 }
 
 /// How many parameters `pointing_at` reads under the root (10 per GetParametersByPath page, so

@@ -87,6 +87,9 @@ pub(crate) async fn revoke(
             amis.extend(below);
         }
     }
-    print_actions(&kiln::release::revoke(&clients, regions, &amis, reason).await?);
+    let mut done = Vec::new();
+    let result = kiln::release::revoke(&clients, regions, &amis, reason, &mut done).await;
+    print_actions(&done);
+    result?;
     Ok(ExitCode::SUCCESS)
 }
