@@ -21,8 +21,8 @@ fn ami(doc: &Value) -> String {
         .to_owned()
 }
 
-/// The AMI's tags.
-async fn tags_of(ami: &str) -> BTreeMap<String, String> {
+/// The AMI as DescribeImages shows it.
+async fn image_of(ami: &str) -> aws_sdk_ec2::types::Image {
     let ec2 = Emulator::get().clients(Emulator::get().region()).await.ec2;
     let out = ec2
         .describe_images()
@@ -30,9 +30,13 @@ async fn tags_of(ami: &str) -> BTreeMap<String, String> {
         .send()
         .await
         .expect("DescribeImages");
-    out.images()
-        .first()
-        .expect("image")
+    out.images().first().expect("image").clone()
+}
+
+/// The AMI's tags.
+async fn tags_of(ami: &str) -> BTreeMap<String, String> {
+    image_of(ami)
+        .await
         .tags()
         .iter()
         .map(|t| {
@@ -171,17 +175,7 @@ async fn put_text_parameter(name: &str, value: &str) {
 
 /// The image's deprecation time, if it has one.
 async fn deprecation(ami: &str) -> Option<String> {
-    let ec2 = Emulator::get().clients(Emulator::get().region()).await.ec2;
-    let out = ec2
-        .describe_images()
-        .image_ids(ami)
-        .send()
-        .await
-        .expect("DescribeImages");
-    out.images()
-        .first()
-        .and_then(|i| i.deprecation_time())
-        .map(str::to_owned)
+    image_of(ami).await.deprecation_time().map(str::to_owned)
 }
 
 fn amis(list: &Value) -> Vec<String> {
