@@ -125,6 +125,9 @@ pub struct Member {
     /// Its template (`kiln:template`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// Its template's name in channel parameters (`kiln:template-name`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template_name: Option<String>,
     /// The parent AMI it names.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
@@ -152,6 +155,7 @@ fn member(ami: &str, image: Option<&Image>) -> Member {
         name: image.and_then(|i| i.name().map(str::to_owned)),
         build_id: t(TAG_BUILD_ID),
         template: t(TAG_TEMPLATE),
+        template_name: t(TAG_TEMPLATE_NAME),
         parent: t(TAG_PARENT_AMI),
         state: match image {
             None => Some("not found (deregistered, or not visible to this account)".into()),
@@ -164,10 +168,14 @@ fn member(ami: &str, image: Option<&Image>) -> Member {
     }
 }
 
-/// The lineage of `ami` in `region`: up through `kiln:parent-ami` while kiln built the image,
-/// down through the images of this account that name it as their parent. Read only; at most
-/// [`LINEAGE_MAX`] images each way, and a cycle of hand-made tags stops where it repeats.
-pub async fn lineage(ec2: &Client, region: &str, ami: &str) -> Result<Lineage, Ec2Error> {
+/// Image `ami` and its ancestors (parent first) up through `kiln:parent-ami` while kiln built
+/// the image: the upward half of [`lineage`]. Read only; at most [`LINEAGE_MAX`] images, and a
+/// cycle of hand-made tags stops where it repeats.
+pub async fn ancestors(
+    ec2: &Client,
+    region: &str,
+    ami: &str,
+) -> Result<(Member, Vec<Member>), Ec2Error> {
     let first = super::images::describe(ec2, region, ami).await?;
     let image = member(ami, first.as_ref());
     let mut seen = BTreeSet::from([ami.to_owned()]);
@@ -184,6 +192,17 @@ pub async fn lineage(ec2: &Client, region: &str, ami: &str) -> Result<Lineage, E
         up = member(&parent, found.as_ref());
         ancestors.push(up.clone());
     }
+    Ok((image, ancestors))
+}
+
+/// The lineage of `ami` in `region`: up through `kiln:parent-ami` while kiln built the image,
+/// down through the images of this account that name it as their parent. Read only; at most
+/// [`LINEAGE_MAX`] images each way, and a cycle of hand-made tags stops where it repeats.
+pub async fn lineage(ec2: &Client, region: &str, ami: &str) -> Result<Lineage, Ec2Error> {
+    let (image, ancestors) = ancestors(ec2, region, ami).await?;
+    let mut seen: BTreeSet<String> = std::iter::once(ami.to_owned())
+        .chain(ancestors.iter().map(|a| a.ami.clone()))
+        .collect();
     let mut descendants = Vec::new();
     let mut queue = std::collections::VecDeque::from([ami.to_owned()]);
     while let Some(next) = queue.pop_front() {

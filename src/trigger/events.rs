@@ -1,6 +1,8 @@
 //! The events `kiln-trigger` is invoked with, recognised by their shape: S3 `ObjectCreated:*`
 //! notifications (directly, or wrapped in SQS messages), EventBridge `Object Created` events,
-//! EventBridge `Scheduled Event`s, and the constant input a schedule rule may carry instead.
+//! EventBridge `Scheduled Event`s, and the constant input a schedule rule may carry instead;
+//! and Parameter Store's `Parameter Store Change` events, which say a channel moved (a base
+//! image's new build: its dependents are rebuilt, see `trigger::cascade`).
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::s3::S3Event;
@@ -51,6 +53,20 @@ pub enum Event {
     Sqs(Vec<(String, Result<Vec<Created>, String>)>),
     /// A nightly rebuild.
     Nightly(Nightly),
+    /// A Parameter Store parameter changed (possibly a channel).
+    ParameterChanged(ParameterChange),
+}
+
+/// A `Parameter Store Change` event's detail, as EventBridge delivers it from SSM.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ParameterChange {
+    /// The parameter's name (`/kiln/<team>/<template>/<channel>` for a channel).
+    pub name: String,
+    /// `Create`, `Update`, `Delete`, `LabelParameterVersion`.
+    pub operation: String,
+    /// The event's region (where the parameter is); the trigger's when absent.
+    #[serde(skip)]
+    pub region: Option<String>,
 }
 
 /// Decodes an S3 notification key: `+` is a space, `%XX` a byte.
@@ -175,8 +191,14 @@ pub fn parse(event: Value) -> Result<Event, String> {
                 time: e.time.map(|t| t.to_rfc3339()),
                 ..Nightly::default()
             })),
+            ("aws.ssm", "Parameter Store Change") => {
+                let mut d: ParameterChange = serde_json::from_value(e.detail)
+                    .map_err(|err| format!("a Parameter Store Change event without {err}"))?;
+                d.region = e.region.filter(|r| !r.is_empty());
+                Ok(Event::ParameterChanged(d))
+            }
             (source, kind) => Err(format!(
-                "an EventBridge event kiln-trigger does not handle: source {source:?}, detail-type {kind:?} (it handles S3 Object Created and Scheduled Event)"
+                "an EventBridge event kiln-trigger does not handle: source {source:?}, detail-type {kind:?} (it handles S3 Object Created, Scheduled Event and Parameter Store Change)"
             )),
         };
     }
@@ -219,5 +241,28 @@ mod tests {
         );
         let e = parse(serde_json::json!({"nightly": {"colour": 1}})).unwrap_err();
         assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn parameter_store_changes_are_read() {
+        let event = serde_json::json!({
+            "version": "0", "id": "1", "detail-type": "Parameter Store Change",
+            "source": "aws.ssm", "account": "123456789012", "time": "2026-12-02T02:10:00Z",
+            "region": "eu-west-1", "resources": [],
+            "detail": {"operation": "Update", "name": "/kiln/web/base/dev", "type": "String", "description": ""}
+        });
+        match parse(event) {
+            Ok(Event::ParameterChanged(c)) => {
+                assert_eq!(c.name, "/kiln/web/base/dev");
+                assert_eq!(c.operation, "Update");
+                assert_eq!(c.region.as_deref(), Some("eu-west-1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = parse(serde_json::json!({
+            "detail-type": "Parameter Store Change", "source": "aws.ssm", "detail": {"name": "/x"}
+        }))
+        .unwrap_err();
+        assert!(e.contains("operation"), "{e}");
     }
 }

@@ -3,12 +3,16 @@
 //! SQS, or an EventBridge `Object Created` event) is built; a nightly schedule rebuilds each
 //! template whose bake key (see [`bake`]) changed since its last succeeded build. Build ids are
 //! derived from the event, so a duplicate event names the same build and the worker's duplicate
-//! handling answers it.
+//! handling answers it. A channel that moves (Parameter Store's change event) rebuilds the
+//! templates built on it ([`cascade`]). The requests carry the channels the template's S3
+//! metadata names ([`template_channels`]).
 
 pub mod bake;
+pub mod cascade;
 pub mod events;
 mod nightly;
 mod settings;
+pub mod template_channels;
 
 pub use settings::Settings;
 
@@ -235,9 +239,14 @@ pub async fn handle_until(
         }
         // Boxed: the nightly run's future is deep (every template's bake, history and
         // enqueue), and the function's runtime nests it further.
-        Event::Nightly(n) => Box::pin(nightly::run(clients, settings, &n, budget(deadline)))
+        Event::Nightly(n) => Box::pin(nightly::run(clients, settings, &n, budget(deadline), None))
             .await
             .map(|s| json!(s)),
+        Event::ParameterChanged(c) => {
+            Box::pin(cascade::run(clients, settings, &c, budget(deadline)))
+                .await
+                .map(|s| json!(s))
+        }
     }
 }
 
@@ -307,6 +316,19 @@ async fn uploaded(
         Err(e) => return Err(TriggerError::Io(e.to_string())),
     };
     let _ = std::fs::remove_dir_all(&work);
+    // A template whose channel metadata is wrong is still built (its result says nothing was
+    // published); the summary names the metadata and the fix.
+    let channels = match template_channels::of_template(clients, &c.bucket, &name).await {
+        Ok(ch) => ch,
+        Err(TriggerError::Template(e)) => {
+            tracing::warn!(key = %name, "{e}");
+            summary
+                .skipped
+                .push(json!({"template": name, "reason": format!("channels: {e}")}));
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
     let (bake, reason) = match bake {
         Ok(b) => (Some(b), "uploaded".to_owned()),
         // The worker reports a template that does not parse in its failure result, where the
@@ -332,7 +354,7 @@ async fn uploaded(
         force: false,
         bake,
         backend: None,
-        channels: Vec::new(),
+        channels: channels.clone(),
     };
     // A template with several builds: one request per build, each with its own id and result.
     let requests: Vec<(BuildRequest, Option<String>)> = match per_build_ids(&build_id, &builds) {
@@ -352,7 +374,7 @@ async fn uploaded(
     };
     for (req, build) in requests {
         enqueue(clients, queue, &req).await?;
-        summary.enqueued.push(json!({"template": name, "build": build, "team": team.as_str(), "build_id": req.build_id, "reason": reason}));
+        summary.enqueued.push(json!({"template": name, "build": build, "team": team.as_str(), "build_id": req.build_id, "reason": reason, "channels": channels}));
     }
     Ok(())
 }

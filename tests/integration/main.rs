@@ -5,6 +5,7 @@
 mod ansible;
 mod boot;
 mod build_timeout;
+mod cascade;
 mod checkpoint;
 mod data_sources;
 mod debian;
