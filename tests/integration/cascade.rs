@@ -109,7 +109,8 @@ fn ami_of(doc: &Value) -> String {
 /// base ← app ← web, and an unrelated template: the base's nightly build publishes to `dev`; its
 /// channel's change enqueues only app, naming the base's build; app's publication enqueues only
 /// web, naming app's build; each is built on its parent's new image. The same change again
-/// builds nothing; a deleted channel and another team's parameter enqueue nothing.
+/// builds nothing; a template built on its own channel is not rebuilt by its own publication; a
+/// deleted channel and another team's parameter enqueue nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_base_change_rebuilds_its_descendants_in_order() {
     with_janitor(|janitor| async move {
@@ -226,6 +227,26 @@ async fn a_base_change_rebuilds_its_descendants_in_order() {
                 .any(|(t, r)| *t == app_key
                     && r.starts_with(&format!("unchanged since build {app_id}"))),
             "{again:#}"
+        );
+        // web now builds on its own channel (a rolling image): its publication must not rebuild
+        // it, or every build would enqueue the next.
+        put(
+            &s,
+            &web_key,
+            &layer("web", &channel("web/web")),
+            Some("dev"),
+        )
+        .await;
+        let rolling = lambda
+            .invoke(changed(&channel("web/web"), "Update"))
+            .await
+            .expect("rolling");
+        assert_eq!(rolling["enqueued"], json!([]), "{rolling:#}");
+        assert!(
+            names(&rolling, "skipped")
+                .iter()
+                .any(|(t, r)| *t == web_key && r.contains("cycle")),
+            "{rolling:#}"
         );
         // A channel emptied (a revoke), and a parameter of a team this trigger does not serve.
         for event in [
