@@ -395,6 +395,12 @@ def main() -> int:
         "principal:payments": f"arn:{PARTITION}:iam::{ACCOUNT}:role/payments-ci",
         "principal:broad": f"arn:{PARTITION}:iam::{ACCOUNT}:role/ops",
     }
+    # The tags of the roles themselves (aws:PrincipalTag for their sessions): the triggers'.
+    def role_tags(stack, role):
+        return {f"aws:PrincipalTag/{t['Key']}": stack.eval(t["Value"])
+                for t in stack.resource(role)["Properties"].get("Tags", [])}
+    principal_tags = {"trigger:default": role_tags(pool, "TriggerRole"),
+                      "trigger:payments": role_tags(team, "TriggerRole")}
     # Resource policies: the queues' (the default queue has none without DefaultTeamPrincipals)
     # and the build roles' trust policies.
     resource_policies = {
@@ -578,6 +584,15 @@ def main() -> int:
         call(tr, "PutLogEvents another log group", [("logs:PutLogEvents", arn("logs", "log-group:/aws/lambda/other:log-stream:s"), {})], False)
         call(tr, f"SendMessage {other}'s queue", [("sqs:SendMessage", oq, {})], False)
         call(tr, f"GetObject {oroot}templates/app.pkr.hcl", [("s3:GetObject", f"{bucket_arn}/{oroot}templates/app.pkr.hcl", {})], False)
+        # Lifecycle rules: the team's own images and snapshots, the team's channels' history.
+        for a, kind, rid in (("ec2:EnableImageDeprecation", "image", "ami-old"), ("ec2:DeregisterImage", "image", "ami-old"),
+                             ("ec2:DeleteSnapshot", "snapshot", "snap-old")):
+            call(tr, f"{a} {t}'s {kind} (lifecycle)", [(a, ec2(kind, rid, region="eu-west-1"), tags(t))], True)
+            call(tr, f"{a} {other}'s {kind} (lifecycle)", [(a, ec2(kind, rid), tags(other))], False)
+            call(tr, f"{a} a {kind} kiln did not make", [(a, ec2(kind, rid), {})], False)
+        for a in ("ssm:GetParameterHistory", "ssm:GetParametersByPath"):
+            call(tr, f"{a} /kiln/{t}/web/prod", [(a, arn("ssm", f"parameter/kiln/{t}/web/prod"), {})], True)
+            call(tr, f"{a} /kiln/{other}/web/prod", [(a, arn("ssm", f"parameter/kiln/{other}/web/prod"), {})], False)
         osec = f"kiln/{other}/x" if other != "default" else "kiln/x"
         call(tr, f"GetSecretValue {osec}", [("secretsmanager:GetSecretValue", arn("secretsmanager", f"secret:{osec}-AbCdEf"), {})], False)
     call("principal:broad", "SendMessage payments' queue (identity policy allows sqs:*)", [("sqs:SendMessage", q_payments, {})], False)
@@ -592,6 +607,7 @@ def main() -> int:
             if who.startswith("build:"):
                 pctx["aws:PrincipalTag/kiln:team"] = who.split(":")[1]
                 pctx["aws:PrincipalTag/kiln:instance"] = SELF
+            pctx.update(principal_tags.get(who, {}))
             ok, sids = decide(roles[who], action, resource, pctx)
             rp = resource_policies.get(resource)
             if rp:

@@ -273,6 +273,29 @@ pub async fn pointing_at(
     path: &str,
     ami: &str,
 ) -> Result<Vec<String>, ReleaseError> {
+    let all = channels_under(ssm, region, path)
+        .await
+        .map_err(|e| match e {
+            ReleaseError::Refused(m) => {
+                ReleaseError::Refused(format!("{m}; remove {ami} from them by hand"))
+            }
+            e => e,
+        })?;
+    Ok(all
+        .into_iter()
+        .filter(|(_, v)| v == ami)
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// Every channel parameter (data type `aws:ec2:image`) under `path` (recursively), with the AMI
+/// it points at. Read only; more than [`SCAN_MAX`] parameters under `path` is an error (a caller
+/// that looked at only some channels must not act as if it saw them all).
+pub async fn channels_under(
+    ssm: &Client,
+    region: &str,
+    path: &str,
+) -> Result<Vec<(String, String)>, ReleaseError> {
     let mut found = Vec::new();
     let mut seen = 0;
     let mut token: Option<String> = None;
@@ -287,11 +310,10 @@ pub async fn pointing_at(
             .map_err(channels::ssm_error("GetParametersByPath", path, region))?;
         for p in out.parameters() {
             seen += 1;
-            if p.value() == Some(ami)
-                && p.data_type() == Some(channels::DATA_TYPE)
-                && let Some(n) = p.name()
+            if p.data_type() == Some(channels::DATA_TYPE)
+                && let (Some(n), Some(v)) = (p.name(), p.value())
             {
-                found.push(n.to_owned());
+                found.push((n.to_owned(), v.to_owned()));
             }
         }
         token = out.next_token().map(str::to_owned);
@@ -300,7 +322,7 @@ pub async fn pointing_at(
         }
         if seen >= SCAN_MAX {
             return Err(ReleaseError::Refused(format!(
-                "more than {SCAN_MAX} parameters under {path} in {region}: kiln stopped looking for channels holding {ami}; remove it from them by hand"
+                "more than {SCAN_MAX} parameters under {path} in {region}: kiln stopped reading the channels there"
             )));
         }
     }

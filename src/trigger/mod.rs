@@ -178,6 +178,10 @@ pub struct Summary {
     pub enqueued: Vec<Value>,
     /// Templates or objects left alone, with the reason.
     pub skipped: Vec<Value>,
+    /// What the nightly run's lifecycle rules did to each template's images (and kept), one
+    /// entry per image acted on (see `nightly::lifecycle`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lifecycle: Vec<Value>,
 }
 
 /// Handles one invocation. Side effects: build requests on the queue; reads of the bucket and

@@ -37,7 +37,21 @@ pub async fn of_template(
     bucket: &str,
     key: &str,
 ) -> Result<Vec<String>, TriggerError> {
-    let head = match clients
+    match user_metadata(clients, bucket, key).await?.get(METADATA_KEY) {
+        Some(v) => parse(v).map_err(TriggerError::Template),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The user metadata of template `key` in `bucket` (`kiln-channels`, `kiln-lifecycle`, ...):
+/// empty when the object is gone (its build reports that). Side effects: one S3 HeadObject; an
+/// S3 failure is [`TriggerError::Io`] (retryable).
+pub async fn user_metadata(
+    clients: &Clients,
+    bucket: &str,
+    key: &str,
+) -> Result<std::collections::HashMap<String, String>, TriggerError> {
+    match clients
         .s3
         .head_object()
         .bucket(bucket)
@@ -45,19 +59,12 @@ pub async fn of_template(
         .send()
         .await
     {
-        Ok(h) => h,
-        // Gone since it was listed: its build reports that; it names no channels.
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(TriggerError::Io(format!(
-                "reading the metadata of s3://{bucket}/{key}: {}",
-                aws_sdk_s3::error::DisplayErrorContext(&e)
-            )));
-        }
-    };
-    match head.metadata().and_then(|m| m.get(METADATA_KEY)) {
-        Some(v) => parse(v).map_err(TriggerError::Template),
-        None => Ok(Vec::new()),
+        Ok(h) => Ok(h.metadata().cloned().unwrap_or_default()),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(Default::default()),
+        Err(e) => Err(TriggerError::Io(format!(
+            "reading the metadata of s3://{bucket}/{key}: {}",
+            aws_sdk_s3::error::DisplayErrorContext(&e)
+        ))),
     }
 }
 

@@ -22,6 +22,7 @@ mod gc_generations;
 mod host_paths;
 mod host_safety;
 mod lambda;
+mod lifecycle;
 mod lint;
 mod nightly;
 mod packer_diff;

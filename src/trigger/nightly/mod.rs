@@ -5,6 +5,8 @@
 //! evaluated is its own entry in the summary, never the run's end.
 
 mod history;
+mod lifecycle;
+pub mod lifecycle_rule;
 
 use super::cascade::Base;
 use super::{
@@ -186,6 +188,14 @@ pub(super) async fn run(
         }
         looked_at = Some(t.clone());
         one_template(clients, settings, n, base, &t, &mut run).await;
+        // Lifecycle rules are the nightly run's, not a cascade's (which rebuilds, never removes).
+        if base.is_none()
+            && let Some((team, _)) = settings.team_of(&t)
+            && template_key_problem(&team.key(&settings.prefix), &t).is_none()
+        {
+            let entries = lifecycle::apply(clients, settings, &team, &t, run.now).await;
+            run.summary.lifecycle.extend(entries);
+        }
     }
     if !left.is_empty() {
         tracing::warn!(
