@@ -34,6 +34,9 @@ pub struct Base {
     pub built_by: Option<String>,
     /// The channel names (`kiln:template-name`) of the image's templates and its ancestors'.
     pub lineage_templates: Vec<String>,
+    /// The package changes the base's build made against the previous image of its template,
+    /// when known (a nightly build of the team's, with an SBOM and a previous image).
+    pub brought: Option<Vec<String>>,
 }
 
 impl Base {
@@ -43,7 +46,15 @@ impl Base {
             Some(b) => format!(", built by build {b}"),
             None => " (not built by kiln)".to_owned(),
         };
-        format!("its base {} now points at {}{by}", self.parameter, self.ami)
+        let brought = self
+            .brought
+            .as_deref()
+            .map(super::nightly::changes::in_reason)
+            .unwrap_or_default();
+        format!(
+            "its base {} now points at {}{by}{brought}",
+            self.parameter, self.ami
+        )
     }
 
     /// Why template `key` must not be rebuilt on this base: its own image is the base or one of
@@ -142,7 +153,16 @@ pub async fn run(
             .chain(ancestors.iter())
             .filter_map(|m| m.template_name.clone())
             .collect(),
+        brought: None,
     };
+    let brought = match &base.built_by {
+        Some(id) => {
+            super::nightly::changes::of_build(clients, settings, &base.team, id, Some(&base.ami))
+                .await
+        }
+        None => None,
+    };
+    let base = Base { brought, ..base };
     tracing::info!(parameter = %name, ami = %base.ami, built_by = ?base.built_by, "cascade: rebuilding the templates built on this channel");
     let s = Box::pin(super::nightly::run(
         clients,
@@ -200,6 +220,7 @@ mod tests {
             ami: "ami-1".into(),
             built_by: Some("nightly-b".into()),
             lineage_templates: templates.iter().map(|t| (*t).to_owned()).collect(),
+            brought: Some(vec!["openssl 3.0.13 → 3.0.14".into()]),
         }
     }
 
@@ -211,7 +232,8 @@ mod tests {
         assert!(b.cycle("templates/web/app.pkr.hcl").is_none());
         assert!(b.cycle("templates/web/base-two.pkr.hcl").is_none());
         assert!(
-            b.reason().contains("built by build nightly-b"),
+            b.reason()
+                .contains("built by build nightly-b; it brought openssl 3.0.13 → 3.0.14"),
             "{}",
             b.reason()
         );

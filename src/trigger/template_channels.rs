@@ -3,7 +3,8 @@
 //! (`aws s3 cp base.pkr.hcl s3://<bucket>/templates/web/base.pkr.hcl --metadata kiln-channels=dev`).
 //! The template's text stays what `packer validate` accepts; the trigger puts the channels in
 //! every request it makes for the template (an upload, a nightly rebuild, a cascade). S3 keeps
-//! user metadata under 2 KB, which bounds the list.
+//! user metadata under 2 KB, which bounds the list. [`user_metadata`] reads the object's metadata
+//! for the other settings kept there (`kiln-lifecycle`, read by the nightly run).
 
 use super::TriggerError;
 use crate::aws::Clients;

@@ -294,3 +294,143 @@ async fn bad_channel_metadata_is_named() {
         "{run:#}"
     );
 }
+
+/// Puts `doc` as JSON at `key`.
+async fn put_json(s: &Setup, key: &str, doc: &Value) {
+    put(s, key, &doc.to_string(), None).await;
+}
+
+/// A nightly build's result document as the worker writes it: its AMI here, and step `sbom`'s
+/// package changes against the previous image of its template.
+fn result_doc(build_id: &str, ami: &str, lines: &[&str]) -> Value {
+    json!({
+        "build_id": build_id, "status": "succeeded", "finished_at": "2026-12-02T02:00:00Z",
+        "artifacts": {Emulator::get().region(): {"ami_id": ami, "snapshot_ids": []}},
+        "steps": [{"name": "sbom", "outputs": {"changes": {"previous": {"ami": "ami-0prev", "lines": lines}}}}]
+    })
+}
+
+/// A rebuild because its base moved names the packages the base's build changed: through a
+/// channel's move (the cascade's reason and `base_changes`) and through a source image's move
+/// in the nightly run, which also names what the template's own last build changed. An image
+/// whose `kiln:build-id` names a build whose result did not make it brings nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_names_what_its_base_brought() {
+    use crate::lifecycle::{image, volume};
+    with_janitor(|janitor| async move {
+        let s = setup(5).await;
+        let lambda = lambda_for(&s).await;
+        let u = unique("brought");
+        let base_id = format!("nightly-{u}-base");
+        let vol = volume(&janitor).await;
+        let base_tpl = format!("s3://{}/templates/{u}/base.pkr.hcl#base", s.bucket);
+        let (base_ami, _) = image(
+            &janitor,
+            &vol,
+            (&base_id, "default"),
+            &base_tpl,
+            &format!("{u}/base"),
+            None,
+        )
+        .await;
+        let brought = ["kiln-probe 1.0-1 → 1.1-1", "+ probe-lib 2.0-1"];
+        put_json(
+            &s,
+            &format!("results/{base_id}.json"),
+            &result_doc(&base_id, &base_ami, &brought),
+        )
+        .await;
+        let channel = format!("/kiln/default/{u}/base/dev");
+        let ssm = ssm().await;
+        let point = |ami: String| {
+            let (ssm, channel) = (ssm.clone(), channel.clone());
+            async move {
+                ssm.put_parameter()
+                    .name(&channel)
+                    .value(ami)
+                    .r#type(aws_sdk_ssm::types::ParameterType::String)
+                    .data_type("aws:ec2:image")
+                    .overwrite(true)
+                    .send()
+                    .await
+                    .expect("PutParameter");
+            }
+        };
+        point(base_ami.clone()).await;
+        let app_key = format!("templates/{u}/app/app.pkr.hcl");
+        put(&s, &app_key, &layer("app", &channel), None).await;
+
+        // The channel moved: app's reason names what the base brought.
+        let run = lambda
+            .invoke(changed(&channel, "Update"))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", lambda.log()));
+        let entry = &run["enqueued"][0];
+        assert_eq!(entry["template"], json!(app_key), "{run:#}");
+        assert!(
+            entry["reason"].as_str().unwrap_or_default().ends_with(
+                "; it brought kiln-probe 1.0-1 → 1.1-1, + probe-lib 2.0-1: never built by kiln-trigger"
+            ),
+            "{run:#}"
+        );
+        assert_eq!(entry["base_changes"], json!(brought), "{run:#}");
+
+        // The nightly run: app's last build was on an older image; its source moved to the base.
+        let last_id = format!("nightly-{u}-app");
+        put_json(
+            &s,
+            &format!("results/{last_id}.json"),
+            &result_doc(&last_id, "ami-0last", &["+ app 1"]),
+        )
+        .await;
+        put_json(
+            &s,
+            &format!("index/{app_key}.json"),
+            &json!({"template": app_key, "build_id": last_id, "finished_at": "2026-12-01T02:00:00Z",
+                    "bake": {"key": "old", "source_amis": ["ami-0older"]}}),
+        )
+        .await;
+        let night = lambda
+            .invoke(json!({"nightly": {"templates": [app_key]}}))
+            .await
+            .expect("nightly");
+        let entry = &night["enqueued"][0];
+        assert_eq!(
+            entry["reason"],
+            json!(format!(
+                "source AMI ami-0older → {base_ami}; it brought kiln-probe 1.0-1 → 1.1-1, + probe-lib 2.0-1"
+            )),
+            "{night:#}"
+        );
+        assert_eq!(
+            entry["last_build"],
+            json!({"build_id": last_id, "changes": ["+ app 1"]}),
+            "{night:#}"
+        );
+
+        // An image claiming the base's build id, which that build's result did not make.
+        let (forged, _) = image(
+            &janitor,
+            &vol,
+            (&base_id, "default"),
+            &base_tpl,
+            &format!("{u}/base"),
+            None,
+        )
+        .await;
+        point(forged.clone()).await;
+        let run = lambda
+            .invoke(changed(&channel, "Update"))
+            .await
+            .expect("forged");
+        let entry = &run["enqueued"][0];
+        assert!(
+            entry["reason"].as_str().unwrap_or_default().contains(&forged)
+                && !entry["reason"].as_str().unwrap_or_default().contains("it brought")
+                && entry["base_changes"].is_null(),
+            "{run:#}"
+        );
+        let _ = ssm.delete_parameter().name(&channel).send().await;
+    })
+    .await;
+}

@@ -19,13 +19,33 @@ fn spec(kind: ResourceType, tags: &[(&str, &str)]) -> TagSpecification {
     s.build()
 }
 
-/// An image as a worker registers it: a snapshot tagged with its build and team, the image
-/// tagged with those and its template; `extra`: a further snapshot its mapping names (a source
-/// image's, not the build's). Waits until it is available.
-async fn image(
+/// A volume to snapshot (1 GiB, tracked).
+pub(crate) async fn volume(janitor: &Janitor) -> String {
+    let emu = Emulator::get();
+    let region = emu.region();
+    let volume = emu
+        .clients(region)
+        .await
+        .ec2
+        .create_volume()
+        .availability_zone(format!("{region}a"))
+        .size(1)
+        .send()
+        .await
+        .expect("CreateVolume")
+        .volume_id
+        .expect("volume id");
+    janitor.track(region, Resource::Volume(volume.clone()));
+    volume
+}
+
+/// An image as a worker registers it for `build`: a snapshot of `volume` tagged with the build
+/// and team, the image tagged with those and its template; `extra`: a further snapshot its
+/// mapping names (a source image's, not the build's). Waits until it is available.
+pub(crate) async fn image(
     janitor: &Janitor,
     volume: &str,
-    team: &str,
+    (build, team): (&str, &str),
     template: &str,
     template_name: &str,
     extra: Option<&str>,
@@ -33,8 +53,7 @@ async fn image(
     let emu = Emulator::get();
     let region = emu.region();
     let ec2 = emu.clients(region).await.ec2;
-    let build = unique("lc-build");
-    let own = [("kiln:build-id", build.as_str()), ("kiln:team", team)];
+    let own = [("kiln:build-id", build), ("kiln:team", team)];
     let snap = ec2
         .create_snapshot()
         .volume_id(volume)
@@ -171,16 +190,7 @@ async fn lifecycle_rules_keep_exactly_what_they_promise() {
         }
         let template = format!("s3://{}/{key}#app", s.bucket);
         let name = format!("{u}/app");
-        let volume = ec2
-            .create_volume()
-            .availability_zone(format!("{region}a"))
-            .size(1)
-            .send()
-            .await
-            .expect("CreateVolume")
-            .volume_id
-            .expect("volume id");
-        janitor.track(region, Resource::Volume(volume.clone()));
+        let volume = volume(&janitor).await;
         // A snapshot of the team that another build made (as a source image's): no image maps
         // it but i6, so only its tags keep it from going with i6.
         let source_build = unique("lc-source");
@@ -204,7 +214,15 @@ async fn lifecycle_rules_keep_exactly_what_they_promise() {
         let mut snaps = Vec::new();
         for i in 1..=8 {
             let extra = (i == 6).then_some(source_snap.as_str());
-            let (ami, snap) = image(&janitor, &volume, "default", &template, &name, extra).await;
+            let (ami, snap) = image(
+                &janitor,
+                &volume,
+                (&unique("lc-build"), "default"),
+                &template,
+                &name,
+                extra,
+            )
+            .await;
             amis.push(ami);
             snaps.push(snap);
             // Creation times are whole seconds apart: the order is the registration order.
@@ -213,7 +231,7 @@ async fn lifecycle_rules_keep_exactly_what_they_promise() {
         let (other_team, other_snap) = image(
             &janitor,
             &volume,
-            &format!("{u}-other"),
+            (&unique("lc-build"), &format!("{u}-other")),
             &template,
             &name,
             None,

@@ -4,6 +4,7 @@
 //! (1, 2, 4, then 8 nights), each failure named in the summary; a template that cannot be
 //! evaluated is its own entry in the summary, never the run's end.
 
+pub(super) mod changes;
 mod history;
 mod lifecycle;
 pub mod lifecycle_rule;
@@ -226,6 +227,8 @@ struct Chosen<'a> {
     bake: crate::request::Bake,
     reason: String,
     channels: Vec<String>,
+    /// What the template's last build and its new base changed (the summary's entry).
+    report: Value,
 }
 
 /// Looks at template `t`: its entry in the summary (skipped with the reason, or one request per
@@ -269,24 +272,32 @@ async fn one_template(
             return skip(run, why);
         }
     }
+    let report = report(clients, settings, &team, &bake, index.as_ref(), base).await;
     let reason = match (why_rebuild(&bake, index.as_ref()), n.force) {
         (Some(r), _) => r,
         (None, true) => "forced".to_owned(),
         (None, false) => {
             let i = index.unwrap_or_default();
-            return skip(
-                run,
-                format!(
-                    "unchanged since build {} on {}",
-                    i["build_id"].as_str().unwrap_or("?"),
-                    i["finished_at"].as_str().unwrap_or("?")
-                ),
-            );
+            let mut entry = json!({"template": t, "reason": format!(
+                "unchanged since build {} on {}",
+                i["build_id"].as_str().unwrap_or("?"),
+                i["finished_at"].as_str().unwrap_or("?")
+            )});
+            merge(&mut entry, &report);
+            run.summary.skipped.push(entry);
+            return;
         }
     };
-    let reason = match base {
-        Some(b) => format!("{}: {reason}", b.reason()),
-        None => reason,
+    let reason = match (base, report["base_changes"].as_array()) {
+        (Some(b), _) => format!("{}: {reason}", b.reason()),
+        (None, Some(lines)) => {
+            let lines: Vec<String> = lines
+                .iter()
+                .filter_map(|l| l.as_str().map(str::to_owned))
+                .collect();
+            format!("{reason}{}", changes::in_reason(&lines))
+        }
+        (None, None) => reason,
     };
     let channels = match template_channels::of_template(clients, &settings.bucket, t).await {
         Ok(c) => c,
@@ -300,6 +311,7 @@ async fn one_template(
         bake,
         reason,
         channels,
+        report,
     };
     // One build per request: a template with several builds is several nightly builds, each
     // with its own id (`<base>-<build>`), history and retries.
@@ -425,7 +437,69 @@ async fn one_build(
         run.enqueue_error.get_or_insert(e);
         return;
     }
-    run.summary.enqueued.push(json!({"template": t, "build": label, "team": c.team.as_str(), "build_id": build_id, "reason": reason, "channels": c.channels}));
+    let mut entry = json!({"template": t, "build": label, "team": c.team.as_str(), "build_id": build_id, "reason": reason, "channels": c.channels});
+    merge(&mut entry, &c.report);
+    run.summary.enqueued.push(entry);
+}
+
+/// What a template's summary entry says of changes: `last_build` (its last succeeded build and
+/// the package changes it made) and, when its source image moved to one a nightly build of the
+/// team made, `base_changes` (what that build changed). Side effects: reads of the results and
+/// one DescribeImages; what cannot be read is left out.
+async fn report(
+    clients: &Clients,
+    settings: &Settings,
+    team: &Team,
+    bake: &crate::request::Bake,
+    index: Option<&Value>,
+    base: Option<&Base>,
+) -> Value {
+    let mut out = json!({});
+    if let Some(id) = index.and_then(|i| i["build_id"].as_str()) {
+        let lines = changes::of_build(clients, settings, team, id, None).await;
+        out["last_build"] = json!({"build_id": id, "changes": lines});
+    }
+    let moved = index.is_some_and(|i| i["bake"]["source_amis"] != json!(bake.source_amis));
+    let brought = match base {
+        Some(b) => b.brought.clone(),
+        None if moved => match bake.source_amis.first() {
+            Some(ami) => brought_by(clients, settings, team, ami).await,
+            None => None,
+        },
+        None => None,
+    };
+    if let Some(lines) = brought {
+        out["base_changes"] = json!(lines);
+    }
+    out
+}
+
+/// What image `ami` (in the trigger's region) brought, when a nightly build of `team` made it.
+async fn brought_by(
+    clients: &Clients,
+    settings: &Settings,
+    team: &Team,
+    ami: &str,
+) -> Option<Vec<String>> {
+    let region = clients.region();
+    let (image, _) = crate::ec2::lineage::ancestors(&clients.ec2, region, ami)
+        .await
+        .ok()?;
+    changes::of_build(
+        clients,
+        settings,
+        team,
+        image.build_id.as_deref()?,
+        Some(ami),
+    )
+    .await
+}
+
+/// `extra`'s fields added to `entry` (both objects).
+fn merge(entry: &mut Value, extra: &Value) {
+    if let (Some(e), Some(x)) = (entry.as_object_mut(), extra.as_object()) {
+        e.extend(x.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
 }
 
 /// The run's figures in CloudWatch embedded metric format (namespace `kiln`): the function's log
