@@ -322,11 +322,12 @@ async fn a_rebuild_names_what_its_base_brought() {
         let lambda = lambda_for(&s).await;
         let u = unique("brought");
         let base_id = format!("nightly-{u}-base");
-        let vol = volume(&janitor).await;
+        let region = Emulator::get().region();
+        let vol = volume(&janitor, region).await;
         let base_tpl = format!("s3://{}/templates/{u}/base.pkr.hcl#base", s.bucket);
         let (base_ami, _) = image(
             &janitor,
-            &vol,
+            (region, &vol),
             (&base_id, "default"),
             &base_tpl,
             &format!("{u}/base"),
@@ -411,7 +412,7 @@ async fn a_rebuild_names_what_its_base_brought() {
         // An image claiming the base's build id, which that build's result did not make.
         let (forged, _) = image(
             &janitor,
-            &vol,
+            (region, &vol),
             (&base_id, "default"),
             &base_tpl,
             &format!("{u}/base"),

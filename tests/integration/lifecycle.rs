@@ -19,10 +19,9 @@ fn spec(kind: ResourceType, tags: &[(&str, &str)]) -> TagSpecification {
     s.build()
 }
 
-/// A volume to snapshot (1 GiB, tracked).
-pub(crate) async fn volume(janitor: &Janitor) -> String {
+/// A volume to snapshot in `region` (1 GiB, tracked).
+pub(crate) async fn volume(janitor: &Janitor, region: &str) -> String {
     let emu = Emulator::get();
-    let region = emu.region();
     let volume = emu
         .clients(region)
         .await
@@ -39,20 +38,18 @@ pub(crate) async fn volume(janitor: &Janitor) -> String {
     volume
 }
 
-/// An image as a worker registers it for `build`: a snapshot of `volume` tagged with the build
-/// and team, the image tagged with those and its template; `extra`: a further snapshot its
-/// mapping names (a source image's, not the build's). Waits until it is available.
+/// An image as a worker registers it for `build`: a snapshot of `volume` (in `region`) tagged
+/// with the build and team, the image tagged with those and its template; `extra`: a further
+/// snapshot its mapping names (a source image's, not the build's). Waits until it is available.
 pub(crate) async fn image(
     janitor: &Janitor,
-    volume: &str,
+    (region, volume): (&str, &str),
     (build, team): (&str, &str),
     template: &str,
     template_name: &str,
     extra: Option<&str>,
 ) -> (String, String) {
-    let emu = Emulator::get();
-    let region = emu.region();
-    let ec2 = emu.clients(region).await.ec2;
+    let ec2 = Emulator::get().clients(region).await.ec2;
     let own = [("kiln:build-id", build), ("kiln:team", team)];
     let snap = ec2
         .create_snapshot()
@@ -92,7 +89,7 @@ pub(crate) async fn image(
         .expect("image id");
     janitor.track(region, Resource::Image(ami.clone()));
     for _ in 0..100 {
-        if state(&ami).await.as_deref() == Some("available") {
+        if state(region, &ami).await.as_deref() == Some("available") {
             return (ami, snap);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -100,9 +97,9 @@ pub(crate) async fn image(
     panic!("{ami} never became available");
 }
 
-/// An image's state (`None`: gone) and deprecation time.
-async fn described(ami: &str) -> Option<(String, Option<String>)> {
-    let ec2 = Emulator::get().clients(Emulator::get().region()).await.ec2;
+/// An image's state in `region` (`None`: gone) and deprecation time.
+async fn described(region: &str, ami: &str) -> Option<(String, Option<String>)> {
+    let ec2 = Emulator::get().clients(region).await.ec2;
     let out = ec2.describe_images().image_ids(ami).send().await.ok()?;
     let i = out.images().first()?;
     Some((
@@ -111,12 +108,12 @@ async fn described(ami: &str) -> Option<(String, Option<String>)> {
     ))
 }
 
-async fn state(ami: &str) -> Option<String> {
-    described(ami).await.map(|(s, _)| s)
+async fn state(region: &str, ami: &str) -> Option<String> {
+    described(region, ami).await.map(|(s, _)| s)
 }
 
-async fn snapshot_exists(id: &str) -> bool {
-    let ec2 = Emulator::get().clients(Emulator::get().region()).await.ec2;
+async fn snapshot_exists(region: &str, id: &str) -> bool {
+    let ec2 = Emulator::get().clients(region).await.ec2;
     ec2.describe_snapshots()
         .snapshot_ids(id)
         .send()
@@ -160,7 +157,8 @@ fn actions(run: &Value) -> Vec<(String, String)> {
 /// 45 days on, not again the same night, and deregistered 70 days on with their own snapshots
 /// (not the source snapshot i6 also maps). Another team's image of the same template, and a
 /// template whose name is a wildcard (`a*`) with `deregister=0`, touch nothing; a malformed rule
-/// is named with its fix.
+/// is named with its fix. In the other region the last build published to (its bake index),
+/// three images without channels: the oldest goes the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_rules_keep_exactly_what_they_promise() {
     with_janitor(|janitor| async move {
@@ -190,13 +188,13 @@ async fn lifecycle_rules_keep_exactly_what_they_promise() {
         }
         let template = format!("s3://{}/{key}#app", s.bucket);
         let name = format!("{u}/app");
-        let volume = volume(&janitor).await;
+        let home_volume = volume(&janitor, region).await;
         // A snapshot of the team that another build made (as a source image's): no image maps
         // it but i6, so only its tags keep it from going with i6.
         let source_build = unique("lc-source");
         let source_snap = ec2
             .create_snapshot()
-            .volume_id(&volume)
+            .volume_id(&home_volume)
             .tag_specifications(spec(
                 ResourceType::Snapshot,
                 &[
@@ -216,7 +214,7 @@ async fn lifecycle_rules_keep_exactly_what_they_promise() {
             let extra = (i == 6).then_some(source_snap.as_str());
             let (ami, snap) = image(
                 &janitor,
-                &volume,
+                (region, &home_volume),
                 (&unique("lc-build"), "default"),
                 &template,
                 &name,
@@ -230,7 +228,7 @@ async fn lifecycle_rules_keep_exactly_what_they_promise() {
         }
         let (other_team, other_snap) = image(
             &janitor,
-            &volume,
+            (region, &home_volume),
             (&unique("lc-build"), &format!("{u}-other")),
             &template,
             &name,
@@ -244,6 +242,33 @@ async fn lifecycle_rules_keep_exactly_what_they_promise() {
         }
         put_channel(&ssm, &channel("app", "prod"), &i(1)).await;
         put_channel(&ssm, &channel("other", "prod"), &i(2)).await;
+        // The last build also published to another region (its bake index says so): three
+        // images there, no channel; the oldest goes.
+        let west = crate::checkpoint::COPY_REGION;
+        let west_volume = volume(&janitor, west).await;
+        let mut w = Vec::new();
+        for _ in 0..3 {
+            let (ami, _) = image(
+                &janitor,
+                (west, &west_volume),
+                (&unique("lc-build"), "default"),
+                &template,
+                &name,
+                None,
+            )
+            .await;
+            w.push(ami);
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        let index = json!({"template": key, "build_id": unique("lc-last"), "bake": {"key": "k", "source_amis": []},
+            "artifacts": {region: {"ami_id": i(8), "snapshot_ids": []}, west: {"ami_id": w[2], "snapshot_ids": []}}});
+        s.s3.put_object()
+            .bucket(&s.bucket)
+            .key(format!("index/{key}.json"))
+            .body(index.to_string().into_bytes().into())
+            .send()
+            .await
+            .expect("put index");
 
         let now = time::OffsetDateTime::now_utc();
         let night = |days: i64| {
@@ -263,6 +288,7 @@ async fn lifecycle_rules_keep_exactly_what_they_promise() {
                     (i(2), "kept".to_owned()),
                     (i(5), "deprecated".to_owned()),
                     (i(6), "deprecated".to_owned()),
+                    (w[0].clone(), "deprecated".to_owned()),
                 ];
                 v.sort();
                 v
@@ -273,7 +299,9 @@ async fn lifecycle_rules_keep_exactly_what_they_promise() {
             .as_array()
             .into_iter()
             .flatten()
-            .find(|e| e["kept"].is_array() && e["template"] == json!(key))
+            .find(|e| {
+                e["kept"].is_array() && e["template"] == json!(key) && e["region"] == json!(region)
+            })
             .unwrap_or_else(|| panic!("no kept entry: {first:#}"));
         let mut kept: Vec<String> = serde_json::from_value(kept["kept"].clone()).expect("kept");
         kept.sort();
@@ -294,7 +322,7 @@ async fn lifecycle_rules_keep_exactly_what_they_promise() {
             "{why}"
         );
         for n in 1..=8 {
-            let (st, deprecated) = described(&i(n)).await.expect("still there");
+            let (st, deprecated) = described(region, &i(n)).await.expect("still there");
             assert_eq!(st, "available", "i{n}");
             assert_eq!(
                 deprecated.is_some(),
@@ -317,24 +345,29 @@ async fn lifecycle_rules_keep_exactly_what_they_promise() {
             (i(2), "kept".to_owned()),
             (i(5), "deregistered".to_owned()),
             (i(6), "deregistered".to_owned()),
+            (w[0].clone(), "deregistered".to_owned()),
         ];
         want.sort();
         assert_eq!(actions(&later), want, "{later:#}");
         for n in 1..=8 {
             let gone = n == 5 || n == 6;
-            assert_eq!(state(&i(n)).await.is_none(), gone, "i{n}");
+            assert_eq!(state(region, &i(n)).await.is_none(), gone, "i{n}");
             assert_eq!(
-                snapshot_exists(&snaps[n - 1]).await,
+                snapshot_exists(region, &snaps[n - 1]).await,
                 !gone,
                 "i{n}'s snapshot"
             );
         }
         assert!(
-            snapshot_exists(&source_snap).await,
+            snapshot_exists(region, &source_snap).await,
             "the source snapshot i6 mapped is kept"
         );
-        assert_eq!(state(&other_team).await.as_deref(), Some("available"));
-        assert!(snapshot_exists(&other_snap).await);
+        assert_eq!(state(region, &other_team).await.as_deref(), Some("available"));
+        assert!(state(west, &w[0]).await.is_none(), "{later:#}");
+        for ami in &w[1..] {
+            assert_eq!(state(west, ami).await.as_deref(), Some("available"));
+        }
+        assert!(snapshot_exists(region, &other_snap).await);
         assert!(error(&later, &wild).is_none(), "{later:#}");
 
         for (t, c) in [("app", "dev"), ("app", "prod"), ("other", "prod")] {

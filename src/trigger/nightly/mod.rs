@@ -273,31 +273,14 @@ async fn one_template(
         }
     }
     let report = report(clients, settings, &team, &bake, index.as_ref(), base).await;
-    let reason = match (why_rebuild(&bake, index.as_ref()), n.force) {
-        (Some(r), _) => r,
-        (None, true) => "forced".to_owned(),
-        (None, false) => {
-            let i = index.unwrap_or_default();
-            let mut entry = json!({"template": t, "reason": format!(
-                "unchanged since build {} on {}",
-                i["build_id"].as_str().unwrap_or("?"),
-                i["finished_at"].as_str().unwrap_or("?")
-            )});
+    let reason = match reason_for(&bake, index.as_ref(), n.force, base, &report) {
+        Ok(r) => r,
+        Err(unchanged) => {
+            let mut entry = json!({"template": t, "reason": unchanged});
             merge(&mut entry, &report);
             run.summary.skipped.push(entry);
             return;
         }
-    };
-    let reason = match (base, report["base_changes"].as_array()) {
-        (Some(b), _) => format!("{}: {reason}", b.reason()),
-        (None, Some(lines)) => {
-            let lines: Vec<String> = lines
-                .iter()
-                .filter_map(|l| l.as_str().map(str::to_owned))
-                .collect();
-            format!("{reason}{}", changes::in_reason(&lines))
-        }
-        (None, None) => reason,
     };
     let channels = match template_channels::of_template(clients, &settings.bucket, t).await {
         Ok(c) => c,
@@ -440,6 +423,41 @@ async fn one_build(
     let mut entry = json!({"template": t, "build": label, "team": c.team.as_str(), "build_id": build_id, "reason": reason, "channels": c.channels});
     merge(&mut entry, &c.report);
     run.summary.enqueued.push(entry);
+}
+
+/// Why a template with bake `bake` is built (its last build's `index` entry; `force`d; rebuilt on
+/// `base`; the base's changes in `report`), or why not (`Err`: unchanged since its last build).
+/// Pure.
+fn reason_for(
+    bake: &crate::request::Bake,
+    index: Option<&Value>,
+    force: bool,
+    base: Option<&Base>,
+    report: &Value,
+) -> Result<String, String> {
+    let reason = match (why_rebuild(bake, index), force) {
+        (Some(r), _) => r,
+        (None, true) => "forced".to_owned(),
+        (None, false) => {
+            let i = index.cloned().unwrap_or_default();
+            return Err(format!(
+                "unchanged since build {} on {}",
+                i["build_id"].as_str().unwrap_or("?"),
+                i["finished_at"].as_str().unwrap_or("?")
+            ));
+        }
+    };
+    Ok(match (base, report["base_changes"].as_array()) {
+        (Some(b), _) => format!("{}: {reason}", b.reason()),
+        (None, Some(lines)) => {
+            let lines: Vec<String> = lines
+                .iter()
+                .filter_map(|l| l.as_str().map(str::to_owned))
+                .collect();
+            format!("{reason}{}", changes::in_reason(&lines))
+        }
+        (None, None) => reason,
+    })
 }
 
 /// What a template's summary entry says of changes: `last_build` (its last succeeded build and
