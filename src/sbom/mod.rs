@@ -199,6 +199,7 @@ pub fn inventory(files: &dyn ImageFiles) -> Result<Inventory, SbomError> {
                 .iter()
                 .chain(apk::PATHS.iter())
                 .chain(rpm::SQLITE_PATHS.iter())
+                .chain(rpm::BDB_PATHS.iter())
                 .copied()
                 .collect::<Vec<_>>()
                 .join(", ")

@@ -1,28 +1,26 @@
 //! rpm's database: `rpmdb.sqlite` (Fedora 33 and later, RHEL 9, Amazon Linux 2023), read with a
-//! bundled SQLite from a private read-only copy; each row's blob is a header (`rpm/header.rs`).
-//! The older formats, Berkeley DB (`Packages`: RHEL 7 and 8, Amazon Linux 2) and ndb
-//! (`Packages.db`: openSUSE), are recognised and named in the inventory's note, not read.
+//! bundled SQLite from a private read-only copy, and Berkeley DB's `Packages` (Amazon Linux 2,
+//! RHEL 7 and 8), parsed as bytes (`rpm/bdb.rs`); each value is a header (`rpm/header.rs`). The
+//! ndb format (`Packages.db`: openSUSE) is recognised and named in the inventory's note, not read.
 
-#[cfg_attr(not(feature = "builder"), allow(dead_code))]
+mod bdb;
 mod header;
 
-use super::{ImageFiles, Package, SbomError};
+use super::{ImageFiles, MAX_PACKAGES, Package, SbomError, read_bounded};
 
 /// Where rpm keeps its SQLite database: the classic place, and the one rpm 4.16 moved it to.
 pub(super) const SQLITE_PATHS: [&str; 2] = [
     "/var/lib/rpm/rpmdb.sqlite",
     "/usr/lib/sysimage/rpm/rpmdb.sqlite",
 ];
+/// Where rpm keeps its Berkeley DB database (the same two places).
+pub(super) const BDB_PATHS: [&str; 2] = ["/var/lib/rpm/Packages", "/usr/lib/sysimage/rpm/Packages"];
+/// Bytes of a Berkeley DB `Packages` kiln reads at most (into memory): Amazon Linux 2's is
+/// about 20 MiB minimal and 100 MiB for a large server (its pages are mostly empty); 384 MiB,
+/// as for `rpmdb.sqlite`, bounds what several builds on one builder hold at once.
+const MAX_BDB: u64 = 384 * 1024 * 1024;
 /// The formats kiln recognises but does not read, where they live, and who uses them.
-const UNREAD: [(&str, &str); 4] = [
-    (
-        "/var/lib/rpm/Packages",
-        "Berkeley DB format (Amazon Linux 2, RHEL 7)",
-    ),
-    (
-        "/usr/lib/sysimage/rpm/Packages",
-        "Berkeley DB format (Amazon Linux 2, RHEL 7)",
-    ),
+const UNREAD: [(&str, &str); 2] = [
     ("/var/lib/rpm/Packages.db", "ndb format (openSUSE)"),
     ("/usr/lib/sysimage/rpm/Packages.db", "ndb format (openSUSE)"),
 ];
@@ -30,7 +28,6 @@ const UNREAD: [(&str, &str); 4] = [
 /// What [`read`] found.
 pub(super) enum Found {
     /// The database read and its packages.
-    #[cfg_attr(not(feature = "builder"), allow(dead_code))]
     Read(String, Vec<Package>),
     /// A database kiln did not read, and why (for the inventory's note).
     Unread(String),
@@ -46,6 +43,11 @@ pub(super) fn read(files: &dyn ImageFiles) -> Result<Found, SbomError> {
             return read_sqlite(files, path);
         }
     }
+    for path in BDB_PATHS {
+        if files.read(path, 0)?.is_some() {
+            return read_bdb(files, path);
+        }
+    }
     for (path, what) in UNREAD {
         if files.read(path, 0)?.is_some() {
             return Ok(Found::Unread(format!(
@@ -54,6 +56,36 @@ pub(super) fn read(files: &dyn ImageFiles) -> Result<Found, SbomError> {
         }
     }
     Ok(Found::Nothing)
+}
+
+/// The packages of the Berkeley DB database at `path` (gpg-pubkey entries left out).
+fn read_bdb(files: &dyn ImageFiles, path: &str) -> Result<Found, SbomError> {
+    let Some(bytes) = read_bounded(files, path, MAX_BDB)? else {
+        return Err(SbomError::bad(path, "it disappeared while kiln read it"));
+    };
+    let values =
+        bdb::values(&bytes, header::MAX_HEADER_BLOB).map_err(|e| SbomError::bad(path, e))?;
+    drop(bytes);
+    if values.len() > MAX_PACKAGES {
+        return Err(SbomError::bad(
+            path,
+            format!("more than {MAX_PACKAGES} packages"),
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, blob) in values.iter().enumerate() {
+        match header::package(blob) {
+            Ok(Some(p)) => out.push(p),
+            Ok(None) => {}
+            Err(d) => {
+                return Err(SbomError::bad(
+                    path,
+                    format!("value {} (a header): {d}", i + 1),
+                ));
+            }
+        }
+    }
+    Ok(Found::Read(path.to_owned(), out))
 }
 
 #[cfg(not(feature = "builder"))]
@@ -379,5 +411,150 @@ mod sqlite {
                 .unwrap();
             assert!(e.to_string().contains("not a plain table"), "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sbom::tests::TempDir;
+    use crate::sbom::{DirFiles, PackageKind};
+    use std::path::Path;
+
+    /// Writes a Berkeley DB hash database at `path` with Berkeley DB's own `db_load`: keys 1, 2,
+    /// ... (rpm's header numbers, 4 bytes) and `blobs` as values; `big_endian` as a big-endian
+    /// host would; pages of 512 bytes, so a header of a few KiB spans several overflow pages.
+    fn db_load(path: &Path, blobs: &[Vec<u8>], big_endian: bool) {
+        use std::io::Write;
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let hex = |b: &[u8]| b.iter().map(|x| format!("\\{x:02x}")).collect::<String>();
+        let mut text = String::new();
+        for (i, b) in blobs.iter().enumerate() {
+            let key = (i as u32 + 1).to_le_bytes();
+            text.push_str(&format!("{}\n{}\n", hex(&key), hex(b)));
+        }
+        let order = if big_endian { "4321" } else { "1234" };
+        let child = std::process::Command::new("db_load")
+            .args(["-T", "-t", "hash", "-c", "db_pagesize=512", "-c"])
+            .arg(format!("db_lorder={order}"))
+            .arg(path)
+            .stdin(std::process::Stdio::piped())
+            .spawn();
+        let mut child = child.unwrap_or_else(|e| {
+            panic!("db_load (Berkeley DB's) could not run ({e}); install it: apt-get install -y db-util (scripts/setup does)")
+        });
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "db_load failed");
+    }
+
+    /// A header of several KiB (a long description): stored on overflow pages.
+    fn big() -> Vec<u8> {
+        let description = "kiln ".repeat(1000);
+        header::encode(
+            &[
+                (1000, "big-package"),
+                (1001, "2.0"),
+                (1002, "3.amzn2"),
+                (1022, "x86_64"),
+                (1005, &description),
+            ],
+            &[],
+        )
+    }
+
+    #[test]
+    fn rpm_berkeley_db_packages_in_both_byte_orders() {
+        for big_endian in [false, true] {
+            let t = TempDir::new("rpm-bdb");
+            let blobs = [header::sample(), header::gpg_pubkey(), big()];
+            db_load(&t.0.join("root/var/lib/rpm/Packages"), &blobs, big_endian);
+            let files = DirFiles(t.0.join("root"));
+            let Found::Read(db, mut pkgs) = read(&files).unwrap() else {
+                panic!("not read");
+            };
+            assert_eq!(db, "/var/lib/rpm/Packages");
+            pkgs.sort_by(|a, b| a.name.cmp(&b.name));
+            let names: Vec<(&str, &str)> = pkgs
+                .iter()
+                .map(|p| (p.name.as_str(), p.version.as_str()))
+                .collect();
+            assert_eq!(
+                names,
+                [
+                    ("big-package", "2.0-3.amzn2"),
+                    ("openssl-libs", "1:3.0.8-1.amzn2023.0.14")
+                ],
+                "big-endian: {big_endian}"
+            );
+            assert!(pkgs.iter().all(|p| p.kind == PackageKind::Rpm));
+            let inv = crate::sbom::inventory(&files).unwrap();
+            assert_eq!(inv.note, None);
+            assert_eq!(inv.databases, ["/var/lib/rpm/Packages"]);
+        }
+    }
+
+    #[test]
+    fn rpm_berkeley_db_crafted_files_are_errors() {
+        let t = TempDir::new("rpm-bdb-bad");
+        let path = t.0.join("Packages");
+        db_load(&path, &[big()], false);
+        let good = std::fs::read(&path).unwrap();
+        assert_eq!(
+            bdb::values(&good, header::MAX_HEADER_BLOB).unwrap().len(),
+            1
+        );
+        let page = |n: usize| &good[n * 512..(n + 1) * 512];
+        let pages = good.len() / 512;
+        let overflow = (1..pages)
+            .find(|n| page(*n)[25] == 7)
+            .expect("an overflow page");
+        let set_u32 =
+            |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+
+        // An overflow page whose next page is itself: an error, not a loop.
+        let mut looped = good.clone();
+        set_u32(&mut looped, overflow * 512 + 16, overflow as u32);
+        let e = bdb::values(&looped, header::MAX_HEADER_BLOB).unwrap_err();
+        assert!(e.contains("longer than") || e.contains("loops"), "{e}");
+        // A next page past the end of the file.
+        let mut past = good.clone();
+        set_u32(&mut past, overflow * 512 + 16, 1_000_000);
+        let e = bdb::values(&past, header::MAX_HEADER_BLOB).unwrap_err();
+        assert!(
+            e.contains("past the end") || e.contains("longer than"),
+            "{e}"
+        );
+        // A value longer than a header may be.
+        let e = bdb::values(&good, 100).unwrap_err();
+        assert!(e.contains("more than an rpm header"), "{e}");
+        // A page size Berkeley DB never uses, and text.
+        let mut size = good.clone();
+        set_u32(&mut size, 20, 1000);
+        assert!(
+            bdb::values(&size, header::MAX_HEADER_BLOB)
+                .unwrap_err()
+                .contains("page size")
+        );
+        assert!(
+            bdb::values(b"just some text that is long enough", 10)
+                .unwrap_err()
+                .contains("not a Berkeley DB")
+        );
+        // In an image: the error names the file.
+        let t = TempDir::new("rpm-bdb-image");
+        let at = t.0.join("root/usr/lib/sysimage/rpm/Packages");
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::write(&at, &looped).unwrap();
+        let e = read(&DirFiles(t.0.join("root"))).err().unwrap();
+        assert!(
+            e.to_string().contains("/usr/lib/sysimage/rpm/Packages"),
+            "{e}"
+        );
+        assert!(!e.is_retryable());
     }
 }

@@ -121,24 +121,40 @@ fn no_database_gives_no_packages_and_a_note() {
         inv.note.as_deref(),
         Some(
             "no package database found: looked for /var/lib/dpkg/status, /lib/apk/db/installed, \
-             /var/lib/rpm/rpmdb.sqlite, /usr/lib/sysimage/rpm/rpmdb.sqlite"
+             /var/lib/rpm/rpmdb.sqlite, /usr/lib/sysimage/rpm/rpmdb.sqlite, /var/lib/rpm/Packages, \
+             /usr/lib/sysimage/rpm/Packages"
         )
     );
 }
 
 #[test]
-fn berkeley_db_rpm_database_is_named_in_the_note() {
-    let t = TempDir::new("bdb");
-    t.write("root/etc/os-release", "ID=amzn\nVERSION_ID=\"2\"\n");
-    t.write("root/var/lib/rpm/Packages", "\0\0\0\0\x61\x15\x06\0");
+fn ndb_rpm_database_is_named_in_the_note() {
+    let t = TempDir::new("ndb");
+    t.write(
+        "root/etc/os-release",
+        "ID=opensuse-leap\nVERSION_ID=\"15.5\"\n",
+    );
+    t.write("root/usr/lib/sysimage/rpm/Packages.db", "RpmP");
     let inv = inventory(&DirFiles(t.0.join("root"))).unwrap();
     assert!(inv.packages.is_empty());
     assert_eq!(
         inv.note.as_deref(),
         Some(
-            "the RPM database at /var/lib/rpm/Packages is in Berkeley DB format (Amazon Linux 2, \
-             RHEL 7), which kiln does not read yet"
+            "the RPM database at /usr/lib/sysimage/rpm/Packages.db is in ndb format (openSUSE), \
+             which kiln does not read yet"
         )
+    );
+}
+
+#[test]
+fn a_broken_berkeley_db_rpm_database_is_an_error_naming_it() {
+    let t = TempDir::new("bdb");
+    t.write("root/etc/os-release", "ID=amzn\nVERSION_ID=\"2\"\n");
+    t.write("root/var/lib/rpm/Packages", "\0\0\0\0\x61\x15\x06\0");
+    let e = inventory(&DirFiles(t.0.join("root"))).err().unwrap();
+    assert!(
+        e.to_string().contains("/var/lib/rpm/Packages") && e.to_string().contains("Berkeley DB"),
+        "{e}"
     );
 }
 
