@@ -248,6 +248,10 @@ pub(crate) async fn build(args: &TemplateArgs, flags: &BuildFlags) -> anyhow::Re
                 several.then_some(plan.name.as_str()),
             ),
             channels: channels.clone(),
+            earlier: journal
+                .as_ref()
+                .map(|(j, ..)| j.journal().steps)
+                .unwrap_or_default(),
             bake_key: None,
             sbom: kiln::sbom::store::Target {
                 location: match checkpoint_bucket {

@@ -102,6 +102,9 @@ pub async fn run(
     let mut failure: Option<(StepId, StepError)> = None;
     for step in plan_steps {
         if steps::skipped(step, &b) {
+            if let Some(r) = earlier_record(step, &options.earlier) {
+                records.push(r);
+            }
             continue;
         }
         if cancel.is_cancelled() {
@@ -255,4 +258,20 @@ pub async fn run(
         duration_s: clock.elapsed().as_secs_f64(),
         bake_key: None,
     }
+}
+
+/// The record of `step` an earlier attempt made (its last), for a resumed attempt that skips the
+/// step: its outputs with `"resumed": true`, no duration of this attempt's. Pure.
+fn earlier_record(step: StepId, earlier: &[(String, serde_json::Value)]) -> Option<StepRecord> {
+    let (_, outputs) = earlier.iter().rev().find(|(n, _)| n == step.name())?;
+    let mut outputs = outputs.clone();
+    if let Some(o) = outputs.as_object_mut() {
+        o.insert("resumed".into(), serde_json::Value::Bool(true));
+    }
+    Some(StepRecord {
+        name: step.name().to_owned(),
+        started_at: String::new(),
+        duration_s: 0.0,
+        outputs,
+    })
 }

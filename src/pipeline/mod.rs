@@ -155,6 +155,10 @@ pub struct BuildOptions {
     pub template_name: String,
     /// The channels a successful build publishes its AMIs to (`publish-channels`).
     pub channels: Vec<String>,
+    /// What earlier attempts of this build recorded, `(step, outputs)` in order (the journal's):
+    /// a resumed attempt's result carries their outputs for the steps it skips (the SBOM's
+    /// location and package changes, the lint's findings), marked `"resumed": true`.
+    pub earlier: Vec<(String, serde_json::Value)>,
 }
 
 /// Everything a step can see: the plan, the AWS clients, the host settings and the typed state.

@@ -50,7 +50,6 @@ pub(super) async fn handle(ctx: &Ctx, d: Delivery, cancel: CancellationToken) {
     let Some(journal) = acquire(ctx, &d, &req, &build_id).await else {
         return;
     };
-    let attempt = journal.journal().attempt;
     // Cancelled (with `cancel`) when a journal write finds that another worker took the build
     // over after this one's lease lapsed (a stalled host): the build stops, undoes only what is
     // its own, and publishes nothing.
@@ -92,8 +91,7 @@ pub(super) async fn handle(ctx: &Ctx, d: Delivery, cancel: CancellationToken) {
         &build_cancel,
         &handed_over,
         Arc::clone(&recorder) as Arc<dyn crate::pipeline::state::Recorder>,
-        attempt,
-        journal.journal().generation,
+        journal.journal(),
     ))
     .await
     .unwrap_or_else(|p| panicked(&build_id, "build", &p));
@@ -504,8 +502,7 @@ async fn run_request(
     cancel: &CancellationToken,
     handed_over: &CancellationToken,
     recorder: Arc<dyn crate::pipeline::state::Recorder>,
-    attempt: u32,
-    generation: String,
+    journal: crate::checkpoint::Journal,
 ) -> BuildResult {
     let (plan, masker) = match caught(load::load_plan(ctx, d, req, build_id, work)).await {
         Ok(Ok(p)) => p,
@@ -553,8 +550,9 @@ async fn run_request(
         lock_dir: crate::host::lock::LOCK_DIR.into(),
         sink,
         recorder,
-        attempt,
-        generation,
+        attempt: journal.attempt,
+        generation: journal.generation,
+        earlier: journal.steps,
         handed_over: handed_over.clone(),
         template_ref: format!(
             "s3://{}/{}#{}",

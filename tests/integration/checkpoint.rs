@@ -255,6 +255,16 @@ async fn crash_and_resume_with(
                 log.contains("resuming a build an earlier attempt started"),
                 "{point}:\n{log}"
             );
+            // The SBOM is in the result whichever attempt made it (a resume past the snapshot
+            // skips the step, and carries the earlier attempt's outputs).
+            let sbom = doc["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["name"] == "sbom")
+                .map(|s| s["outputs"].clone())
+                .unwrap_or_default();
+            assert!(sbom["format"].is_string(), "{point}: {doc:#}");
             assert_one_ami_and_nothing_left(&id, &doc, &s.bucket).await;
         }
         let _ = result_messages(&s).await;
