@@ -590,9 +590,13 @@ def main() -> int:
             call(tr, f"{a} {t}'s {kind} (lifecycle)", [(a, ec2(kind, rid, region="eu-west-1"), tags(t))], True)
             call(tr, f"{a} {other}'s {kind} (lifecycle)", [(a, ec2(kind, rid), tags(other))], False)
             call(tr, f"{a} a {kind} kiln did not make", [(a, ec2(kind, rid), {})], False)
-        for a in ("ssm:GetParameterHistory", "ssm:GetParametersByPath"):
-            call(tr, f"{a} /kiln/{t}/web/prod", [(a, arn("ssm", f"parameter/kiln/{t}/web/prod"), {})], True)
-            call(tr, f"{a} /kiln/{other}/web/prod", [(a, arn("ssm", f"parameter/kiln/{other}/web/prod"), {})], False)
+        call(tr, f"GetParameterHistory /kiln/{t}/web/prod", [("ssm:GetParameterHistory", arn("ssm", f"parameter/kiln/{t}/web/prod"), {})], True)
+        call(tr, f"GetParameterHistory /kiln/{other}/web/prod", [("ssm:GetParameterHistory", arn("ssm", f"parameter/kiln/{other}/web/prod"), {})], False)
+        # The paths the lifecycle lists: a template's channels, and every channel of the team.
+        for path in (f"kiln/{t}/web", f"kiln/{t}/"):
+            call(tr, f"GetParametersByPath /{path}", [("ssm:GetParametersByPath", arn("ssm", f"parameter/{path}"), {})], True)
+        for path in (f"kiln/{other}/web", f"kiln/{other}/"):
+            call(tr, f"GetParametersByPath /{path}", [("ssm:GetParametersByPath", arn("ssm", f"parameter/{path}"), {})], False)
         osec = f"kiln/{other}/x" if other != "default" else "kiln/x"
         call(tr, f"GetSecretValue {osec}", [("secretsmanager:GetSecretValue", arn("secretsmanager", f"secret:{osec}-AbCdEf"), {})], False)
     call("principal:broad", "SendMessage payments' queue (identity policy allows sqs:*)", [("sqs:SendMessage", q_payments, {})], False)

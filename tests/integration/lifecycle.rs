@@ -157,7 +157,7 @@ fn actions(run: &Value) -> Vec<(String, String)> {
 /// 45 days on, not again the same night, and deregistered 70 days on with their own snapshots
 /// (not the source snapshot i6 also maps). Another team's image of the same template, and a
 /// template whose name is a wildcard (`a*`) with `deregister=0`, touch nothing; a malformed rule
-/// is named with its fix. In the other region the last build published to (its bake index),
+/// is named with its fix; the boot test's private image is not the rule's. In the other region the last build published to (its bake index),
 /// three images without channels: the oldest goes the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_rules_keep_exactly_what_they_promise() {
@@ -208,6 +208,22 @@ async fn lifecycle_rules_keep_exactly_what_they_promise() {
             .snapshot_id
             .expect("snapshot id");
         janitor.track(region, Resource::Snapshot(source_snap.clone()));
+        // The boot test's private image of an older build (kiln:step boot-test): never the rule's.
+        let (boot_test, _) = image(
+            &janitor,
+            (region, &home_volume),
+            (&unique("lc-build"), "default"),
+            &template,
+            &name,
+            None,
+        )
+        .await;
+        ec2.create_tags()
+            .resources(&boot_test)
+            .tags(Tag::builder().key("kiln:step").value("boot-test").build())
+            .send()
+            .await
+            .expect("CreateTags");
         let mut amis = Vec::new();
         let mut snaps = Vec::new();
         for i in 1..=8 {
@@ -363,6 +379,7 @@ async fn lifecycle_rules_keep_exactly_what_they_promise() {
             "the source snapshot i6 mapped is kept"
         );
         assert_eq!(state(region, &other_team).await.as_deref(), Some("available"));
+        assert_eq!(state(region, &boot_test).await.as_deref(), Some("available"));
         assert!(state(west, &w[0]).await.is_none(), "{later:#}");
         for ami in &w[1..] {
             assert_eq!(state(west, ami).await.as_deref(), Some("available"));

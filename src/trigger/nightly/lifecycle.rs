@@ -3,12 +3,17 @@
 //! build published to, each action an entry of the run's summary.
 //!
 //! What is looked at: this account's images tagged with the template (`kiln:template`
-//! `s3://<bucket>/<key>#<build>`, exactly) and the trigger's team (`kiln:team`), one build's images
+//! `s3://<bucket>/<key>#<build>`, the prefix compared exactly; a value `ec2::lineage::tag_value`
+//! shortened is never taken for one) and the trigger's own team (`kiln:team`), one build's images
 //! at a time, and that build's channels (`/kiln/<team>/<template-name>/*`, with their SSM
 //! history). What is never touched: the images the rule keeps, any image a channel of the team
 //! points at in the region, images of unknown age, and snapshots the image's own build did not
 //! make (a source image's snapshots that its mapping names). A deregistered image's snapshots
-//! that its build made (`kiln:build-id` and `kiln:team`) are deleted with it, by id.
+//! that its build made (`kiln:build-id` and `kiln:team`) are deleted with it, by id; one whose
+//! deletion fails is named in the summary and left to `kiln gc` (which removes the snapshots of
+//! finished builds that no AMI maps). At most [`MAX_ACTIONS`] actions per template a night: the
+//! rest waits for the next night, so a rule newly set on a long history stays within the run's
+//! time.
 
 use super::super::{Settings, TriggerError, template_channels};
 use super::lifecycle_rule::{self, Action, Channel, Decision, Rule};
@@ -24,12 +29,20 @@ use time::OffsetDateTime;
 /// How far ahead a deprecation is set: EC2 refuses a time in the past and rounds to the nearest
 /// minute (the EnableImageDeprecation reference), so a minute from now is the soonest it takes.
 const DEPRECATE_DELAY_S: i64 = 60;
+/// The most images one template's rule acts on in a night: each is up to four calls (deprecate,
+/// or deregister, describe and delete its snapshots), so 25 stay within a minute of the run's
+/// five (the function's timeout) however many templates come after.
+pub const MAX_ACTIONS: usize = 25;
+/// How far ahead a deprecation time counts as deprecated already (one set later is brought
+/// forward): a day, the nightly run's period.
+const DEPRECATED_WITHIN: time::Duration = time::Duration::days(1);
 
 /// Applies template `t`'s lifecycle rule (if its object names one) on `now` (the run's clock).
 /// Returns the summary's entries: per build and region the images kept, then one per image
 /// deprecated or deregistered, or an `error` (a malformed rule, a failed call; the run goes on).
 /// Side effects: EnableImageDeprecation, DeregisterImage and DeleteSnapshot as decided. Safe to
-/// run twice: a deprecated image is not deprecated again, a deregistered one is gone.
+/// run twice: a deprecated image is not deprecated again, a deregistered one is gone (a snapshot
+/// whose deletion failed then is `kiln gc`'s).
 pub(super) async fn apply(
     clients: &Clients,
     settings: &Settings,
@@ -52,6 +65,7 @@ pub(super) async fn apply(
         Err(e) => return vec![json!({"template": t, "error": e.to_string()})],
     };
     let mut out = Vec::new();
+    let mut budget = MAX_ACTIONS;
     for region in regions {
         let at = Where {
             clients,
@@ -59,7 +73,7 @@ pub(super) async fn apply(
             template: t,
             region: &region,
         };
-        if let Err(e) = in_region(&at, &settings.bucket, &rule, now, &mut out).await {
+        if let Err(e) = in_region(&at, &settings.bucket, &rule, now, &mut budget, &mut out).await {
             tracing::warn!(template = %t, region = %region, error = %e, "lifecycle: not applied in this region");
             out.push(json!({"template": t, "region": region, "error": e.to_string()}));
         }
@@ -108,6 +122,7 @@ async fn in_region(
     bucket: &str,
     rule: &Rule,
     now: OffsetDateTime,
+    budget: &mut usize,
     out: &mut Vec<Value>,
 ) -> Result<(), LifecycleError> {
     let ec2 = at.clients.ec2_in(at.region);
@@ -123,7 +138,7 @@ async fn in_region(
             Some(name) => channels_of(&ssm, at, name).await?,
             None => Vec::new(),
         };
-        let seen: Vec<lifecycle_rule::Image> = images.iter().map(rule_image).collect();
+        let seen: Vec<lifecycle_rule::Image> = images.iter().map(|i| rule_image(i, now)).collect();
         let (decisions, kept) = lifecycle_rule::decide(rule, &seen, &channels, now);
         out.push(
             json!({"template": at.template, "build": build, "region": at.region, "kept": kept}),
@@ -136,7 +151,13 @@ async fn in_region(
             let all = crate::release::channels_under(&ssm, at.region, &path).await?;
             pointed = Some(all.into_iter().map(|(_, v)| v).collect());
         }
-        for d in decisions {
+        let waiting = decisions.len().saturating_sub(*budget);
+        if waiting > 0 {
+            out.push(json!({"template": at.template, "build": build, "region": at.region, "waiting": waiting,
+                "reason": format!("at most {MAX_ACTIONS} actions per template a night: the next nights do the rest")}));
+        }
+        for d in decisions.into_iter().take(*budget) {
+            *budget -= 1;
             let Some(image) = images.iter().find(|i| i.image_id() == Some(d.ami.as_str())) else {
                 continue;
             };
@@ -192,7 +213,8 @@ async fn images_by_build(
         // Exactly this template's (the filter's wildcard is only a first cut) and this team's.
         let Some(build) = tag(image.tags(), TAG_TEMPLATE)
             .and_then(|v| v.strip_prefix(prefix.as_str()))
-            .filter(|b| !b.is_empty() && !b.contains('#'))
+            // A `#` would be another template's key part; `…` a value cut to fit a tag.
+            .filter(|b| !b.is_empty() && !b.contains('#') && !b.contains('…'))
             .map(str::to_owned)
         else {
             continue;
@@ -214,15 +236,18 @@ async fn images_by_build(
     Ok(builds)
 }
 
-/// The decision's view of an image.
-fn rule_image(image: &Image) -> lifecycle_rule::Image {
+/// The decision's view of an image on `now`.
+fn rule_image(image: &Image, now: OffsetDateTime) -> lifecycle_rule::Image {
     let parse =
         |t: &str| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok();
     lifecycle_rule::Image {
         ami: image.image_id().unwrap_or_default().to_owned(),
         created: image.creation_date().and_then(parse),
-        // Set at all (passed, or to come on a date someone chose): not deprecated again.
-        deprecated: image.deprecation_time().and_then(parse).is_some(),
+        deprecated: image
+            .deprecation_time()
+            .and_then(parse)
+            .is_some_and(|at| at <= now + DEPRECATED_WITHIN),
+        revoked: tag(image.tags(), crate::ec2::lineage::TAG_REVOKED).is_some(),
     }
 }
 

@@ -113,8 +113,12 @@ pub struct Image {
     pub ami: String,
     /// When EC2 registered it (`None`: unknown, and such an image is never acted on).
     pub created: Option<OffsetDateTime>,
-    /// Whether it is deprecated already (its deprecation time has passed, or is set).
+    /// Whether it is deprecated already, or will be within a day (a deprecation time set later
+    /// than that, as Packer's `deprecate_at` sets one, is brought forward).
     pub deprecated: bool,
+    /// Whether `kiln revoke` withdrew it (`kiln:revoked`): it takes none of the `keep` newest
+    /// places, so a good image is not dropped for it.
+    pub revoked: bool,
 }
 
 /// One channel of the build: the images it pointed at, newest first (its parameter's history,
@@ -158,7 +162,12 @@ pub fn decide(
     now: OffsetDateTime,
 ) -> (Vec<Decision>, Vec<String>) {
     let keep = rule.keep as usize;
-    let mut kept: Vec<String> = images.iter().take(keep).map(|i| i.ami.clone()).collect();
+    let mut kept: Vec<String> = images
+        .iter()
+        .filter(|i| !i.revoked)
+        .take(keep)
+        .map(|i| i.ami.clone())
+        .collect();
     for c in channels {
         for ami in c.held.iter().take(keep) {
             if !kept.contains(ami) {
@@ -168,10 +177,10 @@ pub fn decide(
     }
     let channel_names: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
     let why_not_kept = if channel_names.is_empty() {
-        format!("not among the {keep} newest")
+        format!("not among the {keep} newest unrevoked")
     } else {
         format!(
-            "not among the {keep} newest nor the {keep} latest of {}",
+            "not among the {keep} newest unrevoked nor the {keep} latest of {}",
             channel_names.join(", ")
         )
     };
@@ -246,6 +255,7 @@ mod tests {
             ami: ami.into(),
             created: Some(day(created)),
             deprecated: false,
+            revoked: false,
         }
     }
 
@@ -291,8 +301,30 @@ mod tests {
             ami: "u".into(),
             created: None,
             deprecated: false,
+            revoked: false,
         };
         let (acts, _) = decide(&rule, &[image("a", 0), unknown], &[], day(1000));
         assert!(acts.is_empty(), "{acts:?}");
+        // A revoked image takes no place among the newest: the one after it is kept instead.
+        let mut newest = image("n", 100);
+        newest.revoked = true;
+        let (acts, kept) = decide(
+            &parse("keep=1,deregister=10").unwrap(),
+            &[newest, image("o", 50)],
+            &[],
+            day(200),
+        );
+        assert_eq!(kept, vec!["o"]);
+        assert_eq!(acts.len(), 1);
+        assert_eq!(
+            (acts[0].ami.as_str(), acts[0].action),
+            ("n", Action::Deregister)
+        );
+        // The age limit is inclusive: 30 days old is deprecated by deprecate=30d, 29 is not.
+        let rule = parse("keep=1,deprecate=30d").unwrap();
+        let (acts, _) = decide(&rule, &[image("k", 100), image("x", 0)], &[], day(30));
+        assert_eq!(acts.len(), 1);
+        let (acts, _) = decide(&rule, &[image("k", 100), image("x", 0)], &[], day(29));
+        assert!(acts.is_empty());
     }
 }

@@ -189,9 +189,11 @@ pub(super) async fn run(
         }
         looked_at = Some(t.clone());
         one_template(clients, settings, n, base, &t, &mut run).await;
-        // Lifecycle rules are the nightly run's, not a cascade's (which rebuilds, never removes).
+        // Lifecycle rules are the nightly run's, not a cascade's (which rebuilds, never removes),
+        // and only for the trigger's own team (its role may act on that team's images only).
         if base.is_none()
             && let Some((team, _)) = settings.team_of(&t)
+            && team == settings.team
             && template_key_problem(&team.key(&settings.prefix), &t).is_none()
         {
             let entries = lifecycle::apply(clients, settings, &team, &t, run.now).await;
@@ -500,17 +502,11 @@ async fn brought_by(
     ami: &str,
 ) -> Option<Vec<String>> {
     let region = clients.region();
-    let (image, _) = crate::ec2::lineage::ancestors(&clients.ec2, region, ami)
+    let image = crate::ec2::images::describe(&clients.ec2, region, ami)
         .await
-        .ok()?;
-    changes::of_build(
-        clients,
-        settings,
-        team,
-        image.build_id.as_deref()?,
-        Some(ami),
-    )
-    .await
+        .ok()??;
+    let build_id = crate::ec2::lineage::tag(image.tags(), crate::ec2::TAG_BUILD_ID)?;
+    changes::of_build(clients, settings, team, build_id, Some(ami)).await
 }
 
 /// `extra`'s fields added to `entry` (both objects).
