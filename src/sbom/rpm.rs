@@ -74,18 +74,25 @@ fn read_bdb(files: &dyn ImageFiles, path: &str) -> Result<Found, SbomError> {
     }
     let mut out = Vec::new();
     for (i, blob) in values.iter().enumerate() {
-        match header::package(blob) {
-            Ok(Some(p)) => out.push(p),
-            Ok(None) => {}
-            Err(d) => {
-                return Err(SbomError::bad(
-                    path,
-                    format!("value {} (a header): {d}", i + 1),
-                ));
-            }
-        }
+        add_package(&mut out, path, &format!("value {} (a header)", i + 1), blob)?;
     }
     Ok(Found::Read(path.to_owned(), out))
+}
+
+/// Adds the package header `blob` of database `path` describes to `out` (none for a
+/// `gpg-pubkey`); a header that cannot be read is an error naming `what` it is.
+fn add_package(
+    out: &mut Vec<Package>,
+    path: &str,
+    what: &str,
+    blob: &[u8],
+) -> Result<(), SbomError> {
+    if let Some(p) =
+        header::package(blob).map_err(|d| SbomError::bad(path, format!("{what}: {d}")))?
+    {
+        out.push(p);
+    }
+    Ok(())
 }
 
 #[cfg(not(feature = "builder"))]
@@ -105,7 +112,7 @@ fn read_sqlite(files: &dyn ImageFiles, path: &str) -> Result<Found, SbomError> {
 mod sqlite {
     //! The SQLite side: the private copy, the locked-down connection, the rows.
 
-    use super::header::{self, MAX_HEADER_BLOB};
+    use super::header::MAX_HEADER_BLOB;
     use crate::sbom::{ImageFiles, MAX_PACKAGES, Package, SbomError, read_bounded};
     use rusqlite::{Connection, OpenFlags, config::DbConfig, limits::Limit, types::ValueRef};
     use std::path::PathBuf;
@@ -267,16 +274,7 @@ mod sqlite {
                     format!("package {hnum}: its header is not a blob"),
                 ));
             };
-            match header::package(blob) {
-                Ok(Some(p)) => out.push(p),
-                Ok(None) => {}
-                Err(d) => {
-                    return Err(SbomError::bad(
-                        path,
-                        format!("package {hnum}'s header: {d}"),
-                    ));
-                }
-            }
+            super::add_package(&mut out, path, &format!("package {hnum}'s header"), blob)?;
         }
         Ok(out)
     }
@@ -295,6 +293,7 @@ mod sqlite {
 
     #[cfg(test)]
     mod tests {
+        use super::super::header;
         use super::*;
         use crate::sbom::tests::TempDir;
         use crate::sbom::{DirFiles, PackageKind};

@@ -316,7 +316,7 @@ fn result_doc(build_id: &str, ami: &str, lines: &[&str]) -> Value {
 /// whose `kiln:build-id` names a build whose result did not make it brings nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_names_what_its_base_brought() {
-    use crate::lifecycle::{image, volume};
+    use crate::lifecycle::{image, put_channel, volume};
     with_janitor(|janitor| async move {
         let s = setup(5).await;
         let lambda = lambda_for(&s).await;
@@ -343,21 +343,7 @@ async fn a_rebuild_names_what_its_base_brought() {
         .await;
         let channel = format!("/kiln/default/{u}/base/dev");
         let ssm = ssm().await;
-        let point = |ami: String| {
-            let (ssm, channel) = (ssm.clone(), channel.clone());
-            async move {
-                ssm.put_parameter()
-                    .name(&channel)
-                    .value(ami)
-                    .r#type(aws_sdk_ssm::types::ParameterType::String)
-                    .data_type("aws:ec2:image")
-                    .overwrite(true)
-                    .send()
-                    .await
-                    .expect("PutParameter");
-            }
-        };
-        point(base_ami.clone()).await;
+        put_channel(&ssm, &channel, &base_ami).await;
         let app_key = format!("templates/{u}/app/app.pkr.hcl");
         put(&s, &app_key, &layer("app", &channel), None).await;
 
@@ -419,7 +405,7 @@ async fn a_rebuild_names_what_its_base_brought() {
             None,
         )
         .await;
-        point(forged.clone()).await;
+        put_channel(&ssm, &channel, &forged).await;
         let run = lambda
             .invoke(changed(&channel, "Update"))
             .await

@@ -121,7 +121,8 @@ async fn snapshot_exists(region: &str, id: &str) -> bool {
         .is_ok_and(|o| !o.snapshots().is_empty())
 }
 
-async fn put_channel(ssm: &aws_sdk_ssm::Client, name: &str, ami: &str) {
+/// Points channel parameter `name` at `ami` (a new version).
+pub(crate) async fn put_channel(ssm: &aws_sdk_ssm::Client, name: &str, ami: &str) {
     ssm.put_parameter()
         .name(name)
         .value(ami)
