@@ -106,17 +106,23 @@ struct Where<'a> {
     region: &'a str,
 }
 
-/// Why a region could not be looked at.
+/// Why a region could not be looked at (the summary's entry; the next night tries again).
 #[derive(Debug, thiserror::Error)]
 enum LifecycleError {
+    /// Listing the images.
     #[error(transparent)]
     Ec2(#[from] Ec2Error),
+    /// Reading every channel of the team.
     #[error(transparent)]
     Release(#[from] crate::release::ReleaseError),
+    /// Reading the build's channels and their history.
     #[error(transparent)]
     Channel(#[from] crate::channels::ChannelError),
 }
 
+/// Applies `rule` to the template's images in one region, build by build, within `budget`
+/// actions (what is left of the template's night); the entries go to `out`. An error is a read
+/// that failed (nothing more is done in the region); a failed action is its entry's `error`.
 async fn in_region(
     at: &Where<'_>,
     bucket: &str,
@@ -151,12 +157,21 @@ async fn in_region(
             let all = crate::release::channels_under(&ssm, at.region, &path).await?;
             pointed = Some(all.into_iter().map(|(_, v)| v).collect());
         }
-        let waiting = decisions.len().saturating_sub(*budget);
+        let held = |d: &Decision| pointed.as_ref().is_some_and(|p| p.contains(&d.ami));
+        let (held, todo): (Vec<Decision>, Vec<Decision>) = decisions.into_iter().partition(held);
+        for d in held {
+            out.push(
+                json!({"template": at.template, "build": build, "region": at.region, "ami": d.ami,
+                "action": "kept", "reason": "a channel of the team points at it"}),
+            );
+        }
+        let waiting = todo.len().saturating_sub(*budget);
         if waiting > 0 {
             out.push(json!({"template": at.template, "build": build, "region": at.region, "waiting": waiting,
                 "reason": format!("at most {MAX_ACTIONS} actions per template a night: the next nights do the rest")}));
         }
-        for d in decisions.into_iter().take(*budget) {
+        // The oldest first (decisions come newest first): they are the most overdue.
+        for d in todo.into_iter().rev().take(*budget) {
             *budget -= 1;
             let Some(image) = images.iter().find(|i| i.image_id() == Some(d.ami.as_str())) else {
                 continue;
@@ -165,12 +180,7 @@ async fn in_region(
                 "template": at.template, "build": build, "region": at.region, "ami": d.ami,
                 "build_id": tag(image.tags(), TAG_BUILD_ID), "reason": d.reason,
             });
-            if pointed.as_ref().is_some_and(|p| p.contains(&d.ami)) {
-                entry["action"] = json!("kept");
-                entry["reason"] = json!("a channel of the team points at it");
-            } else {
-                act(&ec2, at, image, &d, &mut entry).await;
-            }
+            act(&ec2, at, image, &d, &mut entry).await;
             out.push(entry);
         }
     }
