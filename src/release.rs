@@ -12,9 +12,29 @@ use crate::ec2::{Ec2Error, TAG_BUILD_ID, api};
 use aws_sdk_ec2::types::{Filter, Image, Tag};
 use aws_sdk_ssm::Client;
 
-/// How far ahead `revoke` deprecates: EC2 refuses a time in the past (the EnableImageDeprecation
-/// reference: "You can't specify a date in the past") and rounds to the nearest minute.
-const DEPRECATE_DELAY_S: i64 = 60;
+/// How far ahead an image is deprecated "now": EC2 refuses a time in the past (the
+/// EnableImageDeprecation reference: "You can't specify a date in the past") and rounds to the
+/// nearest minute.
+pub const DEPRECATE_DELAY_S: i64 = 60;
+
+/// Deprecates `ami` in `region` as soon as EC2 takes ([`DEPRECATE_DELAY_S`] ahead). Side
+/// effects: the image's deprecation time. Safe to run twice.
+pub async fn deprecate_now(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    ami: &str,
+) -> Result<(), Ec2Error> {
+    let at = aws_sdk_ec2::primitives::DateTime::from_secs(
+        time::OffsetDateTime::now_utc().unix_timestamp() + DEPRECATE_DELAY_S,
+    );
+    ec2.enable_image_deprecation()
+        .image_id(ami)
+        .deprecate_at(at)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(api("EnableImageDeprecation", ami, region))
+}
 
 /// An error promoting or revoking.
 #[derive(Debug, thiserror::Error)]
@@ -197,11 +217,6 @@ pub async fn revoke(
     let home = clients.region().to_owned();
     let mut all = vec![home.clone()];
     all.extend(regions.iter().filter(|r| **r != home).cloned());
-    // EC2 refuses a deprecation time in the past and rounds to the nearest minute: a minute from
-    // now is the soonest it takes.
-    let now = aws_sdk_ec2::primitives::DateTime::from_secs(
-        time::OffsetDateTime::now_utc().unix_timestamp() + DEPRECATE_DELAY_S,
-    );
     for ami in amis {
         let src = image(clients, &home, ami).await?;
         for region in &all {
@@ -209,12 +224,7 @@ pub async fn revoke(
                 continue;
             };
             let ec2 = clients.ec2_in(region);
-            ec2.enable_image_deprecation()
-                .image_id(&id)
-                .deprecate_at(now)
-                .send()
-                .await
-                .map_err(api("EnableImageDeprecation", id.clone(), region))?;
+            deprecate_now(&ec2, region, &id).await?;
             done.push(action(region, &id, "deprecated (in a minute)"));
             ec2.create_tags()
                 .resources(&id)
@@ -273,7 +283,7 @@ pub async fn pointing_at(
     path: &str,
     ami: &str,
 ) -> Result<Vec<String>, ReleaseError> {
-    let all = channels_under(ssm, region, path)
+    let all = channels_under(ssm, region, path, true)
         .await
         .map_err(|e| match e {
             ReleaseError::Refused(m) => {
@@ -288,13 +298,15 @@ pub async fn pointing_at(
         .collect())
 }
 
-/// Every channel parameter (data type `aws:ec2:image`) under `path` (recursively), with the AMI
-/// it points at. Read only; more than [`SCAN_MAX`] parameters under `path` is an error (a caller
-/// that looked at only some channels must not act as if it saw them all).
+/// Every channel parameter (data type `aws:ec2:image`) under `path` (with `recursive`, at any
+/// depth; otherwise only its own children), with the AMI it points at. Read only; more than
+/// [`SCAN_MAX`] parameters under `path` is an error (a caller that looked at only some channels
+/// must not act as if it saw them all).
 pub async fn channels_under(
     ssm: &Client,
     region: &str,
     path: &str,
+    recursive: bool,
 ) -> Result<Vec<(String, String)>, ReleaseError> {
     let mut found = Vec::new();
     let mut seen = 0;
@@ -303,7 +315,7 @@ pub async fn channels_under(
         let out = ssm
             .get_parameters_by_path()
             .path(path)
-            .recursive(true)
+            .recursive(recursive)
             .set_next_token(token.clone())
             .send()
             .await

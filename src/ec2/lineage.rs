@@ -90,23 +90,54 @@ pub async fn images_of_template(
     template: &str,
     except: &str,
 ) -> Result<Vec<Image>, Ec2Error> {
+    let mut images = team_images(ec2, region, team, &literal(template)).await?;
+    images.retain(|i| tag(i.tags(), TAG_BUILD_ID) != Some(except));
+    Ok(images)
+}
+
+/// This account's available images of `team` whose `kiln:template` matches `pattern` (an EC2
+/// filter value: `*` and `?` are wildcards; see [`literal`]), newest first (the id breaks a tie
+/// within a second). Read only.
+pub async fn team_images(
+    ec2: &Client,
+    region: &str,
+    team: &str,
+    pattern: &str,
+) -> Result<Vec<Image>, Ec2Error> {
     let out = ec2
         .describe_images()
         .owners("self")
-        .filters(filter(&format!("tag:{TAG_TEMPLATE}"), template))
-        .filters(filter(&format!("tag:{}", crate::team::TAG_TEAM), team))
+        .filters(filter(&format!("tag:{TAG_TEMPLATE}"), pattern))
+        .filters(filter(
+            &format!("tag:{}", crate::team::TAG_TEAM),
+            &literal(team),
+        ))
         .send()
         .await
-        .map_err(api("DescribeImages", template, region))?;
+        .map_err(api("DescribeImages", pattern, region))?;
     let mut images: Vec<Image> = out
         .images
         .unwrap_or_default()
         .into_iter()
         .filter(|i| i.state() == Some(&ImageState::Available))
-        .filter(|i| tag(i.tags(), TAG_BUILD_ID) != Some(except))
         .collect();
-    images.sort_by(|a, b| b.creation_date.cmp(&a.creation_date));
+    // RFC 3339 times in UTC sort as text.
+    images
+        .sort_by(|a, b| (b.creation_date(), b.image_id()).cmp(&(a.creation_date(), a.image_id())));
     Ok(images)
+}
+
+/// `v` as an EC2 filter value that matches only itself: EC2 takes `*` and `?` as wildcards,
+/// escaped by a backslash (a template key may hold either). Pure.
+pub fn literal(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        if matches!(c, '*' | '?' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn filter(name: &str, value: &str) -> Filter {
@@ -297,6 +328,13 @@ impl Lineage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_values_match_only_themselves() {
+        assert_eq!(literal("s3://b/t/a*?.json#x"), "s3://b/t/a\\*\\?.json#x");
+        assert_eq!(literal("a\\b"), "a\\\\b");
+        assert_eq!(literal("plain"), "plain");
+    }
 
     #[test]
     fn a_long_value_stays_distinct_within_a_tag() {

@@ -112,13 +112,7 @@ impl BuildResult {
 /// 3.0.13 → 3.0.14"), under a heading naming the image compared with. Empty when the step did
 /// not run. Pure.
 pub fn changes_text(doc: &serde_json::Value) -> Vec<String> {
-    let Some(sbom) = doc["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["name"] == "sbom")
-        .map(|s| &s["outputs"])
-    else {
+    let Some(sbom) = crate::sbom::result_outputs(doc) else {
         return Vec::new();
     };
     let mut out = Vec::new();

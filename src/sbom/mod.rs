@@ -273,5 +273,15 @@ pub(crate) fn read_bounded(
     Ok(Some(bytes))
 }
 
+/// Step `sbom`'s outputs in a build's result document (`steps[name = "sbom"].outputs`: its
+/// location, packages and `changes`), when the step ran. Pure.
+pub fn result_outputs(doc: &serde_json::Value) -> Option<&serde_json::Value> {
+    doc["steps"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == "sbom")
+        .map(|s| &s["outputs"])
+}
+
 #[cfg(test)]
 mod tests;

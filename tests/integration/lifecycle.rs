@@ -97,6 +97,29 @@ pub(crate) async fn image(
     panic!("{ami} never became available");
 }
 
+/// Waits until the clock has left the second `ami` was registered in: creation times are whole
+/// seconds, so an image registered after this is newer than `ami`.
+async fn newer_from_now(region: &str, ami: &str) {
+    let ec2 = Emulator::get().clients(region).await.ec2;
+    let created = ec2
+        .describe_images()
+        .image_ids(ami)
+        .send()
+        .await
+        .expect("DescribeImages")
+        .images()
+        .first()
+        .and_then(|i| i.creation_date())
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .expect("a creation time");
+    let next = created.replace_nanosecond(0).expect("second") + time::Duration::seconds(1);
+    while time::OffsetDateTime::now_utc() < next {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// An image's state in `region` (`None`: gone) and deprecation time.
 async fn described(region: &str, ami: &str) -> Option<(String, Option<String>)> {
     let ec2 = Emulator::get().clients(region).await.ec2;
@@ -158,8 +181,9 @@ fn actions(run: &Value) -> Vec<(String, String)> {
 /// 45 days on, not again the same night, and deregistered 70 days on with their own snapshots
 /// (not the source snapshot i6 also maps). Another team's image of the same template, and a
 /// template whose name is a wildcard (`a*`) with `deregister=0`, touch nothing; a malformed rule
-/// is named with its fix; the boot test's private image is not the rule's. In the other region the last build published to (its bake index),
-/// three images without channels: the oldest goes the same way.
+/// is named with its fix; the boot test's private image is not the rule's. In the other region
+/// the last build published to (its bake index), three images without channels: the oldest goes
+/// the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_rules_keep_exactly_what_they_promise() {
     with_janitor(|janitor| async move {
@@ -238,10 +262,9 @@ async fn lifecycle_rules_keep_exactly_what_they_promise() {
                 extra,
             )
             .await;
+            newer_from_now(region, &ami).await;
             amis.push(ami);
             snaps.push(snap);
-            // Creation times are whole seconds apart: the order is the registration order.
-            tokio::time::sleep(Duration::from_millis(1100)).await;
         }
         let (other_team, other_snap) = image(
             &janitor,
@@ -274,8 +297,8 @@ async fn lifecycle_rules_keep_exactly_what_they_promise() {
                 None,
             )
             .await;
+            newer_from_now(west, &ami).await;
             w.push(ami);
-            tokio::time::sleep(Duration::from_millis(1100)).await;
         }
         let index = json!({"template": key, "build_id": unique("lc-last"), "bake": {"key": "k", "source_amis": []},
             "artifacts": {region: {"ami_id": i(8), "snapshot_ids": []}, west: {"ami_id": w[2], "snapshot_ids": []}}});

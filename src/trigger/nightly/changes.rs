@@ -17,11 +17,7 @@ pub const SUMMARY_LINES: usize = 20;
 /// ("openssl 3.0.13 → 3.0.14"), at most [`SUMMARY_LINES`] and then "… and N more"; `None` when
 /// the build compared with no previous image (its first, or no SBOM). Pure.
 pub fn lines_of(doc: &Value) -> Option<Vec<String>> {
-    let previous = doc["steps"]
-        .as_array()?
-        .iter()
-        .find(|s| s["name"] == "sbom")
-        .map(|s| &s["outputs"]["changes"]["previous"])?;
+    let previous = &crate::sbom::result_outputs(doc)?["changes"]["previous"];
     let lines: Vec<String> = previous["lines"]
         .as_array()?
         .iter()

@@ -18,17 +18,14 @@
 use super::super::{Settings, TriggerError, template_channels};
 use super::lifecycle_rule::{self, Action, Channel, Decision, Rule};
 use crate::aws::Clients;
-use crate::ec2::lineage::{TAG_TEMPLATE, TAG_TEMPLATE_NAME, tag};
+use crate::ec2::lineage::{self, TAG_TEMPLATE, TAG_TEMPLATE_NAME, tag};
 use crate::ec2::{Ec2Error, TAG_BUILD_ID, TAG_STEP, api};
 use crate::team::{TAG_TEAM, Team};
-use aws_sdk_ec2::types::{Filter, Image, ImageState};
+use aws_sdk_ec2::types::Image;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use time::OffsetDateTime;
 
-/// How far ahead a deprecation is set: EC2 refuses a time in the past and rounds to the nearest
-/// minute (the EnableImageDeprecation reference), so a minute from now is the soonest it takes.
-const DEPRECATE_DELAY_S: i64 = 60;
 /// The most images one template's rule acts on in a night: each is up to four calls (deprecate,
 /// or deregister, describe and delete its snapshots), so 25 stay within a minute of the run's
 /// five (the function's timeout) however many templates come after.
@@ -154,7 +151,7 @@ async fn in_region(
         }
         if pointed.is_none() {
             let path = format!("{}/{}/", crate::channels::ROOT, at.team.as_str());
-            let all = crate::release::channels_under(&ssm, at.region, &path).await?;
+            let all = crate::release::channels_under(&ssm, at.region, &path, true).await?;
             pointed = Some(all.into_iter().map(|(_, v)| v).collect());
         }
         let held = |d: &Decision| pointed.as_ref().is_some_and(|p| p.contains(&d.ami));
@@ -195,32 +192,11 @@ async fn images_by_build(
     bucket: &str,
 ) -> Result<BTreeMap<String, Vec<Image>>, Ec2Error> {
     let prefix = format!("s3://{bucket}/{}#", at.template);
-    // EC2 filters take `*` and `?` as wildcards, escaped by a backslash.
-    let escaped: String = prefix
-        .chars()
-        .flat_map(|c| match c {
-            '*' | '?' | '\\' => vec!['\\', c],
-            c => vec![c],
-        })
-        .collect();
-    let filter = |n: &str, v: String| Filter::builder().name(n).values(v).build();
-    let found = ec2
-        .describe_images()
-        .owners("self")
-        .filters(filter(
-            &format!("tag:{TAG_TEAM}"),
-            at.team.as_str().to_owned(),
-        ))
-        .filters(filter(
-            &format!("tag:{TAG_TEMPLATE}"),
-            format!("{escaped}*"),
-        ))
-        .send()
-        .await
-        .map_err(api("DescribeImages", at.template, at.region))?;
+    let pattern = format!("{}*", lineage::literal(&prefix));
+    let found = lineage::team_images(ec2, at.region, at.team.as_str(), &pattern).await?;
     let mut builds: BTreeMap<String, Vec<Image>> = BTreeMap::new();
-    for image in found.images.unwrap_or_default() {
-        // Exactly this template's (the filter's wildcard is only a first cut) and this team's.
+    for image in found {
+        // Exactly this template's (the filter's wildcard is only a first cut).
         let Some(build) = tag(image.tags(), TAG_TEMPLATE)
             .and_then(|v| v.strip_prefix(prefix.as_str()))
             // A `#` would be another template's key part; `…` a value cut to fit a tag.
@@ -229,19 +205,11 @@ async fn images_by_build(
         else {
             continue;
         };
-        if tag(image.tags(), TAG_TEAM) != Some(at.team.as_str())
-            || image.state() != Some(&ImageState::Available)
-            || tag(image.tags(), TAG_STEP) == Some("boot-test")
-        {
+        if tag(image.tags(), TAG_STEP) == Some("boot-test") {
             continue;
         }
+        // Grouping keeps the order: newest first within each build.
         builds.entry(build).or_default().push(image);
-    }
-    for images in builds.values_mut() {
-        // RFC 3339 times in UTC sort as text; the id breaks a tie in the same second.
-        images.sort_by(|a, b| {
-            (b.creation_date(), b.image_id()).cmp(&(a.creation_date(), a.image_id()))
-        });
     }
     Ok(builds)
 }
@@ -270,36 +238,11 @@ async fn channels_of(
 ) -> Result<Vec<Channel>, LifecycleError> {
     let path = format!("{}/{}/{name}", crate::channels::ROOT, at.team.as_str());
     let mut out = Vec::new();
-    let mut token = None;
-    loop {
-        let page = ssm
-            .get_parameters_by_path()
-            .path(&path)
-            .recursive(false)
-            .set_next_token(token)
-            .send()
-            .await
-            .map_err(crate::channels::ssm_error(
-                "GetParametersByPath",
-                &path,
-                at.region,
-            ))?;
-        for p in page.parameters() {
-            if p.data_type() != Some(crate::channels::DATA_TYPE) {
-                continue;
-            }
-            if let Some(n) = p.name() {
-                out.push(Channel {
-                    name: n.to_owned(),
-                    held: held_by(ssm, at.region, n).await?,
-                });
-            }
-        }
-        token = page.next_token().map(str::to_owned);
-        if token.is_none() {
-            return Ok(out);
-        }
+    for (name, _) in crate::release::channels_under(ssm, at.region, &path, false).await? {
+        let held = held_by(ssm, at.region, &name).await?;
+        out.push(Channel { name, held });
     }
+    Ok(out)
 }
 
 /// The images parameter `name` held, newest first, each once.
@@ -353,18 +296,9 @@ async fn act(
 ) {
     let ami = d.ami.as_str();
     let done = match d.action {
-        Action::Deprecate => {
-            let when = aws_sdk_ec2::primitives::DateTime::from_secs(
-                OffsetDateTime::now_utc().unix_timestamp() + DEPRECATE_DELAY_S,
-            );
-            ec2.enable_image_deprecation()
-                .image_id(ami)
-                .deprecate_at(when)
-                .send()
-                .await
-                .map(|_| "deprecated")
-                .map_err(api("EnableImageDeprecation", ami, at.region))
-        }
+        Action::Deprecate => crate::release::deprecate_now(ec2, at.region, ami)
+            .await
+            .map(|_| "deprecated"),
         Action::Deregister => ec2
             .deregister_image()
             .image_id(ami)
