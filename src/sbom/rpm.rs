@@ -63,15 +63,9 @@ fn read_bdb(files: &dyn ImageFiles, path: &str) -> Result<Found, SbomError> {
     let Some(bytes) = read_bounded(files, path, MAX_BDB)? else {
         return Err(SbomError::bad(path, "it disappeared while kiln read it"));
     };
-    let values =
-        bdb::values(&bytes, header::MAX_HEADER_BLOB).map_err(|e| SbomError::bad(path, e))?;
+    let values = bdb::values(&bytes, header::MAX_HEADER_BLOB, MAX_PACKAGES)
+        .map_err(|e| SbomError::bad(path, e))?;
     drop(bytes);
-    if values.len() > MAX_PACKAGES {
-        return Err(SbomError::bad(
-            path,
-            format!("more than {MAX_PACKAGES} packages"),
-        ));
-    }
     let mut out = Vec::new();
     for (i, blob) in values.iter().enumerate() {
         add_package(&mut out, path, &format!("value {} (a header)", i + 1), blob)?;
@@ -504,7 +498,9 @@ mod tests {
         db_load(&path, &[big()], false);
         let good = std::fs::read(&path).unwrap();
         assert_eq!(
-            bdb::values(&good, header::MAX_HEADER_BLOB).unwrap().len(),
+            bdb::values(&good, header::MAX_HEADER_BLOB, MAX_PACKAGES)
+                .unwrap()
+                .len(),
             1
         );
         let page = |n: usize| &good[n * 512..(n + 1) * 512];
@@ -518,29 +514,50 @@ mod tests {
         // An overflow page whose next page is itself: an error, not a loop.
         let mut looped = good.clone();
         set_u32(&mut looped, overflow * 512 + 16, overflow as u32);
-        let e = bdb::values(&looped, header::MAX_HEADER_BLOB).unwrap_err();
+        let e = bdb::values(&looped, header::MAX_HEADER_BLOB, MAX_PACKAGES).unwrap_err();
         assert!(e.contains("longer than") || e.contains("loops"), "{e}");
         // A next page past the end of the file.
         let mut past = good.clone();
         set_u32(&mut past, overflow * 512 + 16, 1_000_000);
-        let e = bdb::values(&past, header::MAX_HEADER_BLOB).unwrap_err();
+        let e = bdb::values(&past, header::MAX_HEADER_BLOB, MAX_PACKAGES).unwrap_err();
         assert!(
             e.contains("past the end") || e.contains("longer than"),
             "{e}"
         );
+        // Many entries naming the one overflow chain: copied once per entry, they would add up
+        // to far more than the file (memory and time from a few bytes): an error.
+        let hash = (1..pages)
+            .find(|n| page(*n)[25] == 13 || page(*n)[25] == 2)
+            .expect("a hash page");
+        let at = |i: usize| hash * 512 + 26 + 2 * i;
+        let (key, data) = (
+            u16::from_le_bytes([good[at(0)], good[at(0) + 1]]),
+            u16::from_le_bytes([good[at(1)], good[at(1) + 1]]),
+        );
+        let mut shared = good.clone();
+        let pairs = 40u16;
+        shared[hash * 512 + 20..hash * 512 + 22].copy_from_slice(&(2 * pairs).to_le_bytes());
+        for i in 0..pairs as usize {
+            shared[at(2 * i)..at(2 * i) + 2].copy_from_slice(&key.to_le_bytes());
+            shared[at(2 * i + 1)..at(2 * i + 1) + 2].copy_from_slice(&data.to_le_bytes());
+        }
+        let e = bdb::values(&shared, header::MAX_HEADER_BLOB, MAX_PACKAGES).unwrap_err();
+        assert!(e.contains("more than the file holds"), "{e}");
+        let e = bdb::values(&good, header::MAX_HEADER_BLOB, 0).unwrap_err();
+        assert!(e.contains("more than 0 values"), "{e}");
         // A value longer than a header may be.
-        let e = bdb::values(&good, 100).unwrap_err();
+        let e = bdb::values(&good, 100, MAX_PACKAGES).unwrap_err();
         assert!(e.contains("more than an rpm header"), "{e}");
         // A page size Berkeley DB never uses, and text.
         let mut size = good.clone();
         set_u32(&mut size, 20, 1000);
         assert!(
-            bdb::values(&size, header::MAX_HEADER_BLOB)
+            bdb::values(&size, header::MAX_HEADER_BLOB, MAX_PACKAGES)
                 .unwrap_err()
                 .contains("page size")
         );
         assert!(
-            bdb::values(b"just some text that is long enough", 10)
+            bdb::values(b"just some text that is long enough", 10, MAX_PACKAGES)
                 .unwrap_err()
                 .contains("not a Berkeley DB")
         );

@@ -75,9 +75,15 @@ impl<'a> Db<'a> {
     }
 }
 
-/// Every value of the Berkeley DB hash database in `bytes`, in page order, each at most
-/// `max_value` bytes. Pure.
-pub(crate) fn values(bytes: &[u8], max_value: u64) -> Result<Vec<Vec<u8>>, String> {
+/// Every value of the Berkeley DB hash database in `bytes`, in page order: each at most
+/// `max_value` bytes, at most `max_values` of them, and together no more than the file holds (in
+/// a real database every page belongs to one value; entries naming the same overflow chain over
+/// and over would otherwise copy it each time). Pure.
+pub(crate) fn values(
+    bytes: &[u8],
+    max_value: u64,
+    max_values: usize,
+) -> Result<Vec<Vec<u8>>, String> {
     let magic_le = bytes
         .get(12..16)
         .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
@@ -106,12 +112,17 @@ pub(crate) fn values(bytes: &[u8], max_value: u64) -> Result<Vec<Vec<u8>>, Strin
         pages: last.saturating_add(1).min(in_file),
     };
     let mut out = Vec::new();
+    // The bytes the values may still add up to.
+    let mut left = bytes.len();
     for n in 1..db.pages {
         let page = db.page(n)?;
         if !matches!(page[25], P_HASH | P_HASH_UNSORTED) {
             continue;
         }
-        page_values(&db, n, page, max_value, &mut out)?;
+        page_values(&db, n, page, max_value, &mut left, &mut out)?;
+        if out.len() > max_values {
+            return Err(format!("more than {max_values} values"));
+        }
     }
     Ok(out)
 }
@@ -122,6 +133,7 @@ fn page_values(
     n: u32,
     page: &[u8],
     max_value: u64,
+    left: &mut usize,
     out: &mut Vec<Vec<u8>>,
 ) -> Result<(), String> {
     let entries = db.order.u16(page, 20).unwrap_or(0) as usize;
@@ -138,6 +150,15 @@ fn page_values(
             return Err(bad(format!("entry {i} at {at}..{end} is outside the page")));
         }
         let item = &page[at..end];
+        // Checked before anything is copied: a value's size is known from its entry.
+        let size = match item[0] {
+            H_KEYDATA => item.len() - 1,
+            H_OFFPAGE => db.order.u32(item, 8).unwrap_or(u32::MAX) as usize,
+            _ => 0,
+        };
+        *left = left.checked_sub(size).ok_or_else(|| {
+            bad("its values add up to more than the file holds (entries share pages)".into())
+        })?;
         match item[0] {
             H_KEYDATA => out.push(item[1..].to_vec()),
             H_OFFPAGE => out.push(overflow(db, item, max_value).map_err(&bad)?),
